@@ -1,0 +1,100 @@
+"""Training batches for the DT and BC, drawn a whole batch at a time with array indexing.
+
+Semantics are the original ``get_batch``'s: episodes chosen with probability proportional to
+their length among the top ``pct_traj`` of timesteps (by episode return), a uniform start inside
+the episode, windows of ``K`` steps left-padded (states 0 before normalisation, actions -10,
+rewards 0, dones 2, rtg 0, timesteps 0, mask 0), timesteps clipped at ``max_ep_len - 1``, and
+returns-to-go with one extra trailing entry (0 past the episode's end), divided by ``scale``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .trajectories import TrajectoryDataset
+
+
+def top_trajectories(dataset: TrajectoryDataset, pct_traj: float) -> np.ndarray:
+    """Indices of the best episodes (highest return last) that fit in ``pct_traj`` of all steps;
+    always at least the best one, as the original."""
+    order = np.argsort(dataset.returns, kind="stable")
+    budget = max(int(pct_traj * dataset.num_steps), 1)
+    # Taking episodes from the best down while the running total stays within budget.
+    cum = np.cumsum(dataset.lengths[order[::-1]])
+    count = max(1, int(np.searchsorted(cum, budget, side="right")))
+    return order[-count:]
+
+
+class BatchSampler:
+    def __init__(
+        self,
+        dataset: TrajectoryDataset,
+        K: int,
+        max_ep_len: int,
+        scale: float,
+        pct_traj: float = 1.0,
+        device: str | torch.device = "cpu",
+        rng: np.random.Generator | None = None,
+    ):
+        self.ds = dataset
+        self.K = K
+        self.max_ep_len = max_ep_len
+        self.scale = scale
+        self.device = torch.device(device)
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.episodes = top_trajectories(dataset, pct_traj)
+        lengths = dataset.lengths[self.episodes]
+        self.p_sample = lengths / lengths.sum()
+        # Normalised value of a zero-padded state, as the original padded before normalising.
+        self.pad_state = (-dataset.state_mean / dataset.state_std).astype(np.float32)
+        self.inv_std = (1.0 / dataset.state_std).astype(np.float32)
+
+    def __call__(self, batch_size: int, max_len: int | None = None):
+        """Returns ``states, actions, rewards, dones, rtg, timesteps, mask`` on ``device``;
+        shapes ``[B,K,S] [B,K,A] [B,K,1] [B,K] [B,K+1,1] [B,K] [B,K]``."""
+        return self.build(*self.draw(batch_size), max_len or self.K)
+
+    def draw(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Episode indices (length-weighted) and uniform start steps for one batch."""
+        ep = self.episodes[self.rng.choice(len(self.episodes), size=batch_size, p=self.p_sample)]
+        si = (self.rng.random(batch_size) * self.ds.lengths[ep]).astype(np.int64)
+        return ep, si
+
+    def build(self, ep: np.ndarray, si: np.ndarray, K: int):
+        """The padded windows of ``K`` steps starting at step ``si`` of episodes ``ep``."""
+        ds = self.ds
+        start, length = ds.starts[ep], ds.lengths[ep]
+        tlen = np.minimum(K, length - si)  # real steps in each window
+
+        # Window position p holds episode step si + j with j = p - (K - tlen); j < 0 is padding.
+        j = np.arange(K + 1)[None, :] - (K - tlen)[:, None]  # [B, K+1]; column K is rtg-only
+        real = (j >= 0) & (j < tlen[:, None])
+        idx = np.where(real, start[:, None] + si[:, None] + j, 0)[:, :K]
+        m = real[:, :K]
+
+        states = (ds.observations[idx] - ds.state_mean) * self.inv_std
+        states[~m] = self.pad_state
+        actions = ds.actions[idx]
+        actions[~m] = -10.0
+        rewards = np.where(m, ds.rewards[idx], 0.0).astype(np.float32)
+        dones = np.where(m, ds.dones[idx], 2.0).astype(np.float32)
+        timesteps = np.where(m, np.minimum(si[:, None] + j[:, :K], self.max_ep_len - 1), 0)
+
+        # rtg covers one more step than the states: j in [0, tlen], 0 beyond the episode's end.
+        rtg_real = (j >= 0) & (si[:, None] + j < length[:, None])
+        rtg_idx = np.where(rtg_real, start[:, None] + si[:, None] + j, 0)
+        rtg = np.where(rtg_real, ds.returns_to_go[rtg_idx], 0.0) / self.scale
+
+        def t(x: np.ndarray, dtype=torch.float32) -> torch.Tensor:
+            return torch.from_numpy(x).to(device=self.device, dtype=dtype)
+
+        return (
+            t(states),
+            t(actions),
+            t(rewards[..., None]),
+            t(dones),
+            t(rtg[..., None].astype(np.float32)),
+            t(timesteps, torch.long),
+            t(m.astype(np.float32)),
+        )

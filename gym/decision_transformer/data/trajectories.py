@@ -1,0 +1,140 @@
+"""Trajectories held contiguously, validated once, with everything the sampler needs precomputed.
+
+The original kept a list of per-episode dicts and, for every sample, sliced one episode and
+recomputed its return-to-go from scratch. Here each field is one array over all steps plus episode
+offsets; returns-to-go and the state statistics are computed once at load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be trained on; the message names the problem and the fix."""
+
+
+@dataclass
+class TrajectoryDataset:
+    observations: np.ndarray  # [N, state_dim] float32, all episodes back to back
+    actions: np.ndarray  # [N, act_dim] float32
+    rewards: np.ndarray  # [N] float32 (after the 'delayed' rewrite, if any)
+    dones: np.ndarray  # [N] terminals (or dones) as in the file
+    returns_to_go: np.ndarray  # [N] float64: sum of this episode's rewards from each step on
+    starts: np.ndarray  # [E] int64 offset of each episode
+    lengths: np.ndarray  # [E] int64
+    returns: np.ndarray  # [E] float64 undiscounted episode returns
+    state_mean: np.ndarray  # [state_dim] over every step of every episode
+    state_std: np.ndarray  # [state_dim], + 1e-6 as in the original
+
+    @property
+    def state_dim(self) -> int:
+        return self.observations.shape[1]
+
+    @property
+    def act_dim(self) -> int:
+        return self.actions.shape[1]
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.rewards)
+
+    @classmethod
+    def from_paths(
+        cls, paths: list[dict[str, np.ndarray]], mode: str = "normal", source: str = "dataset"
+    ) -> TrajectoryDataset:
+        """Concatenate episodes field by field, releasing each episode's arrays once copied, so
+        that peak memory stays near one copy of the data. ``paths`` is emptied.
+
+        ``mode='delayed'`` moves each episode's whole return onto its last step, as the original.
+        """
+        if not paths:
+            raise DatasetError(f"{source} holds no trajectories")
+        for i, p in enumerate(paths):
+            missing = {"observations", "actions", "rewards"} - p.keys()
+            if "terminals" not in p and "dones" not in p:
+                missing.add("terminals")
+            if missing:
+                raise DatasetError(f"{source}: trajectory {i} lacks {', '.join(sorted(missing))}")
+        lengths = np.array([len(p["rewards"]) for p in paths], dtype=np.int64)
+        if (lengths == 0).any():
+            raise DatasetError(f"{source}: trajectory {int(np.argmin(lengths))} is empty")
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        n = int(lengths.sum())
+
+        def gather(key: str, fallback: str | None = None, dtype=np.float32) -> np.ndarray:
+            first = paths[0].get(key, paths[0].get(fallback))
+            out = np.empty((n, *np.shape(first)[1:]), dtype=dtype)
+            for p, s, length in zip(paths, starts, lengths):
+                arr = p.pop(key) if key in p else p.pop(fallback)
+                if len(arr) != length:
+                    raise DatasetError(
+                        f"{source}: '{key}' has {len(arr)} steps where rewards have {length}"
+                    )
+                out[s : s + length] = arr
+            return out
+
+        rewards = gather("rewards")
+        dones = gather("terminals", "dones", dtype=np.float32)
+        actions = gather("actions")
+        observations = gather("observations")
+        paths.clear()
+        if observations.ndim != 2 or actions.ndim != 2:
+            raise DatasetError(f"{source}: observations and actions must be 2-D per trajectory")
+        for name, arr in (
+            ("observations", observations),
+            ("actions", actions),
+            ("rewards", rewards),
+        ):
+            if not np.isfinite(arr).all():
+                bad = int(np.flatnonzero(~np.isfinite(arr.reshape(n, -1)).all(axis=1))[0])
+                episode = int(np.searchsorted(starts, bad, side="right") - 1)
+                raise DatasetError(
+                    f"{source}: {name} hold NaN or inf (first at step {bad - starts[episode]} of "
+                    f"trajectory {episode}); clean or regenerate the dataset"
+                )
+
+        if mode == "delayed":
+            ends = starts + lengths - 1
+            totals = np.add.reduceat(rewards, starts)
+            rewards[:] = 0.0
+            rewards[ends] = totals
+
+        # Suffix sums per episode: reverse cumulative sum over all steps, minus what later
+        # episodes contribute. float64 so long episodes lose nothing to rounding.
+        suffix = np.cumsum(rewards[::-1], dtype=np.float64)[::-1]
+        ends = starts + lengths
+        after = np.append(suffix, 0.0)[ends]  # suffix sum just past each episode's end
+        returns_to_go = suffix - np.repeat(after, lengths)
+        returns = returns_to_go[starts].copy()
+
+        mean = observations.mean(axis=0, dtype=np.float64)
+        std = observations.std(axis=0, dtype=np.float64) + 1e-6
+        return cls(
+            observations,
+            actions,
+            rewards,
+            dones,
+            returns_to_go,
+            starts,
+            lengths,
+            returns,
+            mean.astype(np.float32),
+            std.astype(np.float32),
+        )
+
+    def check_env_dims(self, state_dim: int, act_dim: int, env_name: str, source: str) -> None:
+        if (self.state_dim, self.act_dim) != (state_dim, act_dim):
+            raise DatasetError(
+                f"{source} has observation/action dims {self.state_dim}/{self.act_dim} but env "
+                f"'{env_name}' has {state_dim}/{act_dim}: the dataset belongs to another env"
+            )
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.lengths)} trajectories, {self.num_steps} timesteps found\n"
+            f"Average return: {self.returns.mean():.2f}, std: {self.returns.std():.2f}\n"
+            f"Max return: {self.returns.max():.2f}, min: {self.returns.min():.2f}"
+        )

@@ -1,0 +1,72 @@
+"""Build the policy a run config names, so training and evaluate.py construct it the same way."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .decision_transformer import DecisionTransformer
+from .mlp_bc import MLPBCModel
+from .model import TrajectoryModel
+
+
+def build_model(
+    cfg: dict,
+    state_dim: int,
+    act_dim: int,
+    max_ep_len: int,
+    action_low: np.ndarray,
+    action_high: np.ndarray,
+) -> TrajectoryModel:
+    common = dict(action_low=action_low, action_high=action_high)
+    if cfg["model_type"] == "bc":
+        return MLPBCModel(
+            state_dim,
+            act_dim,
+            hidden_size=cfg["embed_dim"],
+            n_layer=cfg["n_layer"],
+            dropout=cfg["dropout"],
+            max_length=cfg["K"],
+            **common,
+        )
+    if cfg["backbone"] == "qwen3":
+        from .decision_transformer_qwen3 import DecisionTransformerQwen3
+
+        return DecisionTransformerQwen3(
+            state_dim,
+            act_dim,
+            hidden_size=cfg["embed_dim"],
+            max_length=cfg["K"],
+            max_ep_len=max_ep_len,
+            n_layer=cfg["n_layer"],
+            n_head=cfg["n_head"],
+            n_kv_head=cfg["n_kv_head"],
+            head_dim=cfg["head_dim"],
+            intermediate_size=cfg["intermediate_size"],
+            mlp_ratio=cfg["mlp_ratio"],
+            rope_theta=cfg["rope_theta"],
+            qk_norm=not cfg["no_qk_norm"],
+            dropout=cfg["dropout"],
+            **common,
+        )
+    return DecisionTransformer(
+        state_dim,
+        act_dim,
+        hidden_size=cfg["embed_dim"],
+        max_length=cfg["K"],
+        max_ep_len=max_ep_len,
+        n_layer=cfg["n_layer"],
+        n_head=cfg["n_head"],
+        n_inner=4 * cfg["embed_dim"],
+        activation_function=cfg["activation_function"],
+        resid_pdrop=cfg["dropout"],
+        attn_pdrop=cfg["dropout"],
+        embd_pdrop=cfg["dropout"],
+        **common,
+    )
+
+
+def count_params(model) -> tuple[int, int]:
+    """(all parameters, backbone parameters); BC has no backbone and reports 0 for it."""
+    total = sum(p.numel() for p in model.parameters())
+    backbone = getattr(model, "transformer", None)
+    return total, sum(p.numel() for p in backbone.parameters()) if backbone is not None else 0

@@ -1,0 +1,51 @@
+"""Checkpoints written atomically and read back with ``torch.load(weights_only=True)``."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: a kill at any moment leaves
+    either the old checkpoint or the new one, never a torn file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def rng_state(np_rng: np.random.Generator) -> dict:
+    state = {
+        "numpy": np_rng.bit_generator.state,
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, np_rng: np.random.Generator) -> None:
+    np_rng.bit_generator.state = state["numpy"]
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

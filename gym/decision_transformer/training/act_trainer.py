@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from .trainer import Trainer
+
+
+class ActTrainer(Trainer):
+    """Behaviour cloning: predict the window's last action from its states."""
+
+    def train_step(self) -> float:
+        states, actions, rewards, dones, rtg, _, attention_mask = self.get_batch(self.batch_size)
+        with self.autocast():
+            state_preds, action_preds, reward_preds = self.model(
+                states, actions, rewards, attention_mask=attention_mask, target_return=rtg[:, 0]
+            )
+        act_dim = action_preds.shape[2]
+        action_preds = action_preds.float().reshape(-1, act_dim)
+        action_target = actions[:, -1].reshape(-1, act_dim)
+        loss = self.loss_fn(
+            state_preds, action_preds, reward_preds, states[:, 1:], action_target, rewards[:, 1:]
+        )
+        value = self.optimize(loss)
+        self.diagnostics["training/action_error"] = value
+        return value

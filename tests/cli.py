@@ -1,0 +1,70 @@
+"""Running the project's scripts as a user would: a subprocess started in their folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GYM_DIR = ROOT / "gym"
+
+TINY = [
+    "--embed_dim",
+    "32",
+    "--n_layer",
+    "1",
+    "--n_head",
+    "1",
+    "--K",
+    "5",
+    "--batch_size",
+    "8",
+    "--num_steps_per_iter",
+    "5",
+    "--max_iters",
+    "2",
+    "--num_eval_episodes",
+    "2",
+    "--eval_envs",
+    "2",
+    "--warmup_steps",
+    "5",
+    "--device",
+    "cpu",
+]
+
+
+def script_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("MUJOCO_GL", "egl")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_script(
+    script: str, *args: str, cwd: Path = GYM_DIR, timeout: float = 600, check: bool = False
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, script, *map(str, args)],
+        cwd=cwd,
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def start_script(script: str, *args: str, cwd: Path = GYM_DIR) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, script, *map(str, args)],
+        cwd=cwd,
+        env=script_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )

@@ -1,0 +1,258 @@
+"""experiment.py end to end as a subprocess, on datasets made from the real simulator."""
+
+import json
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+from cli import TINY, run_script, start_script
+from decision_transformer.data.pickle_io import save_paths
+from rollouts import rollout_paths, write_dataset
+
+ORIGINAL_KEYS = [
+    "time/training",
+    "time/evaluation",
+    "training/train_loss_mean",
+    "training/action_error",
+    "evaluation/target_6000_return_mean",
+    "evaluation/target_6000_return_std",
+    "evaluation/target_6000_length_mean",
+    "evaluation/target_6000_length_std",
+    "evaluation/target_3000_return_mean",
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    write_dataset(d, "humanoid", "medium", episodes=12, seed=0)
+    return d
+
+
+@pytest.mark.parametrize("model_type", ["dt", "bc"])
+def test_trains_and_evaluates_end_to_end(data_dir, tmp_path, model_type):
+    out = tmp_path / "run"
+    proc = run_script(
+        "experiment.py",
+        "--env",
+        "humanoid-medium-v2",
+        "--model_type",
+        model_type,
+        "--data_dir",
+        data_dir,
+        "--out_dir",
+        out,
+        *TINY,
+        check=True,
+    )
+    for key in ORIGINAL_KEYS:
+        assert f"{key}: " in proc.stdout  # the original's log lines, printed each iteration
+    assert "Iteration 2" in proc.stdout and "parameters" in proc.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2] and [r["step"] for r in rows] == [5, 10]
+    assert all(set(ORIGINAL_KEYS) <= r.keys() for r in rows)
+    assert rows[-1]["evaluation/target_6000_length_mean"] > 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (
+        cfg["env"] == "humanoid" and cfg["dataset"] == "medium" and cfg["model_type"] == model_type
+    )
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["iteration"] == 2 and ckpt["state_mean"].shape == (348,)
+
+
+def test_skip_evaluation_and_wandb_offline(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "run"
+    args = [*TINY, "--num_eval_episodes", "0", "--max_iters", "1"]
+    proc = run_script(
+        "experiment.py",
+        "--env",
+        "humanoid",
+        "--dataset",
+        "medium",
+        "--data_dir",
+        data_dir,
+        "--out_dir",
+        out,
+        "-w",
+        *args,
+        check=True,
+    )
+    assert "evaluation/" not in proc.stdout
+    assert list((out / "wandb").glob("offline-run-*")), "wandb wrote no offline run"
+    row = json.loads((out / "metrics.jsonl").read_text())
+    assert "training/train_loss_mean" in row
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_run(data_dir, tmp_path):
+    args = [
+        "--env",
+        "humanoid",
+        "--dataset",
+        "medium",
+        "--data_dir",
+        str(data_dir),
+        *TINY,
+        "--max_iters",
+        "4",
+        "--num_steps_per_iter",
+        "40",
+        "--seed",
+        "3",
+    ]
+    ref = tmp_path / "ref"
+    run_script("experiment.py", *args, "--out_dir", ref, check=True)
+
+    out = tmp_path / "killed"
+    proc = start_script("experiment.py", *args, "--out_dir", out)
+    deadline = time.time() + 300
+    while not (out / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, (
+            "run ended before its first checkpoint"
+        )
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(out / "checkpoint.pt", weights_only=True)["iteration"]
+    assert killed_at < 4, "the run finished before it could be killed"
+
+    run_script("experiment.py", *args, "--out_dir", out, "--resume", check=True)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    ref_rows = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
+    for got, want in zip(rows, ref_rows):
+        assert got["training/train_loss_mean"] == want["training/train_loss_mean"]
+        assert (
+            got["evaluation/target_6000_return_mean"] == want["evaluation/target_6000_return_mean"]
+        )
+    a = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(ref / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    assert not list(out.glob("*.tmp"))
+
+
+def test_existing_run_needs_resume(data_dir, tmp_path):
+    args = [
+        "--env",
+        "humanoid",
+        "--dataset",
+        "medium",
+        "--data_dir",
+        data_dir,
+        "--out_dir",
+        tmp_path / "r",
+        *TINY,
+        "--max_iters",
+        "1",
+        "--num_eval_episodes",
+        "0",
+    ]
+    run_script("experiment.py", *args, check=True)
+    proc = run_script("experiment.py", *args)
+    assert proc.returncode == 2 and "--resume" in proc.stderr
+    proc = run_script("experiment.py", *args, "--resume", "--K", "7")
+    assert proc.returncode == 2 and "K" in proc.stderr
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
+    out = tmp_path / "run"
+    # A learning rate of 1e30 turns the weights to garbage on the first step; the loss of the
+    # next iteration is not finite.
+    proc = run_script(
+        "experiment.py",
+        "--env",
+        "humanoid",
+        "--dataset",
+        "medium",
+        "--data_dir",
+        data_dir,
+        "--out_dir",
+        out,
+        *TINY,
+        "--num_steps_per_iter",
+        "1",
+        "--max_iters",
+        "3",
+        "--warmup_steps",
+        "0",
+        "-lr",
+        "1e30",
+        "--num_eval_episodes",
+        "0",
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "loss became" in proc.stderr and "last good checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 1
+
+
+# --- bad input: one line, exit code 2, before any training -----------------------------------
+
+
+def bad_paths(kind):
+    paths = rollout_paths("humanoid", 2, max_steps=30)
+    if kind == "nan":
+        paths[1]["observations"][3, 5] = np.nan
+    elif kind == "empty":
+        paths = []
+    return paths
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--dataset", "expert"], "python data/download_d4rl_datasets.py --env humanoid"),
+        (["--dataset", "collected"], "python data/collect_dataset.py --env humanoid"),
+        (["--env", "pendulum"], "known envs are hopper"),
+        (["--batch_size", "0"], "--batch_size must be positive"),
+        (["--K", "-1"], "--K must be positive"),
+        (["--max_iters", "0"], "--max_iters must be positive"),
+        (["--num_steps_per_iter", "0"], "--num_steps_per_iter must be positive"),
+        (["--env", "humanoid-expert-v2", "--dataset", "medium"], "names dataset 'expert'"),
+        (["--embed_dim", "30", "--n_head", "4"], "not divisible by --n_head"),
+    ],
+)
+def test_bad_flags_fail_fast(data_dir, tmp_path, args, needle):
+    flags = {
+        "--env": "humanoid",
+        "--dataset": "medium",
+        "--data_dir": str(data_dir),
+        "--out_dir": str(tmp_path / "r"),
+        **dict(zip(TINY[::2], TINY[1::2])),
+        **dict(zip(args[::2], args[1::2])),
+    }
+    start = time.time()
+    proc = run_script("experiment.py", *[x for kv in flags.items() for x in kv])
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+    assert time.time() - start < 60
+
+
+@pytest.mark.parametrize(
+    "kind,needle",
+    [
+        ("nan", "NaN or inf"),
+        ("empty", "no trajectories"),
+        ("hopper", "dims 11/3 but env 'humanoid' has 348/17"),
+    ],
+)
+def test_bad_datasets_fail_fast(tmp_path, kind, needle):
+    paths = rollout_paths("hopper", 2, max_steps=30) if kind == "hopper" else bad_paths(kind)
+    save_paths(paths, tmp_path / "humanoid-medium-v2.pkl")
+    proc = run_script(
+        "experiment.py",
+        "--env",
+        "humanoid",
+        "--data_dir",
+        tmp_path,
+        "--out_dir",
+        tmp_path / "r",
+        *TINY,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
