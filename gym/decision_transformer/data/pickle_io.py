@@ -71,7 +71,9 @@ def save_paths(paths: list[dict[str, np.ndarray]], path: str | os.PathLike) -> N
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            pickle.dump(paths, f, protocol=4)
+            # Protocol 5 lets numpy hand over each array's buffer as is: loading then holds one
+            # copy of the data, where protocol 4 keeps a second in the unpickler's memo.
+            pickle.dump(paths, f, protocol=5)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

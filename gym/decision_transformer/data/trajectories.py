@@ -12,6 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def _column_mean_std(x: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column mean and (population) std in float64, two passes over row chunks: ``np.std``
+    would build float64 temporaries twice the size of the whole array."""
+    mean = sum(x[i : i + chunk].sum(axis=0, dtype=np.float64) for i in range(0, len(x), chunk))
+    mean = mean / len(x)
+    sq = sum(np.square(x[i : i + chunk] - mean).sum(axis=0) for i in range(0, len(x), chunk))
+    return mean, np.sqrt(sq / len(x))
+
+
 class DatasetError(ValueError):
     """A dataset that cannot be trained on; the message names the problem and the fix."""
 
@@ -88,7 +97,8 @@ class TrajectoryDataset:
             ("actions", actions),
             ("rewards", rewards),
         ):
-            if not np.isfinite(arr).all():
+            # A float64 sum is finite exactly when every float32 term is: no full-size mask needed.
+            if not np.isfinite(arr.sum(dtype=np.float64)):
                 bad = int(np.flatnonzero(~np.isfinite(arr.reshape(n, -1)).all(axis=1))[0])
                 episode = int(np.searchsorted(starts, bad, side="right") - 1)
                 raise DatasetError(
@@ -110,8 +120,7 @@ class TrajectoryDataset:
         returns_to_go = suffix - np.repeat(after, lengths)
         returns = returns_to_go[starts].copy()
 
-        mean = observations.mean(axis=0, dtype=np.float64)
-        std = observations.std(axis=0, dtype=np.float64) + 1e-6
+        mean, std = _column_mean_std(observations)
         return cls(
             observations,
             actions,
@@ -122,7 +131,7 @@ class TrajectoryDataset:
             lengths,
             returns,
             mean.astype(np.float32),
-            std.astype(np.float32),
+            (std + 1e-6).astype(np.float32),
         )
 
     def check_env_dims(self, state_dim: int, act_dim: int, env_name: str, source: str) -> None:
