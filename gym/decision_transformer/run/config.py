@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
 import torch
 
 from ..envs import ENV_SPECS, parse_env_name
@@ -111,10 +112,11 @@ def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
     )
     a(
         "--env_targets",
-        type=float,
         nargs="+",
         default=None,
-        help="target returns to condition evaluation on (default: the env's two targets)",
+        type=target_spec,
+        help="returns to condition evaluation on: numbers, or max / pNN (a percentile) of the "
+        "dataset's episode returns, e.g. --env_targets max p90 p50 (default: the env's two)",
     )
     if qwen:
         q = p.add_argument_group("Qwen3 backbone")
@@ -150,6 +152,32 @@ def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
             help="start the decoder layers from a local transformers Qwen3 checkpoint directory",
         )
     return p
+
+
+def target_spec(value: str) -> float | str:
+    """A target return: a number, ``max``, or ``pNN`` for a percentile of the dataset's returns."""
+    if value == "max" or (value[:1] == "p" and value[1:].replace(".", "", 1).isdigit()):
+        if value != "max" and not 0 <= float(value[1:]) <= 100:
+            raise argparse.ArgumentTypeError(f"percentile out of range: '{value}'")
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number, max or pNN (e.g. p90), got '{value}'"
+        ) from None
+
+
+def resolve_targets(specs: list, returns, default: tuple[float, ...]) -> list[float]:
+    """Turn target specs into returns, reading ``max``/``pNN`` off the dataset's episode returns."""
+    out = []
+    for t in specs or default:
+        if t == "max":
+            t = float(np.max(returns))
+        elif isinstance(t, str):
+            t = float(np.percentile(returns, float(t[1:])))
+        out.append(round(float(t), 1))
+    return out
 
 
 class ConfigError(ValueError):

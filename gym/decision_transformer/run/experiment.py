@@ -20,7 +20,7 @@ from ..training.act_trainer import ActTrainer
 from ..training.seq_trainer import SequenceTrainer
 from ..training.trainer import NonFiniteLossError
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import ConfigError, build_parser, resolve
+from .config import ConfigError, build_parser, resolve, resolve_targets
 from .distributed import DistContext
 from .metrics import MetricsLog
 
@@ -245,7 +245,7 @@ def run(cfg: dict) -> int:
     sampler = BatchSampler(
         dataset, cfg["K"], spec.max_ep_len, spec.scale, cfg["pct_traj"], device, np_rng
     )
-    targets = cfg["env_targets"] or list(spec.env_targets)
+    targets = resolve_targets(cfg["env_targets"], dataset.returns, spec.env_targets)
     eval_fns = []
     if ctx.is_main and cfg["num_eval_episodes"] > 0:
         ref = reference_scores_for(cfg)
