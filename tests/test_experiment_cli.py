@@ -256,3 +256,28 @@ def test_bad_datasets_fail_fast(tmp_path, kind, needle):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_torchrun_two_processes_rank0_writes(data_dir, tmp_path):
+    """Two CPU processes (gloo) train together; rank 0 alone logs, evaluates and checkpoints."""
+    out = tmp_path / "ddp"
+    proc = run_script(
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "experiment.py",
+        "--env",
+        "humanoid",
+        "--data_dir",
+        data_dir,
+        "--out_dir",
+        out,
+        *TINY,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("Iteration 2") == 1  # printed by rank 0 only
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 2

@@ -43,7 +43,9 @@ class DistContext:
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.world_size == 1:
             return model
-        return torch.nn.parallel.DistributedDataParallel(model)
+        # The DT's state and return heads get no gradient (only actions are trained, as in the
+        # original), so DDP must look for unused parameters.
+        return torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
     def barrier(self) -> None:
         if self.world_size > 1:

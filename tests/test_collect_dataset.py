@@ -1,0 +1,183 @@
+"""The embedded Humanoid dataset: made by a real subprocess from the real simulator."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium
+import numpy as np
+import pytest
+from decision_transformer.data.humanoid_controller import BalanceController, noise_levels
+from decision_transformer.data.minari_io import load_minari_dataset, paths_from_minari
+from decision_transformer.data.pickle_io import load_paths_file
+
+GYM_DIR = Path(__file__).resolve().parents[1] / "gym"
+
+
+def _collect(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "data/collect_dataset.py", *args],
+        cwd=GYM_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def default_dataset(tmp_path_factory: pytest.TempPathFactory):
+    """The dataset exactly as the documented command makes it (defaults: 60 episodes)."""
+    out = tmp_path_factory.mktemp("collected")
+    start = time.perf_counter()
+    result = _collect("--env", "humanoid", "--out", str(out))
+    seconds = time.perf_counter() - start
+    assert result.returncode == 0, result.stdout + result.stderr
+    file = out / "humanoid-collected-v2.pkl"
+    return file, load_paths_file(file), result.stdout, seconds
+
+
+def test_default_run_is_fast_and_summarised(default_dataset):
+    _, _, stdout, seconds = default_dataset
+    assert seconds < 120, f"collection took {seconds:.0f} s"
+    for word in ("episodes 60", "steps", "min", "mean", "90th pct", "max"):
+        assert word in stdout
+
+
+def test_default_dataset_has_a_real_spread_of_returns(default_dataset):
+    _, paths, _, _ = default_dataset
+    returns = np.array([p["rewards"].sum() for p in paths])
+    lengths = np.array([len(p["rewards"]) for p in paths])
+    assert len(paths) >= 50
+    assert returns.max() >= 2 * returns.min()
+    assert lengths.max() >= 500 and lengths.min() <= 100  # long best, short worst
+    # The noise level is what explains the return: quieter half of the episodes, higher returns.
+    half = len(paths) // 2
+    assert returns[:half].mean() > 2 * returns[half:].mean()
+
+
+def test_dataset_is_in_the_project_format(default_dataset):
+    _, paths, _, _ = default_dataset
+    for path in paths:
+        steps = len(path["rewards"])
+        assert path["observations"].shape == (steps, 348)
+        assert path["next_observations"].shape == (steps, 348)
+        assert path["actions"].shape == (steps, 17)
+        assert path["rewards"].shape == path["terminals"].shape == path["timeouts"].shape
+        for key in ("observations", "next_observations", "actions", "rewards"):
+            assert path[key].dtype == np.float32, key
+        assert path["terminals"].dtype == path["timeouts"].dtype == np.bool_
+        np.testing.assert_array_equal(path["observations"][1:], path["next_observations"][:-1])
+        assert np.all(np.abs(path["actions"]) <= 0.4 + 1e-6)
+        assert not path["terminals"][:-1].any() and not path["timeouts"][:-1].any()
+        # An episode ends either by falling (terminal) or at the 1000-step limit (timeout).
+        if steps == 1000:
+            assert path["timeouts"][-1] and not path["terminals"][-1]
+        else:
+            assert path["terminals"][-1] and not path["timeouts"][-1]
+            assert path["next_observations"][-1][0] < 1.0  # torso height left the healthy range
+
+
+def test_best_behaviour_is_learnable_from_observations(default_dataset):
+    """A linear least-squares policy fitted to the data (no returns, no noise labels) must reach
+    the dataset's 90th-percentile return: the good behaviour is a function of the state."""
+    _, paths, _, _ = default_dataset
+    obs = np.concatenate([p["observations"] for p in paths]).astype(np.float64)
+    act = np.concatenate([p["actions"] for p in paths]).astype(np.float64)
+    mean, std = obs.mean(0), obs.std(0) + 1e-6
+    features = np.hstack([(obs - mean) / std, np.ones((len(obs), 1))])
+    weights = np.linalg.solve(
+        features.T @ features + 1e-3 * np.eye(features.shape[1]), features.T @ act
+    )
+    target = np.percentile([p["rewards"].sum() for p in paths], 90)
+    env = gymnasium.make("Humanoid-v5")
+    achieved = []
+    for seed in (500, 501, 502):
+        o, _ = env.reset(seed=seed)
+        total = 0.0
+        for _ in range(1000):
+            a = np.clip(np.append((o - mean) / std, 1.0) @ weights, -0.4, 0.4)
+            o, r, terminated, truncated, _ = env.step(a)
+            total += r
+            if terminated or truncated:
+                break
+        achieved.append(total)
+    assert np.median(achieved) >= target, (achieved, target)
+
+
+def test_existing_file_is_kept_unless_overwrite(default_dataset):
+    file, _, _, _ = default_dataset
+    before = file.stat().st_mtime_ns
+    result = _collect("--out", str(file.parent))
+    assert result.returncode == 0
+    assert "already exists" in result.stdout
+    assert file.stat().st_mtime_ns == before
+
+
+def test_same_seed_same_data_and_minari_copy(tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    env = dict(os.environ, MINARI_DATASETS_PATH=str(store))
+    args = ["--episodes", "3", "--noise", "0.3", "--seed", "7"]
+    first = _collect(
+        *args, "--out", str(tmp_path / "a"), "--minari_id", "test/humanoid/c-v0", env=env
+    )
+    second = _collect(*args, "--out", str(tmp_path / "b"), env=env)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    a = load_paths_file(tmp_path / "a" / "humanoid-collected-v2.pkl")
+    b = load_paths_file(tmp_path / "b" / "humanoid-collected-v2.pkl")
+    assert len(a) == len(b) == 3
+    for pa, pb in zip(a, b):
+        for key in pa:
+            np.testing.assert_array_equal(pa[key], pb[key])
+
+    # The local Minari copy converts back to the very same trajectories.
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(store))
+    back = paths_from_minari(load_minari_dataset("test/humanoid/c-v0", download=False))
+    assert len(back) == 3
+    for pa, pm in zip(a, back):
+        for key in pa:
+            np.testing.assert_array_equal(pa[key], pm[key])
+
+
+def test_bad_requests_fail_with_one_line():
+    result = _collect("--env", "hopper", "--out", "unused")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "--policy" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("stable_baselines3") is not None,
+    reason="Stable-Baselines3 is installed, so the missing-dependency message cannot show",
+)
+def test_policy_without_sb3_says_what_to_install(tmp_path):
+    result = _collect("--policy", str(tmp_path / "model.zip"), "--out", str(tmp_path))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "stable-baselines3" in result.stderr
+
+
+def test_controller_stands_a_full_episode_without_noise():
+    controller = BalanceController()
+    env = gymnasium.make("Humanoid-v5")
+    obs, _ = env.reset(seed=12345)
+    total, steps = 0.0, 0
+    while True:
+        obs, reward, terminated, truncated, _ = env.step(controller(obs))
+        total, steps = total + reward, steps + 1
+        if terminated or truncated:
+            break
+    assert steps == 1000 and not terminated
+    assert total > 4800
+
+
+def test_noise_levels_rise_evenly():
+    levels = noise_levels(60, 0.15)
+    assert levels.shape == (60,)
+    assert levels[0] == pytest.approx(0.35 * 0.15) and levels[-1] == pytest.approx(0.15)
+    assert np.all(np.diff(levels) > 0)
