@@ -54,8 +54,13 @@ class Trainer:
         logs: dict[str, float] = {}
         train_start = time.time()
         self.model.train()
+        # disable=None: a bar on terminals, none in redirected logs (SLURM, CI), which the
+        # per-iteration printout serves better than carriage-return spam.
         steps = tqdm(
-            range(num_steps), desc=f"iteration {iter_num}", leave=False, disable=not self.progress
+            range(num_steps),
+            desc=f"iteration {iter_num}",
+            leave=False,
+            disable=None if self.progress else True,
         )
         for step in steps:
             loss = self.train_step()
