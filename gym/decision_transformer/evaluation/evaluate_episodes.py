@@ -4,14 +4,23 @@
 on gymnasium's API. ``evaluate_batched`` plays many episodes at once through a vector env with one
 model call per step for all of them; it gives the same returns as the sequential path for the same
 seeds, only faster.
+
+Each evaluator takes an optional ``on_step(action, reward)`` hook, called after every env step of
+one episode (the only one, or for the batched evaluator the episode of ``seeds[0]``): enough to
+replay that exact episode elsewhere, e.g. to render it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from ..envs import make_vector_env
+
+# Called as on_step(action, reward) after each env step of the watched episode.
+StepHook = Callable[[np.ndarray, float], None]
 
 
 def _reset(env, seed: int | None, mode: str, rng: np.random.Generator) -> np.ndarray:
@@ -34,6 +43,7 @@ def evaluate_episode(
     state_mean=0.0,
     state_std=1.0,
     seed=None,
+    on_step: StepHook | None = None,
 ) -> tuple[float, int]:
     """One episode with a policy that ignores returns (BC). Returns (return, length)."""
     model.eval()
@@ -49,7 +59,10 @@ def evaluate_episode(
         rewards = torch.cat([rewards, torch.zeros(1, device=device)])
         action = model.get_action((states - state_mean) / state_std, actions, rewards)
         actions[-1] = action
-        state, reward, terminated, truncated, _ = env.step(action.float().cpu().numpy())
+        action = action.float().cpu().numpy()
+        state, reward, terminated, truncated, _ = env.step(action)
+        if on_step is not None:
+            on_step(action, float(reward))
         cur = torch.as_tensor(state, device=device, dtype=torch.float32).reshape(1, state_dim)
         states = torch.cat([states, cur], dim=0)
         rewards[-1] = reward
@@ -74,6 +87,7 @@ def evaluate_episode_rtg(
     target_return=None,
     mode="normal",
     seed=None,
+    on_step: StepHook | None = None,
 ) -> tuple[float, int]:
     """One episode conditioned on ``target_return`` (already divided by ``scale``), the return-to-go
     falling by each reward received ('delayed' keeps it fixed). Returns (return, length)."""
@@ -94,7 +108,10 @@ def evaluate_episode_rtg(
             (states - state_mean) / state_std, actions, rewards, target, timesteps
         )
         actions[-1] = action
-        state, reward, terminated, truncated, _ = env.step(action.float().cpu().numpy())
+        action = action.float().cpu().numpy()
+        state, reward, terminated, truncated, _ = env.step(action)
+        if on_step is not None:
+            on_step(action, float(reward))
         cur = torch.as_tensor(state, device=device, dtype=torch.float32).reshape(1, state_dim)
         states = torch.cat([states, cur], dim=0)
         rewards[-1] = reward
@@ -122,6 +139,7 @@ def evaluate_batched(
     target_return: float | None = None,
     mode: str = "normal",
     conditioned: bool = True,
+    on_step: StepHook | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Play one episode per seed, ``num_envs`` at a time, with one model call per env step.
 
@@ -145,6 +163,7 @@ def evaluate_batched(
             target_return,
             mode,
             conditioned,
+            on_step if chunk == 0 else None,
         )
         returns.append(r)
         lengths.append(n)
@@ -163,6 +182,7 @@ def _run_chunk(
     target_return,
     mode,
     conditioned,
+    on_step,
 ):
     n = len(seeds)
     envs = make_vector_env(env_name, n)
@@ -202,6 +222,8 @@ def _run_chunk(
             full = np.zeros((n, A), dtype=np.float32)  # finished envs get a dummy action
             full[active] = act.float().cpu().numpy()
             obs, reward, terminated, truncated, _ = envs.step(full)
+            if on_step is not None and active[0]:
+                on_step(full[0].copy(), float(reward[0]))
             reward = np.where(active, reward, 0.0)
             ep_return += reward
             ep_len += active

@@ -77,7 +77,7 @@ class DecisionTransformer(TrajectoryModel):
 
     @torch.no_grad()
     def get_actions(self, states, actions, rewards, returns_to_go, timesteps, **kwargs):
-        """Histories ``[N, T, ...]`` of one length -> ``[N, act_dim]`` actions for their last step."""
+        """Equal-length histories ``[N, T, ...]`` -> actions ``[N, act_dim]`` for the last step."""
         states, pad = self.window(states)
         actions, _ = self.window(actions)
         returns_to_go, _ = self.window(returns_to_go)

@@ -5,16 +5,23 @@ from __future__ import annotations
 import json
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..data.loading import check_dataset_available, load_dataset
 from ..data.sampler import BatchSampler
 from ..data.trajectories import DatasetError, TrajectoryDataset
 from ..envs import get_spec, make_env
-from ..evaluation.evaluate_episodes import evaluate_batched, evaluate_episode, evaluate_episode_rtg
+from ..evaluation.evaluate_episodes import (
+    StepHook,
+    evaluate_batched,
+    evaluate_episode,
+    evaluate_episode_rtg,
+)
 from ..models.factory import build_model, count_params
 from ..training.act_trainer import ActTrainer
 from ..training.seq_trainer import SequenceTrainer
@@ -48,87 +55,136 @@ def target_key(target: float) -> str:
     return f"target_{target:g}"
 
 
-def make_eval_fn(cfg: dict, dataset: TrajectoryDataset, target: float, ref_scores=None):
-    spec = get_spec(cfg["env"])
+def make_eval_fn(
+    cfg: dict,
+    state_mean: np.ndarray,
+    state_std: np.ndarray,
+    target: float,
+    ref_scores: tuple[float, float] | None = None,
+    progress: bool = False,
+) -> Callable[[torch.nn.Module], dict]:
+    """The evaluation run after each training iteration; evaluate.py replays it on a checkpoint
+    through the same functions, so both report the same numbers."""
     seeds = episode_seeds(cfg["seed"], cfg["num_eval_episodes"])
-    conditioned = cfg["model_type"] == "dt"
 
     def eval_fn(model) -> dict:
         model = getattr(model, "module", model)  # unwrap DistributedDataParallel
         returns, lengths = evaluate_returns(
-            cfg, model, dataset.state_mean, dataset.state_std, target, seeds, conditioned, spec
+            cfg, model, state_mean, state_std, target, seeds, progress=progress
         )
-        key = target_key(target)
-        out = {
-            f"{key}_return_mean": float(np.mean(returns)),
-            f"{key}_return_std": float(np.std(returns)),
-            f"{key}_length_mean": float(np.mean(lengths)),
-            f"{key}_length_std": float(np.std(lengths)),
-        }
-        if ref_scores is not None:
-            lo, hi = ref_scores
-            out[f"{key}_normalized_score"] = float(100 * (np.mean(returns) - lo) / (hi - lo))
-        return out
+        return summarize_returns(target, returns, lengths, ref_scores)
 
     return eval_fn
 
 
-def evaluate_returns(cfg, model, state_mean, state_std, target, seeds, conditioned, spec):
-    """Returns and lengths of one episode per seed, batched or one by one as ``eval_envs`` says."""
+def summarize_returns(
+    target: float,
+    returns: np.ndarray,
+    lengths: np.ndarray,
+    ref_scores: tuple[float, float] | None = None,
+) -> dict:
+    """The logged numbers of one target, keyed as in metrics.jsonl without 'evaluation/'."""
+    key = target_key(target)
+    out = {
+        f"{key}_return_mean": float(np.mean(returns)),
+        f"{key}_return_std": float(np.std(returns)),
+        f"{key}_length_mean": float(np.mean(lengths)),
+        f"{key}_length_std": float(np.std(lengths)),
+    }
+    if ref_scores is not None:
+        lo, hi = ref_scores
+        out[f"{key}_normalized_score"] = float(100 * (np.mean(returns) - lo) / (hi - lo))
+    return out
+
+
+def evaluate_returns(
+    cfg: dict,
+    model: torch.nn.Module,
+    state_mean: np.ndarray,
+    state_std: np.ndarray,
+    target: float,
+    seeds: list[int],
+    progress: bool = False,
+    on_step: StepHook | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns and lengths of one episode per seed, batched or one by one as ``eval_envs`` says.
+    ``on_step`` watches the episode of ``seeds[0]`` (see evaluate_episodes)."""
+    spec = get_spec(cfg["env"])
+    conditioned = cfg["model_type"] == "dt"
     device = next(model.parameters()).device
+    # disable=None: a bar on a terminal, nothing in logs and captured output.
+    bar = tqdm(
+        total=len(seeds),
+        desc=f"evaluating target {target:g}",
+        unit="episode",
+        leave=False,
+        disable=None if progress else True,
+    )
+    returns, lengths = [], []
     if cfg["eval_envs"] > 1:
-        return evaluate_batched(
-            cfg["env"],
-            model,
-            seeds,
-            cfg["eval_envs"],
-            spec.max_ep_len,
-            spec.scale,
-            state_mean,
-            state_std,
-            device,
-            target / spec.scale,
-            cfg["mode"],
-            conditioned,
-        )
+        # One evaluate_batched call per chunk of eval_envs seeds is exactly what a single call
+        # would play; calling per chunk lets the bar move.
+        for i in range(0, len(seeds), cfg["eval_envs"]):
+            r, n = evaluate_batched(
+                cfg["env"],
+                model,
+                seeds[i : i + cfg["eval_envs"]],
+                cfg["eval_envs"],
+                spec.max_ep_len,
+                spec.scale,
+                state_mean,
+                state_std,
+                device,
+                target / spec.scale,
+                cfg["mode"],
+                conditioned,
+                on_step=on_step if i == 0 else None,
+            )
+            returns.extend(r)
+            lengths.extend(n)
+            bar.update(len(r))
+        bar.close()
+        return np.array(returns), np.array(lengths)
     env = make_env(cfg["env"])
-    results = []
-    for s in seeds:
+    for i, s in enumerate(seeds):
+        hook = on_step if i == 0 else None
         if conditioned:
-            results.append(
-                evaluate_episode_rtg(
-                    env,
-                    env.observation_space.shape[0],
-                    env.action_space.shape[0],
-                    model,
-                    spec.max_ep_len,
-                    spec.scale,
-                    state_mean,
-                    state_std,
-                    device,
-                    target / spec.scale,
-                    cfg["mode"],
-                    seed=s,
-                )
+            r, n = evaluate_episode_rtg(
+                env,
+                env.observation_space.shape[0],
+                env.action_space.shape[0],
+                model,
+                spec.max_ep_len,
+                spec.scale,
+                state_mean,
+                state_std,
+                device,
+                target / spec.scale,
+                cfg["mode"],
+                seed=s,
+                on_step=hook,
             )
         else:
-            results.append(
-                evaluate_episode(
-                    env,
-                    env.observation_space.shape[0],
-                    env.action_space.shape[0],
-                    model,
-                    spec.max_ep_len,
-                    device,
-                    target / spec.scale,
-                    cfg["mode"],
-                    state_mean,
-                    state_std,
-                    seed=s,
-                )
+            r, n = evaluate_episode(
+                env,
+                env.observation_space.shape[0],
+                env.action_space.shape[0],
+                model,
+                spec.max_ep_len,
+                device,
+                target / spec.scale,
+                cfg["mode"],
+                state_mean,
+                state_std,
+                seed=s,
+                on_step=hook,
             )
+        returns.append(r)
+        lengths.append(n)
+        bar.update(1)
+    bar.close()
     env.close()
-    return np.array([r for r, _ in results]), np.array([n for _, n in results])
+    return np.array(returns), np.array(lengths)
 
 
 def reference_scores_for(cfg: dict):
@@ -249,7 +305,10 @@ def run(cfg: dict) -> int:
     eval_fns = []
     if ctx.is_main and cfg["num_eval_episodes"] > 0:
         ref = reference_scores_for(cfg)
-        eval_fns = [make_eval_fn(cfg, dataset, t, ref) for t in targets]
+        eval_fns = [
+            make_eval_fn(cfg, dataset.state_mean, dataset.state_std, t, ref, progress=True)
+            for t in targets
+        ]
     trainer_cls = SequenceTrainer if cfg["model_type"] == "dt" else ActTrainer
     trainer = trainer_cls(
         train_model,
@@ -292,6 +351,8 @@ def run(cfg: dict) -> int:
                     "state_mean": torch.from_numpy(dataset.state_mean),
                     "state_std": torch.from_numpy(dataset.state_std),
                     "config": cfg,
+                    # max/pNN targets need the dataset to resolve; evaluate.py reads them here
+                    "eval_targets": targets,
                     "wandb_id": metrics.wandb_id,
                 },
             )

@@ -1,0 +1,323 @@
+"""evaluate.py: evaluate a training checkpoint, from the checkpoint alone, as training did.
+
+The model, env and state normalisation come from the checkpoint (its config, weights, state
+mean/std and resolved targets). Episodes are played by ``evaluate_returns`` and summarised by
+``summarize_returns``, the functions training's own evaluation runs, with the same episode
+seeds: for the same checkpoint, seed, episode count and ``eval_envs`` the numbers are those of
+the run's last metrics.jsonl row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..envs import get_spec, make_env
+from ..models.factory import build_model
+from .checkpoint import load_checkpoint
+from .config import ConfigError, resolve_device, resolve_targets
+from .experiment import (
+    episode_seeds,
+    evaluate_returns,
+    reference_scores_for,
+    summarize_returns,
+    target_key,
+)
+
+REQUIRED_KEYS = ("model", "config", "state_mean", "state_std")
+# What evaluation itself reads from the config; build_model reads the model's own flags.
+CONFIG_KEYS = ("env", "dataset", "model_type", "mode", "seed", "num_eval_episodes", "eval_envs")
+
+
+class CheckpointError(ValueError):
+    """The checkpoint is missing, unreadable or not one experiment.py wrote."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Evaluate a checkpoint written by experiment.py / experiment_qwen.py, the "
+        "way training evaluates; optionally render the first episode to a video.",
+    )
+    a = p.add_argument
+    a("--checkpoint", required=True, help="RUN/checkpoint.pt (or the run directory)")
+    a(
+        "--num_eval_episodes",
+        type=int,
+        default=None,
+        help="episodes per target (default: the run's --num_eval_episodes)",
+    )
+    a(
+        "--target_return",
+        type=float,
+        nargs="+",
+        default=None,
+        help="returns to condition on (default: the targets the run evaluated)",
+    )
+    a(
+        "--eval_envs",
+        type=int,
+        default=None,
+        help="episodes played at once; 1 is the one-episode evaluator (default: the run's)",
+    )
+    a("--seed", type=int, default=None, help="evaluation seed (default: the run's --seed)")
+    a("--video", default=None, metavar="PATH", help="render the first episode to PATH (.mp4/.gif)")
+    a(
+        "--video_quality",
+        default="auto",
+        choices=["auto", "fast", "full"],
+        help="fast drops multisampling, shadows and reflections (~10x faster on software GL); "
+        "auto (the default) picks fast when OpenGL is a software rasteriser",
+    )
+    a("--json", default=None, metavar="PATH", help="where to write results (default RUN/eval.json)")
+    a("--device", default="auto", help="auto (the default: CUDA when present, else CPU), cpu, ...")
+    return p
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    line = text[0] if text else type(e).__name__
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def load_run_checkpoint(path: str | Path) -> tuple[Path, dict]:
+    """The checkpoint at ``path`` (a file or a run directory), checked to be experiment.py's."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        ckpt = load_checkpoint(path)
+    except Exception as e:  # torch raises several unrelated types for a file it can't read
+        raise CheckpointError(f"{path} is not a readable checkpoint: {_first_line(e)}") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a checkpoint written by experiment.py (no {', '.join(missing)})"
+        )
+    return path, ckpt
+
+
+def eval_config(ckpt: dict, args: argparse.Namespace) -> dict:
+    """The run's config with this evaluation's overrides."""
+    cfg = ckpt["config"]
+    missing = [k for k in CONFIG_KEYS if not isinstance(cfg, dict) or k not in cfg]
+    if missing:
+        raise CheckpointError(f"the checkpoint's config lacks {', '.join(missing)}")
+    cfg = dict(cfg)
+    try:
+        get_spec(cfg["env"])
+    except ValueError as e:
+        raise CheckpointError(f"the checkpoint's env: {e}") from None
+    for flag in ("num_eval_episodes", "eval_envs", "seed"):
+        value = getattr(args, flag)
+        if value is not None:
+            cfg[flag] = value
+    for flag in ("num_eval_episodes", "eval_envs"):
+        if cfg[flag] <= 0:
+            hint = "" if getattr(args, flag) is not None else f" (the run's): pass --{flag} N"
+            raise ConfigError(f"--{flag} must be positive, got {cfg[flag]}{hint}")
+    cfg["device"] = resolve_device(args.device)
+    return cfg
+
+
+def eval_targets(ckpt: dict, cfg: dict, requested: list[float] | None) -> list[float]:
+    if requested:
+        return [float(t) for t in requested]
+    if "eval_targets" in ckpt:
+        return [float(t) for t in ckpt["eval_targets"]]
+    # Older checkpoints lack the resolved targets; numbers can be resolved without the dataset.
+    specs = cfg.get("env_targets")
+    if specs and any(isinstance(t, str) for t in specs):
+        raise CheckpointError(
+            f"the run's targets ({' '.join(map(str, specs))}) depend on its dataset and the "
+            "checkpoint does not record them: pass --target_return"
+        )
+    return resolve_targets(specs, None, get_spec(cfg["env"]).env_targets)
+
+
+def restore_model(ckpt: dict, cfg: dict) -> torch.nn.Module:
+    spec = get_spec(cfg["env"])
+    env = make_env(cfg["env"])
+    state_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    low, high = env.action_space.low, env.action_space.high
+    env.close()
+    if tuple(ckpt["state_mean"].shape) != (state_dim,):
+        raise CheckpointError(
+            f"the checkpoint's state mean has shape {tuple(ckpt['state_mean'].shape)} but "
+            f"{cfg['env']} observations have {state_dim} dimensions"
+        )
+    try:
+        model = build_model(cfg, state_dim, act_dim, spec.max_ep_len, low, high)
+    except (ImportError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot rebuild the run's model: {_first_line(e)}") from None
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"the weights do not fit the model the checkpoint's config describes: {_first_line(e)}"
+        ) from None
+    model = model.to(cfg["device"]).eval()
+    if cfg.get("compile"):
+        # Training evaluated the compiled model; compiled kernels round differently.
+        model.compile()
+    return model
+
+
+def autocast_for(cfg: dict, device: str):
+    """bf16 runs evaluate under autocast during training; do the same, or the numbers differ."""
+    if cfg.get("dtype") != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def markdown_table(results: list[dict], has_score: bool) -> str:
+    head = "| target | return | length |" + (" normalized score |" if has_score else "")
+    rows = [head, "|---:|---:|---:|" + ("---:|" if has_score else "")]
+    for r in results:
+        row = (
+            f"| {r['target']:g} | {r['return_mean']:.1f} ± {r['return_std']:.1f} "
+            f"| {r['length_mean']:.1f} ± {r['length_std']:.1f} |"
+        )
+        if has_score:
+            score = r.get("normalized_score")
+            row += f" {score:.1f} |" if score is not None else " – |"
+        rows.append(row)
+    return "\n".join(rows)
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Everything evaluate.py does but printing; returns what goes into the JSON file."""
+    if args.video is not None:
+        from ..evaluation.video import check_video_path
+
+        try:
+            check_video_path(args.video)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    ckpt_path, ckpt = load_run_checkpoint(args.checkpoint)
+    cfg = eval_config(ckpt, args)
+    targets = eval_targets(ckpt, cfg, args.target_return)
+    model = restore_model(ckpt, cfg)
+    state_mean = ckpt["state_mean"].numpy()
+    state_std = ckpt["state_std"].numpy()
+    seeds = episode_seeds(cfg["seed"], cfg["num_eval_episodes"])
+    ref = reference_scores_for(cfg)
+    conditioned = cfg["model_type"] == "dt"
+
+    recorder = None
+    if args.video is not None:
+        from ..evaluation.video import EpisodeRecorder
+
+        recorder = EpisodeRecorder(seed=seeds[0])
+
+    start = time.perf_counter()
+    results, metrics = [], {}
+    played: dict = {}
+    for i, target in enumerate(targets):
+        # BC never sees the target: its episodes are the same for every target, so play once.
+        cache_key = target if conditioned else None
+        if cache_key not in played:
+            with autocast_for(cfg, cfg["device"]):
+                played[cache_key] = evaluate_returns(
+                    cfg,
+                    model,
+                    state_mean,
+                    state_std,
+                    target,
+                    seeds,
+                    progress=True,
+                    on_step=recorder if i == 0 else None,
+                )
+        returns, lengths = played[cache_key]
+        summary = summarize_returns(target, returns, lengths, ref)
+        metrics.update(summary)
+        key = target_key(target)
+        results.append(
+            {
+                "target": target,
+                **{k[len(key) + 1 :]: v for k, v in summary.items()},
+                "returns": [float(r) for r in returns],
+                "lengths": [int(n) for n in lengths],
+            }
+        )
+    elapsed = time.perf_counter() - start
+
+    report = {
+        "checkpoint": str(ckpt_path),
+        "iteration": ckpt.get("iteration"),
+        "env": cfg["env"],
+        "dataset": cfg["dataset"],
+        "model_type": cfg["model_type"],
+        "backbone": cfg.get("backbone"),
+        "params": cfg.get("params"),
+        "mode": cfg["mode"],
+        "seed": cfg["seed"],
+        "num_eval_episodes": cfg["num_eval_episodes"],
+        "eval_envs": cfg["eval_envs"],
+        "device": cfg["device"],
+        "episode_seeds": seeds,
+        "reference_scores": list(ref) if ref is not None else None,
+        "evaluation_seconds": elapsed,
+        "targets": results,
+        "metrics": metrics,
+    }
+    if recorder is not None:
+        from ..evaluation.video import render_episode
+
+        title = f"{cfg['env']} {cfg['model_type']} {cfg.get('backbone', '')}".rstrip()
+        if conditioned:
+            title += f"  target {targets[0]:g}"
+        report["video"] = render_episode(
+            cfg["env"],
+            recorder,
+            args.video,
+            targets[0] if conditioned else None,
+            mode=cfg["mode"],
+            title=title,
+            max_steps=get_spec(cfg["env"]).max_ep_len,
+            quality=args.video_quality,
+        )
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Offscreen rendering with no display; must be set before mujoco is first imported.
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    args = build_parser().parse_args(argv)
+    try:
+        report = evaluate(args)
+    except (CheckpointError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    params = f", {report['params']:,} parameters" if report["params"] else ""
+    print(
+        f"{report['checkpoint']} (iteration {report['iteration']}): {report['env']} "
+        f"{report['dataset']}, {report['model_type']} {report['backbone']}{params}"
+    )
+    print(
+        f"{report['num_eval_episodes']} episodes per target, seed {report['seed']}, "
+        f"eval_envs {report['eval_envs']}, {report['evaluation_seconds']:.1f}s"
+    )
+    has_score = report["reference_scores"] is not None
+    print(markdown_table(report["targets"], has_score))
+    if "video" in report:
+        v = report["video"]
+        print(
+            f"video: {v['path']}, {v['frames']} frames at {v['fps']:g} fps "
+            f"(episode of seed {v['seed']}, return {v['episode_return']:.1f}), "
+            f"rendered at {v['render_fps']:.1f} frames/s"
+        )
+    out = Path(args.json) if args.json else Path(report["checkpoint"]).parent / "eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results: {out}")
+    return 0

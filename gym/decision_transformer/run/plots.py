@@ -1,0 +1,225 @@
+"""plot.py: learning curves and a comparison table of run directories.
+
+A run directory is what experiment.py writes: ``config.json`` (flags and parameter counts) and
+``metrics.jsonl`` (one row per iteration). Runs are labelled by backbone and size, e.g.
+"qwen3 1.2M", so runs of different models read apart on one figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .metrics import read_metrics
+
+_RETURN_KEY = re.compile(r"^evaluation/target_(?P<target>.+)_return_mean$")
+
+
+class RunError(ValueError):
+    """A path that is not a readable run directory."""
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    rows: list[dict]
+    label: str = ""
+
+    @property
+    def targets(self) -> list[str]:
+        """Target names as in the metric keys ('6000', '3000'), highest first."""
+        found = {m["target"] for row in self.rows for k in row if (m := _RETURN_KEY.match(k))}
+        return sorted(found, key=_target_order)
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        steps = [row["step"] for row in self.rows if key in row]
+        return steps, [row[key] for row in self.rows if key in row]
+
+    def step_time(self) -> float | None:
+        """Median seconds per gradient step: the first iteration's warm-up does not skew it."""
+        steps = self.config.get("num_steps_per_iter")
+        times = [row["time/training"] for row in self.rows if "time/training" in row]
+        if not steps or not times:
+            return None
+        return statistics.median(times) / steps
+
+
+def _target_order(name: str) -> tuple[int, float, str]:
+    try:
+        return (0, -float(name), name)
+    except ValueError:
+        return (1, 0.0, name)
+
+
+def human_count(n: int | None) -> str:
+    if not n:
+        return "?"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            value = n / size
+            return f"{value:.0f}{unit}" if value >= 100 else f"{value:.1f}{unit}"
+    return str(n)
+
+
+def load_run(path: str | Path) -> Run:
+    path = Path(path)
+    if path.is_file():  # a checkpoint or metrics file: its folder is the run
+        path = path.parent
+    metrics = path / "metrics.jsonl"
+    if not metrics.is_file():
+        raise RunError(f"{path} is not a run directory (no metrics.jsonl)")
+    try:
+        rows = read_metrics(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{metrics} is not valid JSON lines: {e}") from None
+    if not rows:
+        raise RunError(f"{metrics} has no rows yet")
+    config_path = path / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    return Run(path, config, rows)
+
+
+def label_runs(runs: list[Run]) -> None:
+    """'backbone size'; runs that would share a label get their directory name too."""
+    base = [
+        f"{r.config.get('backbone') or r.config.get('model_type') or '?'} "
+        f"{human_count(r.config.get('params'))}"
+        for r in runs
+    ]
+    for run, label in zip(runs, base):
+        run.label = label if base.count(label) == 1 else f"{label} ({run.path.name})"
+
+
+def plot_runs(runs: list[Run], out: str | Path, title: str | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    targets = sorted({t for r in runs for t in r.targets}, key=_target_order)
+    scored = [
+        t
+        for t in targets
+        if any(r.series(f"evaluation/target_{t}_normalized_score")[0] for r in runs)
+    ]
+    panels = [("return", t) for t in targets] + [("score", t) for t in scored] + [("loss", None)]
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (kind, target) in zip(axes.flat, panels):
+        for i, run in enumerate(runs):
+            color = colors[i % len(colors)]
+            # Markers keep runs of a single iteration visible as points.
+            style = dict(color=color, label=run.label, marker="o", markersize=3)
+            if kind == "return":
+                steps, mean = run.series(f"evaluation/target_{target}_return_mean")
+                _, std = run.series(f"evaluation/target_{target}_return_std")
+                ax.plot(steps, mean, **style)
+                if len(std) == len(mean):
+                    lo = [m - s for m, s in zip(mean, std)]
+                    hi = [m + s for m, s in zip(mean, std)]
+                    ax.fill_between(steps, lo, hi, color=color, alpha=0.15, linewidth=0)
+            elif kind == "score":
+                ax.plot(*run.series(f"evaluation/target_{target}_normalized_score"), **style)
+            else:
+                ax.plot(*run.series("training/train_loss_mean"), **style)
+        if kind == "return":
+            ax.set_title(f"return, target {target}")
+            ax.set_ylabel("episode return (mean ± std)")
+        elif kind == "score":
+            ax.set_title(f"normalized score, target {target}")
+            ax.set_ylabel("normalized score")
+        else:
+            ax.set_title("training loss")
+            ax.set_ylabel("action MSE")
+            losses = [v for r in runs for v in r.series("training/train_loss_mean")[1]]
+            # Log scale only pays off once the loss has fallen by an order of magnitude.
+            if losses and min(losses) > 0 and max(losses) / min(losses) > 10:
+                ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(4, len(runs)), frameon=False)
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.tight_layout(rect=(0, 0, 1, 0.92 if nrows == 1 else 0.95))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def _final_best(values: list[float]) -> str:
+    return f"{values[-1]:.1f} / {max(values):.1f}" if values else "–"
+
+
+def markdown_table(runs: list[Run]) -> str:
+    """One row per run; returns and scores as 'final / best' over its evaluations."""
+    targets = sorted({t for r in runs for t in r.targets}, key=_target_order)
+    scored = [
+        t
+        for t in targets
+        if any(r.series(f"evaluation/target_{t}_normalized_score")[0] for r in runs)
+    ]
+    head = ["run", "backbone", "params", "steps", "step time"]
+    head += [f"return @{t} (final / best)" for t in targets]
+    head += [f"score @{t} (final / best)" for t in scored]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
+    for run in runs:
+        step_time = run.step_time()
+        cells = [
+            run.path.name,
+            str(run.config.get("backbone") or run.config.get("model_type") or "?"),
+            human_count(run.config.get("params")),
+            str(run.rows[-1].get("step", "?")),
+            f"{1000 * step_time:.1f} ms" if step_time is not None else "–",
+        ]
+        cells += [_final_best(run.series(f"evaluation/target_{t}_return_mean")[1]) for t in targets]
+        cells += [
+            _final_best(run.series(f"evaluation/target_{t}_normalized_score")[1]) for t in scored
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Learning curves (return and normalized score per target, training loss) "
+        "of run directories, one line per run; --table prints a comparison table.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (experiment.py out_dir)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="PNG (or .pdf/.svg) to write; default curves.png, or no figure with --table alone",
+    )
+    p.add_argument("--table", action="store_true", help="print a markdown table of the runs")
+    p.add_argument("--title", default=None, help="figure title")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        runs = [load_run(r) for r in args.runs]
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    label_runs(runs)
+    if args.table:
+        print(markdown_table(runs))
+    if args.out is not None or not args.table:
+        out = plot_runs(runs, args.out or "curves.png", args.title)
+        print(f"curves: {out}")
+    return 0
