@@ -32,7 +32,7 @@ def _collect(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 @pytest.fixture(scope="module")
 def default_dataset(tmp_path_factory: pytest.TempPathFactory):
-    """The dataset exactly as the documented command makes it (defaults: 60 episodes)."""
+    """The dataset exactly as the documented command makes it (defaults: 150 episodes)."""
     out = tmp_path_factory.mktemp("collected")
     start = time.perf_counter()
     result = _collect("--env", "humanoid", "--out", str(out))
@@ -45,7 +45,7 @@ def default_dataset(tmp_path_factory: pytest.TempPathFactory):
 def test_default_run_is_fast_and_summarised(default_dataset):
     _, _, stdout, seconds = default_dataset
     assert seconds < 120, f"collection took {seconds:.0f} s"
-    for word in ("episodes 60", "steps", "min", "mean", "90th pct", "max"):
+    for word in ("episodes 150", "steps", "min", "mean", "90th pct", "max"):
         assert word in stdout
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import gymnasium
@@ -84,15 +85,17 @@ def store(tmp_path_factory: pytest.TempPathFactory):
         )
         for i, ep in enumerate(raw)
     ]
-    minari.create_dataset_from_buffers(
-        DATASET_ID,
-        buffers,
-        env="Humanoid-v5",
-        eval_env="Humanoid-v5",
-        algorithm_name="uniform random",
-        ref_min_score=REF[0],
-        ref_max_score=REF[1],
-    )
+    with warnings.catch_warnings():  # Minari's reminders to set author, e-mail, code link
+        warnings.simplefilter("ignore", UserWarning)
+        minari.create_dataset_from_buffers(
+            DATASET_ID,
+            buffers,
+            env="Humanoid-v5",
+            eval_env="Humanoid-v5",
+            algorithm_name="uniform random",
+            ref_min_score=REF[0],
+            ref_max_score=REF[1],
+        )
     yield path, raw
     if previous is None:
         os.environ.pop("MINARI_DATASETS_PATH", None)
