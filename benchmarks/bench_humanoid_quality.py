@@ -1,0 +1,170 @@
+"""Does a small Decision Transformer learn Humanoid from the embedded dataset on a CPU?
+
+    python benchmarks/bench_humanoid_quality.py                 # 12-minute training budget each
+    python benchmarks/bench_humanoid_quality.py --minutes 3 --models qwen3
+
+Makes the offline dataset if missing (gym/data/humanoid-collected-v2.pkl), then trains the small
+Qwen3 DT, a GPT-2 DT of about the same size and BC, each for the same wall-clock training budget
+on this machine, through the real experiment scripts. Each model is evaluated on 20 episodes per
+target, conditioned on the dataset's best return, its median and its 10th percentile. Prints a
+markdown table; the target is a mean return at the best-return target of at least the dataset's
+90th-percentile episode return, with returns rising with the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+GYM = ROOT / "gym"
+sys.path.insert(0, str(GYM))
+
+from decision_transformer.data.loading import load_dataset  # noqa: E402
+
+COMMON = [
+    "--env",
+    "humanoid",
+    "--dataset",
+    "collected",
+    "--K",
+    "20",
+    "--batch_size",
+    "64",
+    "--learning_rate",
+    "1e-3",
+    "--weight_decay",
+    "1e-4",
+    "--warmup_steps",
+    "200",
+    "--dropout",
+    "0.1",
+    "--eval_envs",
+    "20",
+    "--device",
+    "cpu",
+]
+# Sizes matched: ~0.6M backbone parameters each.
+MODELS = {
+    "qwen3": (
+        "experiment_qwen.py",
+        [
+            "--embed_dim",
+            "128",
+            "--n_layer",
+            "3",
+            "--n_head",
+            "4",
+            "--n_kv_head",
+            "2",
+            "--mlp_ratio",
+            "3.0",
+        ],
+    ),
+    "gpt2": ("experiment.py", ["--embed_dim", "128", "--n_layer", "3", "--n_head", "4"]),
+    "bc": ("experiment.py", ["--model_type", "bc", "--embed_dim", "256", "--n_layer", "3"]),
+}
+
+
+def run(script: str, *args: str) -> None:
+    subprocess.run([sys.executable, script, *args], cwd=GYM, check=True, stdout=subprocess.DEVNULL)
+
+
+def last_row(out_dir: Path) -> dict:
+    return json.loads((out_dir / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--minutes", type=float, default=12.0, help="training budget per model")
+    p.add_argument("--iters", type=int, default=3, help="evaluations along the way")
+    p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per target")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "runs"), help="run directories")
+    args = p.parse_args()
+
+    data = GYM / "data"
+    if not (data / "humanoid-collected-v2.pkl").exists():
+        run("data/collect_dataset.py", "--env", "humanoid", "--out", str(data))
+    returns = load_dataset(data, "humanoid", "collected").returns
+    targets = ["max", "p50", "p10"]
+    p90 = float(np.percentile(returns, 90))
+    print(
+        f"dataset: {len(returns)} episodes, return p10 {np.percentile(returns, 10):.0f}, "
+        f"median {np.median(returns):.0f}, p90 {p90:.0f}, max {returns.max():.0f}"
+    )
+
+    rows = []
+    for name in args.models:
+        script, flags = MODELS[name]
+        with tempfile.TemporaryDirectory() as tmp:  # step time of this model on this machine
+            run(
+                script,
+                *COMMON,
+                *flags,
+                "--max_iters",
+                "1",
+                "--num_steps_per_iter",
+                "30",
+                "--num_eval_episodes",
+                "0",
+                "--out_dir",
+                tmp,
+            )
+            step = last_row(Path(tmp))["time/training"] / 30
+        steps = max(1, int(args.minutes * 60 / step / args.iters))
+        out = Path(args.out) / f"humanoid-collected-{name}"
+        if (out / "checkpoint.pt").exists():
+            (out / "checkpoint.pt").unlink()
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+        run(
+            script,
+            *COMMON,
+            *flags,
+            "--max_iters",
+            str(args.iters),
+            "--num_steps_per_iter",
+            str(steps),
+            "--num_eval_episodes",
+            str(args.episodes),
+            "--env_targets",
+            *targets,
+            "--out_dir",
+            str(out),
+        )
+        metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        cfg = json.loads((out / "config.json").read_text())
+        final = metrics[-1]
+        keys = sorted(
+            (k for k in final if k.endswith("_return_mean")), key=lambda k: -float(k.split("_")[2])
+        )
+        rets = [final[k] for k in keys]
+        minutes = sum(m["time/training"] for m in metrics) / 60
+        rows.append(
+            (
+                name,
+                cfg["params"],
+                steps * args.iters,
+                minutes,
+                rets,
+                [final[k.replace("mean", "std")] for k in keys],
+            )
+        )
+        print(f"{name}: done ({minutes:.1f} min training)", flush=True)
+
+    header = "| model | params | steps | train min | R @ max | R @ median | R @ p10 | ≥ p90? |"
+    print("\n" + header + "\n|" + "---|" * 8)
+    for name, params, steps, minutes, rets, stds in rows:
+        cells = " | ".join(f"{r:.0f} ± {s:.0f}" for r, s in zip(rets, stds))
+        ok = "yes" if rets[0] >= p90 else "no"
+        print(f"| {name} | {params:,} | {steps:,} | {minutes:.1f} | {cells} | {ok} |")
+
+
+if __name__ == "__main__":
+    main()
