@@ -129,6 +129,7 @@ def dry_run(cfg: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    sys.stdout.reconfigure(line_buffering=True)
     try:
         cfg = resolve(args, "qwen3")
         if cfg["model_type"] != "dt":

@@ -198,6 +198,8 @@ def reference_scores_for(cfg: dict):
 def main(argv: list[str] | None = None, backbone: str = "gpt2") -> int:
     parser = build_parser(qwen=backbone == "qwen3")
     args = parser.parse_args(argv)
+    # Logs redirected to a file (SLURM, nohup) should show each iteration as it ends.
+    sys.stdout.reconfigure(line_buffering=True)
     try:
         return run(resolve(args, backbone))
     except (ConfigError, DatasetError) as e:
