@@ -178,21 +178,27 @@ def collect(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--env", default="humanoid", help="suite env name (default humanoid)")
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent))
-    parser.add_argument("--episodes", type=int, default=DEFAULT_EPISODES)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--env", default="humanoid", help="suite env name")
+    parser.add_argument(
+        "--out", default=str(Path(__file__).resolve().parent), help="folder for the .pkl file"
+    )
+    parser.add_argument(
+        "--episodes", type=int, default=DEFAULT_EPISODES, help="episodes to roll out"
+    )
     parser.add_argument(
         "--noise",
         type=float,
         default=DEFAULT_MAX_NOISE,
         help="largest per-episode action-noise std; episodes rise evenly from 35%% of it",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="episode i resets with seed + i")
     parser.add_argument("--policy", default=None, help="Stable-Baselines3 model .zip to roll out")
     parser.add_argument("--policy_algo", default="PPO", help="its algorithm class, e.g. SAC, TQC")
     parser.add_argument("--minari_id", default=None, help="also write a local Minari dataset")
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
     return parser.parse_args(argv)
 
 

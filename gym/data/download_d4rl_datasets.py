@@ -147,15 +147,19 @@ class Converter:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument(
         "--env", nargs="+", default=["all"], help=f"one or more of {', '.join(ALL_ENVS)}, or all"
     )
     parser.add_argument(
         "--datasets", nargs="+", default=None, help="subset, e.g. medium expert (default: all)"
     )
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parent))
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--out", default=str(Path(__file__).resolve().parent), help="folder for the .pkl files"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace files already there")
     args = parser.parse_args(argv)
     envs = ALL_ENVS if "all" in args.env else tuple(dict.fromkeys(args.env))
     unknown = [env for env in envs if env not in DEFAULT_DATASETS]
