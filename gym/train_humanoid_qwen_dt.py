@@ -26,7 +26,6 @@ from decision_transformer.data.trajectories import DatasetError
 from decision_transformer.envs import make_env
 from decision_transformer.models.factory import build_model, count_params
 from decision_transformer.models.memory import estimate_training_memory
-from decision_transformer.models.qwen3_transformer import Qwen3Config
 from decision_transformer.run.config import ConfigError, build_parser, resolve
 from decision_transformer.run.experiment import run
 
@@ -92,21 +91,13 @@ def dry_run(cfg: dict) -> None:
     with torch.device("meta"):  # counts shapes without allocating gigabytes
         model = build_model(cfg, state_dim, act_dim, env.spec.max_episode_steps, low, high)
     total, backbone = count_params(model)
-    qcfg = Qwen3Config(
-        embed_dim=cfg["embed_dim"],
-        n_layer=cfg["n_layer"],
-        n_head=cfg["n_head"],
-        n_kv_head=cfg["n_kv_head"],
-        head_dim=cfg["head_dim"],
-        intermediate_size=cfg["intermediate_size"],
-        mlp_ratio=cfg["mlp_ratio"],
-        rope_theta=cfg["rope_theta"],
-        qk_norm=not cfg["no_qk_norm"],
-        dropout=cfg["dropout"],
-    )
     dtype = torch.bfloat16 if cfg["dtype"] == "bf16" else torch.float32
     memory = estimate_training_memory(
-        qcfg, cfg["batch_size"], 3 * cfg["K"], dtype, n_extra_params=total - backbone
+        model.transformer.config,
+        cfg["batch_size"],
+        3 * cfg["K"],
+        dtype,
+        n_extra_params=total - backbone,
     )
     for k, v in cfg.items():
         print(f"{k}: {v}")
