@@ -1,6 +1,6 @@
 """Does a small Decision Transformer learn Humanoid from the embedded dataset on a CPU?
 
-    python benchmarks/bench_humanoid_quality.py                 # 12-minute training budget each
+    python benchmarks/bench_humanoid_quality.py                 # 10-minute training budget each
     python benchmarks/bench_humanoid_quality.py --minutes 3 --models qwen3
 
 Makes the offline dataset if missing (gym/data/humanoid-collected-v2.pkl), then trains the small
@@ -80,13 +80,69 @@ def last_row(out_dir: Path) -> dict:
     return json.loads((out_dir / "metrics.jsonl").read_text().splitlines()[-1])
 
 
+def train(name: str, args: argparse.Namespace, targets: list[str]) -> None:
+    script, flags = MODELS[name]
+    with tempfile.TemporaryDirectory() as tmp:  # step time of this model on this machine
+        run(
+            script,
+            *COMMON,
+            *flags,
+            "--max_iters",
+            "1",
+            "--num_steps_per_iter",
+            "30",
+            "--num_eval_episodes",
+            "0",
+            "--out_dir",
+            tmp,
+        )
+        step = last_row(Path(tmp))["time/training"] / 30
+    steps = max(1, int(args.minutes * 60 / step / args.iters))
+    out = Path(args.out) / f"humanoid-collected-{name}"
+    for stale in ("checkpoint.pt", "metrics.jsonl"):
+        (out / stale).unlink(missing_ok=True)
+    run(
+        script,
+        *COMMON,
+        *flags,
+        "--max_iters",
+        str(args.iters),
+        "--num_steps_per_iter",
+        str(steps),
+        "--num_eval_episodes",
+        str(args.episodes),
+        "--env_targets",
+        *targets,
+        "--out_dir",
+        str(out),
+    )
+    print(f"{name}: trained", flush=True)
+
+
+def summarize(name: str, out: Path) -> tuple:
+    """(model, params, steps, training minutes, returns and stds at the targets, best first)."""
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    cfg = json.loads((out / "config.json").read_text())
+    final = metrics[-1]
+    # keys look like evaluation/target_4928.4_return_mean
+    keys = sorted(
+        (k for k in final if k.endswith("_return_mean")),
+        key=lambda k: -float(k.split("target_")[1].split("_")[0]),
+    )
+    minutes = sum(m["time/training"] for m in metrics) / 60
+    steps = cfg["max_iters"] * cfg["num_steps_per_iter"]
+    stds = [final[k.replace("_mean", "_std")] for k in keys]
+    return name, cfg["params"], steps, minutes, [final[k] for k in keys], stds
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--minutes", type=float, default=12.0, help="training budget per model")
+    p.add_argument("--minutes", type=float, default=10.0, help="training budget per model")
     p.add_argument("--iters", type=int, default=3, help="evaluations along the way")
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per target")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "runs"), help="run directories")
+    p.add_argument("--table_only", action="store_true", help="report existing runs, train nothing")
     args = p.parse_args()
 
     data = GYM / "data"
@@ -100,70 +156,20 @@ def main() -> None:
         f"median {np.median(returns):.0f}, p90 {p90:.0f}, max {returns.max():.0f}"
     )
 
-    rows = []
     for name in args.models:
-        script, flags = MODELS[name]
-        with tempfile.TemporaryDirectory() as tmp:  # step time of this model on this machine
-            run(
-                script,
-                *COMMON,
-                *flags,
-                "--max_iters",
-                "1",
-                "--num_steps_per_iter",
-                "30",
-                "--num_eval_episodes",
-                "0",
-                "--out_dir",
-                tmp,
-            )
-            step = last_row(Path(tmp))["time/training"] / 30
-        steps = max(1, int(args.minutes * 60 / step / args.iters))
-        out = Path(args.out) / f"humanoid-collected-{name}"
-        if (out / "checkpoint.pt").exists():
-            (out / "checkpoint.pt").unlink()
-            (out / "metrics.jsonl").unlink(missing_ok=True)
-        run(
-            script,
-            *COMMON,
-            *flags,
-            "--max_iters",
-            str(args.iters),
-            "--num_steps_per_iter",
-            str(steps),
-            "--num_eval_episodes",
-            str(args.episodes),
-            "--env_targets",
-            *targets,
-            "--out_dir",
-            str(out),
-        )
-        metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        cfg = json.loads((out / "config.json").read_text())
-        final = metrics[-1]
-        keys = sorted(
-            (k for k in final if k.endswith("_return_mean")), key=lambda k: -float(k.split("_")[2])
-        )
-        rets = [final[k] for k in keys]
-        minutes = sum(m["time/training"] for m in metrics) / 60
-        rows.append(
-            (
-                name,
-                cfg["params"],
-                steps * args.iters,
-                minutes,
-                rets,
-                [final[k.replace("mean", "std")] for k in keys],
-            )
-        )
-        print(f"{name}: done ({minutes:.1f} min training)", flush=True)
+        if not args.table_only:
+            train(name, args, targets)
+    rows = [summarize(name, Path(args.out) / f"humanoid-collected-{name}") for name in args.models]
 
-    header = "| model | params | steps | train min | R @ max | R @ median | R @ p10 | ≥ p90? |"
-    print("\n" + header + "\n|" + "---|" * 8)
+    header = (
+        "| model | params | steps | train min | R @ max | R @ median | R @ p10 | ≥ p90? | rising? |"
+    )
+    print("\n" + header + "\n|" + "---|" * 9)
     for name, params, steps, minutes, rets, stds in rows:
         cells = " | ".join(f"{r:.0f} ± {s:.0f}" for r, s in zip(rets, stds))
         ok = "yes" if rets[0] >= p90 else "no"
-        print(f"| {name} | {params:,} | {steps:,} | {minutes:.1f} | {cells} | {ok} |")
+        rising = "yes" if rets[0] > rets[1] > rets[2] else "no"
+        print(f"| {name} | {params:,} | {steps:,} | {minutes:.1f} | {cells} | {ok} | {rising} |")
 
 
 if __name__ == "__main__":
