@@ -1,0 +1,85 @@
+"""What training a :class:`Qwen3Transformer` with AdamW holds in memory, counted analytically.
+
+The count follows what this implementation keeps, not a rule of thumb:
+
+* weights, gradients: fp32 master copies, 4 bytes a parameter each (bf16 runs under autocast).
+* AdamW: ``exp_avg`` and ``exp_avg_sq``, 8 bytes a parameter.
+* activations: every tensor autograd saves for backward during one forward of ``batch_size``
+  windows of ``seq_len`` tokens, per layer and summed, plus under bf16 autocast the bf16 copies of
+  the linear weights that autocast caches for the step. It assumes training mode (dropout noise
+  when ``config.dropout > 0``) on CPU and a padded batch (so a key-padding mask). The test suite
+  checks it against the bytes autograd really saves.
+
+Left out, so ``total`` is a floor of the peak rather than the peak: the caller's own activations
+(the DT's embeddings and heads, a few ``N * D``), and gradients of activations alive at once in
+backward (about one layer's worth, freed as it goes).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .qwen3_transformer import Qwen3Config, Qwen3Transformer
+
+
+def estimate_training_memory(
+    config: Qwen3Config,
+    batch_size: int,
+    seq_len: int,
+    dtype: torch.dtype = torch.float32,
+    n_extra_params: int = 0,
+) -> dict[str, int]:
+    """Bytes of ``weights``, ``grads``, ``adamw`` states, ``activations`` and their ``total`` for
+    one training step; ``dtype`` is float32, or bfloat16/float16 for autocast. ``n_extra_params``
+    adds parameters outside the backbone (weights, grads and AdamW states only)."""
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+    with torch.device("meta"):
+        backbone = Qwen3Transformer(config)
+    n_params = backbone.num_params() + n_extra_params
+    n_linear = sum(m.weight.numel() for m in backbone.modules() if isinstance(m, torch.nn.Linear))
+
+    c = config
+    B, T, N = batch_size, seq_len, batch_size * seq_len
+    D, M, L = c.embed_dim, c.intermediate_size, c.n_layer  # M: the MLP's width
+    Hq, Hkv = c.n_head, c.n_kv_head
+    Dq, Dkv = Hq * c.head_dim, Hkv * c.head_dim
+    scores = B * Hq * T * T  # attention matrix elements
+    a = 4 if dtype == torch.float32 else 2  # bytes of a matmul input/output
+    f32 = 4
+
+    # Both RMSNorms of the residual stream keep their fp32 input and per-token rstd; the q/k norms
+    # keep the projection output and a per-head rstd.
+    layer = 2 * f32 * N * (D + 1)
+    if c.qk_norm:
+        layer += a * N * (Dq + Dkv) + f32 * N * (Hq + Hkv)
+    # Inputs of q/k/v and gate/up projections: shared in fp32, a cast copy each under autocast.
+    layer += 2 * f32 * N * D if a == f32 else 5 * a * N * D
+    # SwiGLU: gate output, its silu, up output, and their product (down_proj's input).
+    layer += 4 * a * N * M
+    if a == f32 and not c.dropout:
+        # SDPA's flash kernel: rotated q and k, v, the output (o_proj's input, same storage), the
+        # log-sum-exp, and the boolean key-padding mask which it turns into an additive fp32 one.
+        layer += f32 * N * (2 * Dq + 2 * Dkv + Hq) + f32 * B * T * T
+    else:
+        # grouped_attention: q (a copy), rotated k, v, the fp32 softmax, the probabilities cast
+        # for the second matmul, the inverted mask, and o_proj's input (a copy).
+        layer += a * N * (2 * Dq + 2 * Dkv) + f32 * scores + B * T * T
+        if c.dropout:
+            layer += f32 * scores  # CPU dropout keeps its scaled noise in its input's dtype
+        layer += a * scores
+    if c.dropout:
+        layer += 2 * a * N * D  # the residual dropouts' noise
+    activations = L * layer + f32 * N * (D + 1)  # + the final norm's input and rstd
+    if a != f32:
+        activations += a * n_linear  # autocast's cached low-precision weights
+
+    weights = grads = f32 * n_params
+    adamw = 2 * f32 * n_params
+    return {
+        "weights": weights,
+        "grads": grads,
+        "adamw": adamw,
+        "activations": activations,
+        "total": weights + grads + adamw + activations,
+    }
