@@ -140,38 +140,47 @@ def evaluate_batched(
     mode: str = "normal",
     conditioned: bool = True,
     on_step: StepHook | None = None,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Play one episode per seed, ``num_envs`` at a time, with one model call per env step.
 
     ``target_return`` is divided by ``scale`` already, as for :func:`evaluate_episode_rtg`;
-    ``conditioned=False`` evaluates a policy that ignores returns (BC). Returns per-episode
-    returns and lengths, in seed order.
+    ``conditioned=False`` evaluates a policy that ignores returns (BC). ``on_chunk(n)`` is told
+    each time ``n`` more episodes are done (for progress bars). Returns per-episode returns and
+    lengths, in seed order.
     """
     model.eval()
     returns, lengths = [], []
-    for chunk in range(0, len(seeds), num_envs):
-        chunk_seeds = seeds[chunk : chunk + num_envs]
-        r, n = _run_chunk(
-            env_name,
-            model,
-            chunk_seeds,
-            max_ep_len,
-            scale,
-            state_mean,
-            state_std,
-            torch.device(device),
-            target_return,
-            mode,
-            conditioned,
-            on_step if chunk == 0 else None,
-        )
-        returns.append(r)
-        lengths.append(n)
+    # One vector env serves every chunk: building Humanoid's envs costs ~0.1 s each, more than a
+    # short episode's stepping. A last, partial chunk leaves its spare envs idle.
+    envs = make_vector_env(env_name, min(num_envs, len(seeds)))
+    try:
+        for chunk in range(0, len(seeds), envs.num_envs):
+            r, n = _run_chunk(
+                envs,
+                model,
+                seeds[chunk : chunk + envs.num_envs],
+                max_ep_len,
+                scale,
+                state_mean,
+                state_std,
+                torch.device(device),
+                target_return,
+                mode,
+                conditioned,
+                on_step if chunk == 0 else None,
+            )
+            returns.append(r)
+            lengths.append(n)
+            if on_chunk is not None:
+                on_chunk(len(r))
+    finally:
+        envs.close()
     return np.concatenate(returns), np.concatenate(lengths)
 
 
 def _run_chunk(
-    env_name,
+    envs,
     model,
     seeds,
     max_ep_len,
@@ -184,58 +193,52 @@ def _run_chunk(
     conditioned,
     on_step,
 ):
-    n = len(seeds)
-    envs = make_vector_env(env_name, n)
-    try:
-        obs, _ = envs.reset(seed=list(seeds))
-        if mode == "noise":  # same draws as the sequential path: one generator per seed
-            obs = obs + np.stack(
-                [np.random.default_rng(s).normal(0, 0.1, obs.shape[1]) for s in seeds]
-            )
-        S, A = obs.shape[1], envs.single_action_space.shape[0]
-        mean = torch.as_tensor(state_mean, device=device, dtype=torch.float32)
-        std = torch.as_tensor(state_std, device=device, dtype=torch.float32)
-        K = model.max_length or max_ep_len
-        # Histories for every env; row i of step t is written once and never moved.
-        states = torch.zeros((n, max_ep_len + 1, S), device=device)
-        actions = torch.zeros((n, max_ep_len + 1, A), device=device)
-        rewards = torch.zeros((n, max_ep_len + 1), device=device)
-        rtg = torch.zeros((n, max_ep_len + 1), device=device)
-        timesteps = torch.arange(max_ep_len + 1, device=device).expand(n, -1)
-        states[:, 0] = (torch.as_tensor(obs, device=device, dtype=torch.float32) - mean) / std
-        if target_return is not None:
-            rtg[:, 0] = float(target_return)
-        active = np.ones(n, dtype=bool)
-        ep_return = np.zeros(n)
-        ep_len = np.zeros(n, dtype=np.int64)
-        for t in range(max_ep_len):
-            rows = torch.as_tensor(np.flatnonzero(active), device=device)
-            lo = max(0, t + 1 - K)  # the model sees at most its last K steps
-            act = model.get_actions(
-                states[rows, lo : t + 1],
-                actions[rows, lo : t + 1],
-                rewards[rows, lo : t + 1],
-                rtg[rows, lo : t + 1, None] if conditioned else None,
-                timesteps[rows, lo : t + 1] if conditioned else None,
-            )
-            actions[rows, t] = act.float()
-            full = np.zeros((n, A), dtype=np.float32)  # finished envs get a dummy action
-            full[active] = act.float().cpu().numpy()
-            obs, reward, terminated, truncated, _ = envs.step(full)
-            if on_step is not None and active[0]:
-                on_step(full[0].copy(), float(reward[0]))
-            reward = np.where(active, reward, 0.0)
-            ep_return += reward
-            ep_len += active
-            states[:, t + 1] = (
-                torch.as_tensor(obs, device=device, dtype=torch.float32) - mean
-            ) / std
-            rewards[:, t] = torch.as_tensor(reward, device=device, dtype=torch.float32)
-            step_reward = torch.as_tensor(reward / scale, device=device, dtype=torch.float32)
-            rtg[:, t + 1] = rtg[:, t] if mode == "delayed" else rtg[:, t] - step_reward
-            active &= ~(terminated | truncated)
-            if not active.any():
-                break
-        return ep_return, ep_len
-    finally:
-        envs.close()
+    n, real = envs.num_envs, len(seeds)
+    # Spare envs of a partial chunk replay the last seed and are inactive from the start.
+    seeds = list(seeds) + [seeds[-1]] * (n - real)
+    obs, _ = envs.reset(seed=seeds)
+    if mode == "noise":  # same draws as the sequential path: one generator per seed
+        obs = obs + np.stack([np.random.default_rng(s).normal(0, 0.1, obs.shape[1]) for s in seeds])
+    S, A = obs.shape[1], envs.single_action_space.shape[0]
+    mean = torch.as_tensor(state_mean, device=device, dtype=torch.float32)
+    std = torch.as_tensor(state_std, device=device, dtype=torch.float32)
+    K = model.max_length or max_ep_len
+    # Histories for every env; row i of step t is written once and never moved.
+    states = torch.zeros((n, max_ep_len + 1, S), device=device)
+    actions = torch.zeros((n, max_ep_len + 1, A), device=device)
+    rewards = torch.zeros((n, max_ep_len + 1), device=device)
+    rtg = torch.zeros((n, max_ep_len + 1), device=device)
+    timesteps = torch.arange(max_ep_len + 1, device=device).expand(n, -1)
+    states[:, 0] = (torch.as_tensor(obs, device=device, dtype=torch.float32) - mean) / std
+    if target_return is not None:
+        rtg[:, 0] = float(target_return)
+    active = np.arange(n) < real
+    ep_return = np.zeros(n)
+    ep_len = np.zeros(n, dtype=np.int64)
+    for t in range(max_ep_len):
+        rows = torch.as_tensor(np.flatnonzero(active), device=device)
+        lo = max(0, t + 1 - K)  # the model sees at most its last K steps
+        act = model.get_actions(
+            states[rows, lo : t + 1],
+            actions[rows, lo : t + 1],
+            rewards[rows, lo : t + 1],
+            rtg[rows, lo : t + 1, None] if conditioned else None,
+            timesteps[rows, lo : t + 1] if conditioned else None,
+        )
+        actions[rows, t] = act.float()
+        full = np.zeros((n, A), dtype=np.float32)  # finished envs get a dummy action
+        full[active] = act.float().cpu().numpy()
+        obs, reward, terminated, truncated, _ = envs.step(full)
+        if on_step is not None and active[0]:
+            on_step(full[0].copy(), float(reward[0]))
+        reward = np.where(active, reward, 0.0)
+        ep_return += reward
+        ep_len += active
+        states[:, t + 1] = (torch.as_tensor(obs, device=device, dtype=torch.float32) - mean) / std
+        rewards[:, t] = torch.as_tensor(reward, device=device, dtype=torch.float32)
+        step_reward = torch.as_tensor(reward / scale, device=device, dtype=torch.float32)
+        rtg[:, t + 1] = rtg[:, t] if mode == "delayed" else rtg[:, t] - step_reward
+        active &= ~(terminated | truncated)
+        if not active.any():
+            break
+    return ep_return[:real], ep_len[:real]

@@ -122,29 +122,24 @@ def evaluate_returns(
     )
     returns, lengths = [], []
     if cfg["eval_envs"] > 1:
-        # One evaluate_batched call per chunk of eval_envs seeds is exactly what a single call
-        # would play; calling per chunk lets the bar move.
-        for i in range(0, len(seeds), cfg["eval_envs"]):
-            r, n = evaluate_batched(
-                cfg["env"],
-                model,
-                seeds[i : i + cfg["eval_envs"]],
-                cfg["eval_envs"],
-                spec.max_ep_len,
-                spec.scale,
-                state_mean,
-                state_std,
-                device,
-                target / spec.scale,
-                cfg["mode"],
-                conditioned,
-                on_step=on_step if i == 0 else None,
-            )
-            returns.extend(r)
-            lengths.extend(n)
-            bar.update(len(r))
+        returns, lengths = evaluate_batched(
+            cfg["env"],
+            model,
+            seeds,
+            cfg["eval_envs"],
+            spec.max_ep_len,
+            spec.scale,
+            state_mean,
+            state_std,
+            device,
+            target / spec.scale,
+            cfg["mode"],
+            conditioned,
+            on_step=on_step,
+            on_chunk=bar.update,
+        )
         bar.close()
-        return np.array(returns), np.array(lengths)
+        return returns, lengths
     env = make_env(cfg["env"])
     for i, s in enumerate(seeds):
         hook = on_step if i == 0 else None
