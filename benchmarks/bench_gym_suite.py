@@ -248,6 +248,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     p.add_argument("--steps", type=int, default=None, help="dataset steps (default 1M, quick 50k)")
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        default=["memory", "sampler", "train", "eval"],
+        choices=["memory", "sampler", "train", "eval"],
+        help="which measurements to run",
+    )
     args = p.parse_args()
     steps = args.steps or (50_000 if args.quick else 1_000_000)
     repeats = 5 if args.quick else 20
@@ -257,50 +264,58 @@ def main() -> None:
     )
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        peak, raw, held = bench_memory(humanoid_shaped_paths(steps), tmp)
-    rows.append(
-        (
-            "dataset load peak RSS / raw array bytes",
-            f"{peak / 2**20:,.0f} MiB",
-            f"{raw / 2**20:,.0f} MiB",
-            peak / raw,
-            "<= 1.5",
+    if "memory" in args.parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            peak, raw, held = bench_memory(humanoid_shaped_paths(steps), tmp)
+        rows.append(
+            (
+                "dataset load peak RSS / raw array bytes",
+                f"{peak / 2**20:,.0f} MiB",
+                f"{raw / 2**20:,.0f} MiB",
+                peak / raw,
+                "<= 1.5",
+            )
         )
-    )
 
-    ds, ours, orig = bench_sampler(humanoid_shaped_paths(steps), repeats)
-    rows.append(
-        (
-            "sampler batch (64 x K=20), ours vs original",
-            f"{ours * 1e3:.2f} ms",
-            f"{orig * 1e3:.2f} ms",
-            orig / ours,
-            ">= 20 (speed-up)",
+    ds = None
+    if {"sampler", "train"} & set(args.parts):
+        ds, ours, orig = bench_sampler(humanoid_shaped_paths(steps), repeats)
+    if "sampler" in args.parts:
+        rows.append(
+            (
+                "sampler batch (64 x K=20), ours vs original",
+                f"{ours * 1e3:.2f} ms",
+                f"{orig * 1e3:.2f} ms",
+                orig / ours,
+                ">= 20 (speed-up)",
+            )
         )
-    )
 
-    full, bare = bench_train_step(ds, repeats)
-    rows.append(
-        (
-            "training step vs bare model step (default cfg)",
-            f"{full * 1e3:.1f} ms",
-            f"{bare * 1e3:.1f} ms",
-            full / bare - 1,
-            "<= 0.05 (overhead)",
+    if "train" in args.parts:
+        full, bare = bench_train_step(ds, repeats)
+        rows.append(
+            (
+                "training step vs bare model step (default cfg)",
+                f"{full * 1e3:.1f} ms",
+                f"{bare * 1e3:.1f} ms",
+                full / bare - 1,
+                "<= 0.05 (overhead)",
+            )
         )
-    )
 
-    bat, seq = bench_eval(ds, 16 if args.quick else 32, 16)
-    rows.append(
-        (
-            "evaluation env-steps/s, 16 envs vs sequential",
-            f"{bat:,.0f}",
-            f"{seq:,.0f}",
-            bat / seq,
-            ">= 5 (speed-up)",
+    if "eval" in args.parts:
+        if ds is None:  # only the state statistics are needed
+            ds = TrajectoryDataset.from_paths(humanoid_shaped_paths(10_000))
+        bat, seq = bench_eval(ds, 16 if args.quick else 32, 16)
+        rows.append(
+            (
+                "evaluation env-steps/s, 16 envs vs sequential",
+                f"{bat:,.0f}",
+                f"{seq:,.0f}",
+                bat / seq,
+                ">= 5 (speed-up)",
+            )
         )
-    )
 
     print("\n| measure | ours | baseline | ratio | target |")
     print("|---|---|---|---|---|")
