@@ -1,6 +1,6 @@
 """Does a small Decision Transformer learn Humanoid from the embedded dataset on a CPU?
 
-    python benchmarks/bench_humanoid_quality.py                 # 10-minute training budget each
+    python benchmarks/bench_humanoid_quality.py                 # 14-minute training budget each
     python benchmarks/bench_humanoid_quality.py --minutes 3 --models qwen3
 
 Makes the offline dataset if missing (gym/data/humanoid-collected-v2.pkl), then trains the small
@@ -33,8 +33,6 @@ COMMON = [
     "humanoid",
     "--dataset",
     "collected",
-    "--K",
-    "20",
     "--batch_size",
     "64",
     "--learning_rate",
@@ -43,6 +41,8 @@ COMMON = [
     "1e-4",
     "--warmup_steps",
     "200",
+    "--lr_decay",
+    "cosine",
     "--dropout",
     "0.1",
     "--eval_envs",
@@ -50,6 +50,8 @@ COMMON = [
     "--device",
     "cpu",
 ]
+# Steps timed to size each model's budget; fewer misjudge it by 10-20% (first-step overheads).
+PROBE_STEPS = 100
 # Sizes matched: ~0.6M backbone parameters each.
 MODELS = {
     "qwen3": (
@@ -68,7 +70,12 @@ MODELS = {
         ],
     ),
     "gpt2": ("experiment.py", ["--embed_dim", "128", "--n_layer", "3", "--n_head", "4"]),
-    "bc": ("experiment.py", ["--model_type", "bc", "--embed_dim", "256", "--n_layer", "3"]),
+    # BC on the current state alone: flattening 20 states of 348 features into one MLP input
+    # (the original's BC) learns far slower here, and the baseline should be the strong one.
+    "bc": (
+        "experiment.py",
+        ["--model_type", "bc", "--embed_dim", "256", "--n_layer", "3", "--K", "1"],
+    ),
 }
 
 
@@ -82,6 +89,7 @@ def last_row(out_dir: Path) -> dict:
 
 def train(name: str, args: argparse.Namespace, targets: list[str]) -> None:
     script, flags = MODELS[name]
+    flags = ["--K", str(args.K), *flags]  # BC's own --K comes later and wins
     with tempfile.TemporaryDirectory() as tmp:  # step time of this model on this machine
         run(
             script,
@@ -90,15 +98,15 @@ def train(name: str, args: argparse.Namespace, targets: list[str]) -> None:
             "--max_iters",
             "1",
             "--num_steps_per_iter",
-            "30",
+            str(PROBE_STEPS),
             "--num_eval_episodes",
             "0",
             "--out_dir",
             tmp,
         )
-        step = last_row(Path(tmp))["time/training"] / 30
+        step = last_row(Path(tmp))["time/training"] / PROBE_STEPS
     steps = max(1, int(args.minutes * 60 / step / args.iters))
-    out = Path(args.out) / f"humanoid-collected-{name}"
+    out = args.out / f"humanoid-collected-{name}"
     for stale in ("checkpoint.pt", "metrics.jsonl"):
         (out / stale).unlink(missing_ok=True)
     run(
@@ -113,6 +121,8 @@ def train(name: str, args: argparse.Namespace, targets: list[str]) -> None:
         str(args.episodes),
         "--env_targets",
         *targets,
+        "--seed",
+        str(args.seed),
         "--out_dir",
         str(out),
     )
@@ -137,13 +147,16 @@ def summarize(name: str, out: Path) -> tuple:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--minutes", type=float, default=10.0, help="training budget per model")
+    p.add_argument("--minutes", type=float, default=14.0, help="training budget per model")
     p.add_argument("--iters", type=int, default=3, help="evaluations along the way")
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per target")
+    p.add_argument("--seed", type=int, default=0, help="training and evaluation seed")
+    p.add_argument("--K", type=int, default=20, help="context length of the DTs")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "runs"), help="run directories")
     p.add_argument("--table_only", action="store_true", help="report existing runs, train nothing")
     args = p.parse_args()
+    args.out = Path(args.out).resolve()  # the runs work from gym/, not from the caller's folder
 
     data = GYM / "data"
     if not (data / "humanoid-collected-v2.pkl").exists():
@@ -159,7 +172,7 @@ def main() -> None:
     for name in args.models:
         if not args.table_only:
             train(name, args, targets)
-    rows = [summarize(name, Path(args.out) / f"humanoid-collected-{name}") for name in args.models]
+    rows = [summarize(name, args.out / f"humanoid-collected-{name}") for name in args.models]
 
     header = (
         "| model | params | steps | train min | R @ max | R @ median | R @ p10 | ≥ p90? | rising? |"

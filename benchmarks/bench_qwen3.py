@@ -176,10 +176,14 @@ def utilisation(repeats: int, threads: list[int], quick: bool) -> None:
     model = Qwen3Transformer(cfg).train()
     label = "Qwen3-0.6B" + (" (2 of its 28 layers)" if quick else "")
     print(f"## (b) {label}: forward+backward FLOP/s vs the matmul peak\n")
-    print(f"{model.num_params():,} parameters; left-padded batches; gradients set to None each "
-          "step.\n")
-    print("| allocator | threads | dtype | B x T | step s | GFLOP | achieved GFLOP/s "
-          "| matmul peak GFLOP/s | fraction |")
+    print(
+        f"{model.num_params():,} parameters; left-padded batches; gradients set to None each "
+        "step.\n"
+    )
+    print(
+        "| allocator | threads | dtype | B x T | step s | GFLOP | achieved GFLOP/s "
+        "| matmul peak GFLOP/s | fraction |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     # Default glibc first: keep_freed_memory() can't be undone within the process.
     for allocator in ("glibc default", "freed memory kept"):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from decision_transformer.run.config import ConfigError, build_parser, resolve, resolve_targets
+from decision_transformer.run.experiment import lr_factor
 
 ORIGINAL_DEFAULTS = dict(
     env="hopper",
@@ -86,3 +87,14 @@ def test_device_auto_follows_cuda_availability():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="--device auto"):
             resolve(build_parser().parse_args(["--device", "cuda"]), "gpt2")
+
+
+def test_learning_rate_schedules():
+    warm = [lr_factor(s, warmup=10, total=110, decay="cosine") for s in range(10)]
+    assert warm == pytest.approx([(s + 1) / 10 for s in range(10)])
+    cosine = [lr_factor(s, warmup=10, total=110, decay="cosine") for s in range(10, 111)]
+    assert cosine[0] == 1.0 and cosine[50] == pytest.approx(0.55) and cosine[-1] == 0.1
+    assert all(a >= b for a, b in zip(cosine, cosine[1:]))
+    assert lr_factor(10_000, warmup=10, total=110, decay="cosine") == 0.1
+    assert {lr_factor(s, warmup=10, total=110, decay="none") for s in range(9, 200)} == {1.0}
+    assert build_parser().parse_args([]).lr_decay == "none"

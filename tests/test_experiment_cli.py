@@ -101,6 +101,9 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(data_dir, tmp_path):
         "40",
         "--seed",
         "3",
+        # The schedule's position must survive the kill too, not only the weights.
+        "--lr_decay",
+        "cosine",
     ]
     ref = tmp_path / "ref"
     run_script("experiment.py", *args, "--out_dir", ref, check=True)
@@ -124,9 +127,14 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(data_dir, tmp_path):
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
     for got, want in zip(rows, ref_rows):
         assert got["training/train_loss_mean"] == want["training/train_loss_mean"]
+        assert got["training/learning_rate"] == want["training/learning_rate"]
         assert (
             got["evaluation/target_6000_return_mean"] == want["evaluation/target_6000_return_mean"]
         )
+    # Cosine from the default 1e-4 down to a tenth of it at the last of the 160 steps.
+    rates = [r["training/learning_rate"] for r in rows]
+    assert rates == sorted(rates, reverse=True) and rates[0] < 1e-4
+    assert rates[-1] == pytest.approx(1e-5, rel=1e-3)
     a = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
     b = torch.load(ref / "checkpoint.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in b)

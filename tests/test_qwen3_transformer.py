@@ -104,8 +104,9 @@ def test_grouped_attention_equals_sdpa():
         T, dtype=torch.bool
     )
     for m in (mask, None):
-        want = F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=m is None,
-                                              enable_gqa=True)
+        want = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=m, is_causal=m is None, enable_gqa=True
+        )
         torch.testing.assert_close(grouped_attention(q, k, v, m, 0.0), want)
 
 
@@ -183,8 +184,9 @@ def test_decision_transformer_qwen3_shapes_and_action_bounds():
     assert a.abs().max() <= 0.4 + 1e-6 and a.abs().max() > 0.39
     # Histories shorter than max_length are left-padded inside get_action.
     for t in (2, 5, 8):
-        act = model.get_action(torch.randn(t, 7), torch.randn(t, 3), None, torch.randn(t, 1),
-                               torch.arange(t))
+        act = model.get_action(
+            torch.randn(t, 7), torch.randn(t, 3), None, torch.randn(t, 1), torch.arange(t)
+        )
         assert act.shape == (3,) and torch.isfinite(act).all() and act.abs().max() <= 0.4 + 1e-6
 
 
@@ -254,8 +256,9 @@ def saved_activation_bytes(model, x, mask, dtype):
             storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast(
-        "cpu", dtype=dtype, enabled=dtype != torch.float32
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32),
     ):
         model(x, mask)
     return sum(storages.values())
@@ -291,8 +294,9 @@ def allocation_peak(fn) -> int:
     exact and deterministic, unlike RSS."""
     from torch._C._profiler import _EventType
 
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
-                                profile_memory=True) as prof:
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
         fn()
     events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:
@@ -343,8 +347,14 @@ def test_padding_rows_get_finite_gradients():
     B, T = 3, 5
     mask = torch.ones(B, T, dtype=torch.long)
     mask[0, :4] = 0
-    _, a, _ = model(torch.randn(B, T, 7), torch.randn(B, T, 3), None, torch.randn(B, T, 1),
-                    torch.arange(T).repeat(B, 1), attention_mask=mask)
+    _, a, _ = model(
+        torch.randn(B, T, 7),
+        torch.randn(B, T, 3),
+        None,
+        torch.randn(B, T, 1),
+        torch.arange(T).repeat(B, 1),
+        attention_mask=mask,
+    )
     (a * mask[..., None]).square().mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert np.isfinite(a.detach().numpy()).all()

@@ -73,6 +73,13 @@ def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
     a("--weight_decay", "-wd", type=float, default=1e-4)
     a("--warmup_steps", type=int, default=10000, help="linear learning-rate warmup steps")
     a(
+        "--lr_decay",
+        default="none",
+        choices=["none", "cosine"],
+        help="after warmup: none keeps the learning rate (the original); cosine anneals it to "
+        "a tenth by the last step of --max_iters x --num_steps_per_iter",
+    )
+    a(
         "--num_eval_episodes",
         type=int,
         default=100,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,18 @@ def episode_seeds(seed: int, num_episodes: int) -> list[int]:
     """Evaluation episode i of a run always starts from the same env seed, so iterations compare
     like with like and evaluate.py can replay a run's evaluation."""
     return [seed * 100_000 + i for i in range(num_episodes)]
+
+
+def lr_factor(step: int, warmup: int, total: int, decay: str) -> float:
+    """Learning-rate multiplier after ``step`` optimiser steps: linear warmup, then constant or a
+    cosine down to a tenth at ``total`` (annealing averages out action noise a constant rate
+    keeps chasing)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if decay == "none" or total <= warmup:
+        return 1.0
+    progress = min((step - warmup) / (total - warmup), 1.0)
+    return 0.1 + 0.45 * (1.0 + math.cos(math.pi * progress))
 
 
 def target_key(target: float) -> str:
@@ -273,8 +287,15 @@ def run(cfg: dict) -> int:
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"]
     )
-    warmup = max(cfg["warmup_steps"], 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / warmup, 1))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        partial(
+            lr_factor,
+            warmup=cfg["warmup_steps"],
+            total=cfg["max_iters"] * cfg["num_steps_per_iter"],
+            decay=cfg.get("lr_decay", "none"),
+        ),
+    )
     start_iter = 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])

@@ -51,6 +51,7 @@ class Trainer:
 
     def train_iteration(self, num_steps: int, iter_num: int = 0, print_logs: bool = False) -> dict:
         train_losses = []
+        last_lr = self.optimizer.param_groups[0]["lr"]
         logs: dict[str, float] = {}
         train_start = time.time()
         self.model.train()
@@ -69,6 +70,7 @@ class Trainer:
                     f"loss became {loss} at step {step + 1} of iteration {iter_num}"
                 )
             train_losses.append(loss)
+            last_lr = self.optimizer.param_groups[0]["lr"]
             if self.scheduler is not None:
                 self.scheduler.step()
             if step % 100 == 0:
@@ -85,6 +87,8 @@ class Trainer:
         logs["time/evaluation"] = time.time() - eval_start
         logs["training/train_loss_mean"] = float(np.mean(train_losses))
         logs["training/train_loss_std"] = float(np.std(train_losses))
+        # The rate the last step used: what a schedule is doing shows in the logged curves.
+        logs["training/learning_rate"] = last_lr
         logs.update(self.diagnostics)
 
         if print_logs:
