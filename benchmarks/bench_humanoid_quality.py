@@ -1,11 +1,12 @@
 """Does a small Decision Transformer learn Humanoid from the embedded dataset on a CPU?
 
-    python benchmarks/bench_humanoid_quality.py                 # 14-minute training budget each
-    python benchmarks/bench_humanoid_quality.py --minutes 3 --models qwen3
+    python benchmarks/bench_humanoid_quality.py                 # 12-minute training budget each
+    python benchmarks/bench_humanoid_quality.py --minutes 3 --models qwen3 --seed 1 --K 20
 
 Makes the offline dataset if missing (gym/data/humanoid-collected-v2.pkl), then trains the small
-Qwen3 DT, a GPT-2 DT of about the same size and BC, each for the same wall-clock training budget
-on this machine, through the real experiment scripts. Each model is evaluated on 20 episodes per
+Qwen3 DT, a GPT-2 DT of about the same size and BC (an MLP on the current state), each for the
+same wall-clock training budget on this machine, through the real experiment scripts: 100 steps
+are timed first to turn the budget into a step count. Each model is evaluated on 20 episodes per
 target, conditioned on the dataset's best return, its median and its 10th percentile. Prints a
 markdown table; the target is a mean return at the best-return target of at least the dataset's
 90th-percentile episode return, with returns rising with the target.
@@ -130,7 +131,7 @@ def train(name: str, args: argparse.Namespace, targets: list[str]) -> None:
 
 
 def summarize(name: str, out: Path) -> tuple:
-    """(model, params, steps, training minutes, returns and stds at the targets, best first)."""
+    """(model, params, K, steps, training minutes, returns and stds at the targets, best first)."""
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     cfg = json.loads((out / "config.json").read_text())
     final = metrics[-1]
@@ -142,16 +143,16 @@ def summarize(name: str, out: Path) -> tuple:
     minutes = sum(m["time/training"] for m in metrics) / 60
     steps = cfg["max_iters"] * cfg["num_steps_per_iter"]
     stds = [final[k.replace("_mean", "_std")] for k in keys]
-    return name, cfg["params"], steps, minutes, [final[k] for k in keys], stds
+    return name, cfg["params"], cfg["K"], steps, minutes, [final[k] for k in keys], stds
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--minutes", type=float, default=14.0, help="training budget per model")
+    p.add_argument("--minutes", type=float, default=12.0, help="training budget per model")
     p.add_argument("--iters", type=int, default=3, help="evaluations along the way")
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per target")
     p.add_argument("--seed", type=int, default=0, help="training and evaluation seed")
-    p.add_argument("--K", type=int, default=20, help="context length of the DTs")
+    p.add_argument("--K", type=int, default=5, help="context length of the DTs")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "runs"), help="run directories")
     p.add_argument("--table_only", action="store_true", help="report existing runs, train nothing")
@@ -175,14 +176,16 @@ def main() -> None:
     rows = [summarize(name, args.out / f"humanoid-collected-{name}") for name in args.models]
 
     header = (
-        "| model | params | steps | train min | R @ max | R @ median | R @ p10 | ≥ p90? | rising? |"
+        "| model | params | K | steps | train min | R @ max | R @ median | R @ p10 | ≥ p90? "
+        "| rising? |"
     )
-    print("\n" + header + "\n|" + "---|" * 9)
-    for name, params, steps, minutes, rets, stds in rows:
+    print("\n" + header + "\n|" + "---|" * 10)
+    for name, params, k, steps, minutes, rets, stds in rows:
         cells = " | ".join(f"{r:.0f} ± {s:.0f}" for r, s in zip(rets, stds))
         ok = "yes" if rets[0] >= p90 else "no"
         rising = "yes" if rets[0] > rets[1] > rets[2] else "no"
-        print(f"| {name} | {params:,} | {steps:,} | {minutes:.1f} | {cells} | {ok} | {rising} |")
+        row = f"| {name} | {params:,} | {k} | {steps:,} | {minutes:.1f} | {cells} |"
+        print(f"{row} {ok} | {rising} |")
 
 
 if __name__ == "__main__":
