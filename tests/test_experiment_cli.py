@@ -162,6 +162,13 @@ def test_existing_run_needs_resume(data_dir, tmp_path):
     assert proc.returncode == 2 and "--resume" in proc.stderr
     proc = run_script("experiment.py", *args, "--resume", "--K", "7")
     assert proc.returncode == 2 and "K" in proc.stderr
+    # More iterations extend a constant-rate run, but would stretch a cosine one already walked.
+    cosine = [*args, "--out_dir", tmp_path / "c", "--lr_decay", "cosine"]
+    run_script("experiment.py", *cosine, check=True)
+    proc = run_script("experiment.py", *cosine, "--resume", "--max_iters", "2")
+    assert proc.returncode == 2 and "max_iters" in proc.stderr
+    proc = run_script("experiment.py", *args, "--resume", "--max_iters", "2")
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):

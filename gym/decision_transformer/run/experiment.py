@@ -243,10 +243,13 @@ def run(cfg: dict) -> int:
     spec, out_dir, ckpt_path, dataset, (state_dim, act_dim, low, high) = prepare(cfg)
     ckpt = load_checkpoint(ckpt_path) if cfg["resume"] else None
     if ckpt is not None:
+        # A decaying schedule's length is max_iters x num_steps_per_iter: extending the run
+        # would stretch the part already walked and jump the learning rate back up.
+        fixed = {"max_iters"} if cfg["lr_decay"] != "none" else set()
         changed = sorted(
             k
             for k, v in ckpt["config"].items()
-            if k not in RESUMABLE_CHANGES
+            if (k not in RESUMABLE_CHANGES or k in fixed)
             and cfg.get(k) != v
             and k not in ("params", "backbone_params")
         )
@@ -293,7 +296,7 @@ def run(cfg: dict) -> int:
             lr_factor,
             warmup=cfg["warmup_steps"],
             total=cfg["max_iters"] * cfg["num_steps_per_iter"],
-            decay=cfg.get("lr_decay", "none"),
+            decay=cfg["lr_decay"],
         ),
     )
     start_iter = 0
