@@ -14,7 +14,12 @@ from pathlib import Path
 import gymnasium
 import numpy as np
 import pytest
-from decision_transformer.data.humanoid_controller import BalanceController, noise_levels
+from decision_transformer.data.humanoid_controller import (
+    BalanceController,
+    knee_bend_offset,
+    knee_bends,
+    noise_levels,
+)
 from decision_transformer.data.minari_io import load_minari_dataset, paths_from_minari
 from decision_transformer.data.pickle_io import load_paths_file
 
@@ -34,7 +39,7 @@ def _collect(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
 
 @pytest.fixture(scope="module")
 def default_dataset(tmp_path_factory: pytest.TempPathFactory):
-    """The dataset exactly as the documented command makes it (defaults: 150 episodes)."""
+    """The dataset exactly as the documented command makes it (defaults: 1000 episodes)."""
     out = tmp_path_factory.mktemp("collected")
     start = time.perf_counter()
     result = _collect("--env", "humanoid", "--out", str(out))
@@ -48,7 +53,7 @@ def test_default_run_is_summarised(default_dataset):
     # Its speed (under 2 minutes on 2 cores) is printed by the run itself, not asserted here.
     _, _, stdout, _ = default_dataset
     assert re.search(r", \d+\.\d s$", stdout.strip())
-    for word in ("episodes 150", "steps", "min", "mean", "90th pct", "max"):
+    for word in ("episodes 1000", "steps", "min", "mean", "90th pct", "max"):
         assert word in stdout
 
 
@@ -59,9 +64,30 @@ def test_default_dataset_has_a_real_spread_of_returns(default_dataset):
     assert len(paths) >= 50
     assert returns.max() >= 2 * returns.min()
     assert lengths.max() >= 500 and lengths.min() <= 100  # long best, short worst
-    # The noise level is what explains the return: quieter half of the episodes, higher returns.
+    # The recipe's level is what explains the return: quieter, straighter half, higher returns.
     half = len(paths) // 2
     assert returns[:half].mean() > 2 * returns[half:].mean()
+
+
+def test_low_returns_come_from_a_different_mean_behaviour(default_dataset):
+    """Replaying the controller on the stored observations: the actions differ from it by the
+    episode's knee bend on the two knee motors, on average, and by nothing elsewhere."""
+    _, paths, _, _ = default_dataset
+    controller = BalanceController()
+    env = gymnasium.make("Humanoid-v5")
+    bends = knee_bends(len(paths))
+    knees = np.flatnonzero(knee_bend_offset(env, 1.0))
+    assert len(knees) == 2
+    for chosen in (slice(0, 100), slice(-100, None)):  # the straightest and the most bent
+        obs = np.concatenate([p["observations"] for p in paths[chosen]])
+        act = np.concatenate([p["actions"] for p in paths[chosen]])
+        steps = [len(p["actions"]) for p in paths[chosen]]
+        residual = act - np.array([controller(o) for o in obs])
+        expected = np.average(bends[chosen], weights=steps)
+        others = np.delete(residual, knees, axis=1)
+        # Clipping at the action bounds shaves a little off; the noise averages out over the steps.
+        np.testing.assert_allclose(residual[:, knees].mean(0), -expected, atol=0.02)
+        assert np.abs(others.mean(0)).max() < 0.02
 
 
 def test_dataset_is_in_the_project_format(default_dataset):
@@ -87,17 +113,20 @@ def test_dataset_is_in_the_project_format(default_dataset):
 
 
 def test_best_behaviour_is_learnable_from_observations(default_dataset):
-    """A linear least-squares policy fitted to the data (no returns, no noise labels) must reach
-    the dataset's 90th-percentile return: the good behaviour is a function of the state."""
+    """A linear least-squares policy fitted to the best tenth of the episodes (no noise or bend
+    labels) must reach the dataset's 90th-percentile return: the good behaviour is a function
+    of the state, learnable by a model that knows which episodes were good."""
     _, paths, _, _ = default_dataset
-    obs = np.concatenate([p["observations"] for p in paths]).astype(np.float64)
-    act = np.concatenate([p["actions"] for p in paths]).astype(np.float64)
+    returns = np.array([p["rewards"].sum() for p in paths])
+    best = [p for p, r in zip(paths, returns) if r >= np.percentile(returns, 90)]
+    obs = np.concatenate([p["observations"] for p in best]).astype(np.float64)
+    act = np.concatenate([p["actions"] for p in best]).astype(np.float64)
     mean, std = obs.mean(0), obs.std(0) + 1e-6
     features = np.hstack([(obs - mean) / std, np.ones((len(obs), 1))])
     weights = np.linalg.solve(
         features.T @ features + 1e-3 * np.eye(features.shape[1]), features.T @ act
     )
-    target = np.percentile([p["rewards"].sum() for p in paths], 90)
+    target = np.percentile(returns, 90)
     env = gymnasium.make("Humanoid-v5")
     achieved = []
     for seed in (500, 501, 502):
@@ -152,6 +181,9 @@ def test_bad_requests_fail_with_one_line():
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "--policy" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    bent = _collect("--env", "hopper", "--policy", "x.zip", "--knee_bend", "0.1", "--out", "unused")
+    assert bent.returncode != 0 and "Traceback" not in bent.stderr
+    assert "--knee_bend is for humanoid only" in bent.stderr
 
 
 @pytest.mark.skipif(
@@ -184,6 +216,16 @@ def test_noise_levels_rise_evenly():
     assert levels.shape == (60,)
     assert levels[0] == pytest.approx(0.35 * 0.15) and levels[-1] == pytest.approx(0.15)
     assert np.all(np.diff(levels) > 0)
+
+
+def test_knee_bends_rise_evenly_and_bend_only_the_knees():
+    bends = knee_bends(60, 0.15)
+    assert bends[0] == 0.0 and bends[-1] == pytest.approx(0.15)
+    assert np.allclose(np.diff(bends), 0.15 / 59)
+    offset = knee_bend_offset(gymnasium.make("Humanoid-v5"), 0.1)
+    assert offset.shape == (17,) and (offset == -0.1).sum() == 2 and (offset == 0).sum() == 15
+    with pytest.raises(ValueError, match="Humanoid only"):
+        knee_bend_offset(gymnasium.make("Hopper-v5"), 0.1)
 
 
 def test_readme_main_command_runs_as_written(default_dataset, tmp_path):

@@ -3,17 +3,17 @@
     python data/collect_dataset.py --env humanoid --out data            (from gym/)
     python gym/data/collect_dataset.py --env humanoid --out gym/data    (from the repo root)
 
-writes ``{out}/humanoid-collected-v2.pkl`` in the project's trajectory format: 150 episodes
-(~24k steps) of the built-in balance controller with graded action noise (see
-``decision_transformer/data/humanoid_controller.py`` for how and why), in about 20 seconds.
-150 rather than the 50 the task needs at least: on 60 episodes (~11k steps) a Decision
-Transformer of the paper's size fit the training actions more closely than the noise-free
-controller does within 3000 gradient steps, i.e. it was learning each episode's noise; more
-episodes of the same recipe dilute that.
+writes ``{out}/humanoid-collected-v2.pkl`` in the project's trajectory format: 1000 episodes
+(~100k steps) of the built-in balance controller with graded action noise and knee bending (see
+``decision_transformer/data/humanoid_controller.py`` for how and why), in about a minute.
+1000 rather than the 50 the task needs at least: on a few hundred episodes a small Decision
+Transformer fits the training actions more closely than the noise-free controller does within a
+few thousand gradient steps, i.e. it learns each episode's noise instead of the behaviour.
 
 ``--policy PATH`` rolls out a Stable-Baselines3 policy instead (any env of the suite; needs the
 optional ``stable_baselines3`` package, or ``sb3_contrib`` for its algorithms), with the same
-graded noise. ``--minari_id ID`` also stores the rollouts as a local Minari dataset.
+graded noise (and, on humanoid, knee bending). ``--minari_id ID`` also stores the rollouts as a
+local Minari dataset.
 """
 
 from __future__ import annotations
@@ -31,8 +31,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from decision_transformer.data.humanoid_controller import (  # noqa: E402
+    DEFAULT_MAX_KNEE_BEND,
     DEFAULT_MAX_NOISE,
     BalanceController,
+    knee_bend_offset,
+    knee_bends,
     noise_levels,
     rollout_episode,
 )
@@ -40,7 +43,7 @@ from decision_transformer.data.pickle_io import save_paths  # noqa: E402
 from decision_transformer.envs import ENV_SPECS, make_env  # noqa: E402
 
 DATASET_NAME = "collected"
-DEFAULT_EPISODES = 150
+DEFAULT_EPISODES = 1000
 
 
 class CollectError(RuntimeError):
@@ -125,7 +128,7 @@ def write_minari(dataset_id: str, env_id: str, paths: list[dict[str, np.ndarray]
             buffers,
             env=env_id,
             eval_env=env_id,
-            algorithm_name="graded Gaussian action noise on a fixed policy",
+            algorithm_name="a fixed policy with graded action noise (and knee bending on humanoid)",
             description="Made by gym/data/collect_dataset.py from the simulator, no download.",
         )
 
@@ -151,6 +154,10 @@ def collect(args: argparse.Namespace) -> int:
         )
     if args.episodes < 1:
         raise CollectError("--episodes must be at least 1")
+    if args.knee_bend is None:
+        args.knee_bend = DEFAULT_MAX_KNEE_BEND if args.env == "humanoid" else 0.0
+    elif args.knee_bend and args.env != "humanoid":
+        raise CollectError(f"--knee_bend is for humanoid only; drop it for {args.env}")
     out = Path(args.out) / f"{args.env}-{DATASET_NAME}-v2.pkl"
     if out.exists() and not args.overwrite:
         print(f"{out} already exists, skipping (pass --overwrite to remake it)")
@@ -163,10 +170,12 @@ def collect(args: argparse.Namespace) -> int:
     policy = load_sb3_policy(args.policy, args.policy_algo) if args.policy else BalanceController()
     env = make_env(args.env)
     levels = noise_levels(args.episodes, args.noise)
+    bends = knee_bends(args.episodes, args.knee_bend)
     paths = []
-    for i, level in enumerate(levels):
+    for i, (level, bend) in enumerate(zip(levels, bends)):
         rng = np.random.default_rng([args.seed, i])
-        paths.append(rollout_episode(env, policy, float(level), rng, seed=args.seed + i))
+        offset = knee_bend_offset(env, float(bend)) if bend else None
+        paths.append(rollout_episode(env, policy, float(level), rng, args.seed + i, offset))
     env.close()
     save_paths(paths, out)
     seconds = time.perf_counter() - start
@@ -193,6 +202,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=DEFAULT_MAX_NOISE,
         help="largest per-episode action-noise std; episodes rise evenly from 35%% of it",
+    )
+    parser.add_argument(
+        "--knee_bend",
+        type=float,
+        default=None,
+        help="largest per-episode knee-bending action offset, rising evenly from 0 alongside the "
+        f"noise (humanoid only; unset means {DEFAULT_MAX_KNEE_BEND} there)",
     )
     parser.add_argument("--seed", type=int, default=0, help="episode i resets with seed + i")
     parser.add_argument("--policy", default=None, help="Stable-Baselines3 model .zip to roll out")

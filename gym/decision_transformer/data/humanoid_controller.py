@@ -26,20 +26,30 @@ The controller
     every reset tried (return ~4940).
 
 The dataset
-    Episode ``i`` rolls the controller out from ``env.reset(seed=seed + i)`` with independent
-    Gaussian noise of standard deviation ``noise_levels(n, max_noise)[i]`` added to every action
-    (then clipped). The level rises evenly across episodes, from 35% of ``max_noise`` to all of
-    it, and is the only thing that differs between episodes, so it alone explains the return:
-    the quietest episodes stand for all 1000 steps, mid levels fall somewhere in between, the
-    loudest fall within a few dozen steps. Because the noise has zero mean, the action an
-    episode takes in a state is on average the controller's, a deterministic (and nearly linear)
-    function of the observation, which a sequence model can learn and then reproduce when
-    conditioned on a high return.
+    Episode ``i`` rolls the controller out from ``env.reset(seed=seed + i)`` with two per-episode
+    settings that rise together across the episodes: independent Gaussian action noise of
+    standard deviation ``noise_levels(n, max_noise)[i]`` (from 35% of ``max_noise`` to all of it)
+    and a constant knee-bending offset ``knee_bends(n, max_bend)[i]`` (from none to all of
+    ``max_bend``) subtracted from both knee commands, then the action is clipped. The quietest,
+    straightest episodes stand for all 1000 steps; the offset makes the others sink into a crouch
+    and fall, the sooner the larger it is (noise-free: an offset up to 0.04 still stands, 0.05
+    falls after ~250 steps, 0.1 after ~75, 0.15 after ~35), and the noise spreads the returns
+    around that.
+
+    Why both. With noise alone the action an episode takes in a state is on average the
+    controller's whatever its return, so a return-conditioned model has nothing to condition on:
+    on 1000 such episodes a Decision Transformer learned the noise-free controller and stood for
+    1000 steps at every target return, low ones included; on 150 it seemed to condition, but by
+    memorising each episode's noise (its training loss fell below the noise's variance while its
+    returns fell). The offset gives lower returns a different *mean* behaviour, which a model can
+    learn from many episodes and reproduce when asked for a low return, while the best episodes
+    remain a near-linear function of the observation that it can reproduce when asked for a high
+    one. Many episodes (1000, ~100k steps) keep a small transformer from memorising them.
 
 Remaking it
     From ``gym/``: ``python data/collect_dataset.py --env humanoid --out data`` (add
-    ``--overwrite`` to replace an existing file; ``--episodes``, ``--noise`` and ``--seed`` change
-    the recipe). The same seed gives the same file on the same mujoco build.
+    ``--overwrite`` to replace an existing file; ``--episodes``, ``--noise``, ``--knee_bend`` and
+    ``--seed`` change the recipe). The same seed gives the same file on the same mujoco build.
 """
 
 from __future__ import annotations
@@ -63,6 +73,8 @@ DEFAULT_STANCE: dict[str, float] = {
 }
 
 DEFAULT_MAX_NOISE = 0.15
+DEFAULT_MAX_KNEE_BEND = 0.15
+KNEE_ACTUATORS = ("right_knee", "left_knee")
 
 
 @dataclass(frozen=True)
@@ -299,22 +311,47 @@ def noise_levels(n_episodes: int, max_noise: float = DEFAULT_MAX_NOISE) -> np.nd
     return max_noise * np.linspace(0.35, 1.0, n_episodes)
 
 
+def knee_bends(n_episodes: int, max_bend: float = DEFAULT_MAX_KNEE_BEND) -> np.ndarray:
+    """Per-episode knee-bending offsets, rising evenly from none to ``max_bend``."""
+    if n_episodes < 1:
+        raise ValueError("need at least one episode")
+    if n_episodes == 1:
+        return np.array([max_bend])
+    return np.linspace(0.0, max_bend, n_episodes)
+
+
+def knee_bend_offset(env: gymnasium.Env, bend: float) -> np.ndarray:
+    """The action offset that bends both knees by ``bend`` (Humanoid's knee joints flex toward
+    negative angles, so the offset is negative on the two knee motors, zero elsewhere)."""
+    model = env.unwrapped.model
+    offset = np.zeros(model.nu)
+    for name in KNEE_ACTUATORS:
+        index = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_ACTUATOR, name)
+        if index < 0:
+            raise ValueError(f"no actuator named '{name}': knee bending is for Humanoid only")
+        offset[index] = -bend
+    return offset
+
+
 def rollout_episode(
     env: gymnasium.Env,
     policy: Callable[[np.ndarray], np.ndarray],
     noise_std: float,
     rng: np.random.Generator,
     seed: int | None = None,
+    offset: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run one episode of ``policy`` plus Gaussian action noise; return it in the project's
-    trajectory format (``observations``, ``next_observations``, ``actions``, ``rewards``,
-    ``terminals``, ``timeouts``)."""
+    """Run one episode of ``policy`` plus a constant ``offset`` and Gaussian action noise; return
+    it in the project's trajectory format (``observations``, ``next_observations``, ``actions``,
+    ``rewards``, ``terminals``, ``timeouts``)."""
     low, high = env.action_space.low, env.action_space.high
     obs, _ = env.reset(seed=seed)
     observations, actions, rewards, terminals, timeouts = [], [], [], [], []
     next_observations = []
     while True:
         action = np.asarray(policy(obs), dtype=np.float64)
+        if offset is not None:
+            action = action + offset
         if noise_std > 0.0:
             action = action + noise_std * rng.standard_normal(action.shape)
         action = np.clip(action, low, high)
