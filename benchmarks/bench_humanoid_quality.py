@@ -45,8 +45,6 @@ COMMON = [
     "200",
     "--lr_decay",
     "cosine",
-    "--dropout",
-    "0.1",
     "--eval_envs",
     "20",
     "--device",
@@ -54,6 +52,9 @@ COMMON = [
 ]
 # Steps timed to size each model's budget; fewer misjudge it by 10-20% (first-step overheads).
 PROBE_STEPS = 100
+# BC on the current state alone: flattening K states of 348 features into one MLP input (the
+# original's BC) learns far slower here, and the baseline should be the strong one.
+BC = ["--model_type", "bc", "--embed_dim", "256", "--n_layer", "3", "--K", "1"]
 # Sizes matched: ~0.6M backbone parameters each.
 MODELS = {
     "qwen3": (
@@ -74,19 +75,10 @@ MODELS = {
         ],
     ),
     "gpt2": ("experiment.py", ["--embed_dim", "128", "--n_layer", "3", "--n_head", "4"]),
-    # BC on the current state alone: flattening 20 states of 348 features into one MLP input
-    # (the original's BC) learns far slower here, and the baseline should be the strong one.
-    "bc": (
-        "experiment.py",
-        ["--model_type", "bc", "--embed_dim", "256", "--n_layer", "3", "--K", "1"],
-    ),
+    "bc": ("experiment.py", BC),
     # The paper's %BC: the same BC on the best episodes only (those making up 10% of the steps),
     # which needs to be told what the DT finds out from the returns.
-    "bc10": (
-        "experiment.py",
-        ["--model_type", "bc", "--embed_dim", "256", "--n_layer", "3", "--K", "1"]
-        + ["--pct_traj", "0.1"],
-    ),
+    "bc10": ("experiment.py", [*BC, "--pct_traj", "0.1"]),
 }
 
 
@@ -100,7 +92,8 @@ def last_row(out_dir: Path) -> dict:
 
 def train(name: str, args: argparse.Namespace, targets: list[str]) -> None:
     script, flags = MODELS[name]
-    flags = ["--K", str(args.K), *flags]  # BC's own --K comes later and wins
+    # BC's own --K comes later and wins.
+    flags = ["--K", str(args.K), "--dropout", str(args.dropout), *flags]
     with tempfile.TemporaryDirectory() as tmp:  # step time of this model on this machine
         run(
             script,
@@ -163,6 +156,7 @@ def main() -> None:
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per target")
     p.add_argument("--seed", type=int, default=0, help="training and evaluation seed")
     p.add_argument("--K", type=int, default=5, help="context length of the DTs")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout of every model")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "runs"), help="run directories")
     p.add_argument("--table_only", action="store_true", help="report existing runs, train nothing")

@@ -172,10 +172,11 @@ def collect(args: argparse.Namespace) -> int:
     env = make_env(args.env)
     levels = noise_levels(args.episodes, args.noise)
     bends = knee_bends(args.episodes, args.knee_bend)
+    knees = knee_bend_offset(env, 1.0) if args.knee_bend else None
     paths = []
     for i, (level, bend) in enumerate(zip(levels, bends)):
         rng = np.random.default_rng([args.seed, i])
-        offset = knee_bend_offset(env, float(bend)) if bend else None
+        offset = None if knees is None else bend * knees
         paths.append(rollout_episode(env, policy, float(level), rng, args.seed + i, offset))
     env.close()
     save_paths(paths, out)

@@ -297,6 +297,16 @@ class BalanceController:
         return full
 
 
+def _rising(n_episodes: int, first: float, last: float) -> np.ndarray:
+    """``n_episodes`` values rising evenly from ``first`` to ``last``; a lone episode gets
+    ``last``."""
+    if n_episodes < 1:
+        raise ValueError("need at least one episode")
+    if n_episodes == 1:
+        return np.array([last])
+    return np.linspace(first, last, n_episodes)
+
+
 def noise_levels(n_episodes: int, max_noise: float = DEFAULT_MAX_NOISE) -> np.ndarray:
     """Per-episode action-noise standard deviations, rising evenly from 35% of ``max_noise``.
 
@@ -304,20 +314,12 @@ def noise_levels(n_episodes: int, max_noise: float = DEFAULT_MAX_NOISE) -> np.nd
     ~0.04, so a schedule starting at zero would fill the top of the return distribution with
     near-identical full-length episodes instead of a spread.
     """
-    if n_episodes < 1:
-        raise ValueError("need at least one episode")
-    if n_episodes == 1:
-        return np.array([max_noise])
-    return max_noise * np.linspace(0.35, 1.0, n_episodes)
+    return max_noise * _rising(n_episodes, 0.35, 1.0)
 
 
 def knee_bends(n_episodes: int, max_bend: float = DEFAULT_MAX_KNEE_BEND) -> np.ndarray:
     """Per-episode knee-bending offsets, rising evenly from none to ``max_bend``."""
-    if n_episodes < 1:
-        raise ValueError("need at least one episode")
-    if n_episodes == 1:
-        return np.array([max_bend])
-    return np.linspace(0.0, max_bend, n_episodes)
+    return _rising(n_episodes, 0.0, max_bend)
 
 
 def knee_bend_offset(env: gymnasium.Env, bend: float) -> np.ndarray:
