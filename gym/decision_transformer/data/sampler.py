@@ -26,6 +26,19 @@ def top_trajectories(dataset: TrajectoryDataset, pct_traj: float) -> np.ndarray:
     return order[-count:]
 
 
+class Batch(tuple):
+    """``(states, actions, rewards, dones, rtg, timesteps, mask)``, unpacked like a plain tuple,
+    plus ``padded``: whether any window has padding, known in numpy as the batch was built, so
+    that nobody asks the device (``bool(mask.all())`` stalls the host until the GPU catches up)."""
+
+    padded: bool
+
+    def __new__(cls, tensors, padded: bool):
+        batch = super().__new__(cls, tensors)
+        batch.padded = padded
+        return batch
+
+
 class BatchSampler:
     def __init__(
         self,
@@ -42,6 +55,9 @@ class BatchSampler:
         self.max_ep_len = max_ep_len
         self.scale = scale
         self.device = torch.device(device)
+        # Host->GPU copies from pinned memory run asynchronously; from pageable memory each one
+        # waits for the GPU to finish its queue first. Pinning needs CUDA, so only then.
+        self.pin_memory = self.device.type == "cuda"
         self.rng = rng if rng is not None else np.random.default_rng()
         self.episodes = top_trajectories(dataset, pct_traj)
         lengths = dataset.lengths[self.episodes]
@@ -52,7 +68,7 @@ class BatchSampler:
 
     def __call__(self, batch_size: int, max_len: int | None = None):
         """Returns ``states, actions, rewards, dones, rtg, timesteps, mask`` on ``device``;
-        shapes ``[B,K,S] [B,K,A] [B,K,1] [B,K] [B,K+1,1] [B,K] [B,K]``."""
+        shapes ``[B,K,S] [B,K,A] [B,K,1] [B,K] [B,K+1,1] [B,K] [B,K]``, as a :class:`Batch`."""
         return self.build(*self.draw(batch_size), max_len or self.K)
 
     def draw(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,9 +103,14 @@ class BatchSampler:
         rtg = np.where(rtg_real, ds.returns_to_go[rtg_idx], 0.0) / self.scale
 
         def t(x: np.ndarray, dtype=torch.float32) -> torch.Tensor:
-            return torch.from_numpy(x).to(device=self.device, dtype=dtype)
+            # Cast on the host (smaller copies), then pin and copy without blocking: the
+            # caching host allocator keeps the pinned block until its copy has finished.
+            x = torch.from_numpy(x).to(dtype)
+            if self.pin_memory:
+                x = x.pin_memory()
+            return x.to(self.device, non_blocking=True)
 
-        return (
+        tensors = (
             t(states),
             t(actions),
             t(rewards[..., None]),
@@ -98,3 +119,4 @@ class BatchSampler:
             t(timesteps, torch.long),
             t(m.astype(np.float32)),
         )
+        return Batch(tensors, padded=not bool(m.all()))

@@ -51,9 +51,9 @@ class DecisionTransformer(TrajectoryModel):
         return TrajectoryGPT2(GPT2Config(n_embd=hidden_size, **kwargs))
 
     def forward(self, states, actions, rewards, returns_to_go, timesteps, attention_mask=None):
+        """``attention_mask [B, T]`` (1 = real step) for a batch with padding; None when there is
+        none, which the backbone turns into plain causal attention without looking at a mask."""
         B, T = states.shape[:2]
-        if attention_mask is None:
-            attention_mask = torch.ones((B, T), dtype=torch.long, device=states.device)
 
         time_emb = self.embed_timestep(timesteps)
         state_emb = self.embed_state(states) + time_emb
@@ -63,7 +63,7 @@ class DecisionTransformer(TrajectoryModel):
         # [B, 3, T, D] -> [B, T, 3, D] -> [B, 3T, D], ordered R_1, s_1, a_1, R_2, ...
         tokens = torch.stack((return_emb, state_emb, action_emb), dim=2).reshape(B, 3 * T, -1)
         tokens = self.embed_ln(tokens)
-        token_mask = attention_mask.repeat_interleave(3, dim=1)
+        token_mask = None if attention_mask is None else attention_mask.repeat_interleave(3, dim=1)
 
         x = self.transformer(inputs_embeds=tokens, attention_mask=token_mask)
         x = x.reshape(B, T, 3, self.hidden_size)  # x[:, t, i]: the token of R_t, s_t or a_t
@@ -83,8 +83,10 @@ class DecisionTransformer(TrajectoryModel):
         returns_to_go, _ = self.window(returns_to_go)
         timesteps, _ = self.window(timesteps)
         N, T = states.shape[:2]
-        attention_mask = torch.ones((N, T), dtype=torch.long, device=states.device)
-        attention_mask[:, :pad] = 0
+        attention_mask = None  # pad is a Python int: no padding known without asking the device
+        if pad:
+            attention_mask = torch.ones((N, T), dtype=torch.long, device=states.device)
+            attention_mask[:, :pad] = 0
         _, action_preds, _ = self(
             states.float(),
             actions.float(),

@@ -53,8 +53,9 @@ def estimate_training_memory(
     layer = 2 * f32 * N * (D + 1)
     if c.qk_norm:
         layer += a * N * (Dq + Dkv) + f32 * N * (Hq + Hkv)
-    # Inputs of q/k/v and gate/up projections: shared in fp32, a cast copy each under autocast.
-    layer += 2 * f32 * N * D if a == f32 else 5 * a * N * D
+    # Inputs of q/k/v and gate/up projections: the two norms' outputs, in the compute dtype (the
+    # norms output it, so autocast finds nothing left to cast), each shared by its projections.
+    layer += 2 * a * N * D
     # SwiGLU: gate output, its silu, up output, and their product (down_proj's input).
     layer += 4 * a * N * M
     if a == f32 and not c.dropout:

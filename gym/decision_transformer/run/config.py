@@ -125,6 +125,12 @@ def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
         help="returns to condition evaluation on: numbers, or max / pNN (a percentile) of the "
         "dataset's episode returns, e.g. --env_targets max p90 p50 (default: the env's two)",
     )
+    a(
+        "--compile",
+        action="store_true",
+        help="torch.compile each transformer block on its own (regional compilation: one "
+        "block's compile serves them all, so start-up stays short); BC compiles its whole MLP",
+    )
     if qwen:
         q = p.add_argument_group("Qwen3 backbone")
         b = q.add_argument
@@ -151,7 +157,6 @@ def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
             choices=["fp32", "bf16"],
             help="bf16 runs matmuls under torch.autocast (weights and optimizer stay fp32)",
         )
-        b("--compile", action="store_true", help="torch.compile the model")
         b(
             "--init_backbone",
             default=None,

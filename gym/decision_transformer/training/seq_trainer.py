@@ -1,24 +1,40 @@
 from __future__ import annotations
 
+import torch
+
 from .trainer import Trainer
 
 
+def masked_action_mse(
+    action_preds: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared error over the actions of real steps (``mask`` 1, padding 0), in fp32.
+
+    ``preds``/``actions [B, K, A]``, ``mask [B, K]``. A masked mean rather than boolean indexing
+    (``preds[mask > 0]``), whose output size depends on the data and so makes the host wait for
+    the GPU; every window has at least one real step, so the divisor is never zero.
+    """
+    err = (action_preds.float() - actions).square().sum(-1)  # [B, K]
+    return (err * mask).sum() / (mask.sum() * action_preds.shape[-1])
+
+
 class SequenceTrainer(Trainer):
-    """Decision Transformer training: predict every real action in the window from its state."""
+    """Decision Transformer training: predict every real action in the window from its state.
+
+    The loss is the masked action MSE (:func:`masked_action_mse`), the original's loss; the
+    ``loss_fn`` argument serves :class:`ActTrainer` only."""
 
     def train_step(self) -> float:
-        states, actions, rewards, dones, rtg, timesteps, attention_mask = self.get_batch(
-            self.batch_size
-        )
+        batch = self.get_batch(self.batch_size)
+        states, actions, rewards, dones, rtg, timesteps, attention_mask = batch
+        # The sampler knows in numpy whether any window is padded; None tells the model there is
+        # no padding, so it never has to ask the device (see data/sampler.py Batch).
+        model_mask = attention_mask if getattr(batch, "padded", True) else None
         with self.autocast():
             _, action_preds, _ = self.model(
-                states, actions, rewards, rtg[:, :-1], timesteps, attention_mask=attention_mask
+                states, actions, rewards, rtg[:, :-1], timesteps, attention_mask=model_mask
             )
-        act_dim = action_preds.shape[2]
-        real = attention_mask.reshape(-1) > 0
-        action_preds = action_preds.float().reshape(-1, act_dim)[real]
-        action_target = actions.reshape(-1, act_dim)[real]
-        loss = self.loss_fn(None, action_preds, None, None, action_target, None)
+        loss = masked_action_mse(action_preds, actions, attention_mask)
         value = self.optimize(loss)
         # The original logged the masked action MSE, which is this loss.
         self.diagnostics["training/action_error"] = value
