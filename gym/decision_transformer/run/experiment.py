@@ -211,17 +211,17 @@ def use_fused_adamw(model: torch.nn.Module) -> bool:
     return all(p.is_cuda for p in model.parameters())
 
 
-def compile_regions(model: torch.nn.Module) -> None:
+def compile_regions(model: torch.nn.Module, **compile_kwargs) -> None:
     """Regional compilation: ``torch.compile`` each transformer block on its own, in place (the
     state dict keeps its names). The blocks share one code object, so one compile serves all of
     them and start-up stays short; embeddings, heads and masks stay eager. BC compiles its MLP."""
     blocks = getattr(model, "transformer", None)
     blocks = getattr(blocks, "layers", None) or getattr(blocks, "h", None)
     if blocks is None:
-        model.compile()
+        model.compile(**compile_kwargs)
         return
     for block in blocks:
-        block.compile()
+        block.compile(**compile_kwargs)
 
 
 def reference_scores_for(cfg: dict):
