@@ -9,8 +9,8 @@ Presets (backbone parameters, counted):
               SwiGLU 3072, rope_theta 1e6, eps 1e-6, QK-norm: 440,467,456 parameters. (The "0.6B"
               of the language model counts its 151,936 x 1024 token embedding, which a DT has no
               use for.)
-  2048x24     hidden 2048, 24 layers, 16 query / 8 KV heads, mlp_ratio 5.4: about 1.93B
-              parameters. It is often called "0.6B"; it is not.
+  2048x24     hidden 2048, 24 layers, 16 query / 8 KV heads, SwiGLU 11008 (mlp_ratio 5.4 rounded
+              to a multiple of 256): 1,925,292,032 parameters. It is often called "0.6B"; it is not.
 
 ``--dry_run`` prints the resolved config and, as its last line, a JSON object with the parameter
 counts and the estimated training memory, then exits without loading data or training.
@@ -45,8 +45,9 @@ PRESETS: dict[str, dict] = {
         n_head=16,
         n_kv_head=8,
         head_dim=None,
-        intermediate_size=None,
-        mlp_ratio=5.4,
+        # 5.4 x 2048 = 11059.2, rounded to a multiple of 256 so the MLP matmuls tile evenly on
+        # tensor cores: down to 11008 (43 x 256), the nearest one and LLaMA-7B's width.
+        intermediate_size=11008,
         rope_theta=1e6,
     ),
 }

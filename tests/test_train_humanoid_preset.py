@@ -35,8 +35,10 @@ def test_qwen3_06b_preset_mirrors_the_real_decoder():
 
 
 def test_2048x24_preset_is_about_1_93_billion():
-    _, info = dry_run("--preset", "2048x24")
-    assert 1.92e9 < info["backbone_params"] < 1.94e9
+    out, info = dry_run("--preset", "2048x24")
+    assert info["backbone_params"] == 1_925_292_032
+    # 5.4 x 2048 = 11059 rounded to a multiple of 256, printed as the real width.
+    assert "intermediate_size: 11008" in out
 
 
 def test_flags_override_the_preset_and_bf16_shrinks_activations():
