@@ -1,0 +1,409 @@
+"""The GPU training hot path: dispatched ops and host syncs per step (any machine), and with CUDA
+step time, tokens/s, TFLOP/s, MFU, peak memory and syncs for both Humanoid presets.
+
+    python benchmarks/bench_gpu.py                 # CPU counts; plus the CUDA table on a GPU
+    python benchmarks/bench_gpu.py --skip_cuda     # CPU counts only
+    python benchmarks/bench_gpu.py --steps 30      # more timed CUDA steps
+
+CPU part, today's code beside the code before the hot-path work (``--baseline``, a git revision
+extracted with ``git archive`` and run in a subprocess, so both are measured in one run):
+
+* aten ops per forward+backward (DT forward under bf16 autocast, the trainer's loss, backward) of
+  a Qwen3 DT with a 2-layer slice of the ``qwen3-0.6b`` backbone (hidden 1024, 16/8 heads of 128,
+  SwiGLU 3072), dropout 0.1, a left-padded batch. Every dispatched op is counted (a
+  TorchDispatchMode); "kernels" leaves out the ones that only make views. Target: <= 60%.
+* host syncs per training step (``training/host_syncs.py``: item/bool, tolist, cpu, nonzero,
+  boolean-mask indexing, blocking or pageable host-to-device copies, the sampler running its CUDA
+  path with the copies kept on the CPU), the optimizer's step left out. Target: <= 1.
+
+CUDA part (only when ``torch.cuda.is_available()``; not run where this was written, which had no
+GPU): each preset at batch 64, K 20 in bf16 autocast, eager and ``--compile``'s regional
+compilation, the real SequenceTrainer step (real sampler with pinned copies, fused AdamW):
+step time, tokens/s, achieved TFLOP/s (analytic matmul FLOPs, as in bench_qwen3.py), MFU against
+the device's dense bf16 peak (table below, else a measured matmul peak), peak memory against
+``--dry_run``'s estimate, host syncs per step from ``torch.cuda.set_sync_debug_mode`` and CUDA
+kernels per step from the profiler. Target on an H100: >= 45% MFU compiled for ``qwen3-0.6b``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = "8c6f98a"  # main just before the hot-path branch
+QWEN3_06B_LAYER = dict(
+    hidden_size=1024, n_head=16, n_kv_head=8, head_dim=128, intermediate_size=3072, dropout=0.1
+)
+S, A, K = 348, 17, 20  # Humanoid's state and action sizes, the presets' K
+VIEW_OPS = {
+    "view", "_unsafe_view", "t", "transpose", "unsqueeze", "expand", "slice", "as_strided",
+    "detach", "select", "alias", "permute", "squeeze", "split", "unbind", "lift_fresh",
+}  # fmt: skip
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' datasheets.
+BF16_PEAK_TFLOPS = {
+    "H100 SXM": 989.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,
+    "H200": 989.0,
+    "GH200": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10G": 70.0,
+    "A10": 125.0,
+    "RTX 4090": 165.0,
+    "RTX 3090": 71.0,
+}
+
+
+def load_host_syncs():
+    """training/host_syncs.py of this tree as a stand-alone module (it needs torch only), so the
+    baseline tree, which lacks it, is counted by the same counter."""
+    path = ROOT / "gym/decision_transformer/training/host_syncs.py"
+    spec = importlib.util.spec_from_file_location("bench_host_syncs", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def humanoid_dataset(episodes: int = 6, steps: int = 60):
+    """A few short Humanoid episodes from the real simulator (random actions): the step's ops
+    and syncs do not depend on what the data says, only that some windows are padded."""
+    from decision_transformer.data.trajectories import TrajectoryDataset
+    from decision_transformer.envs import make_env
+
+    env = make_env("humanoid")
+    rng = np.random.default_rng(0)
+    paths = []
+    for ep in range(episodes):
+        obs, _ = env.reset(seed=ep)
+        cols = {k: [] for k in ("observations", "actions", "rewards", "terminals")}
+        for _ in range(steps):
+            act = rng.uniform(-0.4, 0.4, A).astype(np.float32)
+            nxt, rew, term, trunc, _ = env.step(act)
+            for k, v in zip(cols, (obs, act, rew, term)):
+                cols[k].append(v)
+            obs = nxt
+            if term or trunc:
+                break
+        paths.append({k: np.asarray(v, np.float32) for k, v in cols.items()})
+        paths[-1]["terminals"] = paths[-1]["terminals"].astype(bool)
+    env.close()
+    return TrajectoryDataset.from_paths(paths)
+
+
+def count_tree() -> dict:
+    """Counts for the code on sys.path (this tree or the baseline's); run in a subprocess."""
+    from decision_transformer.data.sampler import BatchSampler
+    from decision_transformer.models.decision_transformer_qwen3 import DecisionTransformerQwen3
+    from decision_transformer.training import seq_trainer
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    torch.set_num_threads(1)
+    host_syncs = load_host_syncs()
+    torch.manual_seed(0)
+    model = DecisionTransformerQwen3(
+        S, A, max_length=K, max_ep_len=1000, n_layer=2, **QWEN3_06B_LAYER
+    )
+    model.train()
+    B = 2
+    g = torch.Generator().manual_seed(0)
+    states, actions = torch.randn(B, K, S, generator=g), torch.rand(B, K, A, generator=g) - 0.5
+    rtg, timesteps = torch.randn(B, K, 1, generator=g), torch.arange(K).repeat(B, 1)
+    mask = torch.ones(B, K)
+    mask[0, :7] = 0  # a window at an episode's end: left padding
+
+    def loss_of(preds):
+        if hasattr(seq_trainer, "masked_action_mse"):
+            return seq_trainer.masked_action_mse(preds, actions, mask)
+        real = mask.reshape(-1) > 0  # the baseline trainer's loss, as it was written
+        return torch.mean((preds.float().reshape(-1, A)[real] - actions.reshape(-1, A)[real]) ** 2)
+
+    def fwd_bwd():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _, preds, _ = model(states, actions, None, rtg, timesteps, attention_mask=mask)
+        loss_of(preds).backward()
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    fwd_bwd()  # warm-up: lazily built tables, first-call paths
+    with Count() as c:
+        fwd_bwd()
+    kernels = [op for op in c.ops if op not in VIEW_OPS]
+
+    # Host syncs of whole training steps, the sampler on its CUDA path (copies kept on the CPU).
+    small = DecisionTransformerQwen3(
+        S, A, 64, max_length=K, max_ep_len=1000, n_layer=2, n_head=4, n_kv_head=2, dropout=0.1
+    )
+    sampler = BatchSampler(
+        humanoid_dataset(), K, 1000, 1000.0, device="cuda", rng=np.random.default_rng(0)
+    )
+    optimizer = torch.optim.AdamW(small.parameters(), lr=1e-4)
+    trainer = seq_trainer.SequenceTrainer(
+        small,
+        optimizer,
+        batch_size=8,
+        get_batch=sampler,
+        loss_fn=lambda s_hat, a_hat, r_hat, s, a, r: torch.mean((a_hat - a) ** 2),
+        autocast_dtype=torch.bfloat16,
+        progress=False,
+    )
+    step = optimizer.step
+    syncs = []
+    with host_syncs.HostSyncCounter(fake_cuda=True) as counter:
+
+        def paused_step(*args, **kwargs):
+            with counter.paused():
+                return step(*args, **kwargs)
+
+        optimizer.step = paused_step
+        for _ in range(4):
+            before = len(counter.events)
+            trainer.train_step()
+            syncs.append(counter.events[before:])
+    return {"ops": len(c.ops), "kernels": len(kernels), "syncs": syncs}
+
+
+def counts_of(rev: str | None) -> dict | None:
+    """count_tree() for git revision ``rev`` (None: this tree), in a subprocess."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = ROOT
+        if rev is not None:
+            try:
+                archive = subprocess.run(
+                    ["git", "-C", str(ROOT), "archive", rev, "gym/decision_transformer"],
+                    capture_output=True,
+                    check=True,
+                ).stdout
+            except (OSError, subprocess.CalledProcessError) as e:
+                print(f"(baseline {rev} not available: {e}; its column stays empty)")
+                return None
+            tar_path = Path(tmp) / "tree.tar"
+            tar_path.write_bytes(archive)
+            with tarfile.open(tar_path) as tar:
+                tar.extractall(tmp, filter="data")
+            tree = Path(tmp)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--_count", str(tree)],
+            capture_output=True,
+            text=True,
+            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "MUJOCO_GL": "egl"},
+        )
+        if proc.returncode:
+            sys.exit(f"counting {rev or 'this tree'} failed:\n{proc.stderr}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cpu_part(baseline: str) -> list[str]:
+    old, new = counts_of(baseline), counts_of(None)
+    missed = []
+    print("## CPU: one forward+backward and one training step\n")
+    print("qwen3-0.6b layer shape, 2-layer slice, bf16 autocast, dropout 0.1, padded batch")
+    print(f"(baseline: {baseline}; this tree: working copy)\n")
+    print("| measure | baseline | now | ratio | target |")
+    print("|---|---|---|---|---|")
+    for key, label in (("ops", "aten ops / fwd+bwd"), ("kernels", "non-view ops / fwd+bwd")):
+        if old:
+            ratio = new[key] / old[key]
+            target = "<= 60%" if key == "ops" else ""
+            print(f"| {label} | {old[key]} | {new[key]} | {ratio:.0%} | {target} |")
+            if key == "ops" and ratio > 0.6:
+                missed.append(f"aten ops per fwd+bwd at {ratio:.0%} of the baseline (> 60%)")
+        else:
+            print(f"| {label} | (939 recorded) | {new[key]} | | |")
+    worst_old = max(len(s) for s in old["syncs"]) if old else "(11 recorded)"
+    worst_new = max(len(s) for s in new["syncs"])
+    print(f"| host syncs / step (max of 4) | {worst_old} | {worst_new} | | <= 1 |")
+    print()
+    if old:
+        print(f"baseline's syncs in one step: {', '.join(old['syncs'][0])}")
+    print(f"now: {', '.join(new['syncs'][0])}\n")
+    if worst_new > 1:
+        missed.append(f"{worst_new} host syncs in a training step (> 1)")
+    return missed
+
+
+# ---------------------------------------------------------------------------------------- CUDA
+
+
+def device_peak_tflops(name: str) -> tuple[float, str]:
+    for key in sorted(BF16_PEAK_TFLOPS, key=len, reverse=True):
+        if key in name:
+            return BF16_PEAK_TFLOPS[key], "datasheet"
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * 10 / (time.perf_counter() - start) / 1e12, "measured matmul"
+
+
+def train_flops(cfg, B: int, T: int) -> float:
+    """Matmul FLOPs of one forward+backward (as bench_qwen3.py): 6 x linear weights x tokens, plus
+    12 x B x T^2 x heads x head_dim a layer for attention."""
+    D, L = cfg.embed_dim, cfg.n_layer
+    Dq, Dkv = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+    linear = L * (2 * D * Dq + 2 * D * Dkv + 3 * D * cfg.intermediate_size)
+    return 6 * linear * B * T + L * 12 * B * T * T * cfg.n_head * cfg.head_dim
+
+
+def cuda_run(preset: str, compiled: bool, steps: int, batch_size: int) -> dict:
+    from decision_transformer.data.sampler import BatchSampler
+    from decision_transformer.models.factory import build_model, count_params
+    from decision_transformer.models.memory import estimate_training_memory
+    from decision_transformer.run.experiment import compile_regions, enable_tf32, use_fused_adamw
+    from decision_transformer.training.seq_trainer import SequenceTrainer
+    from train_humanoid_qwen_dt import PRESETS
+
+    cfg = {
+        "model_type": "dt",
+        "backbone": "qwen3",
+        "K": K,
+        "n_kv_head": None,
+        "head_dim": None,
+        "intermediate_size": None,
+        "mlp_ratio": 4.0,
+        "rope_theta": 1e6,
+        "no_qk_norm": False,
+        "dropout": 0.1,
+        **PRESETS[preset],
+    }
+    enable_tf32("cuda")
+    torch.manual_seed(0)
+    model = build_model(cfg, S, A, 1000, -np.ones(A), np.ones(A)).cuda()
+    total, backbone = count_params(model)
+    estimate = estimate_training_memory(
+        model.transformer.config, batch_size, 3 * K, torch.bfloat16, total - backbone
+    )["total"]
+    if compiled:
+        compile_regions(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=use_fused_adamw(model))
+    sampler = BatchSampler(humanoid_dataset(), K, 1000, 1000.0, device="cuda")
+    trainer = SequenceTrainer(
+        model,
+        optimizer,
+        batch_size,
+        sampler,
+        loss_fn=None,
+        autocast_dtype=torch.bfloat16,
+        progress=False,
+    )
+    model.train()
+    for _ in range(3 if not compiled else 6):  # warm-up (and compiles: padded and unpadded)
+        trainer.train_step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+
+    # Syncs: every sync the CUDA runtime sees in one step, as warnings.
+    torch.cuda.set_sync_debug_mode("warn")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train_step()
+    torch.cuda.set_sync_debug_mode("default")
+    syncs = sum("synchroniz" in str(w.message) for w in caught)
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        trainer.train_step()
+        torch.cuda.synchronize()
+    kernels = sum(e.count for e in prof.key_averages() if e.device_type.name == "CUDA")
+
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step()
+    torch.cuda.synchronize()
+    seconds = (time.perf_counter() - start) / steps
+    flops = train_flops(model.transformer.config, batch_size, 3 * K)
+    out = {
+        "step_s": seconds,
+        "tokens_s": batch_size * 3 * K / seconds,
+        "tflops": flops / seconds / 1e12,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "estimate_gib": estimate / 2**30,
+        "syncs": syncs,
+        "kernels": kernels,
+    }
+    del trainer, optimizer, model
+    torch.cuda.empty_cache()
+    return out
+
+
+def cuda_part(steps: int, batch_size: int) -> list[str]:
+    sys.path.insert(0, str(ROOT / "gym"))
+    name = torch.cuda.get_device_name()
+    peak, source = device_peak_tflops(name)
+    print(f"## CUDA: {name}, bf16 peak {peak:.0f} TFLOP/s ({source}); batch {batch_size}, K {K}\n")
+    print(
+        "| preset | mode | step ms | tokens/s | TFLOP/s | MFU | peak GiB | est. GiB "
+        "| syncs/step | CUDA kernels/step |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    missed = []
+    for preset in ("qwen3-0.6b", "2048x24"):
+        for compiled in (False, True):
+            r = cuda_run(preset, compiled, steps, batch_size)
+            mfu = r["tflops"] / peak
+            mode = "compiled" if compiled else "eager"
+            print(
+                f"| {preset} | {mode} | {1e3 * r['step_s']:.1f} | {r['tokens_s']:,.0f} "
+                f"| {r['tflops']:.1f} | {mfu:.0%} | {r['peak_gib']:.1f} | {r['estimate_gib']:.1f} "
+                f"| {r['syncs']} | {r['kernels']} |"
+            )
+            if r["syncs"] > 1:
+                missed.append(f"{preset} {mode}: {r['syncs']} host syncs a step (> 1)")
+            if preset == "qwen3-0.6b" and compiled and "H100" in name and mfu < 0.45:
+                missed.append(f"qwen3-0.6b compiled bf16 at {mfu:.0%} MFU on {name} (< 45%)")
+    print()
+    return missed
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--baseline", default=BASELINE, help="git revision of the 'before' column")
+    p.add_argument("--skip_cuda", action="store_true", help="only the CPU counts")
+    p.add_argument("--steps", type=int, default=20, help="timed CUDA steps per configuration")
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--_count", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args._count:
+        sys.path.insert(0, str(Path(args._count) / "gym"))
+        print(json.dumps(count_tree()))
+        return 0
+    missed = cpu_part(args.baseline)
+    if torch.cuda.is_available() and not args.skip_cuda:
+        missed += cuda_part(args.steps, args.batch_size)
+    else:
+        print("(no CUDA device: the GPU table needs one; run this script on a GPU machine)")
+    for m in missed:
+        print(f"MISSED: {m}", file=sys.stderr)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
