@@ -106,8 +106,12 @@ def humanoid_dataset(episodes: int = 6, steps: int = 60):
     return TrajectoryDataset.from_paths(paths)
 
 
-def count_tree() -> dict:
-    """Counts for the code on sys.path (this tree or the baseline's); run in a subprocess."""
+MATMULS = {"mm", "bmm", "addmm", "baddbmm"}
+
+
+def count_tree(compiled: bool = False) -> dict:
+    """Counts for the code on sys.path (this tree or the baseline's); run in a subprocess. With
+    ``compiled``, also an estimate of the launches under regional compilation (see cpu_part)."""
     from decision_transformer.data.sampler import BatchSampler
     from decision_transformer.models.decision_transformer_qwen3 import DecisionTransformerQwen3
     from decision_transformer.training import seq_trainer
@@ -115,11 +119,6 @@ def count_tree() -> dict:
 
     torch.set_num_threads(1)
     host_syncs = load_host_syncs()
-    torch.manual_seed(0)
-    model = DecisionTransformerQwen3(
-        S, A, max_length=K, max_ep_len=1000, n_layer=2, **QWEN3_06B_LAYER
-    )
-    model.train()
     B = 2
     g = torch.Generator().manual_seed(0)
     states, actions = torch.randn(B, K, S, generator=g), torch.rand(B, K, A, generator=g) - 0.5
@@ -133,7 +132,7 @@ def count_tree() -> dict:
         real = mask.reshape(-1) > 0  # the baseline trainer's loss, as it was written
         return torch.mean((preds.float().reshape(-1, A)[real] - actions.reshape(-1, A)[real]) ** 2)
 
-    def fwd_bwd():
+    def fwd_bwd(model):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             _, preds, _ = model(states, actions, None, rtg, timesteps, attention_mask=mask)
         loss_of(preds).backward()
@@ -147,10 +146,38 @@ def count_tree() -> dict:
             self.ops.append(func.overloadpacket.__name__)
             return func(*args, **(kwargs or {}))
 
-    fwd_bwd()  # warm-up: lazily built tables, first-call paths
-    with Count() as c:
-        fwd_bwd()
-    kernels = [op for op in c.ops if op not in VIEW_OPS]
+    def count(n_layer: int) -> tuple[list[str], torch.nn.Module]:
+        torch.manual_seed(0)
+        model = DecisionTransformerQwen3(
+            S, A, max_length=K, max_ep_len=1000, n_layer=n_layer, **QWEN3_06B_LAYER
+        ).train()
+        fwd_bwd(model)  # warm-up: lazily built tables, first-call paths
+        with Count() as c:
+            fwd_bwd(model)
+        return c.ops, model
+
+    ops, model = count(2)
+    kernels = [op for op in ops if op not in VIEW_OPS]
+    result = {"ops": len(ops), "kernels": len(kernels)}
+    if compiled:
+        # A dispatch mode sends compiled code back to eager, so count what inductor generates
+        # instead: its kernels for one block (forward and backward; every layer reuses them) plus
+        # the block's matmuls, which stay library calls. Ops outside the blocks stay eager.
+        import torch._inductor.metrics as metrics
+        from decision_transformer.run.experiment import compile_regions
+
+        one_layer, _ = count(1)
+        per_block = len(ops) - len(one_layer)
+        matmuls = sum(op in MATMULS for op in ops) - sum(op in MATMULS for op in one_layer)
+        compile_regions(model)
+        metrics.reset()
+        fwd_bwd(model)
+        block = metrics.generated_kernel_count + matmuls
+        result["compiled"] = len(ops) - 2 * per_block + 2 * block
+        result["compiled_detail"] = (
+            f"{len(ops) - 2 * per_block} eager outside the blocks + 2 blocks x "
+            f"({metrics.generated_kernel_count} inductor kernels + {matmuls} matmuls)"
+        )
 
     # Host syncs of whole training steps, the sampler on its CUDA path (copies kept on the CPU).
     small = DecisionTransformerQwen3(
@@ -182,10 +209,10 @@ def count_tree() -> dict:
             before = len(counter.events)
             trainer.train_step()
             syncs.append(counter.events[before:])
-    return {"ops": len(c.ops), "kernels": len(kernels), "syncs": syncs}
+    return {**result, "syncs": syncs}
 
 
-def counts_of(rev: str | None) -> dict | None:
+def counts_of(rev: str | None, compiled: bool = False) -> dict | None:
     """count_tree() for git revision ``rev`` (None: this tree), in a subprocess."""
     with tempfile.TemporaryDirectory() as tmp:
         tree = ROOT
@@ -205,7 +232,7 @@ def counts_of(rev: str | None) -> dict | None:
                 tar.extractall(tmp, filter="data")
             tree = Path(tmp)
         proc = subprocess.run(
-            [sys.executable, __file__, "--_count", str(tree)],
+            [sys.executable, __file__, "--_count", str(tree)] + ["--cpu_compiled"] * compiled,
             capture_output=True,
             text=True,
             env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "MUJOCO_GL": "egl"},
@@ -215,8 +242,8 @@ def counts_of(rev: str | None) -> dict | None:
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def cpu_part(baseline: str) -> list[str]:
-    old, new = counts_of(baseline), counts_of(None)
+def cpu_part(baseline: str, compiled: bool) -> list[str]:
+    old, new = counts_of(baseline), counts_of(None, compiled)
     missed = []
     print("## CPU: one forward+backward and one training step\n")
     print("qwen3-0.6b layer shape, 2-layer slice, bf16 autocast, dropout 0.1, padded batch")
@@ -232,6 +259,9 @@ def cpu_part(baseline: str) -> list[str]:
                 missed.append(f"aten ops per fwd+bwd at {ratio:.0%} of the baseline (> 60%)")
         else:
             print(f"| {label} | (939 recorded) | {new[key]} | | |")
+    if "compiled" in new:
+        ratio = f"{new['compiled'] / old['ops']:.0%}" if old else ""
+        print(f"| launches / fwd+bwd, regional compile (est.) | | {new['compiled']} | {ratio} | |")
     worst_old = max(len(s) for s in old["syncs"]) if old else "(11 recorded)"
     worst_new = max(len(s) for s in new["syncs"])
     print(f"| host syncs / step (max of 4) | {worst_old} | {worst_new} | | <= 1 |")
@@ -239,6 +269,8 @@ def cpu_part(baseline: str) -> list[str]:
     if old:
         print(f"baseline's syncs in one step: {', '.join(old['syncs'][0])}")
     print(f"now: {', '.join(new['syncs'][0])}\n")
+    if "compiled" in new:
+        print(f"regional compile estimate: {new['compiled_detail']}\n")
     if worst_new > 1:
         missed.append(f"{worst_new} host syncs in a training step (> 1)")
     return missed
@@ -389,13 +421,18 @@ def main() -> int:
     p.add_argument("--skip_cuda", action="store_true", help="only the CPU counts")
     p.add_argument("--steps", type=int, default=20, help="timed CUDA steps per configuration")
     p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument(
+        "--cpu_compiled",
+        action="store_true",
+        help="also estimate the launches under regional compilation on CPU (needs cc; ~3 min)",
+    )
     p.add_argument("--_count", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._count:
         sys.path.insert(0, str(Path(args._count) / "gym"))
-        print(json.dumps(count_tree()))
+        print(json.dumps(count_tree(args.cpu_compiled)))
         return 0
-    missed = cpu_part(args.baseline)
+    missed = cpu_part(args.baseline, args.cpu_compiled)
     if torch.cuda.is_available() and not args.skip_cuda:
         missed += cuda_part(args.steps, args.batch_size)
     else:

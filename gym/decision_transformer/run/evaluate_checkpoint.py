@@ -24,6 +24,7 @@ from ..models.factory import build_model
 from .checkpoint import load_checkpoint
 from .config import ConfigError, resolve_device, resolve_targets
 from .experiment import (
+    compile_regions,
     episode_seeds,
     evaluate_returns,
     reference_scores_for,
@@ -167,7 +168,7 @@ def restore_model(ckpt: dict, cfg: dict) -> torch.nn.Module:
     model = model.to(cfg["device"]).eval()
     if cfg.get("compile"):
         # Training evaluated the compiled model; compiled kernels round differently.
-        model.compile()
+        compile_regions(model)
     return model
 
 
