@@ -305,7 +305,11 @@ def train_flops(cfg, B: int, T: int) -> float:
     return 6 * linear * B * T + L * 12 * B * T * T * cfg.n_head * cfg.head_dim
 
 
-def cuda_run(preset: str, compiled: bool, steps: int, batch_size: int) -> dict:
+def cuda_run(
+    preset: str, compiled: bool, steps: int, batch_size: int, device: str = "cuda", **overrides
+) -> dict:
+    """One configuration's numbers. ``device="cpu"`` with small ``overrides`` is a smoke run of
+    this code on a machine without a GPU (--_smoke_cpu); its numbers mean nothing."""
     from decision_transformer.data.sampler import BatchSampler
     from decision_transformer.models.factory import build_model, count_params
     from decision_transformer.models.memory import estimate_training_memory
@@ -325,10 +329,13 @@ def cuda_run(preset: str, compiled: bool, steps: int, batch_size: int) -> dict:
         "no_qk_norm": False,
         "dropout": 0.1,
         **PRESETS[preset],
+        **overrides,
     }
-    enable_tf32("cuda")
+    cuda = device == "cuda"
+    sync = torch.cuda.synchronize if cuda else lambda: None
+    enable_tf32(device)
     torch.manual_seed(0)
-    model = build_model(cfg, S, A, 1000, -np.ones(A), np.ones(A)).cuda()
+    model = build_model(cfg, S, A, 1000, -np.ones(A), np.ones(A)).to(device)
     total, backbone = count_params(model)
     estimate = estimate_training_memory(
         model.transformer.config, batch_size, 3 * K, torch.bfloat16, total - backbone
@@ -336,7 +343,7 @@ def cuda_run(preset: str, compiled: bool, steps: int, batch_size: int) -> dict:
     if compiled:
         compile_regions(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=use_fused_adamw(model))
-    sampler = BatchSampler(humanoid_dataset(), K, 1000, 1000.0, device="cuda")
+    sampler = BatchSampler(humanoid_dataset(), K, 1000, 1000.0, device=device)
     trainer = SequenceTrainer(
         model,
         optimizer,
@@ -349,40 +356,47 @@ def cuda_run(preset: str, compiled: bool, steps: int, batch_size: int) -> dict:
     model.train()
     for _ in range(3 if not compiled else 6):  # warm-up (and compiles: padded and unpadded)
         trainer.train_step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
 
     # Syncs: every sync the CUDA runtime sees in one step, as warnings.
-    torch.cuda.set_sync_debug_mode("warn")
+    if cuda:
+        torch.cuda.set_sync_debug_mode("warn")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.train_step()
-    torch.cuda.set_sync_debug_mode("default")
+    if cuda:
+        torch.cuda.set_sync_debug_mode("default")
     syncs = sum("synchroniz" in str(w.message) for w in caught)
 
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    # Kernels launched in one step (on CPU: the profiler's CPU ops, for the smoke run only).
+    activity = torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU
+    with torch.profiler.profile(activities=[activity]) as prof:
         trainer.train_step()
-        torch.cuda.synchronize()
-    kernels = sum(e.count for e in prof.key_averages() if e.device_type.name == "CUDA")
+        sync()
+    kind = "CUDA" if cuda else "CPU"
+    kernels = sum(e.count for e in prof.key_averages() if e.device_type.name == kind)
 
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     for _ in range(steps):
         trainer.train_step()
-    torch.cuda.synchronize()
+    sync()
     seconds = (time.perf_counter() - start) / steps
     flops = train_flops(model.transformer.config, batch_size, 3 * K)
     out = {
         "step_s": seconds,
         "tokens_s": batch_size * 3 * K / seconds,
         "tflops": flops / seconds / 1e12,
-        "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
         "estimate_gib": estimate / 2**30,
         "syncs": syncs,
         "kernels": kernels,
     }
     del trainer, optimizer, model
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     return out
 
 
@@ -427,7 +441,15 @@ def main() -> int:
         help="also estimate the launches under regional compilation on CPU (needs cc; ~3 min)",
     )
     p.add_argument("--_count", help=argparse.SUPPRESS)
+    p.add_argument("--_smoke_cpu", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args._smoke_cpu:  # the CUDA table's code, run small on the CPU to catch mistakes
+        sys.path.insert(0, str(ROOT / "gym"))
+        tiny = dict(embed_dim=64, n_layer=2, n_head=4, n_kv_head=2, head_dim=16)
+        for preset in ("qwen3-0.6b", "2048x24"):
+            for compiled in (False, True):
+                print(preset, compiled, cuda_run(preset, compiled, 2, 4, "cpu", **tiny))
+        return 0
     if args._count:
         sys.path.insert(0, str(Path(args._count) / "gym"))
         print(json.dumps(count_tree(args.cpu_compiled)))
