@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import torch
+
 from .trainer import Trainer
 
 
 class SequenceTrainer(Trainer):
     """Decision Transformer training: predict every real action in the window from its state."""
 
-    def train_step(self) -> float:
+    def compute_loss(self) -> torch.Tensor:
         states, actions, rewards, dones, rtg, timesteps, attention_mask = self.get_batch(
             self.batch_size
         )
@@ -19,7 +21,10 @@ class SequenceTrainer(Trainer):
         action_preds = action_preds.float().reshape(-1, act_dim)[real]
         action_target = actions.reshape(-1, act_dim)[real]
         loss = self.loss_fn(None, action_preds, None, None, action_target, None)
-        value = self.optimize(loss)
+        return loss
+
+    def train_step(self) -> float:
+        value = super().train_step()
         # The original logged the masked action MSE, which is this loss.
         self.diagnostics["training/action_error"] = value
         return value
