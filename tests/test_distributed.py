@@ -115,7 +115,7 @@ def test_fsdp_trains_saves_resumes_with_2_and_1_and_evaluates(data_dir, tmp_path
 
     proc = run_script("evaluate.py", "--checkpoint", out / "checkpoint.pt", check=True)
     report = json.loads((out / "eval.json").read_text())
-    assert report["iteration"] == 3 and len(report["results"][0]["returns"]) == 2
+    assert report["iteration"] == 3 and len(report["targets"][0]["returns"]) == 2
 
 
 def kill_group(proc: subprocess.Popen) -> None:
@@ -182,7 +182,7 @@ def test_split_evaluation_equals_rank0_evaluation(data_dir, tmp_path):
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     run_script("evaluate.py", "--checkpoint", out / "checkpoint.pt", check=True)
     report = json.loads((out / "eval.json").read_text())
-    for res in report["results"]:
+    for res in report["targets"]:
         key = f"evaluation/target_{res['target']:g}"
         for stat in ("return_mean", "return_std", "length_mean", "length_std"):
             assert row[f"{key}_{stat}"] == pytest.approx(res[stat], rel=1e-9, abs=1e-9)

@@ -27,8 +27,9 @@ from torch.utils.checkpoint import checkpoint
 
 from ..data.sampler import BatchSampler
 
-# Heads the original DT defines but its action loss never reaches; DDP must not wait for their
-# gradients (which is what find_unused_parameters=True would search for on every step).
+# Heads the original DT defines but its action loss never reaches. They are frozen (see
+# freeze_untrained_heads), so DDP never waits for their gradients, which is what
+# find_unused_parameters=True would otherwise search the graph for on every step.
 UNTRAINED_PARAMS = ("predict_state.", "predict_return.")
 
 # Test-only hook: "RANK:STEP" makes that rank's batch at that optimizer step NaN (tests use it to
@@ -79,10 +80,6 @@ class DistContext:
             from .fsdp import shard_model
 
             return shard_model(model, bf16)
-        ignored = [n for n, _ in model.named_parameters() if n.startswith(UNTRAINED_PARAMS)]
-        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            model, ignored
-        )
         device = next(model.parameters()).device
         return torch.nn.parallel.DistributedDataParallel(
             model,
@@ -119,6 +116,15 @@ class DistContext:
     def close(self) -> None:
         if self.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def freeze_untrained_heads(model: torch.nn.Module) -> None:
+    """Take the state and return heads out of autograd: the action loss never reached them, so
+    training is unchanged (AdamW skipped them for lack of a gradient), but DDP and FSDP now see
+    a model every parameter of which gets a gradient on every step."""
+    for name, p in model.named_parameters():
+        if name.startswith(UNTRAINED_PARAMS):
+            p.requires_grad_(False)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

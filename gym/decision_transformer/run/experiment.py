@@ -30,7 +30,13 @@ from ..training.seq_trainer import SequenceTrainer
 from ..training.trainer import NonFiniteLossError
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, build_parser, resolve, resolve_targets
-from .distributed import DistContext, RankBatches, apply_activation_checkpointing, unwrap
+from .distributed import (
+    DistContext,
+    RankBatches,
+    apply_activation_checkpointing,
+    freeze_untrained_heads,
+    unwrap,
+)
 from .metrics import MetricsLog
 
 # Flags that may differ when a run is resumed; any other difference would not be the same run.
@@ -325,6 +331,7 @@ def run(cfg: dict) -> int:
             f"({cfg['backbone_params']:,} in the backbone)"
         )
 
+    freeze_untrained_heads(model)
     if cfg.get("activation_checkpointing"):
         apply_activation_checkpointing(model)
     if cfg.get("compile"):
