@@ -103,7 +103,9 @@ def test_fsdp_trains_saves_resumes_with_2_and_1_and_evaluates(data_dir, tmp_path
     train(data_dir, one, *EXACT, *NO_EVAL, "--max_iters", "1", "--batch_size", "16")
     assert max_diff(weights(out), weights(one)) < 1e-5
 
-    proc = train(data_dir, out, *flags, "--max_iters", "2", "--batch_size", "8", "--resume", nproc=2)
+    proc = train(
+        data_dir, out, *flags, "--max_iters", "2", "--batch_size", "8", "--resume", nproc=2
+    )
     assert "resuming" in proc.stdout
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["iteration"] == 2 and sorted(p.name for p in out.glob("dcp-*")) == ["dcp-000002"]
