@@ -193,6 +193,7 @@ class RankBatches:
         self.batch_size, self.accum, self.per_token = batch_size, accum, per_token
         self.calls = 0
         self.weight = 1.0
+        self._drawn: tuple | None = None
         rank_step = os.environ.get(NAN_TEST_ENV)
         self.nan_at = tuple(map(int, rank_step.split(":"))) if rank_step else None
 
@@ -207,12 +208,15 @@ class RankBatches:
     def __call__(self, batch_size: int | None = None, max_len: int | None = None):
         step, micro = divmod(self.calls, self.accum)
         self.calls += 1
-        self.sampler.rng = np.random.default_rng([self.seed, step])
-        ep, si = self.sampler.draw(self.global_batch)
+        if self._drawn is None or self._drawn[0] != step:  # once per step, not per micro-step
+            self.sampler.rng = np.random.default_rng([self.seed, step])
+            ep, si = self.sampler.draw(self.global_batch)
+            real = np.minimum(self.sampler.K, self.sampler.ds.lengths[ep] - si)
+            self._drawn = (step, ep, si, real)
+        _, ep, si, real = self._drawn
         lo = (self.ctx.rank * self.accum + micro) * self.batch_size
         mine = slice(lo, lo + self.batch_size)
         if self.per_token:
-            real = np.minimum(self.sampler.K, self.sampler.ds.lengths[ep] - si)
             self.weight = float(real[mine].sum()) * self.ctx.world_size * self.accum / real.sum()
         batch = self.sampler.build(ep[mine], si[mine], max_len or self.sampler.K)
         if self.nan_at == (self.ctx.rank, step):

@@ -53,6 +53,7 @@ RESUMABLE_CHANGES = {
     # Scale-out: another process count re-cuts each step's global batch (see run/distributed.py).
     "world_size",
     "global_batch_size",
+    "grad_accum_steps",
     "dist_timeout",
     "consolidate_checkpoint",
     "activation_checkpointing",
