@@ -218,3 +218,46 @@ def test_activation_checkpointing_gives_the_same_gradients(backbone):
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
     assert max_diff(*grads) < 1e-6
+
+
+def test_any_cuda_device_maps_to_the_local_rank():
+    from decision_transformer.run.distributed import DistContext
+
+    ctx = DistContext(rank=5, world_size=8, local_rank=1)
+    assert [ctx.device(d) for d in ("cuda", "cuda:0", "cuda:3", "cpu")] == [
+        "cuda:1",
+        "cuda:1",
+        "cuda:1",
+        "cpu",
+    ]
+    assert DistContext().device("cuda:0") == "cuda:0"  # a world of one keeps what was asked
+    assert DistContext(0, 3).share(list(range(7))) == [0, 1]
+    assert DistContext(2, 3).share(list(range(7))) == [4, 5, 6]
+
+
+def test_memory_estimate_scales_with_fsdp_and_activation_checkpointing():
+    from decision_transformer.models.memory import estimate_training_memory
+    from decision_transformer.models.qwen3_transformer import Qwen3Config
+
+    cfg = Qwen3Config(embed_dim=256, n_layer=4, n_head=4, n_kv_head=2, dropout=0.0)
+    one = estimate_training_memory(cfg, 16, 60)
+    ddp = estimate_training_memory(cfg, 16, 60, world_size=8)
+    fsdp = estimate_training_memory(cfg, 16, 60, world_size=8, fsdp=True)
+    ckpt = estimate_training_memory(cfg, 16, 60, activation_checkpointing=True)
+    assert ddp == one  # DDP replicates everything
+    assert fsdp["weights"] * 8 >= one["weights"] > (fsdp["weights"] - 1) * 8
+    assert fsdp["adamw"] == 2 * fsdp["weights"] and fsdp["gathered"] > 0
+    assert ckpt["activations"] < one["activations"] / 2 and ckpt["weights"] == one["weights"]
+    for m in (one, fsdp, ckpt):
+        assert m["total"] == sum(v for k, v in m.items() if k != "total")
+
+
+def test_bad_scale_out_flags_fail_fast(tmp_path):
+    for flags, needle in (
+        (["--grad_accum_steps", "0"], "--grad_accum_steps must be positive"),
+        (["--model_type", "bc", "--activation_checkpointing"], "BC (--model_type bc) has none"),
+    ):
+        proc = run_script("experiment.py", "--out_dir", tmp_path / "x", *TINY, *flags)
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], proc.stderr

@@ -90,8 +90,15 @@ class DistContext:
         )
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over ranks in place (the trainer sums [loss, non-finite flag] in one call)."""
         if self.world_size > 1:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def all_reduce_min(self, t: torch.Tensor) -> torch.Tensor:
+        """Minimum over ranks (e.g. of an ``ok`` flag as float: every rank decides alike)."""
+        if self.world_size > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return t
 
     def gather_episodes(self, values: np.ndarray) -> np.ndarray:
