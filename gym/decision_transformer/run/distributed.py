@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import os
 from dataclasses import dataclass
 from types import MethodType
@@ -81,12 +82,19 @@ class DistContext:
 
             return shard_model(model, bf16)
         device = next(model.parameters()).device
-        return torch.nn.parallel.DistributedDataParallel(
+        ddp = torch.nn.parallel.DistributedDataParallel
+        # Buffers (action bounds, RoPE tables) are equal on every rank and never change: no
+        # broadcast before each forward. Newer torch renamed the flag (and deprecated the old).
+        sync_flag = (
+            "forward_sync_buffers"
+            if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+            else "broadcast_buffers"
+        )
+        return ddp(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
-            # Buffers (action bounds, RoPE tables) are equal on every rank and never change.
-            broadcast_buffers=False,
             gradient_as_bucket_view=True,
+            **{sync_flag: False},
         )
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
