@@ -73,14 +73,17 @@ class DistContext:
             return f"cuda:{self.local_rank}"
         return device
 
-    def wrap(self, model: torch.nn.Module, fsdp: bool = False, bf16: bool = False):
-        """DDP (or FSDP2 with ``fsdp``) around ``model``; the model itself in a world of one."""
+    def wrap(
+        self, model: torch.nn.Module, fsdp: bool = False, bf16: bool = False, device: str = "cpu"
+    ):
+        """DDP (or FSDP2 with ``fsdp``, which moves the model to ``device`` block by block)
+        around ``model``; the model itself in a world of one."""
         if self.world_size == 1:
             return model
         if fsdp:
             from .fsdp import shard_model
 
-            return shard_model(model, bf16)
+            return shard_model(model, bf16, torch.device(device).type)
         device = next(model.parameters()).device
         ddp = torch.nn.parallel.DistributedDataParallel
         # Buffers (action bounds, RoPE tables) are equal on every rank and never change: no

@@ -324,7 +324,9 @@ def run(cfg: dict) -> int:
             f"--resume: {ckpt_path} holds no consolidated weights (written with "
             "--consolidate_checkpoint false): resume it with --fsdp under torchrun"
         )
-    model = model.to(device)
+    if not fsdp:
+        model = model.to(device)
+    # (FSDP moves each block to the GPU as it shards it: the whole model is never there.)
     cfg["params"], cfg["backbone_params"] = count_params(model)
     if ctx.is_main:
         print(
@@ -339,7 +341,7 @@ def run(cfg: dict) -> int:
         model.compile()
     bf16 = cfg.get("dtype") == "bf16"
     # After sharding: FSDP2 replaces the parameters the optimizer must hold.
-    train_model = ctx.wrap(model, fsdp=fsdp, bf16=bf16)
+    train_model = ctx.wrap(model, fsdp=fsdp, bf16=bf16, device=device)
     optimizer = torch.optim.AdamW(
         train_model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"]
     )

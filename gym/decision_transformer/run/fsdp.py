@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -22,6 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
     set_state_dict,
 )
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from .distributed import transformer_blocks
@@ -29,17 +31,19 @@ from .distributed import transformer_blocks
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def shard_model(model: torch.nn.Module, bf16: bool) -> torch.nn.Module:
-    """Shard ``model`` in place, per block then the root. Under bf16 the blocks compute in bf16
-    and gradients are reduced in fp32 (the sharded master weights and AdamW stay fp32)."""
+def shard_model(model: torch.nn.Module, bf16: bool, device_type: str) -> torch.nn.Module:
+    """Shard ``model`` in place, per block then the root, over every rank's ``device_type``
+    (each block moves there as it is sharded). Under bf16 the blocks compute in bf16 and
+    gradients are reduced in fp32 (the sharded master weights and AdamW stay fp32)."""
+    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
     mp = (
         MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         if bf16
         else MixedPrecisionPolicy()
     )
     for block in transformer_blocks(model):
-        fully_shard(block, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
+        fully_shard(block, mesh=mesh, mp_policy=mp)
+    fully_shard(model, mesh=mesh, mp_policy=mp)
     return model
 
 
