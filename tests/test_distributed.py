@@ -261,3 +261,16 @@ def test_bad_scale_out_flags_fail_fast(tmp_path):
         assert proc.returncode == 2
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("qwen", [False, True])
+def test_dtype_flag_for_every_model(qwen):
+    from decision_transformer.run.config import build_parser, resolve
+
+    backbone = "qwen3" if qwen else "gpt2"
+    for model_type in ("dt", "bc"):
+        base = ["--model_type", model_type, "--device", "cpu"]
+        args = build_parser(qwen=qwen).parse_args(base)
+        assert resolve(args, backbone)["dtype"] == "fp32"  # auto on CPU
+        args = build_parser(qwen=qwen).parse_args([*base, "--dtype", "bf16"])
+        assert resolve(args, backbone)["dtype"] == "bf16"
