@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -309,7 +310,12 @@ def run(cfg: dict) -> int:
     random.seed(cfg["seed"])
     np_rng = np.random.default_rng(cfg["seed"])
 
-    model = build_model(cfg, state_dim, act_dim, spec.max_ep_len, low, high)
+    # Under FSDP only rank 0 holds real weights before sharding; the others build shapes on the
+    # meta device (no memory) and receive their shards from rank 0 (see fsdp.fill_from_rank0).
+    # Loading into meta parameters is a no-op, so every rank still checks the same inputs.
+    on_meta = fsdp and not ctx.is_main
+    with torch.device("meta") if on_meta else contextlib.nullcontext():
+        model = build_model(cfg, state_dim, act_dim, spec.max_ep_len, low, high)
     if cfg.get("init_backbone") and ckpt is None:
         from ..models.decision_transformer_qwen3 import load_backbone_from_pretrained
 
@@ -341,7 +347,13 @@ def run(cfg: dict) -> int:
         model.compile()
     bf16 = cfg.get("dtype") == "bf16"
     # After sharding: FSDP2 replaces the parameters the optimizer must hold.
+    full_state = model.state_dict() if fsdp and ctx.is_main else {}
     train_model = ctx.wrap(model, fsdp=fsdp, bf16=bf16, device=device)
+    if fsdp:
+        from .fsdp import fill_from_rank0
+
+        fill_from_rank0(train_model, full_state, device)
+        del full_state
     optimizer = torch.optim.AdamW(
         train_model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"]
     )

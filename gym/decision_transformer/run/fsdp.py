@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
     get_state_dict,
+    set_model_state_dict,
     set_optimizer_state_dict,
     set_state_dict,
 )
@@ -45,6 +46,18 @@ def shard_model(model: torch.nn.Module, bf16: bool, device_type: str) -> torch.n
         fully_shard(block, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)
     return model
+
+
+def fill_from_rank0(model: torch.nn.Module, full_state: dict, device: str) -> None:
+    """Give every rank its shards of rank 0's weights and buffers. The other ranks built the
+    model on the meta device: their storage is allocated here, shard-sized."""
+    if dist.get_rank() != 0:
+        model.to_empty(device=device)
+    set_model_state_dict(
+        model,
+        full_state,
+        options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
+    )
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
