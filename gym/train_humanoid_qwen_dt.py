@@ -19,6 +19,7 @@ counts and the estimated training memory, then exits without loading data or tra
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import torch
@@ -75,7 +76,13 @@ def parse(argv: list[str] | None):
     parser.add_argument(
         "--dry_run",
         action="store_true",
-        help="print config, parameter counts and memory estimate, then exit",
+        help="print config, parameter counts and per-GPU memory estimate, then exit",
+    )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        help="--dry_run: processes to estimate for (default: WORLD_SIZE under torchrun, else 1)",
     )
     preset = parser.parse_known_args(argv)[0].preset
     # bf16 autocast pays on GPUs (and on CPUs with bf16 units; pass --dtype bf16 there).
@@ -93,19 +100,26 @@ def dry_run(cfg: dict) -> None:
         model = build_model(cfg, state_dim, act_dim, env.spec.max_episode_steps, low, high)
     total, backbone = count_params(model)
     dtype = torch.bfloat16 if cfg["dtype"] == "bf16" else torch.float32
+    world = cfg["nproc"] or int(os.environ.get("WORLD_SIZE", "1"))
     memory = estimate_training_memory(
         model.transformer.config,
-        cfg["batch_size"],
+        cfg["batch_size"],  # per process and micro-step: accumulation repeats it
         3 * cfg["K"],
         dtype,
         n_extra_params=total - backbone,
+        world_size=world,
+        fsdp=cfg["fsdp"],
+        activation_checkpointing=cfg["activation_checkpointing"],
     )
     for k, v in cfg.items():
         print(f"{k}: {v}")
     print(f"backbone parameters: {backbone:,}; total: {total:,}")
+    mode = "FSDP" if cfg["fsdp"] and world > 1 else "DDP" if world > 1 else "1 process"
+    extras = ", activation checkpointing" if cfg["activation_checkpointing"] else ""
     print(
-        f"estimated training memory: {memory['total'] / 2**30:.2f} GiB "
-        f"(batch {cfg['batch_size']}, K {cfg['K']}, {cfg['dtype']})"
+        f"estimated training memory per GPU: {memory['total'] / 2**30:.2f} GiB "
+        f"(micro-batch {cfg['batch_size']}, K {cfg['K']}, {cfg['dtype']}, {world} x {mode}"
+        f"{extras}; global batch {cfg['batch_size'] * world * cfg['grad_accum_steps']})"
     )
     print(
         json.dumps(
@@ -113,6 +127,7 @@ def dry_run(cfg: dict) -> None:
                 "preset": cfg["preset"],
                 "backbone_params": backbone,
                 "total_params": total,
+                "world_size": world,
                 "memory_bytes": memory,
             }
         )

@@ -274,7 +274,9 @@ def test_bad_datasets_fail_fast(tmp_path, kind, needle):
 
 
 def test_torchrun_two_processes_rank0_writes(data_dir, tmp_path):
-    """Two CPU processes (gloo) train together; rank 0 alone logs, evaluates and checkpoints."""
+    """Two CPU processes (gloo) train together; rank 0 alone logs, evaluates and checkpoints;
+    the weights are those of one process trained on both ranks' batches (they would not be if
+    the model were never wrapped in DDP). No dropout: ranks' noise differs from one process's."""
     out = tmp_path / "ddp"
     proc = run_script(
         "-m",
@@ -290,9 +292,17 @@ def test_torchrun_two_processes_rank0_writes(data_dir, tmp_path):
         "--out_dir",
         out,
         *TINY,
+        "--dropout",
+        "0",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("Iteration 2") == 1  # printed by rank 0 only
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [1, 2]
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 2
+    ddp = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ddp["iteration"] == 2
+    one = tmp_path / "one"
+    args = ["--env", "humanoid", "--data_dir", data_dir, "--out_dir", one, *TINY, "--dropout", "0"]
+    run_script("experiment.py", *args, "--batch_size", "16", "--num_eval_episodes", "0", check=True)
+    ref = torch.load(one / "checkpoint.pt", weights_only=True)["model"]
+    assert max((ddp["model"][k] - ref[k]).abs().max().item() for k in ref) < 1e-5

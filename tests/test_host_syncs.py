@@ -89,8 +89,8 @@ def test_one_host_sync_per_training_step(kind, autocast, dataset):
             before = len(counter.events)
             trainer.train_step()
             per_step.append(counter.events[before:])
-    assert all(len(events) <= 1 for events in per_step), per_step
-    assert all(events == ["_local_scalar_dense"] for events in per_step), per_step
+    # Exactly one: the fetch of the step's numbers (loss, guard) in one .tolist().
+    assert all(events == ["tolist"] for events in per_step), per_step
     if kind != "bc":
         assert True in padded and False in padded  # both kinds of batch were exercised
 

@@ -10,6 +10,14 @@ The count follows what this implementation keeps, not a rule of thumb:
   when ``config.dropout > 0``) on CPU and a padded batch (so a key-padding mask). The test suite
   checks it against the bytes autograd really saves.
 
+Several processes (``world_size``): DDP keeps everything above on every GPU (``batch_size`` is
+the per-GPU micro-batch; gradient accumulation only repeats it). FSDP divides weights, gradients
+and AdamW states by ``world_size`` and adds ``gathered``: the full parameters of the two blocks
+alive at once (the one computing and the one prefetched), in the compute dtype, plus the root's
+unsharded embeddings and heads. Activation checkpointing keeps only each block's input (fp32)
+and recomputes one block at a time in backward, so activations become ``L`` block inputs plus
+one block's worth.
+
 Left out, so ``total`` is a floor of the peak rather than the peak: the caller's own activations
 (the DT's embeddings and heads, a few ``N * D``), and gradients of activations alive at once in
 backward (about one layer's worth, freed as it goes).
@@ -28,10 +36,14 @@ def estimate_training_memory(
     seq_len: int,
     dtype: torch.dtype = torch.float32,
     n_extra_params: int = 0,
+    world_size: int = 1,
+    fsdp: bool = False,
+    activation_checkpointing: bool = False,
 ) -> dict[str, int]:
-    """Bytes of ``weights``, ``grads``, ``adamw`` states, ``activations`` and their ``total`` for
-    one training step; ``dtype`` is float32, or bfloat16/float16 for autocast. ``n_extra_params``
-    adds parameters outside the backbone (weights, grads and AdamW states only)."""
+    """Bytes per GPU of ``weights``, ``grads``, ``adamw`` states, ``activations``, FSDP's
+    ``gathered`` parameters and their ``total`` for one training step of a ``batch_size``
+    micro-batch; ``dtype`` is float32, or bfloat16/float16 for autocast (FSDP: its compute
+    dtype). ``n_extra_params`` adds parameters outside the backbone."""
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
     with torch.device("meta"):
@@ -71,16 +83,26 @@ def estimate_training_memory(
         layer += a * scores
     if c.dropout:
         layer += 2 * a * N * D  # the residual dropouts' noise
-    activations = L * layer + f32 * N * (D + 1)  # + the final norm's input and rstd
-    if a != f32:
+    if activation_checkpointing:
+        layer = f32 * N * D + layer  # every block's saved input; one block recomputed at a time
+        activations = L * f32 * N * D + layer + f32 * N * (D + 1)
+    else:
+        activations = L * layer + f32 * N * (D + 1)  # + the final norm's input and rstd
+    gathered = 0
+    shards = world_size if fsdp else 1
+    if fsdp and world_size > 1:
+        block = (backbone.num_params() - D) // L
+        gathered = a * (2 * block + n_extra_params + D)
+    elif a != f32:
         activations += a * n_linear  # autocast's cached low-precision weights
 
-    weights = grads = f32 * n_params
-    adamw = 2 * f32 * n_params
+    weights = grads = -(-f32 * n_params // shards)
+    adamw = 2 * weights
     return {
         "weights": weights,
         "grads": grads,
         "adamw": adamw,
         "activations": activations,
-        "total": weights + grads + adamw + activations,
+        "gathered": gathered,
+        "total": weights + grads + adamw + activations + gathered,
     }

@@ -28,8 +28,9 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
         raise
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
+def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
+    """``mmap=True`` maps the file instead of reading it: processes on one machine share pages."""
+    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
 
 
 def rng_state(np_rng: np.random.Generator) -> dict:

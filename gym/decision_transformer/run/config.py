@@ -131,6 +131,7 @@ def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
         help="torch.compile each transformer block on its own (regional compilation: one "
         "block's compile serves them all, so start-up stays short); BC compiles its whole MLP",
     )
+    add_scale_out_flags(p)
     if qwen:
         q = p.add_argument_group("Qwen3 backbone")
         b = q.add_argument
@@ -152,18 +153,70 @@ def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
         b("--rope_theta", type=float, default=1e6, help="RoPE base")
         b("--no_qk_norm", action="store_true", help="drop the per-head RMSNorm on queries and keys")
         b(
-            "--dtype",
-            default="fp32",
-            choices=["fp32", "bf16"],
-            help="bf16 runs matmuls under torch.autocast (weights and optimizer stay fp32)",
-        )
-        b(
             "--init_backbone",
             default=None,
             metavar="DIR",
             help="start the decoder layers from a local transformers Qwen3 checkpoint directory",
         )
     return p
+
+
+def add_scale_out_flags(p: argparse.ArgumentParser) -> None:
+    """Precision, memory and several-process flags (every model; see run/distributed.py)."""
+    g = p.add_argument_group("precision, memory and several processes (torchrun)")
+    a = g.add_argument
+    a(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="bf16 computes under torch.autocast (FSDP: bf16 params in compute, fp32 reduce); "
+        "weights and AdamW stay fp32. auto: bf16 on CUDA, fp32 on CPU",
+    )
+    a(
+        "--grad_accum_steps",
+        type=int,
+        default=1,
+        help="micro-batches of --batch_size per optimizer step (gradients all-reduced once); "
+        "global batch = batch_size x processes x grad_accum_steps",
+    )
+    a(
+        "--activation_checkpointing",
+        action="store_true",
+        help="recompute each transformer block's activations in backward (less memory, ~1/3 "
+        "more compute)",
+    )
+    a(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun, shard weights, gradients and AdamW states (FSDP2) instead of DDP",
+    )
+    a(
+        "--consolidate_checkpoint",
+        type=str2bool,
+        default=True,
+        help="FSDP: also gather a single-file checkpoint.pt with full weights for evaluate.py "
+        "(false for the largest runs: only the sharded dcp-* folder is written)",
+    )
+    a(
+        "--dist_timeout",
+        type=float,
+        default=60.0,
+        help="minutes a rank waits in a collective (rank 0 writing a checkpoint) before failing",
+    )
+
+
+def check_scale_out(cfg: dict) -> None:
+    if cfg["dtype"] == "auto":
+        cfg["dtype"] = "bf16" if cfg["device"].startswith("cuda") else "fp32"
+    if cfg["grad_accum_steps"] <= 0:
+        raise ConfigError(f"--grad_accum_steps must be positive, got {cfg['grad_accum_steps']}")
+    if cfg["dist_timeout"] <= 0:
+        raise ConfigError(f"--dist_timeout must be positive minutes, got {cfg['dist_timeout']}")
+    if cfg["activation_checkpointing"] and cfg["model_type"] != "dt":
+        raise ConfigError(
+            "--activation_checkpointing recomputes transformer blocks; BC (--model_type bc) has "
+            "none: drop the flag"
+        )
 
 
 def target_spec(value: str) -> float | str:
@@ -249,6 +302,7 @@ def resolve(args: argparse.Namespace, backbone: str) -> dict:
         )
 
     cfg["device"] = resolve_device(cfg["device"])
+    check_scale_out(cfg)
     if cfg["out_dir"] is None:
         name = cfg["dataset"].replace("minari:", "minari-").replace("/", "-")
         cfg["out_dir"] = (

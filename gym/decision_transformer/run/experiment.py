@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -30,7 +31,13 @@ from ..training.seq_trainer import SequenceTrainer
 from ..training.trainer import NonFiniteLossError
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, build_parser, resolve, resolve_targets
-from .distributed import DistContext
+from .distributed import (
+    DistContext,
+    RankBatches,
+    apply_activation_checkpointing,
+    freeze_untrained_heads,
+    unwrap,
+)
 from .metrics import MetricsLog
 
 # Flags that may differ when a run is resumed; any other difference would not be the same run.
@@ -44,6 +51,13 @@ RESUMABLE_CHANGES = {
     "compile",
     "data_dir",
     "env_targets",
+    # Scale-out: another process count re-cuts each step's global batch (see run/distributed.py).
+    "world_size",
+    "global_batch_size",
+    "grad_accum_steps",
+    "dist_timeout",
+    "consolidate_checkpoint",
+    "activation_checkpointing",
 }
 
 
@@ -76,16 +90,23 @@ def make_eval_fn(
     target: float,
     ref_scores: tuple[float, float] | None = None,
     progress: bool = False,
+    ctx: DistContext | None = None,
 ) -> Callable[[torch.nn.Module], dict]:
     """The evaluation run after each training iteration; evaluate.py replays it on a checkpoint
-    through the same functions, so both report the same numbers."""
+    through the same functions, so both report the same numbers. Under torchrun every rank plays
+    its contiguous share of the seeds and the returns are gathered in seed order on all ranks."""
+    ctx = ctx or DistContext()
     seeds = episode_seeds(cfg["seed"], cfg["num_eval_episodes"])
 
     def eval_fn(model) -> dict:
-        model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-        returns, lengths = evaluate_returns(
-            cfg, model, state_mean, state_std, target, seeds, progress=progress
+        model = unwrap(model)
+        mine = ctx.share(seeds)
+        returns, lengths = (
+            evaluate_returns(cfg, model, state_mean, state_std, target, mine, progress=progress)
+            if mine
+            else (np.zeros(0), np.zeros(0))
         )
+        returns, lengths = ctx.gather_episodes(returns), ctx.gather_episodes(lengths)
         return summarize_returns(target, returns, lengths, ref_scores)
 
     return eval_fn
@@ -266,10 +287,15 @@ def prepare(cfg: dict):
 
 
 def run(cfg: dict) -> int:
-    ctx = DistContext.from_env(cfg["device"])
+    ctx = DistContext.from_env(cfg["device"], cfg.get("dist_timeout", 60.0))
     cfg["device"] = ctx.device(cfg["device"])
+    cfg["world_size"] = ctx.world_size
+    accum = cfg.get("grad_accum_steps", 1)
+    cfg["global_batch_size"] = cfg["batch_size"] * ctx.world_size * accum
+    fsdp = bool(cfg.get("fsdp")) and ctx.world_size > 1
     spec, out_dir, ckpt_path, dataset, (state_dim, act_dim, low, high) = prepare(cfg)
-    ckpt = load_checkpoint(ckpt_path) if cfg["resume"] else None
+    # Memory-mapped: ranks on one machine share the page cache instead of a copy each.
+    ckpt = load_checkpoint(ckpt_path, mmap=True) if cfg["resume"] else None
     if ckpt is not None:
         # A decaying schedule's length is max_iters x num_steps_per_iter: extending the run
         # would stretch the part already walked and jump the learning rate back up.
@@ -294,13 +320,31 @@ def run(cfg: dict) -> int:
         print(f"Starting new experiment: {cfg['env']} {cfg['dataset']}")
         print(dataset.summary())
         print("=" * 50)
+        print(
+            f"global batch: {cfg['global_batch_size']} windows per optimizer step "
+            f"(batch_size {cfg['batch_size']} x {ctx.world_size} processes x "
+            f"{accum} accumulation steps){', FSDP' if fsdp else ''}"
+        )
+        if ckpt is not None and ckpt["config"].get("world_size", 1) != ctx.world_size:
+            old = ckpt["config"].get("global_batch_size", cfg["batch_size"])
+            print(
+                f"resuming with {ctx.world_size} processes instead of "
+                f"{ckpt['config'].get('world_size', 1)}: the global batch is "
+                f"{cfg['global_batch_size']} instead of {old} windows, each step's draw cut in "
+                f"{ctx.world_size} per-rank slices"
+            )
 
-    # Seeds differ per rank so that ranks draw different batches.
-    torch.manual_seed(cfg["seed"] + ctx.rank)
-    random.seed(cfg["seed"] + ctx.rank)
-    np_rng = np.random.default_rng(cfg["seed"] + ctx.rank)
+    # The same initial weights on every rank (FSDP shards them in place; DDP would broadcast).
+    torch.manual_seed(cfg["seed"])
+    random.seed(cfg["seed"])
+    np_rng = np.random.default_rng(cfg["seed"])
 
-    model = build_model(cfg, state_dim, act_dim, spec.max_ep_len, low, high)
+    # Under FSDP only rank 0 holds real weights before sharding; the others build shapes on the
+    # meta device (no memory) and receive their shards from rank 0 (see fsdp.fill_from_rank0).
+    # Loading into meta parameters is a no-op, so every rank still checks the same inputs.
+    on_meta = fsdp and not ctx.is_main
+    with torch.device("meta") if on_meta else contextlib.nullcontext():
+        model = build_model(cfg, state_dim, act_dim, spec.max_ep_len, low, high)
     if cfg.get("init_backbone") and ckpt is None:
         from ..models.decision_transformer_qwen3 import load_backbone_from_pretrained
 
@@ -308,7 +352,16 @@ def run(cfg: dict) -> int:
             load_backbone_from_pretrained(model, cfg["init_backbone"])
         except (ValueError, FileNotFoundError) as e:
             raise ConfigError(f"--init_backbone: {e}") from None
-    model = model.to(device)
+    if ckpt is not None and "model" in ckpt:
+        model.load_state_dict(ckpt["model"])
+    elif ckpt is not None and not fsdp:
+        raise ConfigError(
+            f"--resume: {ckpt_path} holds no consolidated weights (written with "
+            "--consolidate_checkpoint false): resume it with --fsdp under torchrun"
+        )
+    if not fsdp:
+        model = model.to(device)
+    # (FSDP moves each block to the GPU as it shards it: the whole model is never there.)
     cfg["params"], cfg["backbone_params"] = count_params(model)
     if ctx.is_main:
         print(
@@ -316,10 +369,27 @@ def run(cfg: dict) -> int:
             f"({cfg['backbone_params']:,} in the backbone)"
         )
 
+    freeze_untrained_heads(model)
+    if cfg.get("activation_checkpointing"):
+        apply_activation_checkpointing(model)
+    if cfg.get("compile"):
+        compile_regions(model)
+    bf16 = cfg.get("dtype") == "bf16"
+    # After sharding: FSDP2 replaces the parameters the optimizer must hold.
+    full_state = model.state_dict() if fsdp and ctx.is_main else {}
+    train_model = ctx.wrap(model, fsdp=fsdp, bf16=bf16, device=device)
+    if fsdp:
+        from .fsdp import fill_from_rank0
+
+        fill_from_rank0(train_model, full_state, device)
+        del full_state
     # None (not False) elsewhere: torch's default choice of AdamW kernel, as before.
-    fused = use_fused_adamw(model) or None
+    fused = use_fused_adamw(train_model) or None
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"], fused=fused
+        train_model.parameters(),
+        lr=cfg["learning_rate"],
+        weight_decay=cfg["weight_decay"],
+        fused=fused,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -332,18 +402,14 @@ def run(cfg: dict) -> int:
     )
     start_iter = 0
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        for group in ckpt["optimizer"]["param_groups"]:  # a CPU run's checkpoint on CUDA too
-            group["fused"] = fused
-        optimizer.load_state_dict(ckpt["optimizer"])
+        for group in ckpt.get("optimizer", {}).get("param_groups", []):
+            group["fused"] = fused  # a CPU run's checkpoint on CUDA too
+        load_optimizer(ckpt, out_dir, train_model, optimizer, fsdp)
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"], np_rng)
         start_iter = ckpt["iteration"]
         if ctx.is_main:
             print(f"resuming {out_dir} after iteration {start_iter}")
-    if cfg.get("compile"):
-        compile_regions(model)
-    train_model = ctx.wrap(model)
 
     metrics = None
     if ctx.is_main:
@@ -355,29 +421,42 @@ def run(cfg: dict) -> int:
     sampler = BatchSampler(
         dataset, cfg["K"], spec.max_ep_len, spec.scale, cfg["pct_traj"], device, np_rng
     )
+    batches = RankBatches(
+        sampler, cfg["seed"], ctx, cfg["batch_size"], accum, cfg["model_type"] == "dt"
+    )
+    batches.start_at(start_iter * cfg["num_steps_per_iter"])
     targets = resolve_targets(cfg["env_targets"], dataset.returns, spec.env_targets)
     eval_fns = []
-    if ctx.is_main and cfg["num_eval_episodes"] > 0:
+    if cfg["num_eval_episodes"] > 0:
         ref = reference_scores_for(cfg)
-        eval_fns = [
-            make_eval_fn(cfg, dataset.state_mean, dataset.state_std, t, ref, progress=True)
+        fns = [
+            make_eval_fn(
+                cfg, dataset.state_mean, dataset.state_std, t, ref, progress=ctx.is_main, ctx=ctx
+            )
             for t in targets
         ]
+        build_eval = partial(build_model, cfg, state_dim, act_dim, spec.max_ep_len, low, high)
+        eval_fns = [partial(evaluate_all, fns, eval_view(cfg, train_model, fsdp, build_eval))]
     trainer_cls = SequenceTrainer if cfg["model_type"] == "dt" else ActTrainer
     trainer = trainer_cls(
         train_model,
         optimizer,
         cfg["batch_size"],
-        sampler,
+        batches,
         loss_fn=lambda s_hat, a_hat, r_hat, s, a, r: torch.mean((a_hat - a) ** 2),
         scheduler=scheduler,
         eval_fns=eval_fns,
         autocast_dtype=torch.bfloat16 if cfg.get("dtype") == "bf16" else None,
         progress=ctx.is_main,
+        grad_accum_steps=accum,
+        ctx=ctx,
     )
 
     logs: dict = {}
     for it in range(start_iter, cfg["max_iters"]):
+        # Dropout and any other draw restart from (seed, rank, iteration): a resumed run and one
+        # that never stopped see the same noise, whatever each rank saved.
+        seed_iteration(cfg["seed"], ctx.rank, it, np_rng)
         try:
             logs = trainer.train_iteration(
                 cfg["num_steps_per_iter"], iter_num=it + 1, print_logs=ctx.is_main
@@ -391,14 +470,17 @@ def run(cfg: dict) -> int:
             print(
                 f"error: {e}; {kept}. Lower --learning_rate or check the dataset.", file=sys.stderr
             )
+            ctx.close()
             return 1
+        logs["training/global_batch_size"] = cfg["global_batch_size"]
+        # Collective under FSDP (every rank gathers or writes its shards), so outside is_main.
+        states = checkpoint_states(cfg, out_dir, it + 1, train_model, optimizer, fsdp)
         if ctx.is_main:
             metrics.log(it + 1, (it + 1) * cfg["num_steps_per_iter"], logs)
             save_checkpoint(
                 ckpt_path,
                 {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
+                    **states,
                     "scheduler": scheduler.state_dict(),
                     "rng": rng_state(np_rng),
                     "iteration": it + 1,
@@ -410,6 +492,10 @@ def run(cfg: dict) -> int:
                     "wandb_id": metrics.wandb_id,
                 },
             )
+            if fsdp:
+                from .fsdp import drop_old_shards
+
+                drop_old_shards(out_dir, states["dcp"])
         ctx.barrier()
 
     if ctx.is_main:
@@ -431,3 +517,65 @@ def print_summary(dataset: TrajectoryDataset, targets: list[float], logs: dict) 
         if key in logs:
             std = logs[f"evaluation/{target_key(t)}_return_std"]
             print(f"achieved return at target {t:g}: {logs[key]:.1f} ± {std:.1f}")
+
+
+def seed_iteration(seed: int, rank: int, iteration: int, np_rng: np.random.Generator) -> None:
+    """Seed torch (every device), Python and numpy from ``(seed, rank, iteration)``."""
+    state = np.random.SeedSequence([seed, rank, iteration]).generate_state(2)
+    torch.manual_seed(int(state[0]))
+    random.seed(int(state[1]))
+    np_rng.bit_generator.state = np.random.default_rng(state).bit_generator.state
+
+
+def evaluate_all(fns: list[Callable], view: Callable[[], torch.nn.Module], _model) -> dict:
+    """Every target's evaluation on one evaluable view of the model."""
+    model, out = view(), {}
+    for fn in fns:
+        out.update(fn(model))
+    return out
+
+
+def eval_view(cfg: dict, train_model: torch.nn.Module, fsdp: bool, build: Callable):
+    """What evaluation plays: the model itself, or under FSDP a plain local copy of the gathered
+    weights (ranks play different numbers of steps, which sharded forwards can't)."""
+    if not fsdp:
+        return lambda: unwrap(train_model)
+    holder: list[torch.nn.Module] = []
+
+    def view() -> torch.nn.Module:
+        from .fsdp import full_model_state
+
+        if not holder:
+            holder.append(build().to(cfg["device"]))
+        holder[0].load_state_dict(full_model_state(train_model))
+        return holder[0]
+
+    return view
+
+
+def checkpoint_states(cfg, out_dir: Path, iteration: int, model, optimizer, fsdp: bool) -> dict:
+    """The weights and optimizer part of a checkpoint (rank 0's is the one written)."""
+    if not fsdp:
+        return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict()}
+    from .fsdp import consolidated_state, save_sharded
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    states = {"dcp": save_sharded(out_dir, iteration, model, optimizer)}
+    if cfg.get("consolidate_checkpoint", True):
+        model_sd, optim_sd = consolidated_state(model, optimizer)
+        states.update(model=model_sd, optimizer=optim_sd, optimizer_format="fqn")
+    return states
+
+
+def load_optimizer(ckpt: dict, out_dir: Path, model, optimizer, fsdp: bool) -> None:
+    """Optimizer state (and under FSDP the sharded weights) from a checkpoint of any mode."""
+    if fsdp and "dcp" in ckpt:
+        from .fsdp import load_sharded
+
+        load_sharded(out_dir / ckpt["dcp"], model, optimizer)
+    elif ckpt.get("optimizer_format") == "fqn":
+        from .fsdp import load_full_optimizer
+
+        load_full_optimizer(model, optimizer, ckpt["optimizer"])
+    else:
+        optimizer.load_state_dict(ckpt["optimizer"])

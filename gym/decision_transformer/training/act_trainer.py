@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import torch
+
 from .trainer import Trainer
 
 
 class ActTrainer(Trainer):
     """Behaviour cloning: predict the window's last action from its states."""
 
-    def train_step(self) -> float:
+    def compute_loss(self) -> torch.Tensor:
         states, actions, rewards, dones, rtg, _, attention_mask = self.get_batch(self.batch_size)
         with self.autocast():
             state_preds, action_preds, reward_preds = self.model(
@@ -18,6 +20,9 @@ class ActTrainer(Trainer):
         loss = self.loss_fn(
             state_preds, action_preds, reward_preds, states[:, 1:], action_target, rewards[:, 1:]
         )
-        value = self.optimize(loss)
+        return loss
+
+    def train_step(self) -> float:
+        value = super().train_step()
         self.diagnostics["training/action_error"] = value
         return value

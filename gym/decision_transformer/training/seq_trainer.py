@@ -24,7 +24,7 @@ class SequenceTrainer(Trainer):
     The loss is the masked action MSE (:func:`masked_action_mse`), the original's loss; the
     ``loss_fn`` argument serves :class:`ActTrainer` only."""
 
-    def train_step(self) -> float:
+    def compute_loss(self) -> torch.Tensor:
         batch = self.get_batch(self.batch_size)
         states, actions, rewards, dones, rtg, timesteps, attention_mask = batch
         # The sampler knows in numpy whether any window is padded; None tells the model there is
@@ -34,8 +34,10 @@ class SequenceTrainer(Trainer):
             _, action_preds, _ = self.model(
                 states, actions, rewards, rtg[:, :-1], timesteps, attention_mask=model_mask
             )
-        loss = masked_action_mse(action_preds, actions, attention_mask)
-        value = self.optimize(loss)
+        return masked_action_mse(action_preds, actions, attention_mask)
+
+    def train_step(self) -> float:
+        value = super().train_step()
         # The original logged the masked action MSE, which is this loss.
         self.diagnostics["training/action_error"] = value
         return value

@@ -29,6 +29,8 @@ class Trainer:
         autocast_dtype: torch.dtype | None = None,
         grad_clip: float = 0.25,
         progress: bool = True,
+        grad_accum_steps: int = 1,
+        ctx=None,
     ):
         self.model = model
         self.optimizer = optimizer
@@ -40,6 +42,10 @@ class Trainer:
         self.autocast_dtype = autocast_dtype
         self.grad_clip = grad_clip
         self.progress = progress
+        # Several micro-batches per optimizer step; ``ctx`` (run/distributed.DistContext) sums
+        # the step's stats across ranks so that every rank takes the same decision.
+        self.grad_accum_steps = grad_accum_steps
+        self.ctx = ctx
         self.diagnostics: dict[str, float] = {}
         self.start_time = time.time()
 
@@ -98,16 +104,51 @@ class Trainer:
                 print(f"{k}: {v}")
         return logs
 
-    def train_step(self) -> float:
+    def compute_loss(self) -> torch.Tensor:
+        """One micro-batch's loss (draws its batch through ``get_batch``)."""
         raise NotImplementedError
 
+    def train_step(self) -> float:
+        """One optimizer step over ``grad_accum_steps`` micro-batches; returns the loss averaged
+        over ranks, or NaN (on every rank alike) when any rank's loss or the gradient norm is
+        not finite, in which case the weights are left untouched."""
+        from ..run.distributed import no_sync
+
+        self.optimizer.zero_grad(set_to_none=True)
+        accum = self.grad_accum_steps
+        total = None
+        for micro in range(accum):
+            # Gradients are all-reduced on the last micro-step only.
+            with no_sync(self.model, micro == accum - 1):
+                loss = self.compute_loss()
+                # The sampler's weight turns micro-batch means into the global batch's mean.
+                scale = getattr(self.get_batch, "weight", 1.0) / accum
+                # Backward always runs, even on a NaN loss, so no rank waits alone in DDP's
+                # all-reduce: the NaN reaches every rank's gradients and the decision below.
+                (loss * scale).backward()
+            part = loss.detach().float() * scale
+            total = part if total is None else total + part
+        return self.optimize_step(total)
+
+    def optimize_step(self, loss: torch.Tensor) -> float:
+        """Clip, decide (one host fetch, after a sum across ranks), step."""
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if hasattr(gnorm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
+            gnorm = gnorm.full_tensor()
+        bad = ~(torch.isfinite(loss) & torch.isfinite(gnorm))
+        stats = torch.stack([loss, bad.float()])
+        world = 1
+        if self.ctx is not None:
+            stats = self.ctx.all_reduce_sum(stats)
+            world = self.ctx.world_size
+        loss_sum, n_bad = stats.tolist()
+        if n_bad:
+            return math.nan
+        self.optimizer.step()
+        return loss_sum / world
+
     def optimize(self, loss: torch.Tensor) -> float:
-        """Backward, clip, step; returns the loss, refusing a non-finite one before any update."""
-        value = loss.detach().float().item()
-        if not math.isfinite(value):
-            return value
+        """Backward, clip, step for a single loss (the step without accumulation)."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
-        return value
+        return self.optimize_step(loss.detach().float())

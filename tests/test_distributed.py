@@ -1,0 +1,276 @@
+"""Several processes (torchrun, gloo on CPU): DDP and FSDP2 against one process, accumulation,
+kill -9 and resume, a NaN on one rank, split evaluation, activation checkpointing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from cli import GYM_DIR, TINY, run_script, script_env
+from rollouts import write_dataset
+
+# Exact-comparison runs: no dropout (ranks' dropout noise differs from one process's), a learning
+# rate and warmup that move weights by ~1e-4 per step (AdamW), well above the 1e-5 tolerance.
+EXACT = ["--dropout", "0", "--learning_rate", "1e-4", "--warmup_steps", "1"]
+NO_EVAL = ["--num_eval_episodes", "0"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    write_dataset(d, "humanoid", "medium", episodes=12, seed=0)
+    return d
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_args(nproc: int, script: str = "experiment.py") -> list[str]:
+    return [
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        script,
+    ]
+
+
+def train(data_dir, out, *args, nproc: int = 1, script: str = "experiment.py", check=True):
+    launch = torchrun_args(nproc, script) if nproc > 1 else [script]
+    common = ["--env", "humanoid", "--data_dir", data_dir, "--out_dir", out, *TINY]
+    return run_script(*launch, *common, *args, check=check, timeout=300)
+
+
+def weights(out) -> dict[str, torch.Tensor]:
+    return torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("model_type", ["dt", "bc"])
+def test_ddp_equals_one_process_on_the_union(data_dir, tmp_path, model_type):
+    """2 ranks x batch 8 == 1 process x batch 16 on the same windows; rank 0 alone differs."""
+    flags = [*EXACT, *NO_EVAL, "--model_type", model_type, "--max_iters", "1"]
+    proc = train(data_dir, tmp_path / "ddp", *flags, "--batch_size", "8", nproc=2)
+    assert "global batch: 16 windows per optimizer step (batch_size 8 x 2 processes" in proc.stdout
+    train(data_dir, tmp_path / "one", *flags, "--batch_size", "16")
+    train(data_dir, tmp_path / "half", *flags, "--batch_size", "8")
+    ddp, one, half = (weights(tmp_path / n) for n in ("ddp", "one", "half"))
+    assert max_diff(ddp, one) < 1e-5
+    # Unwrapped ranks (or ranks drawing the same windows) would train on half the batch.
+    assert max_diff(half, one) > 1e-4
+    rows = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(rows[-1])["training/global_batch_size"] == 16
+
+
+def test_ddp_grad_accumulation_equals_twice_the_batch(data_dir, tmp_path):
+    """2 ranks x 2 micro-batches of 4 == 1 process with a batch of 16 (padding differs per
+    micro-batch, so this also checks the token weighting of the masked mean)."""
+    flags = [*EXACT, *NO_EVAL, "--max_iters", "1"]
+    proc = train(
+        data_dir, tmp_path / "acc", *flags, "--batch_size", "4", "--grad_accum_steps", "2", nproc=2
+    )
+    assert "global batch: 16" in proc.stdout
+    train(data_dir, tmp_path / "one", *flags, "--batch_size", "16")
+    assert max_diff(weights(tmp_path / "acc"), weights(tmp_path / "one")) < 1e-5
+
+
+def test_fsdp_trains_saves_resumes_with_2_and_1_and_evaluates(data_dir, tmp_path):
+    out = tmp_path / "fsdp"
+    flags = [*EXACT, "--fsdp", "--num_eval_episodes", "2", "--eval_envs", "2"]
+    train(data_dir, out, *flags, "--max_iters", "1", "--batch_size", "8", nproc=2)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["iteration"] == 1 and (out / ckpt["dcp"]).is_dir()
+    # FSDP computes what one process computes on the union of the ranks' batches.
+    one = tmp_path / "one"
+    train(data_dir, one, *EXACT, *NO_EVAL, "--max_iters", "1", "--batch_size", "16")
+    assert max_diff(weights(out), weights(one)) < 1e-5
+
+    proc = train(
+        data_dir, out, *flags, "--max_iters", "2", "--batch_size", "8", "--resume", nproc=2
+    )
+    assert "resuming" in proc.stdout
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["iteration"] == 2 and sorted(p.name for p in out.glob("dcp-*")) == ["dcp-000002"]
+    proc = train(data_dir, out, *flags, "--max_iters", "3", "--batch_size", "8", "--resume")
+    assert "resuming with 1 processes instead of 2: the global batch is 8 instead of 16" in (
+        proc.stdout
+    )
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 3
+
+    proc = run_script("evaluate.py", "--checkpoint", out / "checkpoint.pt", check=True)
+    report = json.loads((out / "eval.json").read_text())
+    assert report["iteration"] == 3 and len(report["targets"][0]["returns"]) == 2
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_kill_9_and_resume_match_an_uninterrupted_run(data_dir, tmp_path):
+    """With dropout on: the per-iteration reseeding and the (seed, step) batches make it exact."""
+    flags = ["--max_iters", "3", "--num_steps_per_iter", "10", *NO_EVAL]
+    full = tmp_path / "full"
+    train(data_dir, full, *flags, nproc=2)
+    cut = tmp_path / "cut"
+    launch = [sys.executable, *torchrun_args(2)]
+    args = ["--env", "humanoid", "--data_dir", str(data_dir), "--out_dir", str(cut), *TINY, *flags]
+    proc = subprocess.Popen(
+        [*launch, *args],
+        cwd=GYM_DIR,
+        env=script_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (cut / "checkpoint.pt").exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+    finally:
+        kill_group(proc)
+    first = torch.load(cut / "checkpoint.pt", weights_only=True)["iteration"]
+    assert first < 3
+    train(data_dir, cut, *flags, "--resume", nproc=2)
+    assert max_diff(weights(full), weights(cut)) == 0.0
+
+
+def test_nan_on_one_rank_stops_both_at_the_same_step(data_dir, tmp_path):
+    out = tmp_path / "nan"
+    launch = torchrun_args(2)
+    env = {**script_env(), "DT_TEST_NAN_AT": "1:7"}  # rank 1, optimizer step 7 (iteration 2)
+    args = ["--env", "humanoid", "--data_dir", str(data_dir), "--out_dir", str(out), *TINY]
+    # The timeout is the bound: a rank waiting in an all-reduce would hang until it.
+    proc = subprocess.run(
+        [sys.executable, *launch, *args, *NO_EVAL, "--max_iters", "3"],
+        cwd=GYM_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "loss became nan" in line]
+    # Both ranks stop with the same message at step 3 of iteration 2; iteration 1 is kept.
+    assert len(errors) == 2 and len(set(e.split("]:")[-1] for e in errors)) == 1, proc.stderr
+    assert "at step 3 of iteration 2" in errors[0]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 1
+
+
+def test_split_evaluation_equals_rank0_evaluation(data_dir, tmp_path):
+    """Training's evaluation, split over 2 ranks, gives evaluate.py's one-process returns."""
+    out = tmp_path / "ev"
+    flags = ["--max_iters", "1", "--num_eval_episodes", "4", "--eval_envs", "2"]
+    train(data_dir, out, *flags, nproc=2)
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    run_script("evaluate.py", "--checkpoint", out / "checkpoint.pt", check=True)
+    report = json.loads((out / "eval.json").read_text())
+    for res in report["targets"]:
+        key = f"evaluation/target_{res['target']:g}"
+        for stat in ("return_mean", "return_std", "length_mean", "length_std"):
+            assert row[f"{key}_{stat}"] == pytest.approx(res[stat], rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("backbone", ["gpt2", "qwen3"])
+def test_activation_checkpointing_gives_the_same_gradients(backbone):
+    from decision_transformer.models.factory import build_model
+    from decision_transformer.run.config import build_parser, resolve
+    from decision_transformer.run.distributed import apply_activation_checkpointing
+
+    qwen = backbone == "qwen3"
+    args = build_parser(qwen=qwen).parse_args(
+        ["--embed_dim", "32", "--n_layer", "2", "--n_head", "2", "--K", "6", "--dropout", "0.1"]
+    )
+    cfg = resolve(args, backbone)
+    grads = []
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        model = build_model(cfg, 5, 3, 100, -1.0, 1.0)
+        if checkpointed:
+            assert apply_activation_checkpointing(model) == 2
+        g = torch.Generator().manual_seed(1)
+        states, actions = torch.randn(4, 6, 5, generator=g), torch.randn(4, 6, 3, generator=g)
+        rtg, timesteps = torch.randn(4, 6, 1, generator=g), torch.randint(0, 100, (4, 6))
+        mask = torch.ones(4, 6)
+        mask[0, :2] = 0
+        torch.manual_seed(2)  # the same dropout noise, which checkpointing must replay
+        _, a, _ = model(states, actions, None, rtg, timesteps, attention_mask=mask)
+        (a - actions).pow(2).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert max_diff(*grads) < 1e-6
+
+
+def test_any_cuda_device_maps_to_the_local_rank():
+    from decision_transformer.run.distributed import DistContext
+
+    ctx = DistContext(rank=5, world_size=8, local_rank=1)
+    assert [ctx.device(d) for d in ("cuda", "cuda:0", "cuda:3", "cpu")] == [
+        "cuda:1",
+        "cuda:1",
+        "cuda:1",
+        "cpu",
+    ]
+    assert DistContext().device("cuda:0") == "cuda:0"  # a world of one keeps what was asked
+    assert DistContext(0, 3).share(list(range(7))) == [0, 1]
+    assert DistContext(2, 3).share(list(range(7))) == [4, 5, 6]
+
+
+def test_memory_estimate_scales_with_fsdp_and_activation_checkpointing():
+    from decision_transformer.models.memory import estimate_training_memory
+    from decision_transformer.models.qwen3_transformer import Qwen3Config
+
+    cfg = Qwen3Config(embed_dim=256, n_layer=4, n_head=4, n_kv_head=2, dropout=0.0)
+    one = estimate_training_memory(cfg, 16, 60)
+    ddp = estimate_training_memory(cfg, 16, 60, world_size=8)
+    fsdp = estimate_training_memory(cfg, 16, 60, world_size=8, fsdp=True)
+    ckpt = estimate_training_memory(cfg, 16, 60, activation_checkpointing=True)
+    assert ddp == one  # DDP replicates everything
+    assert fsdp["weights"] * 8 >= one["weights"] > (fsdp["weights"] - 1) * 8
+    assert fsdp["adamw"] == 2 * fsdp["weights"] and fsdp["gathered"] > 0
+    assert ckpt["activations"] < one["activations"] / 2 and ckpt["weights"] == one["weights"]
+    for m in (one, fsdp, ckpt):
+        assert m["total"] == sum(v for k, v in m.items() if k != "total")
+
+
+def test_bad_scale_out_flags_fail_fast(tmp_path):
+    for flags, needle in (
+        (["--grad_accum_steps", "0"], "--grad_accum_steps must be positive"),
+        (["--model_type", "bc", "--activation_checkpointing"], "BC (--model_type bc) has none"),
+    ):
+        proc = run_script("experiment.py", "--out_dir", tmp_path / "x", *TINY, *flags)
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("qwen", [False, True])
+def test_dtype_flag_for_every_model(qwen):
+    from decision_transformer.run.config import build_parser, resolve
+
+    backbone = "qwen3" if qwen else "gpt2"
+    for model_type in ("dt", "bc"):
+        base = ["--model_type", model_type, "--device", "cpu"]
+        args = build_parser(qwen=qwen).parse_args(base)
+        assert resolve(args, backbone)["dtype"] == "fp32"  # auto on CPU
+        args = build_parser(qwen=qwen).parse_args([*base, "--dtype", "bf16"])
+        assert resolve(args, backbone)["dtype"] == "bf16"
