@@ -22,11 +22,11 @@ import json
 import sys
 
 import torch
-from decision_transformer.data.trajectories import DatasetError
 from decision_transformer.envs import make_env
 from decision_transformer.models.factory import build_model, count_params
 from decision_transformer.models.memory import estimate_training_memory
 from decision_transformer.run.config import ConfigError, build_parser, resolve
+from decision_transformer.run.errors import run_cli
 from decision_transformer.run.experiment import run
 
 PRESETS: dict[str, dict] = {
@@ -121,17 +121,17 @@ def dry_run(cfg: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     sys.stdout.reconfigure(line_buffering=True)
-    try:
-        cfg = resolve(args, "qwen3")
-        if cfg["model_type"] != "dt":
-            raise ConfigError("train_humanoid_qwen_dt.py trains the Qwen3 DT: drop --model_type")
-        if cfg["dry_run"]:
-            dry_run(cfg)
-            return 0
-        return run(cfg)
-    except (ConfigError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(train, args)
+
+
+def train(args) -> int:
+    cfg = resolve(args, "qwen3")
+    if cfg["model_type"] != "dt":
+        raise ConfigError("train_humanoid_qwen_dt.py trains the Qwen3 DT: drop --model_type")
+    if cfg["dry_run"]:
+        dry_run(cfg)
+        return 0
+    return run(cfg)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from ..data.loading import check_dataset_available, load_dataset
 from ..data.sampler import BatchSampler
-from ..data.trajectories import DatasetError, TrajectoryDataset
+from ..data.scores import reference_scores
+from ..data.trajectories import TrajectoryDataset
 from ..envs import get_spec, make_env
 from ..evaluation.evaluate_episodes import (
     StepHook,
@@ -27,10 +28,17 @@ from ..evaluation.evaluate_episodes import (
 from ..models.factory import build_model, count_params
 from ..training.act_trainer import ActTrainer
 from ..training.seq_trainer import SequenceTrainer
-from ..training.trainer import NonFiniteLossError
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..training.trainer import NonFiniteError
+from .checkpoint import (
+    CheckpointError,
+    read_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import ConfigError, build_parser, resolve, resolve_targets
 from .distributed import DistContext
+from .errors import run_cli
 from .metrics import MetricsLog
 
 # Flags that may differ when a run is resumed; any other difference would not be the same run.
@@ -45,6 +53,8 @@ RESUMABLE_CHANGES = {
     "data_dir",
     "env_targets",
 }
+# What --resume needs from checkpoint.pt; anything lacking one is not this project's checkpoint.
+RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "iteration", "config")
 
 
 def episode_seeds(seed: int, num_episodes: int) -> list[int]:
@@ -197,10 +207,6 @@ def evaluate_returns(
 
 
 def reference_scores_for(cfg: dict):
-    try:
-        from ..data.scores import reference_scores
-    except ImportError:
-        return None
     return reference_scores(cfg["env"], cfg["dataset"])
 
 
@@ -209,11 +215,7 @@ def main(argv: list[str] | None = None, backbone: str = "gpt2") -> int:
     args = parser.parse_args(argv)
     # Logs redirected to a file (SLURM, nohup) should show each iteration as it ends.
     sys.stdout.reconfigure(line_buffering=True)
-    try:
-        return run(resolve(args, backbone))
-    except (ConfigError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: run(resolve(args, backbone)))
 
 
 def prepare(cfg: dict):
@@ -241,10 +243,21 @@ def run(cfg: dict) -> int:
     ctx = DistContext.from_env(cfg["device"])
     cfg["device"] = ctx.device(cfg["device"])
     spec, out_dir, ckpt_path, dataset, (state_dim, act_dim, low, high) = prepare(cfg)
-    ckpt = load_checkpoint(ckpt_path) if cfg["resume"] else None
+    ckpt = None
+    if cfg["resume"]:
+        ckpt = read_checkpoint(
+            ckpt_path,
+            RESUME_KEYS,
+            "drop --resume to start afresh (in an empty --out_dir)",
+        )
     if ckpt is not None:
         # A decaying schedule's length is max_iters x num_steps_per_iter: extending the run
         # would stretch the part already walked and jump the learning rate back up.
+        if not isinstance(ckpt["config"], dict):
+            raise CheckpointError(
+                f"--resume: {ckpt_path} was not written by experiment.py (its config is not a "
+                "dict); start afresh in another --out_dir"
+            )
         fixed = {"max_iters"} if cfg["lr_decay"] != "none" else set()
         changed = sorted(
             k
@@ -301,10 +314,16 @@ def run(cfg: dict) -> int:
     )
     start_iter = 0
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"], np_rng)
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            set_rng_state(ckpt["rng"], np_rng)
+        except (KeyError, RuntimeError, TypeError, ValueError) as e:
+            raise CheckpointError(
+                f"--resume: {ckpt_path} does not fit this run's model ({str(e).splitlines()[0]}); "
+                "resume with the original flags or start afresh"
+            ) from None
         start_iter = ckpt["iteration"]
         if ctx.is_main:
             print(f"resuming {out_dir} after iteration {start_iter}")
@@ -343,20 +362,25 @@ def run(cfg: dict) -> int:
         progress=ctx.is_main,
     )
 
+    trainer.global_step = start_iter * cfg["num_steps_per_iter"]
     logs: dict = {}
     for it in range(start_iter, cfg["max_iters"]):
         try:
             logs = trainer.train_iteration(
                 cfg["num_steps_per_iter"], iter_num=it + 1, print_logs=ctx.is_main
             )
-        except NonFiniteLossError as e:
+        except NonFiniteError as e:
+            # Checkpoints are written only after an iteration whose every step passed the
+            # guard, so the one on disk (if any) is the last good one.
             kept = (
                 f"the last good checkpoint {ckpt_path} (iteration {it}) is kept"
                 if it
-                else ("no checkpoint was written")
+                else "no checkpoint was written"
             )
             print(
-                f"error: {e}; {kept}. Lower --learning_rate or check the dataset.", file=sys.stderr
+                f"error: training diverged in iteration {it + 1}: {e}; {kept}. "
+                "Lower --learning_rate or check the dataset.",
+                file=sys.stderr,
             )
             return 1
         if ctx.is_main:
