@@ -71,6 +71,7 @@ def load_dataset(
         raise DatasetError(f"{path}: {e}; {remake}") from None
     except Exception as e:  # a torn or foreign file fails in many ways inside the unpickler
         raise DatasetError(
-            f"{path} is not a readable trajectory file ({one_line(e, 120)}); {remake}"
+            f"{path} is not a readable trajectory file "
+            f"({one_line(str(e).replace(f'{path}: ', ''), 160)}); {remake}"
         ) from None
     return TrajectoryDataset.from_paths(paths, mode=mode, source=str(path))

@@ -68,7 +68,10 @@ class TrajectoryDataset:
             if "terminals" not in p and "dones" not in p:
                 missing.add("terminals")
             if missing:
-                raise DatasetError(f"{source}: trajectory {i} lacks {', '.join(sorted(missing))}")
+                raise DatasetError(
+                    f"{source}: trajectory {i} lacks {', '.join(sorted(missing))}; "
+                    "regenerate the dataset"
+                )
         for i, p in enumerate(paths):
             if np.ndim(p["rewards"]) != 1:
                 raise DatasetError(
@@ -77,7 +80,9 @@ class TrajectoryDataset:
                 )
         lengths = np.array([len(p["rewards"]) for p in paths], dtype=np.int64)
         if (lengths == 0).any():
-            raise DatasetError(f"{source}: trajectory {int(np.argmin(lengths))} is empty")
+            raise DatasetError(
+                f"{source}: trajectory {int(np.argmin(lengths))} is empty; regenerate the dataset"
+            )
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         n = int(lengths.sum())
 

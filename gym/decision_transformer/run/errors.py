@@ -26,10 +26,11 @@ class UserError(Exception):
     the message names the problem and the fix, on one line."""
 
 
-def one_line(message: object, limit: int = 400) -> str:
-    """``message`` flattened to one line (an exception's own text may span several)."""
+def one_line(message: object, limit: int | None = None) -> str:
+    """``message`` flattened to one line (an exception's own text may span several), cut to
+    ``limit`` characters if given (for a third-party message quoted inside ours)."""
     text = " ".join(str(message).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
 def report(err: BaseException) -> int:
