@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from cli import TINY, run_script
-from decision_transformer.data.pickle_io import save_paths
 from rollouts import rollout_paths, write_dataset
 
 
