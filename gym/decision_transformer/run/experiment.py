@@ -334,6 +334,9 @@ def run(cfg: dict) -> int:
     metrics = None
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        # A run killed inside save_checkpoint leaves its temp file; checkpoint.pt is intact.
+        for stale in out_dir.glob(f"{ckpt_path.name}*.tmp"):
+            stale.unlink()
         (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         metrics = MetricsLog(out_dir, cfg, wandb_id=ckpt.get("wandb_id") if ckpt else None)
         metrics.truncate(start_iter)
