@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from ..evaluation.evaluate_episodes import (
 from ..models.factory import build_model, count_params
 from ..training.act_trainer import ActTrainer
 from ..training.seq_trainer import SequenceTrainer
-from ..training.trainer import NonFiniteError
+from ..training.trainer import PROGRESS_INTERVAL, NonFiniteError
 from .checkpoint import (
     CheckpointError,
     read_checkpoint,
@@ -363,6 +364,8 @@ def run(cfg: dict) -> int:
         eval_fns=eval_fns,
         autocast_dtype=torch.bfloat16 if cfg.get("dtype") == "bf16" else None,
         progress=ctx.is_main,
+        # Seconds between progress lines in redirected output (no bar there).
+        progress_interval=float(os.environ.get("DT_PROGRESS_SECONDS", PROGRESS_INTERVAL)),
     )
 
     trainer.global_step = start_iter * cfg["num_steps_per_iter"]
