@@ -84,6 +84,21 @@ def parse(argv: list[str] | None):
     return parser.parse_args(argv)
 
 
+def preset_fields(cfg: dict) -> dict:
+    """The resolved fields that describe the run a preset makes: its backbone shape (the
+    SwiGLU width as given, intermediate_size or mlp_ratio, not both) and training set-up;
+    flags the Qwen3 backbone ignores (activation_function) are left out."""
+    keys = ["preset", "env", "dataset", "embed_dim", "n_layer", "n_head", "n_kv_head"]
+    keys += ["head_dim", "intermediate_size" if cfg["intermediate_size"] else "mlp_ratio"]
+    keys += ["rope_theta", "no_qk_norm", "dropout", "dtype", "K", "batch_size"]
+    keys += ["learning_rate", "weight_decay", "warmup_steps", "lr_decay", "max_iters"]
+    keys += ["num_steps_per_iter", "num_eval_episodes", "device", "out_dir"]
+    fields = {k: cfg[k] for k in keys}
+    if fields["head_dim"] is None:
+        fields["head_dim"] = cfg["embed_dim"] // cfg["n_head"]
+    return fields
+
+
 def dry_run(cfg: dict) -> None:
     env = make_env(cfg["env"])
     state_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
@@ -99,7 +114,7 @@ def dry_run(cfg: dict) -> None:
         dtype,
         n_extra_params=total - backbone,
     )
-    for k, v in cfg.items():
+    for k, v in preset_fields(cfg).items():
         print(f"{k}: {v}")
     print(f"backbone parameters: {backbone:,}; total: {total:,}")
     print(

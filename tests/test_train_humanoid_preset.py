@@ -36,10 +36,14 @@ def test_qwen3_06b_preset_mirrors_the_real_decoder():
         "rope_theta: 1000000.0",
     ):
         assert line in out
+    # Only fields describing the preset: no GPT-2 activation, no mlp_ratio that
+    # intermediate_size overrides.
+    assert "activation_function" not in out and "mlp_ratio" not in out
 
 
 def test_2048x24_preset_is_about_1_93_billion():
-    _, info = dry_run("--preset", "2048x24")
+    out, info = dry_run("--preset", "2048x24")
+    assert "mlp_ratio: 5.4" in out and "intermediate_size" not in out
     assert 1.92e9 < info["backbone_params"] < 1.94e9
 
 
