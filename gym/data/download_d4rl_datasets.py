@@ -178,11 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         for dataset in args.datasets or DEFAULT_DATASETS[env]:
             had += converter.convert(env, dataset)
     if had == 0:
-        # Nothing to show for the run: one line, the first reason (they share the fix).
-        more = len(converter.failures) - 1
-        also = f" (and {more} more)" if more > 0 else ""
+        # Nothing to show for the run: one line naming every dataset and why.
         print(
-            f"error: no dataset could be converted: {converter.failures[0]}{also}",
+            f"error: no dataset could be converted: {' | '.join(converter.failures)}",
             file=sys.stderr,
         )
         return 2
