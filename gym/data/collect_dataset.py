@@ -225,7 +225,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "arbitrary code: pass only files you trust",
     )
     parser.add_argument("--policy_algo", default="PPO", help="its algorithm class, e.g. SAC, TQC")
-    parser.add_argument("--minari_id", default=None, help="also write a local Minari dataset")
+    parser.add_argument(
+        "--minari_id", default=None, help="also write a local Minari dataset (default: none)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
     return parser.parse_args(argv)
 

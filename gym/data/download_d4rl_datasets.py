@@ -151,7 +151,10 @@ class Converter:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     parser.add_argument(
-        "--env", nargs="+", default=["all"], help=f"one or more of {', '.join(ALL_ENVS)}, or all"
+        "--env",
+        nargs="+",
+        default=["all"],
+        help=f"one or more of {', '.join(ALL_ENVS)}, or all (the default)",
     )
     parser.add_argument(
         "--datasets", nargs="+", default=None, help="subset, e.g. medium expert (default: all)"

@@ -65,7 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="episodes played at once; 1 is the one-episode evaluator (default: the run's)",
     )
     a("--seed", type=int, default=None, help="evaluation seed (default: the run's --seed)")
-    a("--video", default=None, metavar="PATH", help="render the first episode to PATH (.mp4/.gif)")
+    a(
+        "--video",
+        default=None,
+        metavar="PATH",
+        help="render the first episode to PATH (.mp4/.gif; default: no video)",
+    )
     a(
         "--video_quality",
         default="auto",
