@@ -21,7 +21,11 @@ def _checkout_files() -> set[str]:
         text=True,
     ).stdout
     caches = ("__pycache__", ".pytest_cache", ".ruff_cache")
-    return {line[3:] for line in out.splitlines() if not any(c in line for c in caches)}
+    return {
+        line[3:]
+        for line in out.splitlines()
+        if line[:2] in ("??", "!!") and not any(c in line for c in caches)
+    }
 
 
 @pytest.fixture(scope="session", autouse=True)

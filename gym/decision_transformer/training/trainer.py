@@ -169,6 +169,7 @@ class Trainer:
         # The weights this step's forward used, i.e. after the previous step's update.
         wnorm = weight_norm(params)
         ok = torch.isfinite(loss.detach()) & torch.isfinite(gnorm)
+        # (Under DDP every rank must decide alike: the cross-rank min of ok belongs here.)
         # The one host sync of the step: everything the guard and the logs need, at once.
         value, gnorm_v, ok_v, wnorm_v = torch.stack(
             [loss.detach().float(), gnorm.float(), ok.float(), wnorm.float()]
