@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,14 @@ GYM_DIR = ROOT / "gym"
 sys.path.insert(0, str(GYM_DIR))
 # Offscreen MuJoCo rendering on machines with no display uses software EGL (Debian's mesa).
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+# MuJoCo appends its warnings (e.g. gymnasium's half_cheetah.xml uses the deprecated
+# 'settotalmass') to MUJOCO_LOG.TXT in the working directory, i.e. the checkout; route them to
+# Python warnings instead, where pytest reports them. (Imported only now: MUJOCO_GL must be set
+# before mujoco loads.)
+import mujoco  # noqa: E402
+
+mujoco.set_mju_user_warning(lambda message: warnings.warn(f"MuJoCo: {message}", stacklevel=1))
 
 
 def _checkout_files() -> set[str]:
