@@ -244,7 +244,7 @@ def bench_eval(ds, episodes, envs):
     return seq_steps / t_bat, seq_steps / t_seq
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     p.add_argument("--steps", type=int, default=None, help="dataset steps (default 1M, quick 50k)")
@@ -321,7 +321,17 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, a, b, ratio, target in rows:
         print(f"| {name} | {a} | {b} | {ratio:.2f} | {target} |")
+    missed = [(name, ratio, target) for name, _, _, ratio, target in rows if not met(ratio, target)]
+    for name, ratio, target in missed:
+        print(f"MISSED: {name}: {ratio:.2f}, target {target}", file=sys.stderr)
+    return 1 if missed else 0
+
+
+def met(ratio: float, target: str) -> bool:
+    """``target`` reads '<= 1.5' or '>= 20 (speed-up)': a comparison and a bound."""
+    op, bound = target.split()[:2]
+    return ratio <= float(bound) if op == "<=" else ratio >= float(bound)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

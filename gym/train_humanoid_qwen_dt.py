@@ -23,11 +23,11 @@ import os
 import sys
 
 import torch
-from decision_transformer.data.trajectories import DatasetError
 from decision_transformer.envs import make_env
 from decision_transformer.models.factory import build_model, count_params
 from decision_transformer.models.memory import estimate_training_memory
 from decision_transformer.run.config import ConfigError, build_parser, resolve
+from decision_transformer.run.errors import run_cli
 from decision_transformer.run.experiment import run
 
 PRESETS: dict[str, dict] = {
@@ -92,6 +92,21 @@ def parse(argv: list[str] | None):
     return parser.parse_args(argv)
 
 
+def preset_fields(cfg: dict) -> dict:
+    """The resolved fields that describe the run a preset makes: its backbone shape (the
+    SwiGLU width as given, intermediate_size or mlp_ratio, not both) and training set-up;
+    flags the Qwen3 backbone ignores (activation_function) are left out."""
+    keys = ["preset", "env", "dataset", "embed_dim", "n_layer", "n_head", "n_kv_head"]
+    keys += ["head_dim", "intermediate_size" if cfg["intermediate_size"] else "mlp_ratio"]
+    keys += ["rope_theta", "no_qk_norm", "dropout", "dtype", "K", "batch_size"]
+    keys += ["learning_rate", "weight_decay", "warmup_steps", "lr_decay", "max_iters"]
+    keys += ["num_steps_per_iter", "num_eval_episodes", "device", "out_dir"]
+    fields = {k: cfg[k] for k in keys}
+    if fields["head_dim"] is None:
+        fields["head_dim"] = cfg["embed_dim"] // cfg["n_head"]
+    return fields
+
+
 def dry_run(cfg: dict) -> None:
     env = make_env(cfg["env"])
     state_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
@@ -111,7 +126,7 @@ def dry_run(cfg: dict) -> None:
         fsdp=cfg["fsdp"],
         activation_checkpointing=cfg["activation_checkpointing"],
     )
-    for k, v in cfg.items():
+    for k, v in preset_fields(cfg).items():
         print(f"{k}: {v}")
     print(f"backbone parameters: {backbone:,}; total: {total:,}")
     mode = "FSDP" if cfg["fsdp"] and world > 1 else "DDP" if world > 1 else "1 process"
@@ -137,17 +152,17 @@ def dry_run(cfg: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     sys.stdout.reconfigure(line_buffering=True)
-    try:
-        cfg = resolve(args, "qwen3")
-        if cfg["model_type"] != "dt":
-            raise ConfigError("train_humanoid_qwen_dt.py trains the Qwen3 DT: drop --model_type")
-        if cfg["dry_run"]:
-            dry_run(cfg)
-            return 0
-        return run(cfg)
-    except (ConfigError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(train, args)
+
+
+def train(args) -> int:
+    cfg = resolve(args, "qwen3")
+    if cfg["model_type"] != "dt":
+        raise ConfigError("train_humanoid_qwen_dt.py trains the Qwen3 DT: drop --model_type")
+    if cfg["dry_run"]:
+        dry_run(cfg)
+        return 0
+    return run(cfg)
 
 
 if __name__ == "__main__":

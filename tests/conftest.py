@@ -1,9 +1,47 @@
 import os
+import subprocess
 import sys
+import warnings
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 GYM_DIR = ROOT / "gym"
 sys.path.insert(0, str(GYM_DIR))
 # Offscreen MuJoCo rendering on machines with no display uses software EGL (Debian's mesa).
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+# MuJoCo appends its warnings (e.g. gymnasium's half_cheetah.xml uses the deprecated
+# 'settotalmass') to MUJOCO_LOG.TXT in the working directory, i.e. the checkout; route them to
+# Python warnings instead, where pytest reports them. (Imported only now: MUJOCO_GL must be set
+# before mujoco loads.)
+import mujoco  # noqa: E402
+
+mujoco.set_mju_user_warning(lambda message: warnings.warn(f"MuJoCo: {message}", stacklevel=1))
+
+
+def _checkout_files() -> set[str]:
+    """Untracked and ignored files in the checkout, caches aside."""
+    out = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout
+    caches = ("__pycache__", ".pytest_cache", ".ruff_cache")
+    return {
+        line[3:]
+        for line in out.splitlines()
+        if line[:2] in ("??", "!!") and not any(c in line for c in caches)
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean():
+    """The suite writes only under pytest's tmp_path: a MUJOCO_LOG.TXT, a run folder or a
+    dataset left in the checkout fails it."""
+    before = _checkout_files()
+    yield
+    left = sorted(_checkout_files() - before)
+    assert not left, f"the tests left files in the checkout: {left}"

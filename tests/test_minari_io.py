@@ -244,8 +244,8 @@ def test_download_script_fails_only_when_nothing_converts(store, tmp_path):
         store_path=store_path,
     )
     output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "Traceback" not in output
+    assert result.returncode == 2
+    assert "Traceback" not in output and len(result.stderr.strip().splitlines()) == 1
     assert len([line for line in output.splitlines() if "humanoid-expert" in line]) == 1
     assert len([line for line in output.splitlines() if "humanoid-medium-replay" in line]) == 1
     assert list(tmp_path.iterdir()) == []

@@ -158,6 +158,13 @@ def _frames_change(frames: np.ndarray) -> float:
     return float(np.abs(frames[-1, 150:].astype(int) - frames[0, 150:].astype(int)).mean())
 
 
+def _smallest_step_change(frames: np.ndarray) -> float:
+    """The least mean pixel change between consecutive frames, below the text box (whose step
+    counter changes every frame anyway): 0 where the video froze or repeated a frame."""
+    scene = frames[:, 150:].astype(np.int16)
+    return float(np.abs(np.diff(scene, axis=0)).mean(axis=(1, 2, 3)).min())
+
+
 def test_video_mp4_is_evaluation_episode_zero(dt_run, tmp_path):
     video, out = tmp_path / "episode.mp4", tmp_path / "e.json"
     proc = evaluate(
@@ -178,6 +185,7 @@ def test_video_mp4_is_evaluation_episode_zero(dt_run, tmp_path):
     frames = iio.imread(video)
     assert frames.shape == (length + 1, 480, 480, 3)  # the reset state, then one per step
     assert _frames_change(frames) > 2
+    assert _smallest_step_change(frames) > 0.05, "a frame repeats the one before it"
     assert f"{length + 1} frames" in proc.stdout
 
 
@@ -209,6 +217,7 @@ def test_video_gif_from_batched_evaluation_has_the_overlay(dt_run, tmp_path):
     frames = np.stack(frames)
     assert len(frames) == report["targets"][0]["lengths"][0] + 1
     assert _frames_change(frames) > 2
+    assert _smallest_step_change(frames) > 0.05, "a frame repeats the one before it"
 
     # The same first frame rendered here without text: only the top-left box differs.
     env = make_render_env("humanoid", fast=True)

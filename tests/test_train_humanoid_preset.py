@@ -1,6 +1,10 @@
 """train_humanoid_qwen_dt.py presets and experiment_qwen.py's sanity command, as subprocesses."""
 
+import contextlib
 import json
+import queue
+import re
+import threading
 import time
 
 from cli import GYM_DIR, run_script, start_script
@@ -32,13 +36,17 @@ def test_qwen3_06b_preset_mirrors_the_real_decoder():
         "rope_theta: 1000000.0",
     ):
         assert line in out
+    # Only fields describing the preset: no GPT-2 activation, no mlp_ratio that
+    # intermediate_size overrides.
+    assert "activation_function" not in out and "mlp_ratio" not in out
 
 
 def test_2048x24_preset_is_about_1_93_billion():
     out, info = dry_run("--preset", "2048x24")
     assert info["backbone_params"] == 1_925_292_032
-    # 5.4 x 2048 = 11059 rounded to a multiple of 256, printed as the real width.
-    assert "intermediate_size: 11008" in out
+    # 5.4 x 2048 = 11059 rounded to a multiple of 256, printed as the real width; the preset
+    # fixes the width, so no mlp_ratio is shown beside it.
+    assert "intermediate_size: 11008" in out and "mlp_ratio" not in out
 
 
 def test_flags_override_the_preset_and_bf16_shrinks_activations():
@@ -56,7 +64,9 @@ def test_bad_head_counts_fail_fast():
 def test_sanity_command_runs_verbatim(tmp_path):
     """The seed's command, word for word, starts training on data/humanoid-medium-v2.pkl. It is
     run from a scratch folder laid out like gym/ so the checkout stays clean, and stopped once
-    training is under way (its 2000 steps of an 85M-parameter model take long on a CPU)."""
+    it has built the model and written its run config (a step of this ~100M-parameter model
+    takes up to a minute on a busy CPU). Output is read by a thread, so a silent child cannot
+    block the test."""
     write_dataset(tmp_path / "data", "humanoid", "medium", episodes=4, max_steps=60)
     command = (
         "--env humanoid-medium-v2 --dataset medium --embed_dim 768 --n_layer 12 --n_head 12 "
@@ -64,17 +74,31 @@ def test_sanity_command_runs_verbatim(tmp_path):
         "--num_steps_per_iter 1000"
     ).split()
     proc = start_script(str(GYM_DIR / "experiment_qwen.py"), *command, cwd=tmp_path)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    config = tmp_path / "runs/humanoid-medium-dt-qwen3-seed0/config.json"
+    seen = ""
     try:
         deadline = time.time() + 180
-        seen = ""
-        while "parameters" not in seen:
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, f"exited {proc.returncode}: {seen}"
-            seen += line
-            assert time.time() < deadline, seen
-        assert "DecisionTransformerQwen3" in seen and "Starting new experiment" in seen
-        time.sleep(5)
-        assert proc.poll() is None, "training stopped: " + seen + proc.stdout.read()
+        while "parameters" not in seen or not config.is_file():
+            assert proc.poll() is None or not lines.empty(), f"exited {proc.returncode}: {seen}"
+            assert time.time() < deadline, "no model or config in 180 s: " + seen
+            with contextlib.suppress(queue.Empty):
+                seen += lines.get(timeout=0.5)
+        time.sleep(1)  # config.json is written in one call; let it finish
+        assert proc.poll() is None, "training stopped: " + seen
     finally:
         proc.kill()
         proc.wait()
+    # What it printed: the dataset it read, the model it built.
+    assert "Starting new experiment: humanoid medium" in seen
+    assert re.search(r"^4 trajectories, \d+ timesteps found", seen, re.M), seen
+    found = re.search(r"DecisionTransformerQwen3, ([0-9,]+) parameters", seen)
+    params = int(found[1].replace(",", ""))
+    # What it wrote: the run's config, with the command's flags and the model it counted.
+    cfg = json.loads(config.read_text())
+    assert cfg["params"] == params and 100e6 < params < 110e6
+    expect = dict(embed_dim=768, n_layer=12, n_head=12, n_kv_head=4, mlp_ratio=4.0, K=20)
+    assert {k: cfg[k] for k in expect} == expect
+    assert cfg["batch_size"] == 64 and cfg["max_iters"] == 2 and cfg["num_steps_per_iter"] == 1000
+    assert cfg["dataset"] == "medium" and cfg["env"] == "humanoid"

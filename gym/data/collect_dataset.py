@@ -42,12 +42,18 @@ from decision_transformer.data.humanoid_controller import (  # noqa: E402
 )
 from decision_transformer.data.pickle_io import save_paths  # noqa: E402
 from decision_transformer.envs import ENV_SPECS, make_env  # noqa: E402
+from decision_transformer.run.errors import (  # noqa: E402
+    HelpFormatter,
+    OneLineParser,
+    UserError,
+    run_cli,
+)
 
 DATASET_NAME = "collected"
 DEFAULT_EPISODES = 1000
 
 
-class CollectError(RuntimeError):
+class CollectError(UserError, RuntimeError):
     """A problem with the request itself, reported as one line without a traceback."""
 
 
@@ -189,9 +195,7 @@ def collect(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = OneLineParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--env", default="humanoid", help="suite env name")
     parser.add_argument(
         "--out", default=str(Path(__file__).resolve().parent), help="folder for the .pkl file"
@@ -213,20 +217,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         f"noise (humanoid only; unset means {DEFAULT_MAX_KNEE_BEND} there)",
     )
     parser.add_argument("--seed", type=int, default=0, help="episode i resets with seed + i")
-    parser.add_argument("--policy", default=None, help="Stable-Baselines3 model .zip to roll out")
+    parser.add_argument(
+        "--policy",
+        default=None,
+        help="Stable-Baselines3 model .zip to roll out (default: the built-in humanoid "
+        "controller). WARNING: loading an SB3 zip unpickles its contents, which can run "
+        "arbitrary code: pass only files you trust",
+    )
     parser.add_argument("--policy_algo", default="PPO", help="its algorithm class, e.g. SAC, TQC")
-    parser.add_argument("--minari_id", default=None, help="also write a local Minari dataset")
+    parser.add_argument(
+        "--minari_id", default=None, help="also write a local Minari dataset (default: none)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return collect(args)
-    except CollectError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_cli(collect, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ medium-expert is medium followed by expert and medium-replay has no counterpart.
 
 A dataset already in the local Minari store (``MINARI_DATASETS_PATH``) is used as is. One that
 can be had neither way gets one line naming it and the offline alternative; the rest still
-convert. The exit code is nonzero only if nothing was converted (or already there).
+convert. When nothing was converted (or already there) the exit code is 2, after one line.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from decision_transformer.data.minari_io import (  # noqa: E402
     unavailable_message,
 )
 from decision_transformer.data.pickle_io import save_paths  # noqa: E402
+from decision_transformer.run.errors import HelpFormatter, OneLineParser, one_line  # noqa: E402
 
 D4RL_ENVS = ("hopper", "halfcheetah", "walker2d", "ant")
 DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {
@@ -93,6 +94,7 @@ class Converter:
         self.overwrite = overwrite
         self.use_d4rl = use_d4rl
         self.network_down = False
+        self.failures: list[str] = []  # one line per dataset that could not be had
         self._minari_paths: dict[str, list[dict[str, np.ndarray]]] = {}
 
     def _minari_paths_for(self, dataset_id: str) -> list[dict[str, np.ndarray]]:
@@ -134,7 +136,7 @@ class Converter:
         try:
             paths = self._paths(env, dataset)
         except DatasetUnavailableError as err:
-            print(f"unavailable {env}-{dataset}: {err}", file=sys.stderr)
+            self.failures.append(f"{env}-{dataset}: {one_line(err)}")
             return False
         save_paths(paths, target)
         returns = np.array([p["rewards"].sum() for p in paths])
@@ -147,11 +149,12 @@ class Converter:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = OneLineParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     parser.add_argument(
-        "--env", nargs="+", default=["all"], help=f"one or more of {', '.join(ALL_ENVS)}, or all"
+        "--env",
+        nargs="+",
+        default=["all"],
+        help=f"one or more of {', '.join(ALL_ENVS)}, or all (the default)",
     )
     parser.add_argument(
         "--datasets", nargs="+", default=None, help="subset, e.g. medium expert (default: all)"
@@ -178,8 +181,14 @@ def main(argv: list[str] | None = None) -> int:
         for dataset in args.datasets or DEFAULT_DATASETS[env]:
             had += converter.convert(env, dataset)
     if had == 0:
-        print("no dataset could be converted", file=sys.stderr)
-        return 1
+        # Nothing to show for the run: one line naming every dataset and why.
+        print(
+            f"error: no dataset could be converted: {' | '.join(converter.failures)}",
+            file=sys.stderr,
+        )
+        return 2
+    for failure in converter.failures:
+        print(f"unavailable {failure}", file=sys.stderr)
     return 0
 
 

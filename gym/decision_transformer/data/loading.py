@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .pickle_io import load_paths_file
+from ..run.errors import one_line
+from .pickle_io import UnsafePickleError, load_paths_file
 from .trajectories import DatasetError, TrajectoryDataset
 
 MINARI_PREFIX = "minari:"
@@ -14,12 +15,17 @@ def dataset_file(data_dir: str | Path, env: str, dataset: str) -> Path:
     return Path(data_dir) / f"{env}-{dataset}-v2.pkl"
 
 
-def how_to_make(env: str, dataset: str, data_dir: str | Path) -> str:
-    if dataset == "collected":
-        return f"python data/collect_dataset.py --env {env} --out {data_dir}"
-    return (
-        f"python data/download_d4rl_datasets.py --env {env} --datasets {dataset} --out {data_dir}"
-    )
+def how_to_make(env: str | None, dataset: str = "collected", data_dir: str | Path = "data") -> str:
+    """The command (run from gym/) that writes ``{data_dir}/{env}-{dataset}-v2.pkl``."""
+    if dataset != "collected":
+        return (
+            f"python data/download_d4rl_datasets.py --env {env} --datasets {dataset} "
+            f"--out {data_dir}"
+        )
+    if env in (None, "humanoid"):
+        return f"python data/collect_dataset.py --env humanoid --out {data_dir}"
+    # Only humanoid has a built-in controller; other envs need a trained policy to roll out.
+    return f"python data/collect_dataset.py --env {env} --policy MODEL.zip --out {data_dir}"
 
 
 def check_dataset_available(data_dir: str | Path, env: str, dataset: str) -> None:
@@ -28,9 +34,16 @@ def check_dataset_available(data_dir: str | Path, env: str, dataset: str) -> Non
         return  # resolved (and if need be downloaded) by minari at load time
     path = dataset_file(data_dir, env, dataset)
     if not path.is_file():
+        offline = ""
+        if env == "humanoid" and dataset != "collected":
+            # The download needs the network; the embedded dataset is made locally in ~40 s.
+            offline = (
+                f"; or, with no network, train on --dataset collected after "
+                f"`{how_to_make(env, 'collected', data_dir)}`"
+            )
         raise DatasetError(
             f"dataset file {path} not found: make it with `{how_to_make(env, dataset, data_dir)}` "
-            "(run from gym/), or point --data_dir at the folder that holds it"
+            f"(run from gym/), or point --data_dir at the folder that holds it{offline}"
         )
 
 
@@ -41,8 +54,24 @@ def load_dataset(
         from . import minari_io  # minari is only needed on this path
 
         dataset_id = dataset[len(MINARI_PREFIX) :]
-        paths = minari_io.paths_from_minari(minari_io.load_minari_dataset(dataset_id))
+        loaded = minari_io.load_minari_dataset(dataset_id)
+        try:
+            paths = minari_io.paths_from_minari(loaded)
+        except ValueError as e:
+            raise DatasetError(
+                f"--dataset {dataset}: {one_line(e)}; pick another dataset"
+            ) from None
         return TrajectoryDataset.from_paths(paths, mode=mode, source=f"Minari dataset {dataset_id}")
     check_dataset_available(data_dir, env, dataset)
     path = dataset_file(data_dir, env, dataset)
-    return TrajectoryDataset.from_paths(load_paths_file(path), mode=mode, source=str(path))
+    remake = f"delete it and remake it with `{how_to_make(env, dataset, data_dir)}`"
+    try:
+        paths = load_paths_file(path)
+    except UnsafePickleError as e:
+        raise DatasetError(f"{path}: {e}; {remake}") from None
+    except Exception as e:  # a torn or foreign file fails in many ways inside the unpickler
+        raise DatasetError(
+            f"{path} is not a readable trajectory file "
+            f"({one_line(str(e).replace(f'{path}: ', ''), 160)}); {remake}"
+        ) from None
+    return TrajectoryDataset.from_paths(paths, mode=mode, source=str(path))

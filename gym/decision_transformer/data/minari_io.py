@@ -27,19 +27,17 @@ import numpy as np
 from tqdm import tqdm
 
 from decision_transformer.envs import ENV_SPECS
+from decision_transformer.run.errors import UserError
 
 if TYPE_CHECKING:  # minari is imported lazily: it is slow to import and only some paths need it
     import minari
 
-OFFLINE_ALTERNATIVE = "python data/collect_dataset.py --env humanoid --out data"
-
 
 def offline_alternative(env: str | None = None) -> str:
     """The command that makes a dataset for ``env`` with no download."""
-    if env in (None, "humanoid"):
-        return OFFLINE_ALTERNATIVE
-    # Only humanoid has a built-in controller; other envs need a trained policy to roll out.
-    return f"python data/collect_dataset.py --env {env} --policy MODEL.zip --out data"
+    from .loading import how_to_make
+
+    return how_to_make(env, "collected")
 
 
 # Suite dataset name -> the Minari datasets it is made of (concatenated in this order).
@@ -54,7 +52,7 @@ _MINARI_FLAVOURS: dict[str, tuple[str, ...]] = {
 _NETWORK_ERROR_NAMES = ("Connect", "Network", "Timeout", "Offline")
 
 
-class DatasetUnavailableError(ValueError):
+class DatasetUnavailableError(UserError, ValueError):
     """A dataset is neither in the local Minari store nor downloadable; the message is one line
     naming it and the offline alternative. ``offline`` says whether the cause was the network."""
 

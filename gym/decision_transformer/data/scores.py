@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+from .loading import MINARI_PREFIX
+
 # env -> (random-policy return, expert return), from D4RL.
 D4RL_REFERENCE_SCORES: dict[str, tuple[float, float]] = {
     "hopper": (-20.272305, 3234.3),
@@ -22,8 +24,6 @@ D4RL_REFERENCE_SCORES: dict[str, tuple[float, float]] = {
     "walker2d": (1.629008, 4592.3),
     "ant": (-325.6, 3879.7),
 }
-
-MINARI_PREFIX = "minari:"
 
 
 def _local_minari_scores(dataset_id: str) -> tuple[float, float] | None:

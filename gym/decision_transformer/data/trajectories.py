@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..run.errors import UserError
+
 
 def _column_mean_std(x: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and (population) std in float64, two passes over row chunks: ``np.std``
@@ -21,7 +23,7 @@ def _column_mean_std(x: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.n
     return mean, np.sqrt(sq / len(x))
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset that cannot be trained on; the message names the problem and the fix."""
 
 
@@ -66,21 +68,46 @@ class TrajectoryDataset:
             if "terminals" not in p and "dones" not in p:
                 missing.add("terminals")
             if missing:
-                raise DatasetError(f"{source}: trajectory {i} lacks {', '.join(sorted(missing))}")
+                raise DatasetError(
+                    f"{source}: trajectory {i} lacks {', '.join(sorted(missing))}; "
+                    "regenerate the dataset"
+                )
+        for i, p in enumerate(paths):
+            if np.ndim(p["rewards"]) != 1:
+                raise DatasetError(
+                    f"{source}: 'rewards' of trajectory {i} is not a 1-D array; "
+                    "regenerate the dataset"
+                )
         lengths = np.array([len(p["rewards"]) for p in paths], dtype=np.int64)
         if (lengths == 0).any():
-            raise DatasetError(f"{source}: trajectory {int(np.argmin(lengths))} is empty")
+            raise DatasetError(
+                f"{source}: trajectory {int(np.argmin(lengths))} is empty; regenerate the dataset"
+            )
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         n = int(lengths.sum())
 
         def gather(key: str, fallback: str | None = None, dtype=np.float32) -> np.ndarray:
             first = paths[0].get(key, paths[0].get(fallback))
             out = np.empty((n, *np.shape(first)[1:]), dtype=dtype)
-            for p, s, length in zip(paths, starts, lengths):
+            for i, (p, s, length) in enumerate(zip(paths, starts, lengths)):
                 arr = p.pop(key) if key in p else p.pop(fallback)
+                # Numbers only: strings or objects would be converted (or fail) far from here.
+                kind = getattr(arr, "dtype", np.dtype(object)).kind
+                if kind not in "biuf" or np.ndim(arr) == 0:
+                    raise DatasetError(
+                        f"{source}: '{key}' of trajectory {i} is not a numeric array "
+                        f"({type(arr).__name__}, dtype {getattr(arr, 'dtype', None)}); "
+                        "regenerate the dataset"
+                    )
                 if len(arr) != length:
                     raise DatasetError(
-                        f"{source}: '{key}' has {len(arr)} steps where rewards have {length}"
+                        f"{source}: '{key}' of trajectory {i} has {len(arr)} steps where its "
+                        f"rewards have {length}; regenerate the dataset"
+                    )
+                if np.shape(arr)[1:] != out.shape[1:]:
+                    raise DatasetError(
+                        f"{source}: '{key}' of trajectory {i} has shape {np.shape(arr)[1:]} per "
+                        f"step where trajectory 0 has {out.shape[1:]}; regenerate the dataset"
                     )
                 out[s : s + length] = arr
             return out

@@ -47,7 +47,6 @@ class DecisionTransformer(TrajectoryModel):
         self.predict_return = nn.Linear(hidden_size, 1)
 
     def build_backbone(self, hidden_size: int, **kwargs) -> nn.Module:
-        kwargs.pop("n_positions", None)  # GPT-2's position table is gone; accepted for old callers
         return TrajectoryGPT2(GPT2Config(n_embd=hidden_size, **kwargs))
 
     def forward(self, states, actions, rewards, returns_to_go, timesteps, attention_mask=None):

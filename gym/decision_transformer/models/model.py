@@ -36,9 +36,6 @@ class TrajectoryModel(nn.Module):
     def squash_action(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(x) * self.action_scale + self.action_bias
 
-    def forward(self, states, actions, rewards, masks=None, attention_mask=None):
-        raise NotImplementedError
-
     def get_actions(self, states, actions, rewards, returns_to_go, timesteps, **kwargs):
         raise NotImplementedError
 

@@ -10,6 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import UserError, one_line
+
+
+class CheckpointError(UserError, ValueError):
+    """The checkpoint is missing, unreadable or not one experiment.py wrote."""
+
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     """Write to a temp file in the same folder, fsync, then rename: a kill at any moment leaves
@@ -31,6 +37,28 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
 def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
     """``mmap=True`` maps the file instead of reading it: processes on one machine share pages."""
     return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+
+
+def read_checkpoint(
+    path: str | Path, required: tuple[str, ...], fix: str, mmap: bool = False
+) -> dict:
+    """``load_checkpoint`` for a file a user named: a missing, torn or foreign file (or one
+    lacking a ``required`` key) is a CheckpointError whose message ends with ``fix``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; {fix}")
+    try:
+        ckpt = load_checkpoint(path, mmap=mmap)
+    except Exception as e:  # torch raises several unrelated types for a file it can't read
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({one_line(e, 120)}); {fix}"
+        ) from None
+    missing = [k for k in required if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a checkpoint written by experiment.py (no {', '.join(missing)}); {fix}"
+        )
+    return ckpt
 
 
 def rng_state(np_rng: np.random.Generator) -> dict:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..envs import ENV_SPECS, parse_env_name
+from .errors import HelpFormatter, OneLineParser, UserError
 
 
 def str2bool(value: str) -> bool:
@@ -21,13 +22,13 @@ def str2bool(value: str) -> bool:
 def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
     """The original experiment.py flags with their defaults, plus this project's additions; with
     ``qwen=True`` also the Qwen3 backbone flags."""
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         description=(
             "Train a Decision Transformer with a Qwen3-style backbone (or BC) on offline data."
             if qwen
             else "Train a Decision Transformer (GPT-2 backbone) or BC on an offline dataset."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     a = p.add_argument
     a(
@@ -41,7 +42,7 @@ def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
         default=None,
         help="dataset name: file {data_dir}/{env}-{dataset}-v2.pkl (medium, medium-replay, expert, "
         "medium-expert, collected, ...), or minari:<id> to train straight from a Minari dataset "
-        "(e.g. minari:mujoco/humanoid/medium-v0). Default: the one in --env's name, else medium",
+        "(e.g. minari:mujoco/humanoid/medium-v0); default: the one in --env's name, else medium",
     )
     a(
         "--mode",
@@ -57,7 +58,7 @@ def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
         default=1.0,
         help="train on the best-return episodes making up this fraction of all timesteps",
     )
-    a("--batch_size", type=int, default=64)
+    a("--batch_size", type=int, default=64, help="trajectory windows per gradient step")
     a(
         "--model_type",
         default="dt",
@@ -65,12 +66,12 @@ def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
         help="dt: Decision Transformer; bc: MLP behaviour cloning",
     )
     a("--embed_dim", type=int, default=128, help="hidden size")
-    a("--n_layer", type=int, default=3)
+    a("--n_layer", type=int, default=3, help="transformer blocks")
     a("--n_head", type=int, default=1, help="attention (query) heads")
     a("--activation_function", default="relu", help="GPT-2 MLP activation (relu, gelu_new, ...)")
-    a("--dropout", type=float, default=0.1)
-    a("--learning_rate", "-lr", type=float, default=1e-4)
-    a("--weight_decay", "-wd", type=float, default=1e-4)
+    a("--dropout", type=float, default=0.1, help="dropout probability, in [0, 1)")
+    a("--learning_rate", "-lr", type=float, default=1e-4, help="AdamW peak learning rate")
+    a("--weight_decay", "-wd", type=float, default=1e-4, help="AdamW weight decay")
     a("--warmup_steps", type=int, default=10000, help="linear learning-rate warmup steps")
     a(
         "--lr_decay",
@@ -95,7 +96,7 @@ def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
         nargs="?",
         const=True,
         default=False,
-        help="log to Weights & Biases; works bare (-w) or as -w True / -w False",
+        help="log to Weights & Biases; works bare (-w) or as -w True / -w False (default: off)",
     )
     a("--data_dir", default="data", help="folder holding {env}-{dataset}-v2.pkl files")
     a("--seed", type=int, default=0, help="seeds torch, numpy, sampling and evaluation episodes")
@@ -103,7 +104,8 @@ def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
         "--out_dir",
         default=None,
         help="run directory for config.json, metrics.jsonl and checkpoint.pt "
-        "(default runs/{env}-{dataset}-{model}-seed{seed})",
+        "(default: runs/{env}-{dataset}-{model_type}-{backbone}-seed{seed}, backbone being "
+        "gpt2, qwen3 or mlp)",
     )
     a(
         "--resume",
@@ -142,13 +144,13 @@ def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
             help="key/value heads for grouped-query attention; must divide --n_head "
             "(default: --n_head, i.e. plain multi-head attention)",
         )
-        b("--head_dim", type=int, default=None, help="per-head size (default embed_dim // n_head)")
+        b("--head_dim", type=int, default=None, help="per-head size (default: embed_dim // n_head)")
         b("--mlp_ratio", type=float, default=4.0, help="SwiGLU intermediate size / embed_dim")
         b(
             "--intermediate_size",
             type=int,
             default=None,
-            help="SwiGLU intermediate size; overrides --mlp_ratio",
+            help="SwiGLU intermediate size; overrides --mlp_ratio (default: from --mlp_ratio)",
         )
         b("--rope_theta", type=float, default=1e6, help="RoPE base")
         b("--no_qk_norm", action="store_true", help="drop the per-head RMSNorm on queries and keys")
@@ -156,7 +158,8 @@ def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
             "--init_backbone",
             default=None,
             metavar="DIR",
-            help="start the decoder layers from a local transformers Qwen3 checkpoint directory",
+            help="start the decoder layers from a local transformers Qwen3 checkpoint directory "
+            "(default: random initialisation)",
         )
     return p
 
@@ -245,7 +248,7 @@ def resolve_targets(specs: list, returns, default: tuple[float, ...]) -> list[fl
     return out
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad flag or flag combination, reported before any work starts."""
 
 
@@ -282,6 +285,10 @@ def resolve(args: argparse.Namespace, backbone: str) -> dict:
             raise ConfigError(f"--{flag} must be >= 0, got {cfg[flag]}")
     if not 0 < cfg["pct_traj"] <= 1:
         raise ConfigError(f"--pct_traj must be in (0, 1], got {cfg['pct_traj']}")
+    for flag in ("learning_rate", "weight_decay"):
+        if not cfg[flag] >= 0 or (flag == "learning_rate" and cfg[flag] == 0):
+            bound = "positive" if flag == "learning_rate" else ">= 0"
+            raise ConfigError(f"--{flag} must be {bound}, got {cfg[flag]}")
     if not 0 <= cfg["dropout"] < 1:
         raise ConfigError(f"--dropout must be in [0, 1), got {cfg['dropout']}")
     if backbone == "qwen3":

@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -21,8 +20,10 @@ import torch
 
 from ..envs import get_spec, make_env
 from ..models.factory import build_model
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, read_checkpoint
 from .config import ConfigError, resolve_device, resolve_targets
+from .errors import HelpFormatter, OneLineParser, UserError
+from .errors import report as report_error
 from .experiment import (
     compile_regions,
     episode_seeds,
@@ -37,12 +38,9 @@ REQUIRED_KEYS = ("model", "config", "state_mean", "state_std")
 CONFIG_KEYS = ("env", "dataset", "model_type", "mode", "seed", "num_eval_episodes", "eval_envs")
 
 
-class CheckpointError(ValueError):
-    """The checkpoint is missing, unreadable or not one experiment.py wrote."""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
+        formatter_class=HelpFormatter,
         description="Evaluate a checkpoint written by experiment.py / experiment_qwen.py, the "
         "way training evaluates; optionally render the first episode to a video.",
     )
@@ -68,7 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="episodes played at once; 1 is the one-episode evaluator (default: the run's)",
     )
     a("--seed", type=int, default=None, help="evaluation seed (default: the run's --seed)")
-    a("--video", default=None, metavar="PATH", help="render the first episode to PATH (.mp4/.gif)")
+    a(
+        "--video",
+        default=None,
+        metavar="PATH",
+        help="render the first episode to PATH (.mp4/.gif; default: no video)",
+    )
     a(
         "--video_quality",
         default="auto",
@@ -92,17 +95,9 @@ def load_run_checkpoint(path: str | Path) -> tuple[Path, dict]:
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    try:
-        ckpt = load_checkpoint(path)
-    except Exception as e:  # torch raises several unrelated types for a file it can't read
-        raise CheckpointError(f"{path} is not a readable checkpoint: {_first_line(e)}") from None
-    missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise CheckpointError(
-            f"{path} is not a checkpoint written by experiment.py (no {', '.join(missing)})"
-        )
+    ckpt = read_checkpoint(
+        path, REQUIRED_KEYS, "point --checkpoint at the checkpoint.pt of a run experiment.py wrote"
+    )
     return path, ckpt
 
 
@@ -295,9 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         report = evaluate(args)
-    except (CheckpointError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return report_error(e)
 
     params = f", {report['params']:,} parameters" if report["params"] else ""
     print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import sys
 from collections.abc import Callable
@@ -17,7 +18,8 @@ from tqdm.auto import tqdm
 
 from ..data.loading import check_dataset_available, load_dataset
 from ..data.sampler import BatchSampler
-from ..data.trajectories import DatasetError, TrajectoryDataset
+from ..data.scores import reference_scores
+from ..data.trajectories import TrajectoryDataset
 from ..envs import get_spec, make_env
 from ..evaluation.evaluate_episodes import (
     StepHook,
@@ -28,8 +30,14 @@ from ..evaluation.evaluate_episodes import (
 from ..models.factory import build_model, count_params
 from ..training.act_trainer import ActTrainer
 from ..training.seq_trainer import SequenceTrainer
-from ..training.trainer import NonFiniteLossError
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..training.trainer import PROGRESS_INTERVAL, NonFiniteError
+from .checkpoint import (
+    CheckpointError,
+    read_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import ConfigError, build_parser, resolve, resolve_targets
 from .distributed import (
     DistContext,
@@ -38,6 +46,7 @@ from .distributed import (
     freeze_untrained_heads,
     unwrap,
 )
+from .errors import run_cli
 from .metrics import MetricsLog
 
 # Flags that may differ when a run is resumed; any other difference would not be the same run.
@@ -59,6 +68,9 @@ RESUMABLE_CHANGES = {
     "consolidate_checkpoint",
     "activation_checkpointing",
 }
+# What --resume needs from checkpoint.pt; anything lacking one is not this project's checkpoint.
+# ("model" may be absent from an FSDP run that skipped the consolidated copy.)
+RESUME_KEYS = ("optimizer", "scheduler", "rng", "iteration", "config")
 
 
 def episode_seeds(seed: int, num_episodes: int) -> list[int]:
@@ -246,10 +258,6 @@ def compile_regions(model: torch.nn.Module, **compile_kwargs) -> None:
 
 
 def reference_scores_for(cfg: dict):
-    try:
-        from ..data.scores import reference_scores
-    except ImportError:
-        return None
     return reference_scores(cfg["env"], cfg["dataset"])
 
 
@@ -258,11 +266,7 @@ def main(argv: list[str] | None = None, backbone: str = "gpt2") -> int:
     args = parser.parse_args(argv)
     # Logs redirected to a file (SLURM, nohup) should show each iteration as it ends.
     sys.stdout.reconfigure(line_buffering=True)
-    try:
-        return run(resolve(args, backbone))
-    except (ConfigError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: run(resolve(args, backbone)))
 
 
 def prepare(cfg: dict):
@@ -294,11 +298,23 @@ def run(cfg: dict) -> int:
     cfg["global_batch_size"] = cfg["batch_size"] * ctx.world_size * accum
     fsdp = bool(cfg.get("fsdp")) and ctx.world_size > 1
     spec, out_dir, ckpt_path, dataset, (state_dim, act_dim, low, high) = prepare(cfg)
-    # Memory-mapped: ranks on one machine share the page cache instead of a copy each.
-    ckpt = load_checkpoint(ckpt_path, mmap=True) if cfg["resume"] else None
+    ckpt = None
+    if cfg["resume"]:
+        # Memory-mapped: ranks on one machine share the page cache instead of a copy each.
+        ckpt = read_checkpoint(
+            ckpt_path,
+            RESUME_KEYS,
+            "drop --resume to start afresh (in an empty --out_dir)",
+            mmap=True,
+        )
     if ckpt is not None:
         # A decaying schedule's length is max_iters x num_steps_per_iter: extending the run
         # would stretch the part already walked and jump the learning rate back up.
+        if not isinstance(ckpt["config"], dict):
+            raise CheckpointError(
+                f"--resume: {ckpt_path} was not written by experiment.py (its config is not a "
+                "dict); start afresh in another --out_dir"
+            )
         fixed = {"max_iters"} if cfg["lr_decay"] != "none" else set()
         changed = sorted(
             k
@@ -353,7 +369,13 @@ def run(cfg: dict) -> int:
         except (ValueError, FileNotFoundError) as e:
             raise ConfigError(f"--init_backbone: {e}") from None
     if ckpt is not None and "model" in ckpt:
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except (RuntimeError, TypeError) as e:
+            raise CheckpointError(
+                f"--resume: {ckpt_path} does not fit this run's model ({str(e).splitlines()[0]}); "
+                "resume with the original flags or start afresh"
+            ) from None
     elif ckpt is not None and not fsdp:
         raise ConfigError(
             f"--resume: {ckpt_path} holds no consolidated weights (written with "
@@ -402,11 +424,17 @@ def run(cfg: dict) -> int:
     )
     start_iter = 0
     if ckpt is not None:
-        for group in ckpt.get("optimizer", {}).get("param_groups", []):
-            group["fused"] = fused  # a CPU run's checkpoint on CUDA too
-        load_optimizer(ckpt, out_dir, train_model, optimizer, fsdp)
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"], np_rng)
+        try:
+            for group in ckpt.get("optimizer", {}).get("param_groups", []):
+                group["fused"] = fused  # a CPU run's checkpoint on CUDA too
+            load_optimizer(ckpt, out_dir, train_model, optimizer, fsdp)
+            scheduler.load_state_dict(ckpt["scheduler"])
+            set_rng_state(ckpt["rng"], np_rng)
+        except (KeyError, RuntimeError, TypeError, ValueError) as e:
+            raise CheckpointError(
+                f"--resume: {ckpt_path} does not fit this run's model ({str(e).splitlines()[0]}); "
+                "resume with the original flags or start afresh"
+            ) from None
         start_iter = ckpt["iteration"]
         if ctx.is_main:
             print(f"resuming {out_dir} after iteration {start_iter}")
@@ -414,6 +442,9 @@ def run(cfg: dict) -> int:
     metrics = None
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        # A run killed inside save_checkpoint leaves its temp file; checkpoint.pt is intact.
+        for stale in out_dir.glob(f"{ckpt_path.name}*.tmp"):
+            stale.unlink()
         (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         metrics = MetricsLog(out_dir, cfg, wandb_id=ckpt.get("wandb_id") if ckpt else None)
         metrics.truncate(start_iter)
@@ -448,10 +479,13 @@ def run(cfg: dict) -> int:
         eval_fns=eval_fns,
         autocast_dtype=torch.bfloat16 if cfg.get("dtype") == "bf16" else None,
         progress=ctx.is_main,
+        # Seconds between progress lines in redirected output (no bar there).
+        progress_interval=float(os.environ.get("DT_PROGRESS_SECONDS", PROGRESS_INTERVAL)),
         grad_accum_steps=accum,
         ctx=ctx,
     )
 
+    trainer.global_step = start_iter * cfg["num_steps_per_iter"]
     logs: dict = {}
     for it in range(start_iter, cfg["max_iters"]):
         # Dropout and any other draw restart from (seed, rank, iteration): a resumed run and one
@@ -461,14 +495,18 @@ def run(cfg: dict) -> int:
             logs = trainer.train_iteration(
                 cfg["num_steps_per_iter"], iter_num=it + 1, print_logs=ctx.is_main
             )
-        except NonFiniteLossError as e:
+        except NonFiniteError as e:
+            # Checkpoints are written only after an iteration whose every step passed the
+            # guard, so the one on disk (if any) is the last good one.
             kept = (
                 f"the last good checkpoint {ckpt_path} (iteration {it}) is kept"
                 if it
-                else ("no checkpoint was written")
+                else "no checkpoint was written"
             )
             print(
-                f"error: {e}; {kept}. Lower --learning_rate or check the dataset.", file=sys.stderr
+                f"error: training diverged in iteration {it + 1}: {e}; {kept}. "
+                "Lower --learning_rate or check the dataset.",
+                file=sys.stderr,
             )
             ctx.close()
             return 1

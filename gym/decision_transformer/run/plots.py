@@ -12,16 +12,16 @@ import json
 import math
 import re
 import statistics
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import HelpFormatter, OneLineParser, UserError, run_cli
 from .metrics import read_metrics
 
 _RETURN_KEY = re.compile(r"^evaluation/target_(?P<target>.+)_return_mean$")
 
 
-class RunError(ValueError):
+class RunError(UserError, ValueError):
     """A path that is not a readable run directory."""
 
 
@@ -194,7 +194,8 @@ def markdown_table(runs: list[Run]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
+        formatter_class=HelpFormatter,
         description="Learning curves (return and normalized score per target, training loss) "
         "of run directories, one line per run; --table prints a comparison table.",
     )
@@ -211,11 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        runs = [load_run(r) for r in args.runs]
-    except RunError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(plot_main, args)
+
+
+def plot_main(args: argparse.Namespace) -> int:
+    runs = [load_run(r) for r in args.runs]
     label_runs(runs)
     if args.table:
         print(markdown_table(runs))

@@ -11,9 +11,37 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+# An AdamW step moves each weight by about the learning rate, so at any sane rate the global
+# weight norm changes by a small fraction per step. Growing more than this factor in one step
+# (or overflowing fp32, as weights of 1e30 do: their squares pass 3.4e38) means the weights are
+# ruined even when a saturated tanh head keeps the loss finite.
+MAX_WEIGHT_NORM_GROWTH = 4.0
+# Seconds between progress lines when no progress bar shows (output redirected to a file).
+PROGRESS_INTERVAL = 30.0
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; raised before the bad step touches the weights."""
+
+class NonFiniteError(RuntimeError):
+    """A training step failed the guard: its loss or gradient norm was NaN or inf (raised before
+    the optimizer touched the weights), or the weights themselves blew up. ``step`` is the
+    1-based global optimizer step."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+NonFiniteLossError = NonFiniteError  # the earlier name
+
+
+def weight_norm(params: list[torch.Tensor]) -> torch.Tensor:
+    """Global L2 norm of the weights, in fp32 on the device: no host sync."""
+    return torch.nn.utils.get_total_norm([p.detach() for p in params])
+
+
+def weights_blown_up(norm: float, previous: float | None) -> bool:
+    return not math.isfinite(norm) or (
+        previous is not None and norm > MAX_WEIGHT_NORM_GROWTH * previous
+    )
 
 
 class Trainer:
@@ -29,6 +57,7 @@ class Trainer:
         autocast_dtype: torch.dtype | None = None,
         grad_clip: float = 0.25,
         progress: bool = True,
+        progress_interval: float = PROGRESS_INTERVAL,
         grad_accum_steps: int = 1,
         ctx=None,
     ):
@@ -42,10 +71,14 @@ class Trainer:
         self.autocast_dtype = autocast_dtype
         self.grad_clip = grad_clip
         self.progress = progress
+        self.progress_interval = progress_interval
         # Several micro-batches per optimizer step; ``ctx`` (run/distributed.DistContext) sums
         # the step's stats across ranks so that every rank takes the same decision.
         self.grad_accum_steps = grad_accum_steps
         self.ctx = ctx
+        # Global L2 norm of the weights at the last check (None until the first step).
+        self.last_weight_norm: float | None = None
+        self.global_step = 0  # optimizer steps applied, across iterations (set on resume)
         self.diagnostics: dict[str, float] = {}
         self.start_time = time.time()
 
@@ -69,18 +102,29 @@ class Trainer:
             leave=False,
             disable=None if self.progress else True,
         )
+        # No bar when output is redirected (SLURM, nohup, CI): print a line every
+        # progress_interval seconds instead, so a long first iteration is not silent.
+        lines = self.progress and steps.disable
+        last_line = time.time()
         for step in steps:
             loss = self.train_step()
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss became {loss} at step {step + 1} of iteration {iter_num}"
-                )
             train_losses.append(loss)
             last_lr = self.optimizer.param_groups[0]["lr"]
             if self.scheduler is not None:
                 self.scheduler.step()
             if step % 100 == 0:
                 steps.set_postfix(loss=f"{loss:.4f}")
+            if lines and time.time() - last_line >= self.progress_interval:
+                last_line = time.time()
+                rate = (step + 1) / (last_line - train_start)
+                eta = (num_steps - step - 1) / rate
+                print(
+                    f"iteration {iter_num}: step {step + 1}/{num_steps}, loss {loss:.4g}, "
+                    f"{rate:.3g} steps/s, ETA {format_seconds(eta)}",
+                    flush=True,
+                )
+        # The check before a checkpoint: the last step's update has not been looked at yet.
+        self.check_weights(float(full_tensor(weight_norm(list(self.model.parameters())))))
         logs["time/training"] = time.time() - train_start
 
         eval_start = time.time()
@@ -101,7 +145,7 @@ class Trainer:
             print("=" * 80)
             print(f"Iteration {iter_num}")
             for k, v in logs.items():
-                print(f"{k}: {v}")
+                print(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}")
         return logs
 
     def compute_loss(self) -> torch.Tensor:
@@ -110,8 +154,8 @@ class Trainer:
 
     def train_step(self) -> float:
         """One optimizer step over ``grad_accum_steps`` micro-batches; returns the loss averaged
-        over ranks, or NaN (on every rank alike) when any rank's loss or the gradient norm is
-        not finite, in which case the weights are left untouched."""
+        over micro-batches and ranks. Raises NonFiniteError (on every rank alike) instead of
+        stepping when the step fails the guard."""
         from ..run.distributed import no_sync
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -131,24 +175,62 @@ class Trainer:
         return self.optimize_step(total)
 
     def optimize_step(self, loss: torch.Tensor) -> float:
-        """Clip, decide (one host fetch, after a sum across ranks), step."""
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        if hasattr(gnorm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
-            gnorm = gnorm.full_tensor()
+        """Clip, decide, step. The step is applied only when the loss (on every rank) and the
+        gradient norm are finite and the weights it starts from are sane; otherwise
+        NonFiniteError, raised before optimizer.step, so the weights stay as they were."""
+        params = list(self.model.parameters())
+        gnorm = full_tensor(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
+        # The weights this step's forward used, i.e. after the previous step's update.
+        wnorm = full_tensor(weight_norm(params))
         bad = ~(torch.isfinite(loss) & torch.isfinite(gnorm))
         stats = torch.stack([loss, bad.float()])
         world = 1
         if self.ctx is not None:
             stats = self.ctx.all_reduce_sum(stats)
             world = self.ctx.world_size
-        loss_sum, n_bad = stats.tolist()
+        # The one host sync of the step: everything the guard and the logs need, at once.
+        # gnorm and wnorm are the same on every rank (gradients are already all-reduced).
+        loss_sum, n_bad, gnorm_v, wnorm_v = torch.cat(
+            [stats, gnorm.float().reshape(1), wnorm.float().reshape(1)]
+        ).tolist()
+        value = loss_sum / world
+        step = self.global_step + 1
+        self.check_weights(wnorm_v)
         if n_bad:
-            return math.nan
+            raise NonFiniteError(
+                f"step {step} not applied: loss {value:.4g}, gradient norm {gnorm_v:.4g}", step
+            )
         self.optimizer.step()
-        return loss_sum / world
+        self.global_step = step
+        return value
 
     def optimize(self, loss: torch.Tensor) -> float:
         """Backward, clip, step for a single loss (the step without accumulation)."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         return self.optimize_step(loss.detach().float())
+
+    def check_weights(self, norm: float) -> None:
+        """Raise when the weights blew up since the last check (NaN/inf, or a jump of more than
+        MAX_WEIGHT_NORM_GROWTH in one step). The step that did it was applied already, so the
+        run must stop; a checkpoint is never written after it (see train_iteration)."""
+        if weights_blown_up(norm, self.last_weight_norm):
+            was = "" if self.last_weight_norm is None else f" (was {self.last_weight_norm:.4g})"
+            raise NonFiniteError(
+                f"step {self.global_step} blew up the weights: their norm is {norm:.4g}{was}, "
+                "though the loss stayed finite",
+                self.global_step,
+            )
+        self.last_weight_norm = norm
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """FSDP2's norms are DTensors holding the global value; a plain tensor passes through."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -1,0 +1,71 @@
+"""The one error path of every command-line entry point.
+
+A user error (bad flag, missing or unreadable file, a dataset that cannot be trained on) is an
+exception deriving from :class:`UserError`; :func:`cli_main` turns it into one line on stderr,
+``error: <problem>: <fix>``, and exit code 2, with no traceback. Anything else is a bug in this
+code and keeps its traceback. Argument-parser errors take the same one-line form
+(:class:`OneLineParser`).
+
+    from decision_transformer.run.errors import cli_main
+    if __name__ == "__main__":
+        cli_main(main)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
+USAGE_EXIT = 2  # what argparse uses for a bad command line, and so every user error here
+
+
+class UserError(Exception):
+    """Base of the project's user-error types (ConfigError, DatasetError, CheckpointError, ...):
+    the message names the problem and the fix, on one line."""
+
+
+def one_line(message: object, limit: int | None = None) -> str:
+    """``message`` flattened to one line (an exception's own text may span several), cut to
+    ``limit`` characters if given (for a third-party message quoted inside ours)."""
+    text = " ".join(str(message).split())
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
+
+
+def report(err: BaseException) -> int:
+    print(f"error: {one_line(err)}", file=sys.stderr)
+    return USAGE_EXIT
+
+
+def run_cli(main: Callable[..., int | None], *args, **kwargs) -> int:
+    """``main(*args)`` with user errors reported as one line and exit code 2."""
+    try:
+        return main(*args, **kwargs) or 0
+    except UserError as err:
+        return report(err)
+
+
+def cli_main(main: Callable[[], int | None]) -> NoReturn:
+    """Entry-point wrapper: exit with ``main()``'s code, or 2 after one line for a user error."""
+    sys.exit(run_cli(main))
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``error: ... (see --help)``), exit code 2,
+    like every other user error; argparse's own prints the usage block first."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_EXIT, f"error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows '(default: X)' once: not when the help already names the default, nor for
+    defaults that say nothing (None, False flags)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        quiet = action.default is None or action.default is False
+        if "default" in text.lower() or quiet or action.default == argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)

@@ -1,0 +1,97 @@
+"""kill -9 at several moments, then --resume: the run ends with the same losses, returns and
+weights as one never interrupted. The kills are real SIGKILLs the process sends itself at an
+exact moment (tests/kill_at.py), for the GPT-2 DT and for the Qwen3 DT under bf16 autocast."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from cli import TINY, run_script
+from rollouts import write_dataset
+
+KILL_AT = str(Path(__file__).resolve().parent / "kill_at.py")
+MODELS = {
+    "gpt2": ("experiment.py", []),
+    "qwen3": (
+        "experiment_qwen.py",
+        ["--n_head", "2", "--n_kv_head", "1", "--dtype", "bf16", "--dropout", "0.1"],
+    ),
+}
+# (moment, n): the 8th optimizer step is inside iteration 2 (5 steps each); the 3rd evaluation
+# call is iteration 2's first target; the 2nd checkpoint is iteration 2's, so iteration 2's
+# metrics row is already written when the kill comes (the truncate path).
+MOMENTS = [("step", 8), ("eval", 3), ("checkpoint", 2)]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    write_dataset(d, "humanoid", "medium", episodes=6, max_steps=40)
+    return d
+
+
+def flags(data_dir, backbone):
+    return [
+        "--env",
+        "humanoid",
+        "--data_dir",
+        str(data_dir),
+        *TINY,
+        "--max_iters",
+        "3",
+        "--seed",
+        "5",
+        # The schedule's position must survive the kill too, not only the weights.
+        "--lr_decay",
+        "cosine",
+        *MODELS[backbone][1],
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+    runs = {}
+    for backbone, (script, _) in MODELS.items():
+        out = tmp_path_factory.mktemp(f"ref-{backbone}") / "run"
+        run_script(script, *flags(data_dir, backbone), "--out_dir", out, check=True)
+        runs[backbone] = out
+    return runs
+
+
+def rows(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("backbone", list(MODELS))
+@pytest.mark.parametrize("moment,n", MOMENTS)
+def test_kill_9_then_resume_equals_uninterrupted(
+    data_dir, reference, tmp_path, backbone, moment, n
+):
+    script, _ = MODELS[backbone]
+    out = tmp_path / "run"
+    args = [*flags(data_dir, backbone), "--out_dir", str(out)]
+    killed = run_script(KILL_AT, moment, n, backbone, *args)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    kept = torch.load(out / "checkpoint.pt", weights_only=True)["iteration"]
+    assert kept == 1  # every moment above falls in iteration 2
+    if moment == "checkpoint":
+        # Killed between writing iteration 2's row and its checkpoint: the row is on disk, and
+        # a torn temp file next to the intact checkpoint.
+        assert [r["iteration"] for r in rows(out)] == [1, 2]
+        assert list(out.glob("checkpoint.pt*.tmp"))
+
+    run_script(script, *args, "--resume", check=True)
+    got, want = rows(out), rows(reference[backbone])
+    assert [r["iteration"] for r in got] == [1, 2, 3]
+    for g, w in zip(got, want):
+        for key in w:
+            if not key.startswith("time/"):
+                assert g[key] == w[key], (key, g[key], w[key])
+    a = torch.load(out / "checkpoint.pt", weights_only=True)
+    b = torch.load(reference[backbone] / "checkpoint.pt", weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    assert not list(out.glob("*.tmp"))

@@ -1,0 +1,171 @@
+"""Paths the end-to-end tests do not take: --mode noise and delayed, training straight from a
+local Minari dataset, and --compile."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from cli import TINY, run_script
+from decision_transformer.data.trajectories import TrajectoryDataset
+from decision_transformer.envs import make_env
+from decision_transformer.evaluation.evaluate_episodes import (
+    evaluate_batched,
+    evaluate_episode_rtg,
+)
+from decision_transformer.models.decision_transformer import DecisionTransformer
+from rollouts import rollout_paths, write_dataset
+
+SCALE = 1000.0
+
+
+class RtgSpy(DecisionTransformer):
+    """Records the last return-to-go each model call was conditioned on (sequential calls)."""
+
+    def get_action(self, states, actions, rewards, returns_to_go, timesteps, **kw):
+        self.seen.append(float(returns_to_go.reshape(-1)[-1]))
+        return super().get_action(states, actions, rewards, returns_to_go, timesteps, **kw)
+
+
+def tiny_dt(cls=DecisionTransformer):
+    torch.manual_seed(0)
+    model = cls(
+        348,
+        17,
+        32,
+        max_length=5,
+        max_ep_len=1000,
+        n_layer=1,
+        n_head=1,
+        action_low=-0.4,
+        action_high=0.4,
+    )
+    model.seen = []
+    return model.eval()
+
+
+def play(model, mode, seed=3):
+    env = make_env("humanoid")
+    out = evaluate_episode_rtg(
+        env,
+        348,
+        17,
+        model,
+        1000,
+        SCALE,
+        np.zeros(348, np.float32),
+        np.ones(348, np.float32),
+        "cpu",
+        500 / SCALE,
+        mode,
+        seed=seed,
+    )
+    env.close()
+    return out
+
+
+def test_delayed_mode_keeps_conditioning_on_the_whole_target():
+    normal, delayed = tiny_dt(RtgSpy), tiny_dt(RtgSpy)
+    play(normal, "normal")
+    ret, length = play(delayed, "delayed")
+    assert length > 3
+    # delayed: rewards only come at the end, so the target is never decremented on the way.
+    assert delayed.seen == [pytest.approx(0.5)] * len(delayed.seen)
+    # normal: each step's reward is taken off.
+    assert normal.seen[0] == pytest.approx(0.5) and normal.seen[-1] < normal.seen[0] - 1e-3
+
+
+def test_noise_mode_perturbs_the_start_and_batched_agrees():
+    model = tiny_dt()
+    assert play(model, "noise") != play(model, "normal")
+    seeds = [11, 12, 13]
+    mean, std = np.zeros(348, np.float32), np.ones(348, np.float32)
+    returns, lengths = evaluate_batched(
+        "humanoid", model, seeds, 3, 1000, SCALE, mean, std, "cpu", 500 / SCALE, "noise", True
+    )
+    for s, r, n in zip(seeds, returns, lengths):
+        assert (r, n) == pytest.approx(play(model, "noise", seed=s))
+
+
+def test_delayed_dataset_moves_each_return_onto_its_last_step():
+    paths = rollout_paths("humanoid", 3, max_steps=20)
+    totals = [p["rewards"].sum(dtype=np.float64) for p in paths]
+    ds = TrajectoryDataset.from_paths([dict(p) for p in paths], mode="delayed")
+    for e, (s, n) in enumerate(zip(ds.starts, ds.lengths)):
+        assert np.all(ds.rewards[s : s + n - 1] == 0)
+        assert ds.rewards[s + n - 1] == pytest.approx(totals[e], rel=1e-5)
+        assert np.allclose(ds.returns_to_go[s : s + n], totals[e], rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    write_dataset(d, "humanoid", "medium", episodes=4, max_steps=30)
+    return d
+
+
+def test_train_from_a_local_minari_dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the store has it: no download may be tried
+    run_script(
+        "data/collect_dataset.py",
+        "--episodes",
+        "3",
+        "--out",
+        tmp_path / "pkl",
+        "--minari_id",
+        "test/humanoid/tiny-v0",
+        check=True,
+    )
+    out = tmp_path / "run"
+    proc = run_script(
+        "experiment.py",
+        "--env",
+        "humanoid",
+        "--dataset",
+        "minari:test/humanoid/tiny-v0",
+        "--out_dir",
+        out,
+        *TINY,
+        check=True,
+    )
+    assert "3 trajectories" in proc.stdout
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2]
+    assert (
+        json.loads((out / "config.json").read_text())["dataset"] == "minari:test/humanoid/tiny-v0"
+    )
+
+
+def test_compile_trains_like_eager(data_dir, tmp_path):
+    losses = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile"])):
+        out = tmp_path / name
+        run_script(
+            "experiment_qwen.py",
+            "--env",
+            "humanoid",
+            "--data_dir",
+            data_dir,
+            "--out_dir",
+            out,
+            *TINY,
+            "--n_head",
+            "2",
+            "--max_iters",
+            "1",
+            "--num_steps_per_iter",
+            "3",
+            "--num_eval_episodes",
+            "0",
+            "--dropout",
+            "0",
+            *extra,
+            check=True,
+        )
+        losses[name] = json.loads((out / "metrics.jsonl").read_text())["training/train_loss_mean"]
+        ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+        assert not any("_orig_mod" in k for k in ckpt["model"])  # loads into an eager model
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-3)
