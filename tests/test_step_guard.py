@@ -116,7 +116,7 @@ def run_in_process(data_dir, out, harm=None, harm_step=None) -> int:
         "0",
     ]
     cfg = resolve(build_parser().parse_args(argv), "gpt2")
-    real_save, real_optimize = experiment.save_checkpoint, Trainer.optimize
+    real_save, real_optimize = experiment.save_checkpoint, Trainer.optimize_step
 
     def save(path, payload):
         real_save(path, payload)
@@ -132,7 +132,7 @@ def run_in_process(data_dir, out, harm=None, harm_step=None) -> int:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(experiment, "save_checkpoint", save)
-        mp.setattr(Trainer, "optimize", optimize)
+        mp.setattr(Trainer, "optimize_step", optimize)
         return experiment.run(cfg)
 
 
