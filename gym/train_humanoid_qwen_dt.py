@@ -95,7 +95,7 @@ def dry_run(cfg: dict) -> None:
     memory = estimate_training_memory(
         model.transformer.config,
         cfg["batch_size"],
-        3 * cfg["K"],
+        3 * cfg["segment_len"],  # tokens per training segment
         dtype,
         n_extra_params=total - backbone,
     )

@@ -320,8 +320,9 @@ def run(cfg: dict) -> int:
         metrics.truncate(start_iter)
 
     sampler = BatchSampler(
-        dataset, cfg["K"], spec.max_ep_len, spec.scale, cfg["pct_traj"], device, np_rng
-    )
+        dataset, cfg["K"], spec.max_ep_len, spec.scale, cfg["pct_traj"], device, np_rng,
+        segment_len=cfg["segment_len"],
+    )  # fmt: skip
     targets = resolve_targets(cfg["env_targets"], dataset.returns, spec.env_targets)
     eval_fns = []
     if ctx.is_main and cfg["num_eval_episodes"] > 0:
