@@ -35,10 +35,35 @@ from decision_transformer.evaluation.evaluate_episodes import (  # noqa: E402
     _run_chunk,
     evaluate_episode_rtg,
 )
+from decision_transformer.evaluation.rollout import Rollout  # noqa: E402
 from decision_transformer.models.factory import build_model  # noqa: E402
 from decision_transformer.run.config import build_parser, resolve  # noqa: E402
 
 ENVS = {"humanoid": {"terminate_when_unhealthy": False}, "halfcheetah": {}}
+
+
+class ModelClock:
+    """Seconds spent choosing actions (``Rollout.act``: model calls and history slicing), so
+    the table can show the model's share apart from MuJoCo's."""
+
+    seconds = 0.0
+    _act = Rollout.act
+
+    @classmethod
+    def install(cls) -> None:
+        def timed(rollout):
+            start = time.perf_counter()
+            try:
+                return cls._act(rollout)
+            finally:
+                cls.seconds += time.perf_counter() - start
+
+        Rollout.act = timed
+
+    @classmethod
+    def lap(cls) -> float:
+        seconds, cls.seconds = cls.seconds, 0.0
+        return seconds
 
 
 def make_model(env: str, backbone: str, K: int, attention: str, state_dim, act_dim, low, high):
@@ -48,9 +73,11 @@ def make_model(env: str, backbone: str, K: int, attention: str, state_dim, act_d
     return build_model(cfg, state_dim, act_dim, get_spec(env).max_ep_len, low, high).eval()
 
 
-def one_episode(env_name: str, model, steps: int, mean, std) -> float:
-    """Env-steps per second of the one-episode evaluator over one ``steps``-long episode."""
+def one_episode(env_name: str, model, steps: int, mean, std) -> tuple[float, float]:
+    """Env-steps per second of the one-episode evaluator over one ``steps``-long episode, all
+    told and of the model's time alone."""
     env = make_env(env_name, **ENVS[env_name])
+    ModelClock.lap()
     S, A = env.observation_space.shape[0], env.action_space.shape[0]
     spec = get_spec(env_name)
     start = time.perf_counter()
@@ -61,14 +88,16 @@ def one_episode(env_name: str, model, steps: int, mean, std) -> float:
     elapsed = time.perf_counter() - start
     env.close()
     assert n == steps, f"{env_name} ended after {n} of {steps} steps"
-    return n / elapsed
+    return n / elapsed, n / ModelClock.lap()
 
 
-def batched(env_name: str, model, n_envs: int, steps: int, mean, std) -> float:
-    """Env-steps per second of the batched evaluator, ``n_envs`` episodes of ``steps`` steps."""
+def batched(env_name: str, model, n_envs: int, steps: int, mean, std) -> tuple[float, float]:
+    """Env-steps per second of the batched evaluator, ``n_envs`` episodes of ``steps`` steps,
+    all told and of the model's time alone."""
     envs = make_vector_env(env_name, n_envs, **ENVS[env_name])
     spec = get_spec(env_name)
     try:
+        ModelClock.lap()
         start = time.perf_counter()
         _, lengths = _run_chunk(
             envs, model, list(range(n_envs)), steps, spec.scale, mean, std,
@@ -78,7 +107,7 @@ def batched(env_name: str, model, n_envs: int, steps: int, mean, std) -> float:
     finally:
         envs.close()
     assert (lengths == steps).all(), f"{env_name} episodes ended early: {lengths}"
-    return lengths.sum() / elapsed
+    return lengths.sum() / elapsed, lengths.sum() / ModelClock.lap()
 
 
 def main() -> int:
@@ -89,6 +118,7 @@ def main() -> int:
     p.add_argument("--Ks", nargs="+", type=int, default=[20, 100])
     args = p.parse_args()
     torch.set_num_threads(1)
+    ModelClock.install()
 
     rows, missed = [], []
     step_cost: dict[tuple[str, int], float] = {}
@@ -101,19 +131,21 @@ def main() -> int:
         for K in args.Ks:
             full = make_model(env_name, args.backbone, K, "full", S, A, low, high)
             window = make_model(env_name, args.backbone, K, "window", S, A, low, high)
-            r = {
+            both = {
                 "one-episode": one_episode(env_name, full, args.steps, mean, std),
                 "batched full x16": batched(env_name, full, 16, args.steps, mean, std),
                 "window+cache x16": batched(env_name, window, 16, args.steps, mean, std),
                 "window+cache x100": batched(env_name, window, 100, args.steps, mean, std),
             }
+            r = {k: v[0] for k, v in both.items()}
+            model_rates = {k: v[1] for k, v in both.items()}
             step_cost[env_name, K] = 16 / r["window+cache x16"]  # seconds per batched step
             ratios = {
                 "x16 / one-episode": r["window+cache x16"] / r["one-episode"],
                 "x100 / one-episode": r["window+cache x100"] / r["one-episode"],
                 "x16 / batched full": r["window+cache x16"] / r["batched full x16"],
             }
-            rows.append((env_name, K, r, ratios))
+            rows.append((env_name, K, r, ratios, model_rates))
             for name, ratio, goal in zip(ratios, ratios.values(), (5.0, 10.0, 3.0)):
                 if ratio < goal:
                     missed.append(f"{env_name} K={K}: window+cache {name} {ratio:.1f}x < {goal:g}x")
@@ -126,8 +158,18 @@ def main() -> int:
         "| x16 / one-ep | x100 / one-ep | x16 / full x16 |"
     )
     print("|" + "---|" * 9)
-    for env_name, K, r, ratios in rows:
+    for env_name, K, r, ratios, _ in rows:
         cells = [f"{v:.0f}" for v in r.values()] + [f"{v:.1f}x" for v in ratios.values()]
+        print(f"| {env_name} | {K} | " + " | ".join(cells) + " |")
+    print("\nthe same, counting only the time spent choosing actions (no MuJoCo)")
+    print("|" + "---|" * 9)
+    for env_name, K, _, _, m in rows:
+        ratios = [
+            m["window+cache x16"] / m["one-episode"],
+            m["window+cache x100"] / m["one-episode"],
+            m["window+cache x16"] / m["batched full x16"],
+        ]
+        cells = [f"{v:.0f}" for v in m.values()] + [f"{v:.1f}x" for v in ratios]
         print(f"| {env_name} | {K} | " + " | ".join(cells) + " |")
     if len(args.Ks) > 1:
         lo, hi = min(args.Ks), max(args.Ks)

@@ -47,7 +47,7 @@ class Rollout:
         self.std = torch.as_tensor(state_std, device=device, dtype=torch.float32)
         self.K = model.max_length or max_ep_len
         self.window_mode = getattr(model, "attention", "full") == "window"
-        cached = use_cache and conditioned and hasattr(model, "act_step")
+        cached = use_cache and conditioned and hasattr(model, "act_step") and model.max_length
         self.cache = model.new_rollout_cache(n) if cached else None
         # Row i of step t is written once and never moved; the model reads slices of these.
         self.states = torch.zeros((n, max_ep_len + 1, state_dim), device=device)
