@@ -205,15 +205,20 @@ def test_window_run_records_its_mode_and_evaluates(tmp_path):
     out = tmp_path / "run"
     run_script(
         "experiment.py", "--env", "hopper-medium-v2", "--data_dir", data, "--out_dir", out,
-        *TINY, "--max_iters", "1", "--attention", "window", "--segment_len", "10", check=True,
+        *TINY, "--max_iters", "1", "--attention", "window", "--segment_len", "10",
+        "--num_eval_episodes", "1", "--env_targets", "3600", check=True,
     )  # fmt: skip
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["attention"] == "window" and cfg["segment_len"] == 10
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    run_script("evaluate.py", "--checkpoint", out / "checkpoint.pt", check=True)
+    video = tmp_path / "episode.gif"
+    run_script("evaluate.py", "--checkpoint", out / "checkpoint.pt", "--video", video, check=True)
     report = json.loads((out / "eval.json").read_text())
     expected = {k[len("evaluation/") :]: v for k, v in row.items() if k.startswith("evaluation/")}
     assert report["metrics"] == expected
+    assert report["video"]["episode_return"] == report["targets"][0]["returns"][0]
+    proc = run_script("plot.py", out, "--table", check=True)
+    assert "| run | gpt2 window |" in proc.stdout  # the table says which attention was used
 
 
 @pytest.mark.parametrize("args", [["--segment_len", "3"], ["--segment_len", "9"]])
