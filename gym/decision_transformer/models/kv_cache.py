@@ -79,12 +79,12 @@ class RollingKVCache:
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Store the new tokens' ``k, v [N, Hkv, n, hd]`` in ``slots``; returns the whole ring."""
-        if self.k[layer] is None or self.k[layer].dtype != k.dtype:
+        if self.k[layer] is None:  # allocated at the first step, in the dtype autocast gives
             shape = (k.shape[0], k.shape[1], self.size, k.shape[3])
             self.k[layer] = k.new_zeros(shape)
             self.v[layer] = v.new_zeros(shape)
-        self.k[layer].index_copy_(2, slots, k)
-        self.v[layer].index_copy_(2, slots, v)
+        self.k[layer].index_copy_(2, slots, k.to(self.k[layer].dtype))
+        self.v[layer].index_copy_(2, slots, v.to(self.v[layer].dtype))
         return self.k[layer], self.v[layer]
 
 
@@ -101,6 +101,7 @@ def backbone_step(
     from .trajectory_gpt2 import TrajectoryGPT2
 
     pos, slots, mask = cache.advance()
+    hidden = ~mask  # what each new token may not see, once for every layer
     if isinstance(backbone, Qwen3Transformer):
         # Positions keep counting through the episode (scores depend only on offsets). The
         # table grows in whole chunks: regrowing it by three tokens a step would redo it each step.
@@ -115,28 +116,29 @@ def backbone_step(
         raise TypeError(f"no cached step for a {type(backbone).__name__} backbone")
     last = len(layers) - 1
     for i, layer in enumerate(layers):
-        x = step(layer, x, rope, cache, i, slots, mask, i == last)
+        x = step(layer, x, rope, cache, i, slots, hidden, i == last)
     return final_norm(x[:, -1])
 
 
-def _attend(q, k, v, mask, last_only):
-    """``q [N, H, n, hd]`` against the whole ring ``k, v [N, Hkv, size, hd]``, ``mask [n, size]``.
+def _attend(q, k, v, hidden, last_only):
+    """``q [N, H, n, hd]`` against the whole ring ``k, v [N, Hkv, size, hd]``; ``hidden [n, size]``
+    marks the slots a query may not see.
 
     Two batched matmuls rather than SDPA: for a handful of queries CPU's flash kernel costs ~1 ms
     a call at K=100, several times these. Query heads sharing a key/value head are stacked along
     the rows (grouped-query attention without repeating K/V), as in ``grouped_attention``.
     """
     if last_only:
-        mask = mask[-1:]
+        hidden = hidden[-1:]
     N, H, n, hd = q.shape
     Hkv, R = k.shape[1], k.shape[2]
     scores = (q.reshape(N, Hkv, -1, hd) @ k.transpose(-1, -2)).view(N, H, n, R)
-    scores = scores.float().mul_(hd**-0.5).masked_fill_(~mask, float("-inf"))
+    scores = scores.float().mul_(hd**-0.5).masked_fill_(hidden, float("-inf"))
     probs = scores.softmax(-1).to(v.dtype)  # every query sees itself: no empty rows
     return (probs.view(N, Hkv, -1, R) @ v).view(N, H, n, hd)
 
 
-def _qwen3_layer_step(layer, x, rope, cache, i, slots, mask, last_only):
+def _qwen3_layer_step(layer, x, rope, cache, i, slots, hidden, last_only):
     from .qwen3_transformer import apply_rotary
 
     attn = layer.self_attn
@@ -151,12 +153,12 @@ def _qwen3_layer_step(layer, x, rope, cache, i, slots, mask, last_only):
         x, h, cos, sin, n = x[:, -1:], h[:, -1:], cos[-1:], sin[-1:], 1
     q = attn.q_norm(attn.q_proj(h).view(N, n, attn.n_head, attn.head_dim))
     q = apply_rotary(q, cos, sin).transpose(1, 2)
-    y = _attend(q, k_all.to(q.dtype), v_all.to(q.dtype), mask, last_only)
+    y = _attend(q, k_all.to(q.dtype), v_all.to(q.dtype), hidden, last_only)
     x = x + attn.o_proj(y.transpose(1, 2).reshape(N, n, -1))
     return x + layer.mlp(layer.post_attention_layernorm(x))
 
 
-def _gpt2_layer_step(block, x, rope, cache, i, slots, mask, last_only):
+def _gpt2_layer_step(block, x, rope, cache, i, slots, hidden, last_only):
     attn = block.attn
     N, n, D = x.shape
     H = attn.n_head
@@ -166,6 +168,6 @@ def _gpt2_layer_step(block, x, rope, cache, i, slots, mask, last_only):
     if last_only:
         x, q, n = x[:, -1:], q[:, -1:], 1
     q = q.reshape(N, n, H, D // H).transpose(1, 2)
-    y = _attend(q, k_all.to(q.dtype), v_all.to(q.dtype), mask, last_only)
+    y = _attend(q, k_all.to(q.dtype), v_all.to(q.dtype), hidden, last_only)
     x = x + attn.c_proj(y.transpose(1, 2).reshape(N, n, D))
     return x + block.mlp(block.ln_2(x))
