@@ -13,9 +13,14 @@ default size (experiment.py's flags) on one thread:
 
 Every episode runs ``--steps`` env steps: Humanoid is built with ``terminate_when_unhealthy=False``
 (an untrained policy falls within a few dozen steps) and HalfCheetah never ends. Only stepping is
-timed, not building the envs (Humanoid's cost ~0.1 s each). Targets (exit 1 naming any missed):
-window+cache >= 5x one-episode at 16 envs and >= 10x at 100 envs, >= 3x batched full at 16 envs,
-and a window-mode step at K=100 costs < 1.5x one at K=20 (16 envs).
+timed, not building the envs (Humanoid's cost ~0.1 s each), and in CPU seconds of this process
+(``time.process_time``), so that other jobs on a shared machine slow every column less unevenly
+than wall-clock time would (on an idle machine with one thread the two agree).
+
+Targets (exit 1 naming any missed): window+cache >= 5x one-episode at 16 envs and >= 10x at 100
+envs, >= 3x batched full at 16 envs, and a window-mode step at K=100 costs < 1.5x one at K=20 (16
+envs). A second table counts only the time spent choosing actions: MuJoCo's share is the same
+for every evaluator, so it caps the ratios (a fallen Humanoid costs ~2 ms a step to simulate).
 """
 
 from __future__ import annotations
@@ -52,11 +57,11 @@ class ModelClock:
     @classmethod
     def install(cls) -> None:
         def timed(rollout):
-            start = time.perf_counter()
+            start = time.process_time()
             try:
                 return cls._act(rollout)
             finally:
-                cls.seconds += time.perf_counter() - start
+                cls.seconds += time.process_time() - start
 
         Rollout.act = timed
 
@@ -80,12 +85,12 @@ def one_episode(env_name: str, model, steps: int, mean, std) -> tuple[float, flo
     ModelClock.lap()
     S, A = env.observation_space.shape[0], env.action_space.shape[0]
     spec = get_spec(env_name)
-    start = time.perf_counter()
+    start = time.process_time()
     _, n = evaluate_episode_rtg(
         env, S, A, model, steps, spec.scale, mean, std, "cpu", spec.env_targets[0] / spec.scale,
         seed=0,
     )  # fmt: skip
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     env.close()
     assert n == steps, f"{env_name} ended after {n} of {steps} steps"
     return n / elapsed, n / ModelClock.lap()
@@ -98,12 +103,12 @@ def batched(env_name: str, model, n_envs: int, steps: int, mean, std) -> tuple[f
     spec = get_spec(env_name)
     try:
         ModelClock.lap()
-        start = time.perf_counter()
+        start = time.process_time()
         _, lengths = _run_chunk(
             envs, model, list(range(n_envs)), steps, spec.scale, mean, std,
             torch.device("cpu"), spec.env_targets[0] / spec.scale, "normal", True, None,
         )  # fmt: skip
-        elapsed = time.perf_counter() - start
+        elapsed = time.process_time() - start
     finally:
         envs.close()
     assert (lengths == steps).all(), f"{env_name} episodes ended early: {lengths}"
@@ -152,7 +157,10 @@ def main() -> int:
             print(f"{env_name} K={K}: " + ", ".join(f"{k} {v:.0f}" for k, v in r.items()),
                   flush=True)  # fmt: skip
 
-    print(f"\nenv-steps/s, {args.backbone} DT of the default size, 1 thread, {args.steps} steps")
+    print(
+        f"\nenv-steps per CPU second, {args.backbone} DT of the default size, 1 thread, "
+        f"{args.steps} steps per episode"
+    )
     print(
         "| env | K | one-episode | batched full x16 | window+cache x16 | window+cache x100 "
         "| x16 / one-ep | x100 / one-ep | x16 / full x16 |"
