@@ -2,6 +2,7 @@
 
     python benchmarks/bench_humanoid_quality.py                 # 12-minute training budget each
     python benchmarks/bench_humanoid_quality.py --minutes 3 --models qwen3 --seed 1 --K 20
+    python benchmarks/bench_humanoid_quality.py --models qwen3 --attention window --segment_len 20
 
 Makes the offline dataset if missing (gym/data/humanoid-collected-v2.pkl), then trains the small
 Qwen3 DT, a GPT-2 DT of about the same size, BC (an MLP on the current state) and 10% BC (the same
@@ -83,6 +84,7 @@ MODELS = {
     # which needs to be told what the DT finds out from the returns.
     "bc10": ("experiment.py", [*BC, "--pct_traj", "0.1"]),
 }
+DTS = ("qwen3", "gpt2")  # the models --attention and --segment_len apply to
 
 
 def run(script: str, *args: str) -> None:
@@ -97,6 +99,8 @@ def train(name: str, args: argparse.Namespace, targets: list[str]) -> None:
     script, flags = MODELS[name]
     # BC's own --K comes later and wins.
     flags = ["--K", str(args.K), "--dropout", str(args.dropout), *flags]
+    if name in DTS:
+        flags += ["--attention", args.attention, "--segment_len", str(args.segment_len or args.K)]
     with tempfile.TemporaryDirectory() as tmp:  # step time of this model on this machine
         run(
             script,
@@ -113,7 +117,7 @@ def train(name: str, args: argparse.Namespace, targets: list[str]) -> None:
         )
         step = last_row(Path(tmp))["time/training"] / PROBE_STEPS
     steps = max(1, int(args.minutes * 60 / step / args.iters))
-    out = args.out / f"humanoid-collected-{name}"
+    out = run_dir(args, name)
     for stale in ("checkpoint.pt", "metrics.jsonl"):
         (out / stale).unlink(missing_ok=True)
     run(
@@ -136,8 +140,15 @@ def train(name: str, args: argparse.Namespace, targets: list[str]) -> None:
     print(f"{name}: trained", flush=True)
 
 
+def run_dir(args: argparse.Namespace, name: str) -> Path:
+    """Window-attention runs get their own directories, next to the full-attention ones."""
+    suffix = f"-window-s{args.segment_len or args.K}" if args.attention == "window" else ""
+    return args.out / f"humanoid-collected-{name}{suffix if name in DTS else ''}"
+
+
 def summarize(name: str, out: Path) -> tuple:
-    """(model, params, K, steps, training minutes, returns and stds at the targets, best first)."""
+    """(model, params, K, steps, training minutes, returns and stds at the targets, best first,
+    evaluation seconds per iteration)."""
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     cfg = json.loads((out / "config.json").read_text())
     final = metrics[-1]
@@ -149,7 +160,10 @@ def summarize(name: str, out: Path) -> tuple:
     minutes = sum(m["time/training"] for m in metrics) / 60
     steps = cfg["max_iters"] * cfg["num_steps_per_iter"]
     stds = [final[k.replace("_mean", "_std")] for k in keys]
-    return name, cfg["params"], cfg["K"], steps, minutes, [final[k] for k in keys], stds
+    if cfg.get("attention") == "window":
+        name = f"{name} window S={cfg['segment_len']}"
+    evaluation = np.mean([m["time/evaluation"] for m in metrics])
+    return name, cfg["params"], cfg["K"], steps, minutes, [final[k] for k in keys], stds, evaluation
 
 
 def main() -> int:
@@ -162,6 +176,13 @@ def main() -> int:
     p.add_argument("--dropout", type=float, default=0.1, help="dropout of every model")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "runs"), help="run directories")
+    p.add_argument(
+        "--attention",
+        default="full",
+        choices=["full", "window"],
+        help="attention of the DTs (qwen3, gpt2); window evaluates with the key/value cache",
+    )
+    p.add_argument("--segment_len", type=int, default=None, help="DT training segment (default K)")
     p.add_argument("--table_only", action="store_true", help="report existing runs, train nothing")
     args = p.parse_args()
     args.out = Path(args.out).resolve()  # the runs work from gym/, not from the caller's folder
@@ -180,21 +201,21 @@ def main() -> int:
     for name in args.models:
         if not args.table_only:
             train(name, args, targets)
-    rows = [summarize(name, args.out / f"humanoid-collected-{name}") for name in args.models]
+    rows = [summarize(name, run_dir(args, name)) for name in args.models]
 
     header = (
         "| model | params | K | steps | train min | R @ max | R @ median | R @ p10 | ≥ p90? "
-        "| rising? |"
+        "| rising? | eval s/iter |"
     )
-    print("\n" + header + "\n|" + "---|" * 10)
+    print("\n" + header + "\n|" + "---|" * 11)
     missed = []
-    for name, params, k, steps, minutes, rets, stds in rows:
+    for name, params, k, steps, minutes, rets, stds, evaluation in rows:
         cells = " | ".join(f"{r:.0f} ± {s:.0f}" for r, s in zip(rets, stds))
         ok = "yes" if rets[0] >= p90 else "no"
         rising = "yes" if rets[0] > rets[1] > rets[2] else "no"
         row = f"| {name} | {params:,} | {k} | {steps:,} | {minutes:.1f} | {cells} |"
-        print(f"{row} {ok} | {rising} |")
-        if name in QUALITY_TARGET_MODELS and "no" in (ok, rising):
+        print(f"{row} {ok} | {rising} | {evaluation:.0f} |")
+        if name.split()[0] in QUALITY_TARGET_MODELS and "no" in (ok, rising):
             missed.append(f"{name}: R @ max {rets[0]:.0f} (p90 {p90:.0f}), rising {rising}")
     for m in missed:
         print(f"MISSED: {m}", file=sys.stderr)

@@ -119,7 +119,7 @@ def dry_run(cfg: dict) -> None:
     memory = estimate_training_memory(
         model.transformer.config,
         cfg["batch_size"],  # per process and micro-step: accumulation repeats it
-        3 * cfg["K"],
+        3 * cfg["segment_len"],  # tokens per training segment
         dtype,
         n_extra_params=total - backbone,
         world_size=world,

@@ -49,9 +49,12 @@ class BatchSampler:
         pct_traj: float = 1.0,
         device: str | torch.device = "cpu",
         rng: np.random.Generator | None = None,
+        segment_len: int | None = None,
     ):
         self.ds = dataset
         self.K = K
+        # Steps per drawn segment: K, or more for window attention (see models/kv_cache.py).
+        self.segment_len = segment_len or K
         self.max_ep_len = max_ep_len
         self.scale = scale
         self.device = torch.device(device)
@@ -68,8 +71,9 @@ class BatchSampler:
 
     def __call__(self, batch_size: int, max_len: int | None = None):
         """Returns ``states, actions, rewards, dones, rtg, timesteps, mask`` on ``device``;
-        shapes ``[B,K,S] [B,K,A] [B,K,1] [B,K] [B,K+1,1] [B,K] [B,K]``, as a :class:`Batch`."""
-        return self.build(*self.draw(batch_size), max_len or self.K)
+        shapes ``[B,K,S] [B,K,A] [B,K,1] [B,K] [B,K+1,1] [B,K] [B,K]``, as a :class:`Batch`, with
+        ``segment_len`` (K unless set) in place of K."""
+        return self.build(*self.draw(batch_size), max_len or self.segment_len)
 
     def draw(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Episode indices (length-weighted) and uniform start steps for one batch."""

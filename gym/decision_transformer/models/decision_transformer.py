@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .kv_cache import RollingKVCache, backbone_step
 from .model import TrajectoryModel
 from .trajectory_gpt2 import GPT2Config, TrajectoryGPT2
 
@@ -28,12 +29,18 @@ class DecisionTransformer(TrajectoryModel):
         action_tanh: bool = True,
         action_low=-1.0,
         action_high=1.0,
+        attention: str = "full",
         **backbone_kwargs,
     ):
         super().__init__(state_dim, act_dim, max_length, action_low, action_high)
+        if attention not in ("full", "window") or (attention == "window" and not max_length):
+            raise ValueError(f"attention must be 'full' or 'window' with a max_length: {attention}")
         self.hidden_size = hidden_size
         self.action_tanh = action_tanh
-        self.transformer = self.build_backbone(hidden_size, **backbone_kwargs)
+        # window: each token sees its own timestep and the max_length - 1 before it (kv_cache.py)
+        self.attention = attention
+        window = max_length if attention == "window" else None
+        self.transformer = self.build_backbone(hidden_size, window=window, **backbone_kwargs)
 
         self.embed_timestep = nn.Embedding(max_ep_len, hidden_size)
         self.embed_return = nn.Linear(1, hidden_size)
@@ -46,8 +53,8 @@ class DecisionTransformer(TrajectoryModel):
         self.predict_action = nn.Linear(hidden_size, act_dim)
         self.predict_return = nn.Linear(hidden_size, 1)
 
-    def build_backbone(self, hidden_size: int, **kwargs) -> nn.Module:
-        return TrajectoryGPT2(GPT2Config(n_embd=hidden_size, **kwargs))
+    def build_backbone(self, hidden_size: int, window: int | None = None, **kwargs) -> nn.Module:
+        return TrajectoryGPT2(GPT2Config(n_embd=hidden_size, window=window, **kwargs))
 
     def forward(self, states, actions, rewards, returns_to_go, timesteps, attention_mask=None):
         """``attention_mask [B, T]`` (1 = real step) for a batch with padding; None when there is
@@ -76,11 +83,19 @@ class DecisionTransformer(TrajectoryModel):
 
     @torch.no_grad()
     def get_actions(self, states, actions, rewards, returns_to_go, timesteps, **kwargs):
-        """Equal-length histories ``[N, T, ...]`` -> actions ``[N, act_dim]`` for the last step."""
-        states, pad = self.window(states)
-        actions, _ = self.window(actions)
-        returns_to_go, _ = self.window(returns_to_go)
-        timesteps, _ = self.window(timesteps)
+        """Equal-length histories ``[N, T, ...]`` -> actions ``[N, act_dim]`` for the last step.
+
+        In ``full`` attention the model sees the last ``max_length`` steps, left-padded (the
+        original). In ``window`` attention it sees the whole history under the banded mask: a
+        token's context reaches further back through each layer, so cutting the history would
+        change the result; :meth:`act_step` gives the same actions at a constant cost per step.
+        """
+        pad = 0
+        if self.attention != "window":
+            states, pad = self.window(states)
+            actions, _ = self.window(actions)
+            returns_to_go, _ = self.window(returns_to_go)
+            timesteps, _ = self.window(timesteps)
         N, T = states.shape[:2]
         attention_mask = None  # pad is a Python int: no padding known without asking the device
         if pad:
@@ -96,3 +111,35 @@ class DecisionTransformer(TrajectoryModel):
             **kwargs,
         )
         return action_preds[:, -1]
+
+    def new_rollout_cache(self, batch: int) -> RollingKVCache:
+        """An empty key/value cache for ``batch`` episodes played in lockstep (:meth:`act_step`)."""
+        device = self.embed_state.weight.device
+        n_layer = self.transformer.config.n_layer
+        return RollingKVCache(n_layer, self.max_length, batch, device)
+
+    @torch.no_grad()
+    def act_step(
+        self,
+        cache: RollingKVCache,
+        state: torch.Tensor,
+        prev_action: torch.Tensor,
+        return_to_go: torch.Tensor,
+        t: int,
+    ) -> torch.Tensor:
+        """The actions ``[N, act_dim]`` at step ``t`` of ``N`` episodes, feeding only this step's
+        new tokens: ``prev_action [N, act_dim]`` (a_{t-1}, ignored at t = 0), ``return_to_go
+        [N, 1]`` and ``state [N, state_dim]`` (normalised). Equals :meth:`get_actions` on the
+        whole history in ``window`` attention, and while ``t < max_length`` in ``full``."""
+        if cache.steps != t:
+            raise ValueError(f"the cache is at step {cache.steps}, not {t}: feed every step once")
+        N = state.shape[0]
+        ts = torch.tensor([max(t - 1, 0), t], device=state.device)
+        time_prev, time_now = self.embed_timestep(ts)
+        action_emb = self.embed_action(prev_action.float()) + time_prev
+        return_emb = self.embed_return(return_to_go.float()) + time_now
+        state_emb = self.embed_state(state.float()) + time_now
+        tokens = self.embed_ln(torch.stack((action_emb, return_emb, state_emb), dim=1))
+        h = backbone_step(self.transformer, tokens.reshape(N, 3, -1), cache)
+        action = self.predict_action(h)
+        return self.squash_action(action) if self.action_tanh else action

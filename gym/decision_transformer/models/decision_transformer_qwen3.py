@@ -35,6 +35,7 @@ class DecisionTransformerQwen3(DecisionTransformer):
         rms_norm_eps: float = 1e-6,
         qk_norm: bool = True,
         dropout: float = 0.1,
+        window: int | None = None,
     ) -> Qwen3Transformer:
         # GPT-2-only keywords (n_inner, resid_pdrop, ...) are rejected rather than ignored, so a
         # call written for the GPT-2 model can't silently run with settings it didn't ask for.
@@ -51,6 +52,7 @@ class DecisionTransformerQwen3(DecisionTransformer):
                 rms_norm_eps=rms_norm_eps,
                 qk_norm=qk_norm,
                 dropout=dropout,
+                window=window,
             )
         )
 

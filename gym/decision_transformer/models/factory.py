@@ -28,6 +28,8 @@ def build_model(
             max_length=cfg["K"],
             **common,
         )
+    # Runs made before --attention existed have no entry: they are full attention.
+    common["attention"] = cfg.get("attention", "full")
     if cfg["backbone"] == "qwen3":
         from .decision_transformer_qwen3 import DecisionTransformerQwen3
 

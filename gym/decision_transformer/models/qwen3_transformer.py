@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .kv_cache import band_matters, window_mask
+
 
 @dataclass
 class Qwen3Config:
@@ -28,6 +30,7 @@ class Qwen3Config:
     rms_norm_eps: float = 1e-6
     qk_norm: bool = True
     dropout: float = 0.0  # on attention probabilities and on both residual branches
+    window: int | None = None  # sliding-window attention over this many timesteps (kv_cache.py)
 
     def __post_init__(self):
         for flag, value in (
@@ -306,6 +309,8 @@ class Qwen3Transformer(nn.Module):
     ) -> torch.Tensor:
         T = inputs_embeds.shape[1]
         mask = causal_padding_mask(attention_mask, T)
+        if band_matters(T, self.config.window):
+            mask = window_mask(attention_mask, T, self.config.window, inputs_embeds.device)
         # RoPE positions are token indices: relative offsets are unchanged by left padding.
         # Cast once here to the dtype q and k come in (the compute dtype: the norms output it).
         dtype = compute_dtype(inputs_embeds)

@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .kv_cache import band_matters, window_mask
+
 ACTIVATIONS = {
     "relu": nn.ReLU,
     "gelu": nn.GELU,
@@ -38,6 +40,7 @@ class GPT2Config:
     embd_pdrop: float = 0.1
     attn_pdrop: float = 0.1
     layer_norm_epsilon: float = 1e-5
+    window: int | None = None  # sliding-window attention over this many timesteps (kv_cache.py)
 
 
 class Conv1D(nn.Module):
@@ -132,7 +135,11 @@ class TrajectoryGPT2(nn.Module):
     def forward(
         self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        mask = causal_padding_mask(attention_mask, inputs_embeds.shape[1], inputs_embeds.device)
+        T = inputs_embeds.shape[1]
+        if band_matters(T, self.config.window):
+            mask = window_mask(attention_mask, T, self.config.window, inputs_embeds.device)
+        else:
+            mask = causal_padding_mask(attention_mask, T, inputs_embeds.device)
         x = self.drop(inputs_embeds)
         for block in self.h:
             x = block(x, mask)

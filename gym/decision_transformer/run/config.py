@@ -53,6 +53,19 @@ def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
     )
     a("--K", type=int, default=20, help="context length in timesteps")
     a(
+        "--attention",
+        default="full",
+        choices=["full", "window"],
+        help="full: every token sees the whole K-step window (the original); window: each token "
+        "sees its own timestep and the K-1 before it, evaluated with a rolling key/value cache",
+    )
+    a(
+        "--segment_len",
+        type=int,
+        default=None,
+        help="timesteps per training segment with --attention window (>= K; default K)",
+    )
+    a(
         "--pct_traj",
         type=float,
         default=1.0,
@@ -283,6 +296,19 @@ def resolve(args: argparse.Namespace, backbone: str) -> dict:
     for flag in ("num_eval_episodes", "warmup_steps"):
         if cfg[flag] < 0:
             raise ConfigError(f"--{flag} must be >= 0, got {cfg[flag]}")
+    if cfg["segment_len"] is None:
+        cfg["segment_len"] = cfg["K"]
+    if cfg["attention"] == "window" and cfg["model_type"] != "dt":
+        raise ConfigError("--attention window is for the DT: drop it for --model_type bc")
+    if cfg["segment_len"] < cfg["K"]:
+        raise ConfigError(
+            f"--segment_len {cfg['segment_len']} is shorter than --K {cfg['K']}: use at least K"
+        )
+    if cfg["attention"] == "full" and cfg["segment_len"] != cfg["K"]:
+        raise ConfigError(
+            "--segment_len differs from --K but attention is full: add --attention window "
+            "(or drop --segment_len)"
+        )
     if not 0 < cfg["pct_traj"] <= 1:
         raise ConfigError(f"--pct_traj must be in (0, 1], got {cfg['pct_traj']}")
     for flag in ("learning_rate", "weight_decay"):

@@ -229,14 +229,14 @@ class RankBatches:
         if self._drawn is None or self._drawn[0] != step:  # once per step, not per micro-step
             self.sampler.rng = np.random.default_rng([self.seed, step])
             ep, si = self.sampler.draw(self.global_batch)
-            real = np.minimum(self.sampler.K, self.sampler.ds.lengths[ep] - si)
+            real = np.minimum(self.sampler.segment_len, self.sampler.ds.lengths[ep] - si)
             self._drawn = (step, ep, si, real)
         _, ep, si, real = self._drawn
         lo = (self.ctx.rank * self.accum + micro) * self.batch_size
         mine = slice(lo, lo + self.batch_size)
         if self.per_token:
             self.weight = float(real[mine].sum()) * self.ctx.world_size * self.accum / real.sum()
-        batch = self.sampler.build(ep[mine], si[mine], max_len or self.sampler.K)
+        batch = self.sampler.build(ep[mine], si[mine], max_len or self.sampler.segment_len)
         if self.nan_at == (self.ctx.rank, step):
             batch[0].fill_(float("nan"))
         return batch

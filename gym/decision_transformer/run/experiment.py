@@ -450,8 +450,9 @@ def run(cfg: dict) -> int:
         metrics.truncate(start_iter)
 
     sampler = BatchSampler(
-        dataset, cfg["K"], spec.max_ep_len, spec.scale, cfg["pct_traj"], device, np_rng
-    )
+        dataset, cfg["K"], spec.max_ep_len, spec.scale, cfg["pct_traj"], device, np_rng,
+        segment_len=cfg["segment_len"],
+    )  # fmt: skip
     batches = RankBatches(
         sampler, cfg["seed"], ctx, cfg["batch_size"], accum, cfg["model_type"] == "dt"
     )

@@ -180,7 +180,8 @@ def markdown_table(runs: list[Run]) -> str:
         step_time = run.step_time()
         cells = [
             run.path.name,
-            str(run.config.get("backbone") or run.config.get("model_type") or "?"),
+            str(run.config.get("backbone") or run.config.get("model_type") or "?")
+            + (" window" if run.config.get("attention") == "window" else ""),
             human_count(run.config.get("params")),
             str(run.rows[-1].get("step", "?")),
             f"{1000 * step_time:.1f} ms" if step_time is not None else "–",

@@ -1,0 +1,106 @@
+"""The rollout core all evaluators share: episode histories, return-to-go bookkeeping, model calls.
+
+:class:`Rollout` plays ``n`` episodes in lockstep (``n = 1`` for the one-episode evaluators). The
+caller owns the envs: it resets them, passes the first observations to :meth:`Rollout.start`, asks
+:meth:`Rollout.act` for the actions of the current step, steps its envs and hands the outcome to
+:meth:`Rollout.record`. The batch never shrinks: an episode that has ended stays as a row whose
+actions nobody uses, so every model call has the same shapes and a ``torch.compile``'d model
+compiles once.
+
+How the model is called:
+
+* a DT in ``window`` attention: :meth:`~DecisionTransformer.act_step` with a rolling key/value
+  cache, three new tokens per step, whatever the episode's length;
+* a DT in ``full`` attention: the cache while the window is still filling (``t < K``), then the
+  original recomputation of the last ``K`` steps once it slides;
+* anything else (BC): ``get_actions`` on the last ``K`` steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class Rollout:
+    def __init__(
+        self,
+        model,
+        n: int,
+        state_dim: int,
+        act_dim: int,
+        max_ep_len: int,
+        state_mean,
+        state_std,
+        device: str | torch.device = "cpu",
+        target_return: float | None = None,
+        scale: float = 1000.0,
+        mode: str = "normal",
+        conditioned: bool = True,
+        use_cache: bool = True,
+    ):
+        self.model = model
+        self.n, self.max_ep_len = n, max_ep_len
+        self.scale, self.mode, self.conditioned = scale, mode, conditioned
+        self.device = device = torch.device(device)
+        self.mean = torch.as_tensor(state_mean, device=device, dtype=torch.float32)
+        self.std = torch.as_tensor(state_std, device=device, dtype=torch.float32)
+        self.K = model.max_length or max_ep_len
+        self.window_mode = getattr(model, "attention", "full") == "window"
+        cached = use_cache and conditioned and hasattr(model, "act_step") and model.max_length
+        self.cache = model.new_rollout_cache(n) if cached else None
+        # Row i of step t is written once and never moved; the model reads slices of these.
+        self.states = torch.zeros((n, max_ep_len + 1, state_dim), device=device)
+        self.actions = torch.zeros((n, max_ep_len + 1, act_dim), device=device)
+        self.rewards = torch.zeros((n, max_ep_len + 1), device=device)
+        self.rtg = torch.zeros((n, max_ep_len + 1), device=device)
+        self.timesteps = torch.arange(max_ep_len + 1, device=device).expand(n, -1)
+        self.target = None if target_return is None else float(target_return)
+        self.t = 0
+
+    def normalize(self, obs: np.ndarray) -> torch.Tensor:
+        obs = torch.as_tensor(obs, device=self.device, dtype=torch.float32)
+        return (obs - self.mean) / self.std
+
+    def start(self, obs: np.ndarray) -> None:
+        """The first observations ``[n, state_dim]`` of the episodes (after any reset noise)."""
+        self.states[:, 0] = self.normalize(obs)
+        if self.target is not None:
+            self.rtg[:, 0] = self.target
+
+    @torch.no_grad()
+    def act(self) -> torch.Tensor:
+        """The actions ``[n, act_dim]`` for the current step, kept in the history."""
+        t, model = self.t, self.model
+        if self.cache is not None and (self.window_mode or t < self.K):
+            prev = self.actions[:, t - 1] if t else self.actions[:, 0]
+            act = model.act_step(self.cache, self.states[:, t], prev, self.rtg[:, t, None], t)
+        else:
+            if self.cache is not None:
+                self.cache = None  # full attention and the window slid: recompute from now on
+            # The model sees at most its last K steps (in window attention, without the cache,
+            # the whole history, which get_actions takes as is).
+            lo = 0 if self.window_mode else max(0, t + 1 - self.K)
+            act = model.get_actions(
+                self.states[:, lo : t + 1],
+                self.actions[:, lo : t + 1],
+                self.rewards[:, lo : t + 1],
+                self.rtg[:, lo : t + 1, None] if self.conditioned else None,
+                self.timesteps[:, lo : t + 1] if self.conditioned else None,
+            )
+        self.actions[:, t] = act.float()
+        return act
+
+    def record(self, obs: np.ndarray, reward: np.ndarray) -> None:
+        """What the envs returned for the current step's actions: next observations ``[n, S]``
+        and rewards ``[n]``. The return-to-go falls by each reward ('delayed' keeps it fixed)."""
+        t = self.t
+        self.states[:, t + 1] = self.normalize(obs)
+        reward = np.asarray(reward, dtype=np.float64).reshape(self.n)
+        self.rewards[:, t] = torch.as_tensor(reward, device=self.device, dtype=torch.float32)
+        if self.mode == "delayed":
+            self.rtg[:, t + 1] = self.rtg[:, t]
+        else:
+            step = torch.as_tensor(reward / self.scale, device=self.device, dtype=torch.float32)
+            self.rtg[:, t + 1] = self.rtg[:, t] - step
+        self.t += 1
