@@ -39,8 +39,10 @@ def evaluate(
     device: torch.device,
     max_steps: int | None = None,
     autocast_dtype: torch.dtype | None = None,
+    trace: list | None = None,
 ) -> list[float]:
-    """Raw returns of ``episodes`` episodes, in episode order."""
+    """Raw returns of ``episodes`` episodes, in episode order. ``trace``, if given, gets
+    ``(episode, step, action)`` of every action taken."""
     K = model.cfg.context_length
     was_training = model.training
     model.eval()
@@ -94,6 +96,8 @@ def evaluate(
         for row, i in enumerate(live):
             ep, env = slots[i], envs[i]
             a = int(torch.multinomial(probs[row], 1, generator=ep.gen))
+            if trace is not None:
+                trace.append((ep.index, ep.t, a))
             frame, r, terminated, truncated, _ = env.step(a)
             ep.ret += float(r)
             ep.t += 1
