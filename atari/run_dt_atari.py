@@ -39,6 +39,7 @@ from mingpt.trainer_atari import Trainer, TrainerConfig, WindowDataset
 
 # Flags that may change on --resume (everything else must match the run's config.json).
 RESUME_FREE = {"resume", "out_dir", "device", "num_workers", "log_to_wandb", "eval_envs"}
+DERIVED = {"eval_target"}  # filled in from the data, not a flag
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +141,9 @@ def run(cfg: dict) -> int:
             raise ConfigError(f"--resume: no {ckpt_path}; start the run without --resume")
         state = load_checkpoint(ckpt_path)
         saved = state["config"]
-        changed = [k for k in saved if k not in RESUME_FREE and saved[k] != cfg.get(k)]
+        changed = [
+            k for k in saved if k not in RESUME_FREE | DERIVED and saved[k] != cfg.get(k)
+        ]
         if changed:
             raise ConfigError(
                 "--resume with changed flags: "
@@ -176,7 +179,7 @@ def run(cfg: dict) -> int:
     target = cfg["target_return"]
     if target is None:
         target = PAPER_TARGETS.get(cfg["game"], float(data.returns().max()))
-    cfg["target_return"] = float(target)
+    cfg["eval_target"] = float(target)
 
     device = torch.device(cfg["device"])
     model_cfg = AtariDTConfig(
@@ -254,7 +257,7 @@ def run(cfg: dict) -> int:
             rets = evaluate(
                 model,
                 cfg["game"],
-                0.0 if cfg["model_type"] == "naive" else cfg["target_return"],
+                0.0 if cfg["model_type"] == "naive" else cfg["eval_target"],
                 cfg["eval_episodes"],
                 cfg["eval_envs"],
                 seed=cfg["seed"],
@@ -268,7 +271,7 @@ def run(cfg: dict) -> int:
                     "eval/return_mean": mean,
                     "eval/return_std": float(np.std(rets)),
                     "eval/returns": rets,
-                    "eval/target": cfg["target_return"],
+                    "eval/target": cfg["eval_target"],
                     "time/eval_s": time.time() - t0,
                 }
             )
@@ -277,7 +280,7 @@ def run(cfg: dict) -> int:
                 logs["eval/human_normalized"] = hns
             print(
                 f"epoch {trainer.epoch}: loss {logs['train/loss']:.4f}, target "
-                f"{cfg['target_return']:g}, return {mean:.1f} +- {np.std(rets):.1f}"
+                f"{cfg['eval_target']:g}, return {mean:.1f} +- {np.std(rets):.1f}"
                 + (f", human-normalized {hns:.1f}" if hns is not None else "")
             )
         else:
