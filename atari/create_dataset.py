@@ -23,11 +23,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import _paths  # noqa: F401
+import dqn_replay as fmt
 import numpy as np
 from decision_transformer.data.trajectories import DatasetError
 from decision_transformer.run.config import ConfigError
-
-import dqn_replay as fmt
 
 NUM_CKPTS = 50  # buffers per run in DQN-Replay: checkpoints 0..49
 ROWS_PER_BUFFER = 100_000  # the original read each buffer with replay_capacity=100000
@@ -182,7 +181,9 @@ def create_dataset(
 
     t0 = time.time()
     terminals = {b: fmt.read_rows(fmt.store_path(d, "terminal", b), limit=rows[b]) for b in ckpts}
-    segments = plan_segments(terminals, num_steps, trajectories_per_buffer, np.random.default_rng(seed))
+    segments = plan_segments(
+        terminals, num_steps, trajectories_per_buffer, np.random.default_rng(seed)
+    )
     n = sum(e - s for _, s, e in segments)
     lengths = np.array([e - s for _, s, e in segments], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)

@@ -88,7 +88,9 @@ def read_header(path: Path) -> tuple[np.dtype, tuple[int, ...]]:
     except (OSError, EOFError, zlib.error, ValueError, SyntaxError, KeyError) as e:
         if isinstance(e, DatasetError | FileNotFoundError):
             raise
-        raise DatasetError(f"{path} is not a readable gzip'd .npy array ({e}); re-download it")
+        raise DatasetError(
+            f"{path} is not a readable gzip'd .npy array ({e}); re-download it"
+        ) from None
 
 
 def check_store(path: Path, store: str) -> int:

@@ -21,6 +21,8 @@ from pathlib import Path
 import _paths  # noqa: F401
 import numpy as np
 import torch
+from atari_env import PAPER_TARGETS, check_game, human_normalized
+from create_dataset import create_dataset
 from decision_transformer.data.trajectories import DatasetError
 from decision_transformer.run.checkpoint import (
     load_checkpoint,
@@ -30,9 +32,6 @@ from decision_transformer.run.checkpoint import (
 )
 from decision_transformer.run.config import ConfigError
 from decision_transformer.run.metrics import MetricsLog
-
-from atari_env import PAPER_TARGETS, check_game, human_normalized
-from create_dataset import create_dataset
 from mingpt.evaluate_atari import evaluate
 from mingpt.model_atari import AtariDecisionTransformer, AtariDTConfig
 from mingpt.trainer_atari import Trainer, TrainerConfig, WindowDataset
@@ -141,9 +140,7 @@ def run(cfg: dict) -> int:
             raise ConfigError(f"--resume: no {ckpt_path}; start the run without --resume")
         state = load_checkpoint(ckpt_path)
         saved = state["config"]
-        changed = [
-            k for k in saved if k not in RESUME_FREE | DERIVED and saved[k] != cfg.get(k)
-        ]
+        changed = [k for k in saved if k not in RESUME_FREE | DERIVED and saved[k] != cfg.get(k)]
         if changed:
             raise ConfigError(
                 "--resume with changed flags: "

@@ -17,9 +17,8 @@ sys.path.insert(0, str(ATARI_DIR))
 
 import create_dataset as cd  # noqa: E402
 import dqn_replay as fmt  # noqa: E402
-from decision_transformer.data.trajectories import DatasetError  # noqa: E402
-
 from cli import script_env  # noqa: E402
+from decision_transformer.data.trajectories import DatasetError  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -81,8 +80,13 @@ def test_sampled_dataset_is_consistent_with_the_files(breakout_replay, tmp_path)
         assert ds.timesteps[s] == 0 and ds.timesteps[e - 1] == e - 1 - s
         assert ds.rtgs[e - 1] == ds.rewards[e - 1]  # no reward of the next trajectory
         assert np.isclose(ds.rtgs[s], ds.rewards[s:e].sum())
-        match = [b for b in terms if any(np.array_equal(rewards[b][i : i + e - s], ds.rewards[s:e])
-                 and terms[b][i + e - s - 1] for i in range(len(terms[b]) - (e - s) + 1))]  # fmt: skip
+        n = e - s
+        match = [
+            b
+            for b in terms
+            for i in range(len(terms[b]) - n + 1)
+            if terms[b][i + n - 1] and np.array_equal(rewards[b][i : i + n], ds.rewards[s:e])
+        ]
         assert match
     # Frame stacks: zeros before a trajectory's first frame, then its frames in order.
     s = int(ds.starts[-1])
@@ -104,7 +108,7 @@ def test_sampling_takes_exactly_the_asked_trajectories():
     for b, s, e in segs:
         assert terminals[b][e - 1] == 1 and not terminals[b][s : e - 1].any()
         by_visit.setdefault(b, []).append((s, e))
-    for b, runs in by_visit.items():  # contiguous, from row 0, whole visits of 2
+    for runs in by_visit.values():  # contiguous, from row 0, whole visits of 2
         assert runs[0][0] == 0 and all(x[1] == y[0] for x, y in zip(runs, runs[1:]))
         assert len(runs) % 2 == 0
     with pytest.raises(DatasetError, match="more than the data holds"):

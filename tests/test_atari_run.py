@@ -18,9 +18,8 @@ import torch
 ATARI_DIR = Path(__file__).resolve().parents[1] / "atari"
 sys.path.insert(0, str(ATARI_DIR))
 
-from decision_transformer.run.checkpoint import load_checkpoint  # noqa: E402
-
 from cli import script_env  # noqa: E402
+from decision_transformer.run.checkpoint import load_checkpoint  # noqa: E402
 
 TINY = [
     "--num_buffers", "1", "--trajectories_per_buffer", "1", "--num_steps", "300",
@@ -97,8 +96,15 @@ def test_batched_evaluation_equals_one_env(replay):
     torch.manual_seed(0)
     for backbone in ("gpt", "qwen3"):
         model = AtariDecisionTransformer(
-            AtariDTConfig(n_actions=4, max_timestep=500, context_length=4, backbone=backbone,
-                          n_layer=1, n_head=2, n_embd=32)  # fmt: skip
+            AtariDTConfig(
+                n_actions=4,
+                max_timestep=500,
+                context_length=4,
+                backbone=backbone,
+                n_layer=1,
+                n_head=2,
+                n_embd=32,
+            )  # fmt: skip
         )
         runs = {}
         for n_envs in (1, 3):

@@ -68,7 +68,9 @@ class AtariDecisionTransformer(nn.Module):
     def __init__(self, cfg: AtariDTConfig):
         super().__init__()
         if cfg.model_type not in ("reward_conditioned", "naive"):
-            raise ValueError(f"--model_type must be reward_conditioned or naive, not {cfg.model_type}")
+            raise ValueError(
+                f"--model_type must be reward_conditioned or naive, not {cfg.model_type}"
+            )
         self.cfg = cfg
         D, T = cfg.n_embd, cfg.context_length * cfg.tokens_per_step
         self.state_encoder = NatureEncoder(D)
