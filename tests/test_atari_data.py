@@ -141,7 +141,7 @@ def test_streaming_memory_is_bounded_by_what_is_kept(tmp_path):
         base = hwm()
         want = np.sort(np.random.default_rng(1).choice({rows}, 1500, replace=False))
         out = dqn_replay.read_rows(__import__("pathlib").Path({str(path)!r}), want)
-        assert out.shape == (1500, 84, 84) and (out == out[0]).all()
+        assert out.shape == (1500, 84, 84) and (out[::100] == out[0]).all()
         peak = hwm()
         print((peak - base) * 1024, out.nbytes)
     """)
@@ -151,7 +151,7 @@ def test_streaming_memory_is_bounded_by_what_is_kept(tmp_path):
     grew, kept = map(int, proc.stdout.split()[-2:])
     decompressed = rows * 84 * 84
     assert kept <= grew < 3 * kept + 12 * 2**20, (grew, kept)
-    assert grew < decompressed / 10
+    assert grew < decompressed / 5  # a whole np.load grows by all of it
 
 
 def test_prefix_without_trailing_slash(breakout_replay):
