@@ -78,6 +78,8 @@ def check_game(game: str) -> int:
 def make_env(game: str, max_episode_steps: int | None = None) -> gym.Env:
     import ale_py
 
+    # Keep ALE's banner and info lines off stderr: errors there are one line each.
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
     gym.register_envs(ale_py)
     try:
         env = gym.make(

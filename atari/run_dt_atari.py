@@ -24,6 +24,7 @@ import torch
 from atari_env import PAPER_TARGETS, check_game, human_normalized
 from create_dataset import create_dataset
 from decision_transformer.data.trajectories import DatasetError
+from decision_transformer.models.qwen3_transformer import Qwen3Config
 from decision_transformer.run.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -115,6 +116,25 @@ def resolve(args: argparse.Namespace) -> dict:
         raise ConfigError(f"--device {cfg['device']} is not a torch device") from None
     if cfg["device"].startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda, but torch sees no GPU; use --device cpu")
+    # Backbone shapes are checked here, before any data is read.
+    if cfg["backbone"] == "qwen3":
+        try:
+            Qwen3Config(
+                embed_dim=cfg["embed_dim"],
+                n_layer=cfg["n_layer"],
+                n_head=cfg["n_head"],
+                n_kv_head=cfg["n_kv_head"] or cfg["n_head"],
+                head_dim=cfg["head_dim"],
+                intermediate_size=cfg["intermediate_size"],
+                mlp_ratio=cfg["mlp_ratio"],
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    elif cfg["n_layer"] < 1 or cfg["n_head"] < 1 or cfg["embed_dim"] % cfg["n_head"]:
+        raise ConfigError(
+            f"--embed_dim ({cfg['embed_dim']}) must be a multiple of --n_head ({cfg['n_head']}), "
+            "both positive, and --n_layer positive"
+        )
     if cfg["out_dir"] is None:
         cfg["out_dir"] = f"runs/{cfg['game']}-{cfg['model_type']}-{cfg['backbone']}-s{cfg['seed']}"
     # For gym's MetricsLog (wandb group name).
