@@ -105,7 +105,7 @@ def run(script: str, *args) -> str:
     return p.stdout
 
 
-def bench_quality(work: Path, minutes: float) -> list[str]:
+def bench_quality(work: Path, minutes: float, episodes: int, max_steps: int) -> list[str]:
     sys.path.insert(0, str(ATARI))
     import create_dataset as cd
     import torch
@@ -114,6 +114,7 @@ def bench_quality(work: Path, minutes: float) -> list[str]:
     from mingpt.model_atari import AtariDecisionTransformer, AtariDTConfig
 
     torch.set_num_threads(2)
+    cpu = torch.device("cpu")
     data_dir = work / "replay"
     if not (cd.replay_dir(str(data_dir), "Breakout") / "$store$_terminal_ckpt.49.gz").exists():
         run("create_dataset.py", "--collect", "--out", data_dir, "--steps_per_buffer", "50000",
@@ -165,13 +166,15 @@ def bench_quality(work: Path, minutes: float) -> list[str]:
         )
         model.load_state_dict(state["model"])
         for target in targets if name != "BC" else targets[:1]:
-            # Capped at 2,000 steps: an agent that never serves would otherwise play 27,000.
-            r = evaluate(model, "Breakout", target, 10, 10, 1000, torch.device("cpu"), 2000)
+            # Capped (2,000 steps by default): an agent that never serves would play 27,000.
+            r = evaluate(model, "Breakout", target, episodes, episodes, 1000, cpu, max_steps)
             results[name, target] = float(np.mean(r))
             table.append(f"| {name} | {target:.0f} | {np.mean(r):.1f} +- {np.std(r):.1f} | "
                          f"{steps} |")  # fmt: skip
     print(f"\nquality: dataset returns (clipped) median {median:.0f}, max {top:.0f}")
-    print("| model | target | raw return (10 episodes) | train steps |\n|---|---:|---:|---:|")
+    print(
+        f"| model | target | raw return ({episodes} episodes) | train steps |\n|---|---:|---:|---:|"
+    )
     print("\n".join(table))
     missed = []
     for name in ("DT gpt", "DT qwen3"):
@@ -192,12 +195,15 @@ def main() -> int:
     p.add_argument("--quality", action="store_true")
     p.add_argument("--work", default="runs/bench_atari")
     p.add_argument("--minutes", type=float, default=15.0, help="training budget per model")
+    p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per target")
+    p.add_argument("--max_steps", type=int, default=2000, help="evaluation step cap")
+    p.add_argument("--skip_reader", action="store_true")
     args = p.parse_args()
-    missed = bench_reader(args.rows, args.keep)
+    missed = [] if args.skip_reader else bench_reader(args.rows, args.keep)
     if args.quality:
         work = Path(args.work).resolve()
         work.mkdir(parents=True, exist_ok=True)
-        missed += bench_quality(work, args.minutes)
+        missed += bench_quality(work, args.minutes, args.episodes, args.max_steps)
     for m in missed:
         print(f"MISSED: {m}", file=sys.stderr)
     return 1 if missed else 0

@@ -91,6 +91,18 @@ def test_sampled_dataset_is_consistent_with_the_files(breakout_replay, tmp_path)
     s = int(ds.starts[-1])
     st = ds.stack(s + 1)
     assert not st[:2].any() and np.array_equal(st[2:], ds.frames[s : s + 2])
+    # The training windows carry the same stacks, returns-to-go and the window's first timestep.
+    from mingpt.trainer_atari import WindowDataset
+
+    windows = WindowDataset(ds, 6)
+    for w in (0, 1, len(windows) // 2, len(windows) - 1):
+        i = int(windows.index[w])
+        states, actions, rtgs, timesteps = windows[w]
+        for k in range(6):
+            assert np.array_equal(states[k].numpy(), ds.stack(i + k))
+        assert np.array_equal(actions.numpy(), ds.actions[i : i + 6])
+        assert np.array_equal(rtgs[:, 0].numpy(), ds.rtgs[i : i + 6])
+        assert int(timesteps[0]) == ds.timesteps[i]
     # Cache: same arrays back, read with allow_pickle=False.
     a = cd.create_dataset(2, 1000, "Breakout", str(breakout_replay), 1, seed=5, log=lambda *_: 0)
     b = cd.create_dataset(2, 1000, "Breakout", str(breakout_replay), 1, seed=5, log=lambda *_: 0)
