@@ -113,7 +113,6 @@ def bench_quality(work: Path, minutes: float, episodes: int, max_steps: int) -> 
     from mingpt.evaluate_atari import evaluate
     from mingpt.model_atari import AtariDecisionTransformer, AtariDTConfig
 
-    torch.set_num_threads(2)
     cpu = torch.device("cpu")
     data_dir = work / "replay"
     if not (cd.replay_dir(str(data_dir), "Breakout") / "$store$_terminal_ckpt.49.gz").exists():
@@ -148,6 +147,8 @@ def bench_quality(work: Path, minutes: float, episodes: int, max_steps: int) -> 
                 )  # fmt: skip
             except subprocess.TimeoutExpired:
                 pass
+            if not (out / "checkpoint.pt").exists():
+                raise SystemExit(f"{name}: no checkpoint after {minutes} min; raise --minutes")
         state = load_checkpoint(out / "checkpoint.pt")
         steps = state["trainer"]["global_step"]
         c = state["config"]
@@ -155,12 +156,12 @@ def bench_quality(work: Path, minutes: float, episodes: int, max_steps: int) -> 
             AtariDTConfig(
                 n_actions=4,
                 max_timestep=int(ds.timesteps.max()),
-                context_length=30,
+                context_length=c["context_length"],
                 model_type=c["model_type"],
                 backbone=c["backbone"],
-                n_layer=3,
-                n_head=4,
-                n_embd=128,
+                n_layer=c["n_layer"],
+                n_head=c["n_head"],
+                n_embd=c["embed_dim"],
                 n_kv_head=c["n_kv_head"],
             )  # fmt: skip
         )
