@@ -1,0 +1,115 @@
+"""Playing the Atari DT in ALE: batched over environments, one model call per step.
+
+Episode ``i`` resets its environment with seed ``seed + i`` (which fixes its no-op start) and
+samples actions from the policy with its own generator seeded ``seed + i``, so an episode plays
+the same whichever environment slot runs it and however many run at once. The return-to-go
+starts at the target and is reduced by each raw (unclipped) reward, as the original did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+
+import numpy as np
+import torch
+from atari_env import FrameStack, make_env
+
+from .model_atari import AtariDecisionTransformer
+
+
+class _Episode:
+    def __init__(self, index: int, frame: np.ndarray, target: float, seed: int, K: int):
+        self.index, self.t, self.ret = index, 0, 0.0
+        self.frames = FrameStack(frame)
+        self.states = deque([self.frames.get()], maxlen=K)
+        self.actions: deque[int] = deque(maxlen=K)
+        self.rtgs = deque([float(target)], maxlen=K)
+        self.gen = torch.Generator().manual_seed(seed)
+
+
+@torch.no_grad()
+def evaluate(
+    model: AtariDecisionTransformer,
+    game: str,
+    target: float,
+    episodes: int,
+    num_envs: int,
+    seed: int,
+    device: torch.device,
+    max_steps: int | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    trace: list | None = None,
+) -> list[float]:
+    """Raw returns of ``episodes`` episodes, in episode order. ``trace``, if given, gets
+    ``(episode, step, action)`` of every action taken."""
+    K = model.cfg.context_length
+    was_training = model.training
+    model.eval()
+    envs = [make_env(game) for _ in range(max(1, min(num_envs, episodes)))]
+    returns: list[float] = [0.0] * episodes
+    next_ep = 0
+
+    def start(env) -> _Episode | None:
+        nonlocal next_ep
+        if next_ep >= episodes:
+            return None
+        ep = next_ep
+        next_ep += 1
+        frame, _ = env.reset(seed=seed + ep)
+        return _Episode(ep, frame, target, seed + ep, K)
+
+    slots = [start(env) for env in envs]
+    ctx = (
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    while any(s is not None for s in slots):
+        live = [i for i, s in enumerate(slots) if s is not None]
+        T = max(len(slots[i].states) for i in live)
+        n = len(live)
+        # Right-aligned windows, left padding masked out.
+        states = np.zeros((n, T, 4, 84, 84), dtype=np.uint8)
+        actions = torch.zeros(n, T, dtype=torch.long)
+        rtgs = torch.zeros(n, T, 1)
+        timesteps = torch.zeros(n, 1, dtype=torch.long)
+        mask = torch.zeros(n, T, dtype=torch.bool)
+        for row, i in enumerate(live):
+            ep = slots[i]
+            L = len(ep.states)
+            states[row, T - L :] = np.stack(ep.states)
+            past = list(ep.actions)[-(L - 1) :] if L > 1 else []
+            actions[row, T - L : T - 1] = torch.tensor(past, dtype=torch.long)
+            rtgs[row, T - L :, 0] = torch.tensor(list(ep.rtgs))
+            timesteps[row, 0] = ep.t - L + 1  # the window's first step, as in training
+            mask[row, T - L :] = True
+        with ctx:
+            logits = model(
+                torch.from_numpy(states).to(device),
+                actions.to(device),
+                rtgs.to(device),
+                timesteps.to(device),
+                mask.to(device),
+            )[:, -1]
+        probs = logits.float().softmax(-1).cpu()
+        for row, i in enumerate(live):
+            ep, env = slots[i], envs[i]
+            a = int(torch.multinomial(probs[row], 1, generator=ep.gen))
+            if trace is not None:
+                trace.append((ep.index, ep.t, a))
+            frame, r, terminated, truncated, _ = env.step(a)
+            ep.ret += float(r)
+            ep.t += 1
+            if terminated or truncated or (max_steps is not None and ep.t >= max_steps):
+                returns[ep.index] = ep.ret
+                slots[i] = start(env)
+                continue
+            ep.actions.append(a)
+            ep.frames.push(frame)
+            ep.states.append(ep.frames.get())
+            ep.rtgs.append(ep.rtgs[-1] - float(r))
+    for env in envs:
+        env.close()
+    model.train(was_training)
+    return returns

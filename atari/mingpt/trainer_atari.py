@@ -1,0 +1,183 @@
+"""Training the Atari DT as the original did: AdamW with decay on matmul/conv weights only, lr
+warmed up linearly over the first ``warmup_tokens`` then cosine-decayed to 10% at
+``final_tokens`` (tokens = predicted actions), gradients clipped to norm 1.0. Batches come from a
+DataLoader with workers over windows of ``context_length`` steps inside one trajectory.
+
+Resume is exact: each epoch's order is a permutation drawn from ``(seed, epoch)``, so a run
+restarted at step ``k`` of an epoch skips the first ``k`` batches of the same order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from .model_atari import AtariDecisionTransformer
+
+
+class WindowDataset(Dataset):
+    """Windows of ``K`` consecutive steps of one trajectory: ``states [K, 4, 84, 84]`` uint8,
+    ``actions [K]``, ``rtgs [K, 1]``, ``timesteps [1]`` (the window's first step)."""
+
+    def __init__(self, data, K: int):
+        self.data, self.K = data, K
+        starts, ends = data.starts, data.ends
+        self.traj_start = np.repeat(starts, np.maximum(ends - starts - K + 1, 0))
+        self.index = np.concatenate(
+            [np.arange(s, e - K + 1) for s, e in zip(starts, ends) if e - s >= K] or [[]]
+        ).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, w: int):
+        i, s, K = int(self.index[w]), int(self.traj_start[w]), self.K
+        frames = np.zeros((K + 3, 84, 84), dtype=np.uint8)  # zeros before the trajectory
+        lo = max(s, i - 3)
+        frames[3 - (i - lo) :] = self.data.frames[lo : i + K]
+        # stack t holds frames t..t+3 of the padded run: [K, 4, 84, 84]
+        states = np.lib.stride_tricks.sliding_window_view(frames, 4, axis=0).transpose(0, 3, 1, 2)
+        return (
+            torch.from_numpy(np.ascontiguousarray(states)),
+            torch.from_numpy(self.data.actions[i : i + K]),
+            torch.from_numpy(self.data.rtgs[i : i + K, None]),
+            torch.tensor([self.data.timesteps[i]]),
+        )
+
+
+class EpochSampler(Sampler):
+    """A permutation drawn from ``(seed, epoch)``, started at batch ``skip``."""
+
+    def __init__(self, n: int, seed: int, epoch: int, skip: int):
+        self.n, self.seed, self.epoch, self.skip = n, seed, epoch, skip
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g)[self.skip :].tolist())
+
+    def __len__(self) -> int:
+        return self.n - self.skip
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 5
+    batch_size: int = 128
+    learning_rate: float = 6e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_norm_clip: float = 1.0
+    weight_decay: float = 0.1
+    warmup_tokens: int = 512 * 20
+    final_tokens: int = 0  # the original: 2 * len(dataset) * context_length * 3
+    num_workers: int = 4
+    seed: int = 123
+    steps_per_epoch: int | None = None  # cap (for quick runs); None = the whole dataset
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: AtariDecisionTransformer,
+        dataset: WindowDataset,
+        cfg: TrainerConfig,
+        device: torch.device,
+        autocast_dtype: torch.dtype | None = None,
+    ):
+        self.model, self.dataset, self.cfg, self.device = model, dataset, cfg, device
+        self.autocast_dtype = autocast_dtype
+        self.optimizer = torch.optim.AdamW(
+            model.param_groups(cfg.weight_decay), lr=cfg.learning_rate, betas=cfg.betas
+        )
+        # Progress, all of it in the checkpoint.
+        self.epoch, self.step, self.tokens, self.global_step = 0, 0, 0, 0
+        self.loss_sum, self.loss_count = 0.0, 0
+
+    def steps_in_epoch(self) -> int:
+        n = math.ceil(len(self.dataset) / self.cfg.batch_size)
+        return min(n, self.cfg.steps_per_epoch) if self.cfg.steps_per_epoch else n
+
+    def lr(self) -> float:
+        c = self.cfg
+        if self.tokens < c.warmup_tokens:
+            mult = self.tokens / max(1, c.warmup_tokens)
+        else:
+            progress = (self.tokens - c.warmup_tokens) / max(1, c.final_tokens - c.warmup_tokens)
+            mult = max(0.1, 0.5 * (1.0 + math.cos(math.pi * progress)))
+        return c.learning_rate * mult
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def run_epoch(self, on_step: Callable[[Trainer], None] | None = None) -> dict:
+        """Train to the end of the current epoch (from ``self.step``); returns its logs."""
+        c, model = self.cfg, self.model
+        model.train()
+        total = self.steps_in_epoch()
+        sampler = EpochSampler(len(self.dataset), c.seed, self.epoch, self.step * c.batch_size)
+        loader = DataLoader(
+            self.dataset,
+            batch_size=c.batch_size,
+            sampler=sampler,
+            num_workers=c.num_workers,
+            pin_memory=self.device.type == "cuda",
+            # Worker seeds come from this generator, not the global RNG that dropout uses.
+            generator=torch.Generator().manual_seed(c.seed),
+        )
+        bar = tqdm(total=total, initial=self.step, desc=f"epoch {self.epoch + 1}", leave=False)
+        for states, actions, rtgs, timesteps in loader:
+            if self.step >= total:
+                break
+            states, actions = states.to(self.device), actions.to(self.device)
+            rtgs, timesteps = rtgs.to(self.device), timesteps.to(self.device)
+            with self.autocast():
+                loss = model.loss(states, actions, rtgs, timesteps)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_norm_clip)
+            self.optimizer.step()
+            # The schedule moves with tokens seen (one per predicted action), as the original's.
+            self.tokens += actions.numel()
+            lr = self.lr()
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.step += 1
+            self.global_step += 1
+            self.loss_sum += loss.item()
+            self.loss_count += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+            if on_step is not None and self.step < total:
+                on_step(self)
+        bar.close()
+        logs = {
+            "train/loss": self.loss_sum / max(1, self.loss_count),
+            "train/lr": self.lr(),
+            "train/tokens": self.tokens,
+        }
+        self.epoch, self.step, self.loss_sum, self.loss_count = self.epoch + 1, 0, 0.0, 0
+        return logs
+
+    def state_dict(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "tokens": self.tokens,
+            "global_step": self.global_step,
+            "loss_sum": self.loss_sum,
+            "loss_count": self.loss_count,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        for k in ("epoch", "step", "tokens", "global_step", "loss_sum", "loss_count"):
+            setattr(self, k, state[k])

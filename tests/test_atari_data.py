@@ -1,0 +1,217 @@
+"""The Atari data path: DQN-Replay files in the real on-disk format, written from real ALE play,
+read by the streaming reader; the sampling with the original's faults fixed; bad inputs."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ATARI_DIR = Path(__file__).resolve().parents[1] / "atari"
+sys.path.insert(0, str(ATARI_DIR))
+
+import create_dataset as cd  # noqa: E402
+import dqn_replay as fmt  # noqa: E402
+from cli import script_env  # noqa: E402
+from decision_transformer.data.trajectories import DatasetError  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def breakout_replay(tmp_path_factory) -> Path:
+    """Two buffers of 1200 steps of the built-in Breakout player, via the CLI."""
+    out = tmp_path_factory.mktemp("dqn_replay")
+    proc = run_atari(
+        "create_dataset.py", "--collect", "--game", "Breakout", "--out", out,
+        "--steps_per_buffer", "1200", "--buffers", "2", "--seed", "3",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def run_atari(script: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, script, *map(str, args)],
+        cwd=ATARI_DIR,
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_reader_matches_np_load_on_real_frames(breakout_replay):
+    d = cd.replay_dir(str(breakout_replay), "Breakout")
+    for store in fmt.STORES:
+        path = fmt.store_path(d, store, 49)
+        with gzip.open(path) as f:
+            full = np.load(f, allow_pickle=False)
+        assert np.array_equal(fmt.read_rows(path), full)
+        rows = np.sort(np.random.default_rng(0).choice(len(full), 77, replace=False))
+        got = fmt.read_rows(path, rows)
+        assert got.dtype == full.dtype and np.array_equal(got, full[rows])
+    obs = fmt.read_rows(fmt.store_path(d, "observation", 49))
+    assert obs.shape == (1200, 84, 84) and obs.std() > 0  # real screens, not blanks
+    assert int(fmt.read_rows(fmt.count_path(d, 49))[0]) == 1200
+
+
+def test_sampled_dataset_is_consistent_with_the_files(breakout_replay, tmp_path):
+    ds = cd.create_dataset(2, 1000, "Breakout", str(breakout_replay), 1, seed=5, cache=False,
+                           log=lambda *_: None)  # fmt: skip
+    assert len(ds) >= 1000
+    d = cd.replay_dir(str(breakout_replay), "Breakout")
+    # Every trajectory is a run of whole rows of one buffer ending at a game over.
+    terms = {b: fmt.read_rows(fmt.store_path(d, "terminal", b)) for b in (48, 49)}
+    rewards = {b: fmt.read_rows(fmt.store_path(d, "reward", b)) for b in (48, 49)}
+    for s, e in zip(ds.starts, ds.ends):
+        assert ds.timesteps[s] == 0 and ds.timesteps[e - 1] == e - 1 - s
+        assert ds.rtgs[e - 1] == ds.rewards[e - 1]  # no reward of the next trajectory
+        assert np.isclose(ds.rtgs[s], ds.rewards[s:e].sum())
+        n = e - s
+        match = [
+            b
+            for b in terms
+            for i in range(len(terms[b]) - n + 1)
+            if terms[b][i + n - 1] and np.array_equal(rewards[b][i : i + n], ds.rewards[s:e])
+        ]
+        assert match
+    # Frame stacks: zeros before a trajectory's first frame, then its frames in order.
+    s = int(ds.starts[-1])
+    st = ds.stack(s + 1)
+    assert not st[:2].any() and np.array_equal(st[2:], ds.frames[s : s + 2])
+    # The training windows carry the same stacks, returns-to-go and the window's first timestep.
+    from mingpt.trainer_atari import WindowDataset
+
+    windows = WindowDataset(ds, 6)
+    for w in (0, 1, len(windows) // 2, len(windows) - 1):
+        i = int(windows.index[w])
+        states, actions, rtgs, timesteps = windows[w]
+        for k in range(6):
+            assert np.array_equal(states[k].numpy(), ds.stack(i + k))
+        assert np.array_equal(actions.numpy(), ds.actions[i : i + 6])
+        assert np.array_equal(rtgs[:, 0].numpy(), ds.rtgs[i : i + 6])
+        assert int(timesteps[0]) == ds.timesteps[i]
+    # Cache: same arrays back, read with allow_pickle=False.
+    a = cd.create_dataset(2, 1000, "Breakout", str(breakout_replay), 1, seed=5, log=lambda *_: 0)
+    b = cd.create_dataset(2, 1000, "Breakout", str(breakout_replay), 1, seed=5, log=lambda *_: 0)
+    assert all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("frames", "rtgs", "starts"))
+
+
+def test_sampling_takes_exactly_the_asked_trajectories():
+    # Buffer 0: games end after rows 9, 19, 29, 39; buffer 1: 4, 9, ..., 49 and a tail.
+    terminals = {0: np.zeros(45, np.uint8), 1: np.zeros(53, np.uint8)}
+    terminals[0][[9, 19, 29, 39]] = 1
+    terminals[1][4:50:5] = 1
+    segs = cd.plan_segments(terminals, 40, 2, np.random.default_rng(0))
+    by_visit = {}
+    for b, s, e in segs:
+        assert terminals[b][e - 1] == 1 and not terminals[b][s : e - 1].any()
+        by_visit.setdefault(b, []).append((s, e))
+    for runs in by_visit.values():  # contiguous, from row 0, whole visits of 2
+        assert runs[0][0] == 0 and all(x[1] == y[0] for x, y in zip(runs, runs[1:]))
+        assert len(runs) % 2 == 0
+    with pytest.raises(DatasetError, match="more than the data holds"):
+        cd.plan_segments(terminals, 10_000, 2, np.random.default_rng(0))
+
+
+def test_streaming_memory_is_bounded_by_what_is_kept(tmp_path):
+    """~340 MB of frames decompressed; keep 1500 rows (~10.6 MB); peak RSS growth stays near that
+    (a whole np.load would add 340 MB)."""
+    rows = 48_000
+    path = tmp_path / "$store$_observation_ckpt.0.gz"
+    frame = np.random.default_rng(0).integers(0, 255, (84, 84), dtype=np.uint8)
+    block = np.broadcast_to(frame, (2000, 84, 84)).copy()
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "|u1", "fortran_order": False, "shape": (rows, 84, 84)}
+        )
+        for _ in range(rows // len(block)):
+            f.write(block.tobytes())
+    code = textwrap.dedent(f"""
+        import resource, sys
+        import numpy as np
+        sys.path.insert(0, {str(ATARI_DIR)!r})
+        import dqn_replay
+        def hwm():  # peak RSS in KiB of this process image; ru_maxrss keeps the parent's
+            for line in open("/proc/self/status"):
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        base = hwm()
+        want = np.sort(np.random.default_rng(1).choice({rows}, 1500, replace=False))
+        out = dqn_replay.read_rows(__import__("pathlib").Path({str(path)!r}), want)
+        assert out.shape == (1500, 84, 84) and (out[::100] == out[0]).all()
+        peak = hwm()
+        print((peak - base) * 1024, out.nbytes)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=script_env(), timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    grew, kept = map(int, proc.stdout.split()[-2:])
+    decompressed = rows * 84 * 84
+    assert kept <= grew < 3 * kept + 12 * 2**20, (grew, kept)
+    assert grew < decompressed / 5  # a whole np.load grows by all of it
+
+
+def test_prefix_without_trailing_slash(breakout_replay):
+    a = cd.create_dataset(2, 500, "Breakout", str(breakout_replay), 1, 0, False, lambda *_: 0)
+    b = cd.create_dataset(2, 500, "Breakout", str(breakout_replay) + "/", 1, 0, False, lambda *_: 0)
+    assert len(a) == len(b) >= 500
+
+
+def _copy_replay(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return cd.replay_dir(str(dst), "Breakout")
+
+
+def test_bad_inputs_one_line_exit_2(breakout_replay, tmp_path):
+    base = ["--num_buffers", "2", "--trajectories_per_buffer", "1"]
+    # Missing files: names the path and the --collect command.
+    line = one_error_line(run_atari("create_dataset.py", "--data_dir_prefix", tmp_path / "none",
+                                    "--num_steps", "100", *base))  # fmt: skip
+    assert "$store$_observation_ckpt.49.gz" in line and "--collect" in line
+    # More steps than the data holds.
+    line = one_error_line(run_atari("create_dataset.py", "--data_dir_prefix", breakout_replay,
+                                    "--num_steps", "10000000", *base))  # fmt: skip
+    assert "--num_steps" in line
+    # Truncated observation file.
+    d = _copy_replay(breakout_replay, tmp_path / "trunc")
+    for ckpt in (48, 49):
+        p = fmt.store_path(d, "observation", ckpt)
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 10])
+    line = one_error_line(run_atari("create_dataset.py", "--data_dir_prefix", tmp_path / "trunc",
+                                    "--num_steps", "1500", *base))  # fmt: skip
+    assert "truncated" in line and "observation_ckpt.4" in line
+    # Wrong dtype, and wrong shape.
+    d = _copy_replay(breakout_replay, tmp_path / "dtype")
+    fmt.write_array_gz(fmt.store_path(d, "observation", 48), np.zeros((1200, 84, 84), np.float32))
+    line = one_error_line(run_atari("create_dataset.py", "--data_dir_prefix", tmp_path / "dtype",
+                                    "--num_steps", "100", *base))  # fmt: skip
+    assert "float32" in line
+    d = _copy_replay(breakout_replay, tmp_path / "shape")
+    fmt.write_array_gz(fmt.store_path(d, "observation", 48), np.zeros((1200, 80, 80), np.uint8))
+    line = one_error_line(run_atari("create_dataset.py", "--data_dir_prefix", tmp_path / "shape",
+                                    "--num_steps", "100", *base))  # fmt: skip
+    assert "[1200, 80, 80]" in line
+    # A game ale-py has no ROM for.
+    line = one_error_line(run_atari("run_dt_atari.py", "--game", "NoSuchGame",
+                                    "--data_dir_prefix", breakout_replay))  # fmt: skip
+    assert "NoSuchGame" in line
+    # Backbone shapes that cannot work, refused before the data is read.
+    line = one_error_line(run_atari("run_dt_atari.py", "--backbone", "qwen3", "--n_kv_head", "3",
+                                    "--data_dir_prefix", tmp_path / "none"))  # fmt: skip
+    assert "--n_kv_head" in line
