@@ -5,6 +5,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 GYM_DIR = ROOT / "gym"
@@ -45,3 +46,13 @@ def checkout_stays_clean():
     yield
     left = sorted(_checkout_files() - before)
     assert not left, f"the tests left files in the checkout: {left}"
+
+
+@pytest.fixture
+def one_thread():
+    """For tiny models: a second OpenMP thread buys nothing, and on a busy 2-core machine its
+    barriers can make every op wait for a descheduled thread (seen: 25x slower steps)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -19,14 +19,7 @@ from decision_transformer.models.qwen3_transformer import (
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # These models are tiny: a second OpenMP thread buys nothing, and on a busy 2-core machine its
-    # barriers can make every op wait for a descheduled thread (seen: 25x slower steps).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # GQA (6 query heads on 2 key/value heads) with head_dim 20 != embed_dim / n_head = 8.

@@ -15,11 +15,8 @@ S, A, K = 5, 3, 4
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def fresh_dynamo(one_thread):
     yield
-    torch.set_num_threads(n)
     torch._dynamo.reset()
 
 

@@ -257,6 +257,14 @@ def compile_regions(model: torch.nn.Module, **compile_kwargs) -> None:
         block.compile(**compile_kwargs)
 
 
+def unfit_checkpoint(path: Path, error: Exception) -> CheckpointError:
+    """A readable checkpoint whose tensors or states do not load into this run's model."""
+    return CheckpointError(
+        f"--resume: {path} does not fit this run's model ({str(error).splitlines()[0]}); "
+        "resume with the original flags or start afresh"
+    )
+
+
 def reference_scores_for(cfg: dict):
     return reference_scores(cfg["env"], cfg["dataset"])
 
@@ -372,10 +380,7 @@ def run(cfg: dict) -> int:
         try:
             model.load_state_dict(ckpt["model"])
         except (RuntimeError, TypeError) as e:
-            raise CheckpointError(
-                f"--resume: {ckpt_path} does not fit this run's model ({str(e).splitlines()[0]}); "
-                "resume with the original flags or start afresh"
-            ) from None
+            raise unfit_checkpoint(ckpt_path, e) from None
     elif ckpt is not None and not fsdp:
         raise ConfigError(
             f"--resume: {ckpt_path} holds no consolidated weights (written with "
@@ -431,10 +436,7 @@ def run(cfg: dict) -> int:
             scheduler.load_state_dict(ckpt["scheduler"])
             set_rng_state(ckpt["rng"], np_rng)
         except (KeyError, RuntimeError, TypeError, ValueError) as e:
-            raise CheckpointError(
-                f"--resume: {ckpt_path} does not fit this run's model ({str(e).splitlines()[0]}); "
-                "resume with the original flags or start afresh"
-            ) from None
+            raise unfit_checkpoint(ckpt_path, e) from None
         start_iter = ckpt["iteration"]
         if ctx.is_main:
             print(f"resuming {out_dir} after iteration {start_iter}")
