@@ -43,7 +43,7 @@ def main() -> int:
     moment, n, backbone, *argv = sys.argv[1:]
     n = int(n)
     if moment == "step":
-        Trainer.optimize = counting(Trainer.optimize, n)
+        Trainer.optimize_step = counting(Trainer.optimize_step, n)
     elif moment == "eval":
         experiment.evaluate_returns = counting(experiment.evaluate_returns, n)
     elif moment == "checkpoint":

@@ -142,7 +142,7 @@ def broken_checkpoint(run_dir, kind):
     "kind,needle",
     [
         ("truncated", "is not a readable checkpoint"),
-        ("foreign", "is not a checkpoint written by experiment.py (no model"),
+        ("foreign", "is not a checkpoint written by experiment.py (no optimizer"),
     ],
 )
 def test_resume_from_a_bad_checkpoint(good, tmp_path, kind, needle):

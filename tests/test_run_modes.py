@@ -22,11 +22,16 @@ SCALE = 1000.0
 
 
 class RtgSpy(DecisionTransformer):
-    """Records the last return-to-go each model call was conditioned on (sequential calls)."""
+    """Records the return-to-go each step's action was conditioned on (one episode): the rollout
+    core calls ``act_step`` while the window fills and ``get_actions`` once it slides."""
 
-    def get_action(self, states, actions, rewards, returns_to_go, timesteps, **kw):
+    def act_step(self, cache, state, prev_action, return_to_go, t):
+        self.seen.append(float(return_to_go.reshape(-1)[-1]))
+        return super().act_step(cache, state, prev_action, return_to_go, t)
+
+    def get_actions(self, states, actions, rewards, returns_to_go, timesteps, **kw):
         self.seen.append(float(returns_to_go.reshape(-1)[-1]))
-        return super().get_action(states, actions, rewards, returns_to_go, timesteps, **kw)
+        return super().get_actions(states, actions, rewards, returns_to_go, timesteps, **kw)
 
 
 def tiny_dt(cls=DecisionTransformer):
@@ -70,7 +75,7 @@ def test_delayed_mode_keeps_conditioning_on_the_whole_target():
     normal, delayed = tiny_dt(RtgSpy), tiny_dt(RtgSpy)
     play(normal, "normal")
     ret, length = play(delayed, "delayed")
-    assert length > 3
+    assert length > 3 and len(delayed.seen) == length  # one model call per step
     # delayed: rewards only come at the end, so the target is never decremented on the way.
     assert delayed.seen == [pytest.approx(0.5)] * len(delayed.seen)
     # normal: each step's reward is taken off.
