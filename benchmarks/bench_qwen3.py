@@ -11,6 +11,10 @@ peak measured in the same run. FLOPs are counted analytically: 6 x linear weight
 projections, plus 12 x B x T^2 x heads x head_dim a layer for attention (both matmuls, fwd+bwd).
 It runs with glibc's default allocator, then again with freed memory kept (see keep_freed_memory).
 
+Targets (the script exits 1 with a ``MISSED:`` line for each case that misses one): ours at least
+``SPEEDUP_TARGET`` x the reference in (a), and at least ``PEAK_FRACTION_TARGET`` of the matmul peak
+in (b).
+
 Timings are the best of ``--repeats`` after a warm-up, ours and the reference interleaved, so that
 load from other processes on a shared machine inflates both alike and the minimum filters it out.
 """
@@ -26,6 +30,9 @@ import time
 from pathlib import Path
 
 import torch
+
+SPEEDUP_TARGET = 1.1
+PEAK_FRACTION_TARGET = 0.5
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gym"))
 
@@ -91,7 +98,7 @@ def train_step(model: torch.nn.Module, x: torch.Tensor, mask, dtype: torch.dtype
     return step
 
 
-def compare(repeats: int, threads: list[int], quick: bool) -> None:
+def compare(repeats: int, threads: list[int], quick: bool, missed: list[str]) -> None:
     import transformers
 
     print("## (a) forward+backward: ours vs transformers Qwen3Model (sdpa)\n")
@@ -127,11 +134,17 @@ def compare(repeats: int, threads: list[int], quick: bool) -> None:
                         [train_step(ours, x, mask, dtype), train_step(ref, x, mask, dtype)],
                         repeats,
                     )
+                    case = f"{name} {B} x {T} {n} threads {str(dtype)[6:]} {batch}"
                     print(
                         f"| {name} | {B} x {T} | {n} | {str(dtype)[6:]} | {batch} | "
                         f"{t_ours * 1e3:.1f} | {t_ref * 1e3:.1f} | {t_ref / t_ours:.2f}x |",
                         flush=True,
                     )
+                    if t_ref / t_ours < SPEEDUP_TARGET:
+                        missed.append(
+                            f"{case}: {t_ref / t_ours:.2f}x transformers (target "
+                            f">= {SPEEDUP_TARGET}x)"
+                        )
     print()
 
 
@@ -169,7 +182,7 @@ def keep_freed_memory() -> bool:
     )
 
 
-def utilisation(repeats: int, threads: list[int], quick: bool) -> None:
+def utilisation(repeats: int, threads: list[int], quick: bool, missed: list[str]) -> None:
     dims = {**QWEN3_06B, "n_layer": 2} if quick else QWEN3_06B
     cfg = Qwen3Config(**dims)
     torch.manual_seed(0)
@@ -206,10 +219,16 @@ def utilisation(repeats: int, threads: list[int], quick: bool) -> None:
                         f"{achieved / peak:.0%} |",
                         flush=True,
                     )
+                    if achieved / peak < PEAK_FRACTION_TARGET:
+                        missed.append(
+                            f"{label} {allocator}, {n} threads, {str(dtype)[6:]}, B={B}: "
+                            f"{achieved / peak:.0%} of the matmul peak (target "
+                            f">= {PEAK_FRACTION_TARGET:.0%})"
+                        )
     print()
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per case (best kept)")
@@ -218,10 +237,14 @@ def main() -> None:
     repeats = args.repeats or (2 if args.quick else 5)
     # Other processes on a shared machine show here; the best-of timings mostly filter them out.
     print(f"torch {torch.__version__}; load average {os.getloadavg()[0]:.2f} at start\n")
-    compare(repeats, args.threads, args.quick)
-    utilisation(max(2, repeats - 2), args.threads, args.quick)
+    missed: list[str] = []
+    compare(repeats, args.threads, args.quick, missed)
+    utilisation(max(2, repeats - 2), args.threads, args.quick, missed)
     print(f"load average {os.getloadavg()[0]:.2f} at end")
+    for m in missed:
+        print(f"MISSED: {m}", file=sys.stderr)
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
