@@ -75,13 +75,19 @@ def test_bad_dataset_files(tmp_path, kind):
     data.mkdir()
     (data / "humanoid-medium-v2.pkl").write_bytes(dataset_files(tmp_path, marker)[kind])
     out = tmp_path / "run"
-    proc = run_script(
-        "experiment.py", "--env", "humanoid", "--data_dir", data, "--out_dir", out, *TINY
-    )
+    proc = train_humanoid(data, out)
     assert_one_line_error(proc, DATASET_NEEDLES[kind])
     assert "delete it and remake it" in proc.stderr or "regenerate" in proc.stderr
     # No side effect: the payload never ran, no run directory appeared.
     assert not marker.exists() and not out.exists()
+
+
+def train_humanoid(data_dir, out_dir, *args):
+    """experiment.py on the humanoid env with TINY flags, as a subprocess."""
+    return run_script(
+        "experiment.py", "--env", "humanoid", "--data_dir", data_dir, "--out_dir", out_dir,
+        *TINY, *args,
+    )  # fmt: skip
 
 
 def assert_one_line_error(proc, needle):
@@ -110,17 +116,7 @@ FLAG_CASES = {
 @pytest.mark.parametrize("case", list(FLAG_CASES))
 def test_bad_flags(good, tmp_path, case):
     args, needle = FLAG_CASES[case]
-    proc = run_script(
-        "experiment.py",
-        "--env",
-        "humanoid",
-        "--data_dir",
-        good,
-        "--out_dir",
-        tmp_path / "run",
-        *TINY,
-        *args,
-    )
+    proc = train_humanoid(good, tmp_path / "run", *args)
     assert_one_line_error(proc, needle)
     assert not (tmp_path / "run").exists()
 
@@ -147,17 +143,7 @@ def broken_checkpoint(run_dir, kind):
 )
 def test_resume_from_a_bad_checkpoint(good, tmp_path, kind, needle):
     broken_checkpoint(tmp_path / "run", kind)
-    proc = run_script(
-        "experiment.py",
-        "--env",
-        "humanoid",
-        "--data_dir",
-        good,
-        "--out_dir",
-        tmp_path / "run",
-        *TINY,
-        "--resume",
-    )
+    proc = train_humanoid(good, tmp_path / "run", "--resume")
     assert_one_line_error(proc, needle)
 
 
