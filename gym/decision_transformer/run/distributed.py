@@ -14,7 +14,6 @@ it).
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import inspect
 import os
@@ -148,16 +147,6 @@ def freeze_untrained_heads(model: torch.nn.Module) -> None:
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside DistributedDataParallel (FSDP2 shards in place: nothing to unwrap)."""
     return getattr(model, "module", model)
-
-
-def no_sync(model: torch.nn.Module, sync: bool):
-    """Context for one micro-step: gradients are reduced across ranks only when ``sync``."""
-    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
-        model.set_requires_gradient_sync(sync)
-        return contextlib.nullcontext()
-    if sync or not hasattr(model, "no_sync"):
-        return contextlib.nullcontext()
-    return model.no_sync()
 
 
 def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:

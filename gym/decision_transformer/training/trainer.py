@@ -156,14 +156,12 @@ class Trainer:
         """One optimizer step over ``grad_accum_steps`` micro-batches; returns the loss averaged
         over micro-batches and ranks. Raises NonFiniteError (on every rank alike) instead of
         stepping when the step fails the guard."""
-        from ..run.distributed import no_sync
-
         self.optimizer.zero_grad(set_to_none=True)
         accum = self.grad_accum_steps
         total = None
         for micro in range(accum):
             # Gradients are all-reduced on the last micro-step only.
-            with no_sync(self.model, micro == accum - 1):
+            with gradient_sync(self.model, micro == accum - 1):
                 loss = self.compute_loss()
                 # The sampler's weight turns micro-batch means into the global batch's mean.
                 scale = getattr(self.get_batch, "weight", 1.0) / accum
@@ -222,6 +220,17 @@ class Trainer:
                 self.global_step,
             )
         self.last_weight_norm = norm
+
+
+def gradient_sync(model: torch.nn.Module, sync: bool):
+    """Context for one micro-step: gradients are reduced across ranks (DDP, FSDP2) only when
+    ``sync``; a plain module has nothing to reduce."""
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+    if sync or not hasattr(model, "no_sync"):
+        return contextlib.nullcontext()
+    return model.no_sync()  # DDP
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
