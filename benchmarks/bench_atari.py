@@ -123,7 +123,7 @@ def bench_quality(work: Path, minutes: float, episodes: int, max_steps: int) -> 
     common = ["--data_dir_prefix", data_dir, "--num_buffers", "2", "--num_steps", "80000",
               "--trajectories_per_buffer", "5", "--context_length", "10", "--batch_size", "16",
               "--n_layer", "3", "--n_head", "4", "--embed_dim", "128", "--eval_episodes", "0",
-              "--epochs", "1", "--steps_per_epoch", "1000000", "--save_every", "25",
+              "--epochs", "5", "--steps_per_epoch", "1000000", "--save_every", "25",
               "--num_workers", "1", "--device", "cpu"]  # fmt: skip
     runs = {
         "DT gpt": ["--backbone", "gpt"],
