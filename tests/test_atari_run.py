@@ -117,6 +117,60 @@ def test_batched_evaluation_equals_one_env(replay):
     assert cd  # imported for its sys.path side effects only
 
 
+def test_evaluation_encodes_each_stack_once_and_matches_full_windows(replay):
+    """The evaluator encodes every frame stack once; its actions equal those of the original's
+    way, the whole window (frames included) through the model at every step."""
+    from collections import deque
+
+    import numpy as np
+    from atari_env import FrameStack, make_env
+    from mingpt.evaluate_atari import evaluate
+    from mingpt.model_atari import AtariDecisionTransformer, AtariDTConfig
+
+    torch.manual_seed(1)
+    K, seed, steps, target = 4, 5, 40, 30.0
+    model = AtariDecisionTransformer(
+        AtariDTConfig(
+            n_actions=4, max_timestep=500, context_length=K, n_layer=1, n_head=2, n_embd=32
+        )  # fmt: skip
+    ).eval()
+    with torch.no_grad():  # zero-initialised; random here so that a wrong timestep shows
+        model.global_pos_emb.normal_(std=0.5)
+        model.pos_emb.normal_(std=0.5)
+    encoded = []
+    hook = model.state_encoder.register_forward_hook(lambda m, x, out: encoded.append(len(out)))
+    trace: list = []
+    evaluate(model, "Breakout", target, 1, 1, seed, torch.device("cpu"), steps, trace=trace)
+    hook.remove()
+    assert sum(encoded) == len(trace) == steps
+
+    env, gen = make_env("Breakout"), torch.Generator().manual_seed(seed)
+    frame, _ = env.reset(seed=seed)
+    frames = FrameStack(frame)
+    states, actions, rtgs = deque(maxlen=K), deque(maxlen=K), deque([target], maxlen=K)
+    reference = []
+    with torch.no_grad():
+        for t in range(steps):
+            states.append(frames.get())
+            L = len(states)
+            past = list(actions)[-(L - 1) :] if L > 1 else []
+            logits = model(
+                torch.from_numpy(np.stack(states))[None],
+                torch.tensor([past + [0]]),  # the last action is masked from the prediction
+                torch.tensor(list(rtgs))[None, :, None],
+                torch.tensor([[t - L + 1]]),
+            )[:, -1]
+            a = int(torch.multinomial(logits.float().softmax(-1)[0], 1, generator=gen))
+            reference.append((0, t, a))
+            frame, r, *_ = env.step(a)
+            actions.append(a)
+            frames.push(frame)
+            rtgs.append(rtgs[-1] - float(r))
+    env.close()
+    assert trace == reference
+    assert len({a for *_, a in trace}) > 1
+
+
 def test_kill_9_then_resume_continues_exactly(replay, tmp_path):
     args = [*TINY, "--data_dir_prefix", replay, "--epochs", "2", "--steps_per_epoch", "12",
             "--save_every", "2", "--eval_episodes", "0"]  # fmt: skip

@@ -4,6 +4,9 @@ Episode ``i`` resets its environment with seed ``seed + i`` (which fixes its no-
 samples actions from the policy with its own generator seeded ``seed + i``, so an episode plays
 the same whichever environment slot runs it and however many run at once. The return-to-go
 starts at the target and is reduced by each raw (unclipped) reward, as the original did.
+
+Each frame stack goes through the conv encoder once, when it is observed; the window keeps its
+embeddings (the original re-encoded all K stacks of the window at every step).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ class _Episode:
     def __init__(self, index: int, frame: np.ndarray, target: float, seed: int, K: int):
         self.index, self.t, self.ret = index, 0, 0.0
         self.frames = FrameStack(frame)
-        self.states = deque([self.frames.get()], maxlen=K)
+        self.new_state = self.frames.get()  # observed, not yet encoded
+        self.states: deque[torch.Tensor] = deque(maxlen=K)  # embeddings [n_embd]
         self.actions: deque[int] = deque(maxlen=K)
         self.rtgs = deque([float(target)], maxlen=K)
         self.gen = torch.Generator().manual_seed(seed)
@@ -67,10 +71,16 @@ def evaluate(
     )
     while any(s is not None for s in slots):
         live = [i for i, s in enumerate(slots) if s is not None]
+        with ctx:
+            new = model.encode(
+                torch.from_numpy(np.stack([slots[i].new_state for i in live])).to(device)
+            )
+        for row, i in enumerate(live):
+            slots[i].states.append(new[row])
         T = max(len(slots[i].states) for i in live)
         n = len(live)
         # Right-aligned windows, left padding masked out.
-        states = np.zeros((n, T, 4, 84, 84), dtype=np.uint8)
+        states = new.new_zeros(n, T, new.shape[-1])
         actions = torch.zeros(n, T, dtype=torch.long)
         rtgs = torch.zeros(n, T, 1)
         timesteps = torch.zeros(n, 1, dtype=torch.long)
@@ -78,15 +88,15 @@ def evaluate(
         for row, i in enumerate(live):
             ep = slots[i]
             L = len(ep.states)
-            states[row, T - L :] = np.stack(ep.states)
+            states[row, T - L :] = torch.stack(list(ep.states))
             past = list(ep.actions)[-(L - 1) :] if L > 1 else []
             actions[row, T - L : T - 1] = torch.tensor(past, dtype=torch.long)
             rtgs[row, T - L :, 0] = torch.tensor(list(ep.rtgs))
             timesteps[row, 0] = ep.t - L + 1  # the window's first step, as in training
             mask[row, T - L :] = True
         with ctx:
-            logits = model(
-                torch.from_numpy(states).to(device),
+            logits = model.forward_encoded(
+                states,
                 actions.to(device),
                 rtgs.to(device),
                 timesteps.to(device),
@@ -107,7 +117,7 @@ def evaluate(
                 continue
             ep.actions.append(a)
             ep.frames.push(frame)
-            ep.states.append(ep.frames.get())
+            ep.new_state = ep.frames.get()
             ep.rtgs.append(ep.rtgs[-1] - float(r))
     for env in envs:
         env.close()

@@ -129,9 +129,25 @@ class AtariDecisionTransformer(nn.Module):
         value: the causal mask keeps it from the last state's prediction), rtgs ``[B, T, 1]``,
         timesteps ``[B, 1]`` (the window's first step), mask ``[B, T]`` (False = left padding).
         """
+        return self.forward_encoded(self.encode(states), actions, rtgs, timesteps, mask)
+
+    def encode(self, states: torch.Tensor) -> torch.Tensor:
+        """Frame stacks ``[..., 4, 84, 84]`` uint8 -> state embeddings ``[..., n_embd]``. A
+        stack's embedding depends on that stack alone, so evaluation encodes each one once."""
+        lead = states.shape[:-3]
+        return self.state_encoder(states.reshape(-1, *states.shape[-3:])).view(*lead, -1)
+
+    def forward_encoded(
+        self,
+        s: torch.Tensor,
+        actions: torch.Tensor,
+        rtgs: torch.Tensor,
+        timesteps: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``forward`` with the states already through ``encode``: ``s`` is ``[B, T, n_embd]``."""
         B, T = actions.shape
         D = self.cfg.n_embd
-        s = self.state_encoder(states.reshape(B * T, *states.shape[2:])).view(B, T, D)
         a = self.action_emb(actions)
         if self.cfg.model_type == "reward_conditioned":
             r = self.ret_emb(rtgs.float())
