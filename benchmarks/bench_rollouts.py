@@ -20,9 +20,9 @@ than wall-clock time would (on an idle machine with one thread the two agree).
 Targets (exit 1 naming any missed): window+cache >= 5x one-episode at 16 envs and >= 10x at 100
 envs, >= 3x batched full at 16 envs, and a window-mode step at K=100 costs < 1.5x one at K=20 (16
 envs). A second table counts only the time spent choosing actions. MuJoCo's share is the same
-for every evaluator, so it caps the ratios: the last columns time the vector env's ``step`` alone
-inside the x100 run and give the best ratio any evaluator could reach over the one-episode one
-(one-episode seconds per step / env-only seconds per step); a missed target names that cap.
+for every evaluator, so it caps the ratios: a third table times the vector env's ``step`` alone
+inside the window+cache runs and gives the best ratio any evaluator could reach (the slower
+evaluator's seconds per step / the env's alone); a missed target names that cap.
 """
 
 from __future__ import annotations

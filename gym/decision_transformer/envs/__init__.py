@@ -58,7 +58,19 @@ def get_spec(name: str) -> EnvSpec:
     return ENV_SPECS[parse_env_name(name)[0]]
 
 
+def _mujoco_warning(message: str) -> None:
+    """MuJoCo's own warning printout, less one line: MuJoCo 4 deprecates the ``settotalmass``
+    attribute that gymnasium's half_cheetah.xml still uses, and would print that warning for
+    every HalfCheetah env built (16 lines per batched evaluation)."""
+    if "'settotalmass' is deprecated" not in message:
+        print(f"WARNING: {message}\n", flush=True)
+
+
 def _register_custom_envs() -> None:
+    import mujoco
+
+    if mujoco.get_mju_user_warning() is None:  # leave a handler someone else set alone
+        mujoco.set_mju_user_warning(_mujoco_warning)
     if "decision_transformer/Reacher2d-v0" not in gymnasium.registry:
         gymnasium.register(
             "decision_transformer/Reacher2d-v0",
