@@ -66,7 +66,8 @@ def _mujoco_warning(message: str) -> None:
         print(f"WARNING: {message}\n", flush=True)
 
 
-def _register_custom_envs() -> None:
+def _prepare_gymnasium() -> None:
+    """Register the project's own envs, and install the MuJoCo warning printout above."""
     import mujoco
 
     if mujoco.get_mju_user_warning() is None:  # leave a handler someone else set alone
@@ -81,14 +82,14 @@ def _register_custom_envs() -> None:
 
 def make_env(name: str, **kwargs) -> gymnasium.Env:
     """Build the gymnasium env for a suite name (``humanoid`` or ``humanoid-medium-v2``)."""
-    _register_custom_envs()
+    _prepare_gymnasium()
     return gymnasium.make(get_spec(name).gym_id, **kwargs)
 
 
 def make_vector_env(name: str, num_envs: int, **kwargs) -> gymnasium.vector.VectorEnv:
     """``num_envs`` copies stepped in lockstep in this process. A finished copy resets itself on
     the next step; the batched evaluator ignores everything it does after its episode ends."""
-    _register_custom_envs()
+    _prepare_gymnasium()
     return gymnasium.make_vec(
         get_spec(name).gym_id, num_envs=num_envs, vectorization_mode="sync", **kwargs
     )
