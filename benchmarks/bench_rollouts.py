@@ -49,28 +49,51 @@ from decision_transformer.run.config import build_parser, resolve  # noqa: E402
 ENVS = {"humanoid": {"terminate_when_unhealthy": False}, "halfcheetah": {}}
 
 
+def clocked(fn, spent: list[float]):
+    """``fn``, adding the CPU seconds each call takes to ``spent[0]``."""
+
+    def timed(*args):
+        start = time.process_time()
+        try:
+            return fn(*args)
+        finally:
+            spent[0] += time.process_time() - start
+
+    return timed
+
+
 class ModelClock:
     """Seconds spent choosing actions (``Rollout.act``: model calls and history slicing), so
     the table can show the model's share apart from MuJoCo's."""
 
-    seconds = 0.0
-    _act = Rollout.act
+    spent = [0.0]
 
     @classmethod
     def install(cls) -> None:
-        def timed(rollout):
-            start = time.process_time()
-            try:
-                return cls._act(rollout)
-            finally:
-                cls.seconds += time.process_time() - start
-
-        Rollout.act = timed
+        Rollout.act = clocked(Rollout.act, cls.spent)
 
     @classmethod
     def lap(cls) -> float:
-        seconds, cls.seconds = cls.seconds, 0.0
+        seconds, cls.spent[0] = cls.spent[0], 0.0
         return seconds
+
+
+def ratios(x16: float, x100: float, one_episode: float, full16: float) -> dict[str, float]:
+    """The three compared ratios of env-step rates (window+cache x16 and x100 against the
+    one-episode and the batched full evaluators)."""
+    return {
+        "x16 / one-episode": x16 / one_episode,
+        "x100 / one-episode": x100 / one_episode,
+        "x16 / batched full": x16 / full16,
+    }
+
+
+def print_rows(rows: list[dict], rates: str, ratios: str) -> None:
+    """One markdown row per (env, K): the ``rates`` (env-steps/s), then the ``ratios``."""
+    for row in rows:
+        cells = [f"{v:.0f}" for v in row[rates].values()]
+        cells += [f"{v:.1f}x" for v in row[ratios].values()]
+        print(f"| {row['env']} | {row['K']} | " + " | ".join(cells) + " |")
 
 
 def make_model(env: str, backbone: str, K: int, attention: str, state_dim, act_dim, low, high):
@@ -98,28 +121,13 @@ def one_episode(env_name: str, model, steps: int, mean, std) -> tuple[float, flo
     return n / elapsed, n / ModelClock.lap()
 
 
-def clock_steps(envs) -> list[float]:
-    """Time ``envs.step`` (MuJoCo and gymnasium's bookkeeping, nothing of the evaluator's);
-    the returned one-item list accumulates its CPU seconds."""
-    spent, step = [0.0], envs.step
-
-    def timed(actions):
-        start = time.process_time()
-        try:
-            return step(actions)
-        finally:
-            spent[0] += time.process_time() - start
-
-    envs.step = timed
-    return spent
-
-
 def batched(env_name: str, model, n_envs: int, steps: int, mean, std) -> tuple[float, float, float]:
     """Env-steps per second of the batched evaluator, ``n_envs`` episodes of ``steps`` steps:
     all told, of the model's time alone, and of the env's ``step`` alone."""
     envs = make_vector_env(env_name, n_envs, **ENVS[env_name])
     spec = get_spec(env_name)
-    env_seconds = clock_steps(envs)
+    env_seconds = [0.0]
+    envs.step = clocked(envs.step, env_seconds)  # MuJoCo and gymnasium, nothing of ours
     try:
         ModelClock.lap()
         start = time.process_time()
@@ -163,27 +171,28 @@ def main() -> int:
                 "window+cache x100": batched(env_name, window, 100, args.steps, mean, std),
             }
             r = {k: v[0] for k, v in both.items()}
-            model_rates = {k: v[1] for k, v in both.items()}
+            m = {k: v[1] for k, v in both.items()}
             step_cost[env_name, K] = 16 / r["window+cache x16"]  # seconds per batched step
-            ratios = {
-                "x16 / one-episode": r["window+cache x16"] / r["one-episode"],
-                "x100 / one-episode": r["window+cache x100"] / r["one-episode"],
-                "x16 / batched full": r["window+cache x16"] / r["batched full x16"],
-            }
-            # The best each ratio could be if choosing actions cost nothing: the env's own step
-            # rate in the window run against the slower evaluator's whole rate.
-            env16, env100 = both["window+cache x16"][2], both["window+cache x100"][2]
-            caps = {
-                "x16 / one-episode": env16 / r["one-episode"],
-                "x100 / one-episode": env100 / r["one-episode"],
-                "x16 / batched full": env16 / r["batched full x16"],
-            }
-            rows.append((env_name, K, r, ratios, model_rates, (env16, env100), caps))
-            for name, goal in zip(ratios, (5.0, 10.0, 3.0)):
-                if ratios[name] < goal:
+            env_alone = {n: both[f"window+cache {n}"][2] for n in ("x16", "x100")}
+            row = {
+                "env": env_name,
+                "K": K,
+                "rates": r,
+                "ratios": ratios(r["window+cache x16"], r["window+cache x100"],
+                                 r["one-episode"], r["batched full x16"]),
+                "model_rates": m,
+                "model_ratios": ratios(m["window+cache x16"], m["window+cache x100"],
+                                       m["one-episode"], m["batched full x16"]),
+                "env_alone": env_alone,
+                # The best each ratio could be if choosing actions cost nothing.
+                "caps": ratios(*env_alone.values(), r["one-episode"], r["batched full x16"]),
+            }  # fmt: skip
+            rows.append(row)
+            for (name, ratio), goal in zip(row["ratios"].items(), (5.0, 10.0, 3.0)):
+                if ratio < goal:
                     missed.append(
-                        f"{env_name} K={K}: window+cache {name} {ratios[name]:.1f}x < {goal:g}x "
-                        f"(the env's own step time caps it at {caps[name]:.1f}x)"
+                        f"{env_name} K={K}: window+cache {name} {ratio:.1f}x < {goal:g}x "
+                        f"(the env's own step time caps it at {row['caps'][name]:.1f}x)"
                     )
             print(f"{env_name} K={K}: " + ", ".join(f"{k} {v:.0f}" for k, v in r.items()),
                   flush=True)  # fmt: skip
@@ -197,27 +206,16 @@ def main() -> int:
         "| x16 / one-ep | x100 / one-ep | x16 / full x16 |"
     )
     print("|" + "---|" * 9)
-    for env_name, K, r, ratios, *_ in rows:
-        cells = [f"{v:.0f}" for v in r.values()] + [f"{v:.1f}x" for v in ratios.values()]
-        print(f"| {env_name} | {K} | " + " | ".join(cells) + " |")
+    print_rows(rows, "rates", "ratios")
     print("\nthe same, counting only the time spent choosing actions (no MuJoCo)")
     print("|" + "---|" * 9)
-    for env_name, K, _, _, m, *_ in rows:
-        ratios = [
-            m["window+cache x16"] / m["one-episode"],
-            m["window+cache x100"] / m["one-episode"],
-            m["window+cache x16"] / m["batched full x16"],
-        ]
-        cells = [f"{v:.0f}" for v in m.values()] + [f"{v:.1f}x" for v in ratios]
-        print(f"| {env_name} | {K} | " + " | ".join(cells) + " |")
+    print_rows(rows, "model_rates", "model_ratios")
     print("\nthe env's step alone (MuJoCo + gymnasium) in the window+cache runs, and the ratios it")
     print("allows: the one-episode (or batched full) seconds per step over the env's alone")
     print("| env | K | env alone x16 | env alone x100 | cap x16 / one-ep | cap x100 / one-ep "
           "| cap x16 / full x16 |")  # fmt: skip
     print("|" + "---|" * 7)
-    for env_name, K, *_, env_rates, caps in rows:
-        cells = [f"{v:.0f}" for v in env_rates] + [f"{v:.1f}x" for v in caps.values()]
-        print(f"| {env_name} | {K} | " + " | ".join(cells) + " |")
+    print_rows(rows, "env_alone", "caps")
     if len(args.Ks) > 1:
         lo, hi = min(args.Ks), max(args.Ks)
         for env_name in args.envs:
