@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .kv_cache import RollingKVCache, backbone_step
+from .kv_cache import RollingKVCache
 from .model import TrajectoryModel
 from .trajectory_gpt2 import GPT2Config, TrajectoryGPT2
 
@@ -140,6 +140,6 @@ class DecisionTransformer(TrajectoryModel):
         return_emb = self.embed_return(return_to_go.float()) + time_now
         state_emb = self.embed_state(state.float()) + time_now
         tokens = self.embed_ln(torch.stack((action_emb, return_emb, state_emb), dim=1))
-        h = backbone_step(self.transformer, tokens.reshape(N, 3, -1), cache)
-        action = self.predict_action(h)
+        h = self.transformer(tokens.reshape(N, 3, -1), cache=cache)  # [N, 1, D]: s_t's
+        action = self.predict_action(h[:, -1])
         return self.squash_action(action) if self.action_tanh else action

@@ -9,8 +9,11 @@ env step, ``(a_{t-1}, R_t, s_t)``, giving the same actions as a forward pass ove
 prefix with the banded mask. (In ``full`` attention the same cache is exact while the window is
 still filling, ``t < K``: nothing has slid out yet.)
 
-The step path lives here rather than in the backbones: it reads their submodules (projections,
-norms, rotary tables) and reuses them as they are, so the training code stays untouched.
+The bottom of ``models/``: the backbones import these helpers, never the reverse. Each backbone has
+one block that serves training, full-window evaluation and cached stepping (as Llama's
+``model.py``): its ``forward(..., cache=None)`` takes a :class:`RollingKVCache`, which the
+backbone advances once per env step (positions, ring slots, what each new token may see) and each
+attention layer hands its new keys and values to (:meth:`RollingKVCache.attend`).
 """
 
 from __future__ import annotations
@@ -61,11 +64,16 @@ class RollingKVCache:
         self.v: list[torch.Tensor | None] = [None] * n_layer
         self.slot_pos = torch.full((self.size,), _EMPTY, dtype=torch.long, device=self.device)
         self.steps = 0  # env steps fed so far
+        # The current step's ring slots [3] and hidden slots [3, size], set by advance().
+        self.slots: torch.Tensor | None = None
+        self.hidden: torch.Tensor | None = None
 
-    def advance(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Positions, ring slots and attention mask ``[3, size]`` of the next step's tokens
-        ``(a_{t-1}, R_t, s_t)``. At ``t = 0`` there is no previous action: its slot gets a dummy
-        token at position -1 that only ever sees itself and that no real token sees."""
+    def advance(self) -> torch.Tensor:
+        """Start the next step: returns the absolute positions ``[3]`` of its tokens
+        ``(a_{t-1}, R_t, s_t)`` and sets their ring ``slots`` and ``hidden [3, size]`` (True = a
+        slot the token may not see), which every layer's :meth:`attend` reads. At ``t = 0`` there
+        is no previous action: its slot gets a dummy token at position -1 that only ever sees
+        itself and that no real token sees."""
         t = self.steps
         pos = torch.arange(3 * t - 1, 3 * t + 2, device=self.device)
         slots = pos % self.size
@@ -75,99 +83,47 @@ class RollingKVCache:
         step = torch.div(qp, TOKENS_PER_STEP, rounding_mode="floor")
         lo = (step - self.window + 1) * TOKENS_PER_STEP
         mask = ((kp >= 0) & (kp <= qp) & (kp >= lo)) | (kp == qp)
-        return pos, slots, mask
+        self.slots, self.hidden = slots, ~mask  # inverted once for every layer
+        return pos
 
-    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Store the new tokens' ``k, v [N, Hkv, n, hd]`` in ``slots``; returns the whole ring."""
+    def write(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's ``k, v [N, Hkv, 3, hd]`` in ``layer``'s ring; returns the whole
+        ring, ``[N, Hkv, size, hd]`` each."""
         if self.k[layer] is None:  # allocated at the first step, in the dtype autocast gives
             shape = (k.shape[0], k.shape[1], self.size, k.shape[3])
             self.k[layer] = k.new_zeros(shape)
             self.v[layer] = v.new_zeros(shape)
-        self.k[layer].index_copy_(2, slots, k.to(self.k[layer].dtype))
-        self.v[layer].index_copy_(2, slots, v.to(self.v[layer].dtype))
+        self.k[layer].index_copy_(2, self.slots, k.to(self.k[layer].dtype))
+        self.v[layer].index_copy_(2, self.slots, v.to(self.v[layer].dtype))
         return self.k[layer], self.v[layer]
 
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Write this step's ``k, v [N, Hkv, 3, hd]`` to ``layer``'s ring, then attend the queries
+        ``q [N, H, n, hd]`` of its last ``n`` new tokens (all three, or the state token alone)
+        over the ring; returns ``[N, H, n, hd]``."""
+        k_all, v_all = self.write(layer, k, v)
+        n = q.shape[2]
+        hidden = self.hidden if n == self.hidden.shape[0] else self.hidden[-n:]
+        return few_query_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), hidden)
 
-@torch.no_grad()
-def backbone_step(
-    backbone: torch.nn.Module, x: torch.Tensor, cache: RollingKVCache
+
+def few_query_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hidden: torch.Tensor
 ) -> torch.Tensor:
-    """Feed one env step's tokens ``x [N, 3, D]`` (``a_{t-1}, R_t, s_t``) through ``backbone`` with
-    its rolling cache; returns the final hidden state of the state token, ``[N, D]``.
-
-    Only the state token goes through the last layer's attention output, MLP and final norm: the
-    other two need just their keys and values there, for later steps."""
-    from .qwen3_transformer import Qwen3Transformer
-    from .trajectory_gpt2 import TrajectoryGPT2
-
-    pos, slots, mask = cache.advance()
-    hidden = ~mask  # what each new token may not see, once for every layer
-    if isinstance(backbone, Qwen3Transformer):
-        # Positions keep counting through the episode (scores depend only on offsets). The
-        # table grows in whole chunks: regrowing it by three tokens a step would redo it each step.
-        need = TOKENS_PER_STEP * cache.steps
-        cos, sin = backbone.rotary.tables(-(-need // 1024) * 1024)
-        rope = cos[pos.clamp(min=0)], sin[pos.clamp(min=0)]
-        layers, final_norm, step = backbone.layers, backbone.norm, _qwen3_layer_step
-    elif isinstance(backbone, TrajectoryGPT2):
-        rope = None
-        layers, final_norm, step = backbone.h, backbone.ln_f, _gpt2_layer_step
-    else:
-        raise TypeError(f"no cached step for a {type(backbone).__name__} backbone")
-    last = len(layers) - 1
-    for i, layer in enumerate(layers):
-        x = step(layer, x, rope, cache, i, slots, hidden, i == last)
-    return final_norm(x[:, -1])
-
-
-def _attend(q, k, v, hidden, last_only):
-    """``q [N, H, n, hd]`` against the whole ring ``k, v [N, Hkv, size, hd]``; ``hidden [n, size]``
-    marks the slots a query may not see.
+    """``q [N, H, n, hd]`` against ``k, v [N, Hkv, R, hd]``; ``hidden [n, R]`` marks the keys a
+    query may not see, and every query must see at least one.
 
     Two batched matmuls rather than SDPA: for a handful of queries CPU's flash kernel costs ~1 ms
     a call at K=100, several times these. Query heads sharing a key/value head are stacked along
-    the rows (grouped-query attention without repeating K/V), as in ``grouped_attention``.
+    the rows (grouped-query attention without repeating K/V), as in the Qwen3 backbone's
+    ``grouped_attention``.
     """
-    if last_only:
-        hidden = hidden[-1:]
     N, H, n, hd = q.shape
     Hkv, R = k.shape[1], k.shape[2]
+    # [N, Hkv, H/Hkv * n, hd] @ [N, Hkv, hd, R] -> [N, H, n, R]
     scores = (q.reshape(N, Hkv, -1, hd) @ k.transpose(-1, -2)).view(N, H, n, R)
     scores = scores.float().mul_(hd**-0.5).masked_fill_(hidden, float("-inf"))
-    probs = scores.softmax(-1).to(v.dtype)  # every query sees itself: no empty rows
+    probs = scores.softmax(-1).to(v.dtype)
     return (probs.view(N, Hkv, -1, R) @ v).view(N, H, n, hd)
-
-
-def _qwen3_layer_step(layer, x, rope, cache, i, slots, hidden, last_only):
-    from .qwen3_transformer import apply_rotary
-
-    attn = layer.self_attn
-    N, n, _ = x.shape
-    h = layer.input_layernorm(x)
-    cos, sin = rope
-    k = attn.k_norm(attn.k_proj(h).view(N, n, attn.n_kv_head, attn.head_dim))
-    k = apply_rotary(k, cos, sin)
-    v = attn.v_proj(h).view(N, n, attn.n_kv_head, attn.head_dim)
-    k_all, v_all = cache.write(i, slots, k.transpose(1, 2), v.transpose(1, 2))
-    if last_only:  # only the state token's output is needed past this point
-        x, h, cos, sin, n = x[:, -1:], h[:, -1:], cos[-1:], sin[-1:], 1
-    q = attn.q_norm(attn.q_proj(h).view(N, n, attn.n_head, attn.head_dim))
-    q = apply_rotary(q, cos, sin).transpose(1, 2)
-    y = _attend(q, k_all.to(q.dtype), v_all.to(q.dtype), hidden, last_only)
-    x = x + attn.o_proj(y.transpose(1, 2).reshape(N, n, -1))
-    return x + layer.mlp(layer.post_attention_layernorm(x))
-
-
-def _gpt2_layer_step(block, x, rope, cache, i, slots, hidden, last_only):
-    attn = block.attn
-    N, n, D = x.shape
-    H = attn.n_head
-    q, k, v = attn.c_attn(block.ln_1(x)).split(D, dim=2)
-    k, v = (t.view(N, n, H, D // H).transpose(1, 2) for t in (k, v))
-    k_all, v_all = cache.write(i, slots, k, v)
-    if last_only:
-        x, q, n = x[:, -1:], q[:, -1:], 1
-    q = q.reshape(N, n, H, D // H).transpose(1, 2)
-    y = _attend(q, k_all.to(q.dtype), v_all.to(q.dtype), hidden, last_only)
-    x = x + attn.c_proj(y.transpose(1, 2).reshape(N, n, D))
-    return x + block.mlp(block.ln_2(x))

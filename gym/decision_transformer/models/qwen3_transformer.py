@@ -4,6 +4,12 @@ Pre-norm residual blocks with RMSNorm, grouped-query attention with per-head RMS
 keys (QK-norm) ahead of rotary position embeddings, and a SwiGLU MLP. Parameter names and shapes
 equal ``transformers.Qwen3Model`` without ``embed_tokens``, so its state dict loads as is, and the
 test suite checks both give the same hidden states.
+
+One block implementation serves training, full-window evaluation and cached rollout steps (as in
+Llama's ``model.py``): ``forward(..., cache=None)``. Given a :class:`~.kv_cache.RollingKVCache`,
+the backbone takes one env step's three new tokens, rotates them at their absolute positions, and
+each layer's attention stores their keys and values in the cache and attends over its ring; the
+last layer runs only the state token past its keys and values (``last_only``).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .kv_cache import band_matters, window_mask
+from .kv_cache import TOKENS_PER_STEP, RollingKVCache, band_matters, window_mask
 
 
 @dataclass
@@ -173,8 +179,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: Qwen3Config):
+    def __init__(self, cfg: Qwen3Config, layer_id: int):
         super().__init__()
+        self.layer_id = layer_id  # which of a rollout cache's rings is this layer's
         self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         self.q_proj = nn.Linear(cfg.embed_dim, cfg.n_head * cfg.head_dim, bias=False)
         self.k_proj = nn.Linear(cfg.embed_dim, cfg.n_kv_head * cfg.head_dim, bias=False)
@@ -192,16 +199,26 @@ class Attention(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
+        cache: RollingKVCache | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
+        """``x [B, T, D]`` -> ``[B, T, D]``, or ``[B, 1, D]`` for the last token alone when
+        ``last_only`` (the other tokens need only their keys and values, for later steps)."""
         B, T, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, T, self.n_head, self.head_dim))
+        xq, rope_q = x, rope
+        if last_only:
+            xq, rope_q = x[:, -1:], (rope[0][-1:], rope[1][-1:])
+        n = xq.shape[1]
+        q = self.q_norm(self.q_proj(xq).view(B, n, self.n_head, self.head_dim))
         k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim))
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim)
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        q, k = apply_rotary(q, *rope_q), apply_rotary(k, *rope)
         # [B, T, H, hd] -> [B, H, T, hd]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         p = self.dropout if self.training else 0.0
-        if q.device.type == "cpu" and (q.dtype != torch.float32 or p):
+        if cache is not None:
+            y = cache.attend(self.layer_id, q, k, v)
+        elif q.device.type == "cpu" and (q.dtype != torch.float32 or p):
             y = grouped_attention(q, k, v, mask, p)
         else:
             # On CPU, torch 2.13 runs enable_gqa with an explicit mask in its flash kernel, equal to
@@ -210,7 +227,7 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None, enable_gqa=True
             )
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        return self.o_proj(y.transpose(1, 2).reshape(B, n, -1))
 
 
 def grouped_attention(
@@ -252,18 +269,24 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: Qwen3Config):
+    def __init__(self, cfg: Qwen3Config, layer_id: int):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.embed_dim, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, layer_id)
         self.post_attention_layernorm = RMSNorm(cfg.embed_dim, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        cache: RollingKVCache | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        x = x + self.resid_dropout(self.self_attn(self.input_layernorm(x), rope, mask))
+        h = self.self_attn(self.input_layernorm(x), rope, mask, cache, last_only)
+        x = (x[:, -1:] if last_only else x) + self.resid_dropout(h)
         return x + self.resid_dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -285,12 +308,14 @@ def causal_padding_mask(attention_mask: torch.Tensor | None, T: int) -> torch.Te
 
 
 class Qwen3Transformer(nn.Module):
-    """``forward(inputs_embeds [B, T, D], attention_mask [B, T]) -> hidden states [B, T, D]``."""
+    """``forward(inputs_embeds [B, T, D], attention_mask [B, T]) -> hidden states [B, T, D]``;
+    with a rollout ``cache``: one env step's tokens ``[N, 3, D]`` -> its state token's ``[N, 1, D]``
+    (see :class:`~.kv_cache.RollingKVCache`)."""
 
     def __init__(self, config: Qwen3Config):
         super().__init__()
         self.config = config
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.norm = RMSNorm(config.embed_dim, config.rms_norm_eps)
         self.rotary = Rotary(config.head_dim, config.rope_theta)
         self.apply(self._init_weights)
@@ -305,8 +330,13 @@ class Qwen3Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(
-        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: RollingKVCache | None = None,
     ) -> torch.Tensor:
+        if cache is not None:
+            return self._step(inputs_embeds, cache)
         T = inputs_embeds.shape[1]
         mask = causal_padding_mask(attention_mask, T)
         if band_matters(T, self.config.window):
@@ -318,4 +348,20 @@ class Qwen3Transformer(nn.Module):
         x = inputs_embeds
         for layer in self.layers:
             x = layer(x, rope, mask)
+        return self.norm(x)
+
+    def _step(self, x: torch.Tensor, cache: RollingKVCache) -> torch.Tensor:
+        """One env step's tokens ``x [N, 3, D]`` through the same blocks, with the cache."""
+        pos = cache.advance()
+        # Positions keep counting through the episode (scores depend only on offsets). The table
+        # grows in whole chunks: regrowing it by three tokens a step would redo it each step.
+        need = TOKENS_PER_STEP * cache.steps
+        tables = self.rotary.tables(-(-need // 1024) * 1024)
+        dtype = compute_dtype(x)
+        rope = tuple(t[pos.clamp(min=0)].to(dtype)[:, None] for t in tables)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            # .forward: a block compiled for training (--compile) stays eager here, where its
+            # graph would be specialised anew for each layer's cache and step.
+            x = layer.forward(x, rope, None, cache, last_only=i == last)
         return self.norm(x)
