@@ -175,7 +175,9 @@ def test_window_evaluators_on_humanoid(backbone, norm):
     (rets, lens), (rets0, lens0) = results[True], results[False]
     np.testing.assert_array_equal(lens, lens0)
     np.testing.assert_allclose(rets, rets0, rtol=1e-5)
-    np.testing.assert_allclose(np.stack(watched[True]), np.stack(watched[False]), atol=1e-5)
+    # The two paths sum in different orders (ring vs whole prefix); on some CPUs (AMD EPYC's
+    # kernels) rounding differences of ~1e-6 grow through the simulator to ~3e-5 by the end.
+    np.testing.assert_allclose(np.stack(watched[True]), np.stack(watched[False]), atol=1e-4)
     assert len(set(lens)) > 1 and lens.min() > 3 * 3  # different lengths, several windows each
     env = make_env("humanoid")
     for s, r, n in zip(seeds, rets, lens):
