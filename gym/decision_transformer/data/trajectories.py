@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..run.errors import UserError
+from ..errors import DatasetError
 
 
 def _column_mean_std(x: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -21,10 +21,6 @@ def _column_mean_std(x: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.n
     mean = mean / len(x)
     sq = sum(np.square(x[i : i + chunk] - mean).sum(axis=0) for i in range(0, len(x), chunk))
     return mean, np.sqrt(sq / len(x))
-
-
-class DatasetError(UserError, ValueError):
-    """A dataset that cannot be trained on; the message names the problem and the fix."""
 
 
 @dataclass

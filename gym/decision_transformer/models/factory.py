@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .decision_transformer import DecisionTransformer
 from .mlp_bc import MLPBCModel
@@ -72,3 +73,10 @@ def count_params(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     backbone = getattr(model, "transformer", None)
     return total, sum(p.numel() for p in backbone.parameters()) if backbone is not None else 0
+
+
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks of the DT's backbone (GPT-2 ``h`` or Qwen3 ``layers``); none for BC."""
+    backbone = getattr(model, "transformer", None)
+    blocks = getattr(backbone, "layers", None) or getattr(backbone, "h", None)
+    return list(blocks) if blocks is not None else []

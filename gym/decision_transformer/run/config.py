@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from ..envs import ENV_SPECS, parse_env_name
-from .errors import HelpFormatter, OneLineParser, UserError
+from ..errors import UserError
+from .errors import HelpFormatter, OneLineParser
 
 
 def str2bool(value: str) -> bool:

@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 
 from ..envs import get_spec, make_env
+from ..errors import UserError
 from ..models.factory import build_model
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import ConfigError, resolve_device, resolve_targets
-from .errors import HelpFormatter, OneLineParser, UserError
+from .errors import HelpFormatter, OneLineParser
 from .errors import report as report_error
 from .experiment import (
     compile_regions,
