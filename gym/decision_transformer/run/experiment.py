@@ -1,4 +1,14 @@
-"""One training run from flags to checkpoints: what experiment.py and experiment_qwen.py execute."""
+"""One training run from flags to checkpoints: what experiment.py and experiment_qwen.py execute.
+
+:func:`run` reads top to bottom as its phases, each a function of its own below it:
+setup_distributed (torchrun's process group, or a world of one), load_data (every input check,
+then the dataset), read_resume_checkpoint (with --resume: the checkpoint, its flags compared),
+build_policy (fresh, pretrained-backbone or checkpoint weights), wrap_model (frozen heads,
+activation checkpointing, compilation, DDP/FSDP), make_optimizer, restore (optimizer, schedule
+and RNG states), open_run_dir (config.json, metrics.jsonl), make_batches, make_evaluation,
+make_trainer; then per iteration train_one_iteration (training and evaluation),
+checkpoint_states and write_checkpoint. The configuration is one typed RunConfig (run/config.py).
+"""
 
 from __future__ import annotations
 
@@ -262,6 +272,7 @@ def run(cfg: RunConfig) -> int:
         if logs is None:
             ctx.close()
             return 1
+        # Collective under FSDP (every rank gathers or writes its shards), so outside is_main.
         state = checkpoint_states(cfg, data.out_dir, it + 1, train_model, optimizer, fsdp)
         if ctx.is_main:
             metrics.log(it + 1, (it + 1) * cfg.num_steps_per_iter, logs)
