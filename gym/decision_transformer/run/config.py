@@ -72,29 +72,37 @@ def _is_flag(f: Field) -> bool:
 class Qwen3Flags:
     """The Qwen3 backbone's flags (experiment_qwen.py, train_humanoid_qwen_dt.py)."""
 
-    n_kv_head: int | None = flag(
+    n_kv_head: int | None = flag(  # resolved: --n_head when not given
         None,
         "key/value heads for grouped-query attention; must divide --n_head "
         "(default: --n_head, i.e. plain multi-head attention)",
+        group=QWEN_GROUP,
         type=int,
     )
     head_dim: int | None = flag(
-        None, "per-head size (default: embed_dim // n_head)", type=int
-    )  # fmt: skip
-    mlp_ratio: float = flag(4.0, "SwiGLU intermediate size / embed_dim", type=float)
+        None, "per-head size (default: embed_dim // n_head)", group=QWEN_GROUP, type=int
+    )
+    mlp_ratio: float = flag(
+        4.0, "SwiGLU intermediate size / embed_dim", group=QWEN_GROUP, type=float
+    )
     intermediate_size: int | None = flag(
         None,
         "SwiGLU intermediate size; overrides --mlp_ratio (default: from --mlp_ratio)",
+        group=QWEN_GROUP,
         type=int,
     )
-    rope_theta: float = flag(1e6, "RoPE base", type=float)
+    rope_theta: float = flag(1e6, "RoPE base", group=QWEN_GROUP, type=float)
     no_qk_norm: bool = flag(
-        False, "drop the per-head RMSNorm on queries and keys", action="store_true"
+        False,
+        "drop the per-head RMSNorm on queries and keys",
+        group=QWEN_GROUP,
+        action="store_true",
     )
     init_backbone: str | None = flag(
         None,
         "start the decoder layers from a local transformers Qwen3 checkpoint directory "
         "(default: random initialisation)",
+        group=QWEN_GROUP,
         metavar="DIR",
     )
 
@@ -328,8 +336,7 @@ def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
     groups: dict = {}
     _add_flags(p, RunConfig, groups)
     if qwen:
-        groups[QWEN_GROUP] = p.add_argument_group(QWEN_GROUP)
-        _add_flags(p, Qwen3Flags, {QWEN_GROUP: groups[QWEN_GROUP]})
+        _add_flags(p, Qwen3Flags, groups)
     return p
 
 
