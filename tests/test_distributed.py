@@ -188,7 +188,9 @@ def test_split_evaluation_equals_rank0_evaluation(data_dir, tmp_path):
     for res in report["targets"]:
         key = f"evaluation/target_{res['target']:g}"
         for stat in ("return_mean", "return_std", "length_mean", "length_std"):
-            assert row[f"{key}_{stat}"] == pytest.approx(res[stat], rel=1e-9, abs=1e-9)
+            # torchrun gives each rank one thread, evaluate.py runs with the machine's; some
+            # CPUs' kernels then sum in another order (~1e-8 relative on AMD EPYC).
+            assert row[f"{key}_{stat}"] == pytest.approx(res[stat], rel=1e-6, abs=1e-6)
 
 
 @pytest.mark.parametrize("backbone", ["gpt2", "qwen3"])
