@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..run.errors import one_line
 from .pickle_io import UnsafePickleError, load_paths_file
+from .suite import is_suite_name
 from .trajectories import DatasetError, TrajectoryDataset
 
 MINARI_PREFIX = "minari:"
@@ -17,6 +18,8 @@ def dataset_file(data_dir: str | Path, env: str, dataset: str) -> Path:
 
 def how_to_make(env: str | None, dataset: str = "collected", data_dir: str | Path = "data") -> str:
     """The command (run from gym/) that writes ``{data_dir}/{env}-{dataset}-v2.pkl``."""
+    if env is not None and is_suite_name(f"{env}-{dataset}"):
+        return f"python data/make_suite.py --name {env}-{dataset} --out {data_dir}"
     if dataset != "collected":
         return (
             f"python data/download_d4rl_datasets.py --env {env} --datasets {dataset} "
@@ -35,7 +38,7 @@ def check_dataset_available(data_dir: str | Path, env: str, dataset: str) -> Non
     path = dataset_file(data_dir, env, dataset)
     if not path.is_file():
         offline = ""
-        if env == "humanoid" and dataset != "collected":
+        if env == "humanoid" and dataset != "collected" and not is_suite_name(f"{env}-{dataset}"):
             # The download needs the network; the embedded dataset is made locally in ~40 s.
             offline = (
                 f"; or, with no network, train on --dataset collected after "
