@@ -38,7 +38,18 @@ class SuiteRequestError(UserError, ValueError):
     """A bad request, reported as one line before any work starts."""
 
 
-COLUMNS = ("dataset", "episodes", "steps", "p10", "p50", "p90", "max", "build s", "policy s")
+COLUMNS = (
+    "dataset",
+    "episodes",
+    "steps",
+    "median length",
+    "return p10",
+    "p50",
+    "p90",
+    "max",
+    "build s",
+    "policy s",
+)
 
 
 def table_rows(records: list[dict[str, Any]]) -> list[list[str]]:
@@ -51,6 +62,7 @@ def table_rows(records: list[dict[str, Any]]) -> list[list[str]]:
                 r["name"],
                 str(r["episodes"]),
                 str(r["steps"]),
+                f"{r['length']['median']:.0f}",
                 *(f"{ret[k]:.0f}" for k in ("p10", "p50", "p90", "max")),
                 f"{r['build_seconds']:.0f}",
                 f"{policy['train_seconds']:.0f}" if policy else "-",
