@@ -77,6 +77,7 @@ def test_pd_behaviour_is_valid_deterministic_and_drawn_per_episode():
     _assert_valid_humanoid(first)
     assert sum(len(p["rewards"]) for p in first) >= 300
     _assert_same_paths(first, again)  # same seed, same data
+    _assert_same_paths(suite.rollout(replace(recipe, steps=100)), first[:2])  # a prefix
     other = suite.rollout(replace(recipe, seed=1))
     assert not np.array_equal(first[0]["actions"], other[0]["actions"])
 
@@ -205,6 +206,9 @@ def test_ars_policy_is_trained_once_then_read_from_its_cache(tmp_path):
     assert not any("training" in line for line in said)
     assert str(meta["recipe_hash"]) == recipe.digest()
     np.testing.assert_array_equal(first.weights, second.weights)
+    retrained, _ = suite.ensure_policy(tmp_path / "again", recipe, said.append)
+    for key in ("weights", "mean", "std"):  # the same seed trains the same policy
+        np.testing.assert_array_equal(getattr(retrained, key), getattr(first, key))
     changed = replace(recipe, ars=replace(recipe.ars, step_size=0.05))
     suite.ensure_policy(tmp_path, changed, said.append)
     assert any("another recipe" in line for line in said)

@@ -9,9 +9,10 @@ Randomised PD controller (``RandomisedPD``)
     ``kp`` is log-uniform in ``PDRanges.kp`` (action units per radian), the damping is ``kp``
     times a uniform ratio, and the target posture is a knee/hip crouch of uniform depth plus
     Gaussian offsets on every joint. Nothing in it balances the body: it holds a posture until the
-    humanoid topples, which takes from ~30 to ~100 steps depending on the draw, so the returns
-    spread (roughly 130 to 500 on Humanoid-v5, a random policy scores ~110) with the gains and the
-    posture, both of which change what the policy does in a state, not just its noise.
+    humanoid topples, after ~55 steps in the median and 25 to ~180 depending on the draw, so the
+    returns spread with the gains and the posture (10th to 90th percentile ~190 to ~350, a random
+    policy's mean ~120; see benchmarks/README_suite.md), both of which change what the policy
+    does in a state, not just its noise.
 
 Linear policy trained by Augmented Random Search (``train_ars``, ``LinearPolicy``)
     ARS V2-t (Mania, Guy and Recht, 2018): a deterministic linear map of the normalised
