@@ -281,6 +281,33 @@ def test_cache_skips_an_unchanged_recipe_and_rebuilds_a_changed_one(tmp_path):
     assert not suite.is_cached(tmp_path, recipe)
 
 
+def test_minari_copy_trains_the_same_data(tiny, tmp_path, monkeypatch):
+    out, _ = tiny
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+    result = subprocess.run(
+        [sys.executable, "data/make_suite.py", "--name", TINY, "--out", str(out), "--minari"],
+        cwd=GYM_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "up to date" in result.stdout  # the pickle is reused, the Minari copy is new
+    assert "wrote local Minari dataset suite/humanoid/pd-300-v0" in result.stdout
+    from_minari = load_dataset(tmp_path, "humanoid", "minari:suite/humanoid/pd-300-v0")
+    from_pickle = load_dataset(out, "humanoid", "pd-300")
+    for key in ("observations", "actions", "rewards", "returns", "lengths"):
+        np.testing.assert_array_equal(getattr(from_minari, key), getattr(from_pickle, key))
+
+
+def test_out_must_be_a_folder(tmp_path):
+    file = tmp_path / "file"
+    file.write_text("")
+    result = _make_suite("--name", TINY, "--out", str(file))
+    assert result.returncode == 2 and "is a file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_missing_suite_dataset_names_the_command_that_makes_it(tmp_path):
     with pytest.raises(DatasetError, match=r"make_suite\.py --name humanoid-pd-20k"):
         check_dataset_available(tmp_path, "humanoid", "pd-20k")

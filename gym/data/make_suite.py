@@ -9,7 +9,9 @@ Each writes ``data/<name>-v2.pkl`` (train on it with ``--env <env> --dataset <re
 name>``, e.g. ``python experiment_qwen.py --env humanoid --dataset pd-20k``) and a description
 ``data/<name>-v2.json`` (episodes, steps, return percentiles, build time, the recipe and its
 hash), then prints a table of what was asked for. A dataset whose file exists with the same
-recipe is skipped; ``--force`` rebuilds. The ARS datasets first train their linear policy (a few
+recipe is skipped; ``--force`` rebuilds. ``--minari`` also stores each as a local Minari dataset
+``suite/<env>/<rest of the name>-v0`` (train with ``--dataset minari:suite/humanoid/pd-20k-v0``),
+rewritten whenever the pickle is. The ARS datasets first train their linear policy (a few
 minutes, cached as ``data/policies/<env>-ars-seed0.npz``). Names: ``humanoid-pd``,
 ``humanoid-ars`` and ``hopper-ars`` followed by ``-20k``, ``-100k``, ``-1m`` or any step count
 (``humanoid-pd-300``). How each behaviour is made: ``decision_transformer/data/behaviours.py``;
@@ -100,6 +102,29 @@ def requested_names(args) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def minari_id(name: str) -> str:
+    env, _, _ = suite.parse_name(name)
+    return f"suite/{env}/{name[len(env) + 1 :]}-v0"
+
+
+def write_minari_copy(name: str, data_dir: str, rebuilt: bool) -> None:
+    """Store the dataset in the local Minari store too (the second format collect_dataset
+    writes), unless a copy is there already and the pickle was not just rebuilt."""
+    import minari
+    from collect_dataset import write_minari  # this script's neighbour in gym/data
+    from decision_transformer.envs import ENV_SPECS
+    from minari.storage.datasets_root_dir import get_dataset_path
+
+    dataset_id = minari_id(name)
+    if get_dataset_path(dataset_id).exists():
+        if not rebuilt:
+            return
+        minari.delete_dataset(dataset_id)
+    env, _, _ = suite.parse_name(name)
+    write_minari(dataset_id, ENV_SPECS[env].gym_id, suite.load_suite_dataset(data_dir, name))
+    print(f"wrote local Minari dataset {dataset_id}", flush=True)
+
+
 def make(args) -> int:
     if args.list:
         for name in suite.suite_names():
@@ -109,6 +134,8 @@ def make(args) -> int:
     if args.seed < 0:
         raise SuiteRequestError(f"--seed must be >= 0, got {args.seed}")
     names = requested_names(args)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise SuiteRequestError(f"--out {args.out} is a file: name a folder for the datasets")
     records = []
     for name in names:
         recipe = suite.recipe_for(name, args.seed)
@@ -118,6 +145,8 @@ def make(args) -> int:
             print(f"wrote {path} in {record['build_seconds']:.1f} s", flush=True)
         else:
             print(f"{path} is up to date (recipe {record['recipe_hash']}), skipping", flush=True)
+        if args.minari:
+            write_minari_copy(name, args.out, built)
         records.append(record)
     print(format_table(records, markdown=args.markdown))
     return 0
@@ -137,6 +166,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent), help="data folder")
     parser.add_argument("--seed", type=int, default=0, help="episode i resets with seed + i")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    parser.add_argument(
+        "--minari", action="store_true", help="also store each as a local Minari dataset"
+    )
     parser.add_argument("--list", action="store_true", help="list the suite and what is built")
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
     return parser.parse_args(argv)
