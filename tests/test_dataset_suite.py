@@ -247,18 +247,12 @@ def test_tiny_dataset_round_trips_through_the_project_loader(tiny):
     assert described["train_with"] == "--env humanoid --dataset pd-300"
 
 
-def test_same_command_same_data(tiny, tmp_path):
-    out, _ = tiny
-    result = _make_suite("--name", TINY, "--out", str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    _assert_same_paths(
-        suite.load_suite_dataset(out, TINY), suite.load_suite_dataset(tmp_path, TINY)
-    )
-
-
-def test_cache_skips_an_unchanged_recipe_and_rebuilds_a_changed_one(tmp_path):
+def test_same_command_same_data_then_cached_until_the_recipe_changes(tiny, tmp_path):
     file = tmp_path / f"{TINY}-v2.pkl"
     assert _make_suite("--name", TINY, "--out", str(tmp_path)).returncode == 0
+    _assert_same_paths(
+        suite.load_suite_dataset(tiny[0], TINY), suite.load_suite_dataset(tmp_path, TINY)
+    )
     before = file.stat().st_mtime_ns
     again = _make_suite("--name", TINY, "--out", str(tmp_path))
     assert again.returncode == 0 and "up to date" in again.stdout
