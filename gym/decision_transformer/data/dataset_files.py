@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .suite import is_suite_name
+
 
 def dataset_file(data_dir: str | Path, env: str, dataset: str) -> Path:
     return Path(data_dir) / f"{env}-{dataset}-v2.pkl"
@@ -15,6 +17,8 @@ def dataset_file(data_dir: str | Path, env: str, dataset: str) -> Path:
 
 def how_to_make(env: str | None, dataset: str = "collected", data_dir: str | Path = "data") -> str:
     """The command (run from gym/) that writes ``{data_dir}/{env}-{dataset}-v2.pkl``."""
+    if env is not None and is_suite_name(f"{env}-{dataset}"):
+        return f"python data/make_suite.py --name {env}-{dataset} --out {data_dir}"
     if dataset != "collected":
         return (
             f"python data/download_d4rl_datasets.py --env {env} --datasets {dataset} "

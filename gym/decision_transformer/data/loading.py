@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import DatasetError, one_line
 from .dataset_files import dataset_file, how_to_make
 from .pickle_io import UnsafePickleError, load_paths_file
+from .suite import is_suite_name
 from .trajectories import TrajectoryDataset
 
 MINARI_PREFIX = "minari:"
@@ -19,7 +20,7 @@ def check_dataset_available(data_dir: str | Path, env: str, dataset: str) -> Non
     path = dataset_file(data_dir, env, dataset)
     if not path.is_file():
         offline = ""
-        if env == "humanoid" and dataset != "collected":
+        if env == "humanoid" and dataset != "collected" and not is_suite_name(f"{env}-{dataset}"):
             # The download needs the network; the embedded dataset is made locally in ~40 s.
             offline = (
                 f"; or, with no network, train on --dataset collected after "
