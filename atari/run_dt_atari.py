@@ -316,6 +316,7 @@ def evaluate_model(
     episode i seeded seed + i. Returns ``results.summarize`` plus the time taken."""
     naive = cfg["model_type"] == "naive"
     t0 = time.time()
+    trace = [] if trace is None else trace  # (episode, step, action): gives the lengths
     rets = evaluate(
         model,
         cfg["game"],
@@ -329,6 +330,10 @@ def evaluate_model(
         trace=trace,
     )
     res = summarize(cfg["game"], None if naive else cfg["eval_target"], rets)
+    lengths = [0] * len(rets)
+    for ep, t, _ in trace:
+        lengths[ep] = max(lengths[ep], t + 1)
+    res["lengths"] = lengths
     res["seconds"] = time.time() - t0
     return res
 
@@ -339,6 +344,7 @@ def eval_logs(res: dict) -> dict:
         "eval/return_mean": res["return_mean"],
         "eval/return_std": res["return_std"],
         "eval/returns": res["returns"],
+        "eval/lengths": res["lengths"],
         "eval/target": res["target"],
         "time/eval_s": res["seconds"],
     }
