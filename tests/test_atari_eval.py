@@ -107,8 +107,8 @@ def test_seed_table_aggregates_per_seed_results(tmp_path):
             json.dumps({"seed": seed, "game": "Breakout", "model_type": "reward_conditioned"})
         )
         rows = [
-            {"iteration": 1, "eval/returns": [0.0], "eval/target": 90.0},
-            {"iteration": 2, "eval/returns": rets, "eval/target": 90.0},
+            {"iteration": 1, "step": 5, "eval/returns": [0.0], "eval/target": 90.0},
+            {"iteration": 2, "step": 9, "eval/returns": rets, "eval/target": 90.0},
         ]
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         runs.append(run)
@@ -127,6 +127,20 @@ def test_seed_table_aggregates_per_seed_results(tmp_path):
     assert lines[2].startswith("| seed 1 |") and "15.0 ± 5.0" in lines[2]
     assert "20.0 ± 8.7" in lines[5] and "3 seeds" in lines[5]
     assert "267.5 ± 97.5" in lines[6]  # the paper's Table 1 beside
+
+    # The curves of the same runs (plot_atari.py reads metrics.jsonl as training writes it).
+    import plot_atari
+
+    for r, (seed, rets) in zip(runs, per_seed_returns.items()):
+        (r / "config.json").write_text(json.dumps({
+            "seed": seed, "game": "Breakout", "model_type": "reward_conditioned",
+            "backbone": "gpt"}))  # fmt: skip
+        with open(r / "metrics.jsonl", "a") as f:  # a summarized row, as training logs it
+            f.write(json.dumps({"step": 9, "train/loss": 1.0, "eval/return_mean": 1.0,
+                                "eval/return_std": 0.5, "eval/returns": rets,
+                                "eval/target": 90.0}) + "\n")  # fmt: skip
+    assert plot_atari.main([*map(str, runs), "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 10_000
 
     # The CLI prints the same table; a run without evaluation is refused.
     proc = run_script("results.py", *runs)
