@@ -146,3 +146,40 @@ def test_trajectories_start_at_the_first_real_frame(replay, keep_blank_rows):
         assert any(not ds.frames[s].any() for s in ds.starts)
     else:
         assert all(ds.frames[s].any() for s in ds.starts)
+
+
+def test_download_list_is_what_the_sampler_reads(replay, tmp_path):
+    """The gs:// list names, per checkpoint the sampler may read, the files it opens: with only
+    those files (no invalid_range, no checkpoint 50) the sample is the same."""
+    import shutil
+
+    urls = cd.download_urls("Breakout", 2)
+    base = "gs://atari-replay-datasets/dqn/Breakout/1/replay_logs/"
+    assert all(u.startswith(base) for u in urls) and len(urls) == len(set(urls)) == 2 * 5
+    src = cd.replay_dir(str(replay), "Breakout")
+    dst = cd.replay_dir(str(tmp_path), "Breakout")
+    dst.mkdir(parents=True)
+    for u in urls:
+        shutil.copy(src / u[len(base) :], dst)
+    assert len(cd.download_urls("Breakout", 50)) == 50 * 5
+    a = cd.create_dataset(2, 1500, "Breakout", str(replay), 1, 4, False, lambda *_: 0)
+    b = cd.create_dataset(2, 1500, "Breakout", str(tmp_path), 1, 4, False, lambda *_: 0)
+    assert all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("frames", "rtgs", "starts"))
+
+
+def test_preset_and_targets(capsys):
+    import run_dt_atari as r
+
+    pong = r.resolve(r.parse_args(["--preset", "original", "--game", "Pong"]))
+    assert (pong["context_length"], pong["batch_size"], pong["num_steps"]) == (50, 512, 500_000)
+    given = r.resolve(
+        r.parse_args(["--preset", "original", "--game", "Pong", "--batch_size", "64"])
+    )
+    assert (given["context_length"], given["batch_size"]) == (50, 64)  # a given flag wins
+    plain = r.resolve(r.parse_args(["--game", "Pong"]))
+    assert (plain["context_length"], plain["batch_size"]) == (30, 128)
+    assert plain["dtype"] == "fp32" and plain["num_workers"] <= 8  # CPU here
+    # A DT for a game without a paper target: one line naming --target_return, before any data.
+    assert r.main(["--game", "MsPacman", "--data_dir_prefix", "/nonexistent"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--target_return" in err and "MsPacman" in err
