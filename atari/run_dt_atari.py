@@ -396,8 +396,6 @@ def evaluate_saved_run(
     cfg["eval_episodes"] = cfg["eval_episodes"] or 10  # a run trained without evaluation
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if cfg["dtype"] == "bf16" and not device.startswith("cuda"):
-        print("note: the run evaluated in bf16 autocast; on CPU it does too", file=sys.stderr)
     weights = state["model"]
     model = build_model(
         cfg,

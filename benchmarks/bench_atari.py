@@ -110,12 +110,16 @@ def run(script: str, *args) -> str:
     return p.stdout
 
 
-# Per game: the collected replay and the sample trained on. Pong's episodes are long (800 to
-# 5,000 steps), so its buffers are larger and a visit takes fewer of them.
+# Per game: the collected replay, the sample trained on, the third target and the evaluation's
+# step cap. Pong's episodes are long (800 to 5,000 steps), so its buffers are larger, a visit
+# takes fewer of them, and its games are played to the end (ALE's cap, 27,000 steps): a game
+# cut short has no final score. Breakout's cap stops an agent that never serves.
 GAMES = {
-    "Breakout": {"rows": 50_000, "num_steps": 80_000, "per_visit": 5, "above": lambda top: 2 * top},
-    "Pong": {"rows": 100_000, "num_steps": 120_000, "per_visit": 2, "above": lambda top: 21},
-}
+    "Breakout": {"rows": 50_000, "num_steps": 80_000, "per_visit": 5,
+                 "above": lambda top: 2 * top, "max_steps": 2000},
+    "Pong": {"rows": 100_000, "num_steps": 120_000, "per_visit": 2,
+             "above": lambda top: 21, "max_steps": None},
+}  # fmt: skip
 
 
 def bench_quality(
@@ -123,7 +127,7 @@ def bench_quality(
     work: Path,
     minutes: float,
     episodes: int,
-    max_steps: int,
+    max_steps: int | None,
     seeds: list[int],
     rows: int | None = None,
 ) -> list[str]:
@@ -136,6 +140,7 @@ def bench_quality(
 
     spec = GAMES[game]
     rows = rows or spec["rows"]
+    max_steps = max_steps or spec["max_steps"]
     # --replay_rows (a smoke test's small replay) samples half of what it collects.
     num_steps = spec["num_steps"] if rows == spec["rows"] else rows // 2
     cpu = torch.device("cpu")
@@ -189,7 +194,6 @@ def bench_quality(
                                 w["global_pos_emb"].shape[1] - 1)  # fmt: skip
             model.load_state_dict(w)
             for target in targets if name != "BC" else targets[:1]:
-                # Capped (--max_steps): an agent that never serves would play 27,000 steps.
                 r = evaluate(model, game, target, episodes, episodes, 1000, cpu, max_steps)
                 results.setdefault((name, target), []).append(float(np.mean(r)))
     print(f"\nquality, {game}: dataset returns (clipped) median {median:.0f}, max {top:.0f}")
@@ -224,7 +228,9 @@ def main() -> int:
     p.add_argument("--work", default="runs/bench_atari")
     p.add_argument("--minutes", type=float, default=15.0, help="training budget per model")
     p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per target")
-    p.add_argument("--max_steps", type=int, default=2000, help="evaluation step cap")
+    p.add_argument(
+        "--max_steps", type=int, default=None, help="evaluation step cap (Breakout 2000, Pong none)"
+    )
     p.add_argument("--skip_reader", action="store_true")
     p.add_argument("--games", nargs="+", default=["Breakout"], choices=sorted(GAMES))
     p.add_argument("--seeds", type=int, nargs="+", default=[123], help="training seeds")
