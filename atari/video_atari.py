@@ -79,7 +79,10 @@ def render_episode(
     else:
         import imageio.v2 as imageio
 
-        with imageio.get_writer(path, format="FFMPEG", fps=FPS, codec="libx264") as w:
+        # 740x420 is even, as yuv420p needs; no rescaling to 16-pixel blocks.
+        with imageio.get_writer(
+            path, format="FFMPEG", fps=FPS, codec="libx264", macro_block_size=2
+        ) as w:
             for f in frames:
                 w.append_data(f)
     if expected_return is not None and score != expected_return:

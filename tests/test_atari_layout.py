@@ -183,3 +183,18 @@ def test_preset_and_targets(capsys):
     assert r.main(["--game", "MsPacman", "--data_dir_prefix", "/nonexistent"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--target_return" in err and "MsPacman" in err
+
+
+def test_cache_goes_to_cache_dir_with_its_size_said_first(replay, tmp_path):
+    lines: list[str] = []
+    a = cd.create_dataset(2, 1500, "Breakout", str(replay), 1, 4, log=lines.append,
+                          cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    (cached,) = (tmp_path / "cache").iterdir()
+    said = [ln for ln in lines if ln.startswith("caching the sample")]
+    assert said and f"{cd.sample_bytes(len(a)) / 1e9:.2f} GB" in said[0] and str(cached) in said[0]
+    assert cached.stat().st_size >= len(a) * 84 * 84  # the frames, uncompressed
+    assert not (cd.replay_dir(str(replay), "Breakout").parent / "dt_cache").exists()
+    lines.clear()
+    b = cd.create_dataset(2, 1500, "Breakout", str(replay), 1, 4, log=lines.append,
+                          cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    assert lines[0].startswith("loaded") and np.array_equal(a.frames, b.frames)
