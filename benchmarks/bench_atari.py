@@ -3,7 +3,7 @@
     python benchmarks/bench_atari.py                  # reader: ~1 min
     python benchmarks/bench_atari.py --quality        # + Breakout: 3 trainings of <= 15 min
     python benchmarks/bench_atari.py --quality --games Breakout Pong --seeds 123 231
-                                                      # 2 games x 3 models x 2 seeds: ~3.5 h
+                                                      # 2 games x 3 models x 2 seeds: ~4 h
 
 Reader: one synthetic observation store of --rows frames (84x84 uint8, ~7 KB each decompressed)
 is read twice, each in its own subprocess: whole (``np.load`` of the gzip stream, what dopamine
