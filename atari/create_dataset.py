@@ -446,7 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--game", default="Breakout")
     p.add_argument("--out", default="./dqn_replay/", help="--collect: the data_dir_prefix to fill")
-    p.add_argument("--steps_per_buffer", type=int, default=20_000, help="--collect: rows each")
+    p.add_argument(
+        "--steps_per_buffer", type=int, default=20_000, help="--collect: rows per checkpoint"
+    )
     p.add_argument("--buffers", type=int, default=2, help="--collect: checkpoints 50-B..49")
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--data_dir_prefix", default="./dqn_replay/")
