@@ -9,6 +9,14 @@ the game ended after that step), ``add_count_ckpt.N.gz`` (a 0-d int: how many ro
 ``np.save`` array inside a gzip stream. Row ``i`` holds the frame the agent saw, the action it
 took, the reward it got and whether the game ended then.
 
+Dopamine's buffer (``OutOfGraphReplayBuffer.add``) writes ``stack_size - 1 = 3`` blank rows (zero
+frame, action 0, reward 0, not terminal) before the first frame of every episode, so that the
+frame stack of an episode's first step is three zero frames and that frame; ``add_count`` counts
+them. batch_rl's logged buffer saves the whole circular buffer as checkpoint ``k`` (counted from
+0) whenever ``add_count % capacity == capacity - 1``, and once more at the end of training
+(``log_final_buffer``, with ``add_count`` set to the cursor): :class:`LoggedReplayBuffer` writes
+exactly that.
+
 :func:`read_rows` streams through a file and keeps only the rows asked for: an observation file is
 about 7 GB once decompressed, and loading it whole is what got the original killed.
 """
@@ -155,3 +163,92 @@ def read_rows(path: Path, rows: np.ndarray | None = None, limit: int | None = No
         raise DatasetError(
             f"{path} is truncated or corrupt ({e}); re-download it or re-run --collect"
         ) from None
+
+
+class LoggedReplayBuffer:
+    """Dopamine's ``OutOfGraphReplayBuffer`` (stack 4, update horizon 1, the DQN agent's dtypes)
+    as batch_rl's ``OutOfGraphLoggedReplayBuffer`` logs it to disk: three blank rows before each
+    episode, ``add_count`` counting every row, ``invalid_range`` the 5 rows around the cursor,
+    checkpoint ``k`` written when ``add_count % capacity == capacity - 1`` (checked once per
+    ``add``, after its blank rows), the final partial buffer by :meth:`log_final`.
+
+    ``first_log`` numbers the first checkpoint as a run that already wrote ``first_log`` of them
+    would (``add_count`` starts at ``first_log * capacity``), so a short collection fills the
+    last checkpoints of a 50-checkpoint run. Rows never written are zero (dopamine's
+    ``np.empty``, which the first checkpoint's last row shows on disk).
+    """
+
+    STACK, HORIZON = 4, 1
+
+    def __init__(self, replay_dir: Path, capacity: int, first_log: int = 0):
+        if capacity <= self.STACK + self.HORIZON:
+            raise ValueError(f"a replay capacity of {capacity} rows is too small")
+        self.dir, self.capacity = Path(replay_dir), capacity
+        self.store = {
+            "observation": np.zeros((capacity, *FRAME_SHAPE), np.uint8),
+            "action": np.zeros(capacity, np.int32),
+            "reward": np.zeros(capacity, np.float32),
+            "terminal": np.zeros(capacity, np.uint8),
+        }
+        self.add_count = np.array(first_log * capacity)  # int64, 0-d, as dopamine's
+        self.invalid_range = np.zeros(self.STACK)  # float64 until the first add, as dopamine's
+        self.log_count = first_log
+        self.episode_start = True
+
+    def cursor(self) -> int:
+        return int(self.add_count) % self.capacity
+
+    def _add(self, frame, action, reward, terminal) -> None:
+        c = self.cursor()
+        for name, value in zip(STORES, (frame, action, reward, terminal)):
+            self.store[name][c] = value
+        self.add_count += 1
+        c = self.cursor()
+        # dopamine's invalid_range(): the update_horizon rows before the cursor and the
+        # stack_size rows from it on.
+        self.invalid_range = np.array(
+            [(c - self.HORIZON + i) % self.capacity for i in range(self.STACK + self.HORIZON)]
+        )
+
+    def add(self, frame: np.ndarray, action: int, reward: float, terminal: bool) -> int | None:
+        """Add one agent step; returns the checkpoint number if this add logged one."""
+        if self.episode_start:
+            for _ in range(self.STACK - 1):
+                self._add(0, 0, 0.0, 0)
+            self.episode_start = False
+        if terminal:
+            self.episode_start = True
+        self._add(frame, action, reward, terminal)
+        if int(self.add_count) % self.capacity == self.capacity - 1:
+            return self.log()
+        return None
+
+    def log(self) -> int:
+        n = self.log_count
+        for name, arr in self.store.items():
+            write_array_gz(store_path(self.dir, name, n), arr)
+        write_array_gz(count_path(self.dir, n), self.add_count)
+        write_array_gz(invalid_range_path(self.dir, n), self.invalid_range)
+        self.log_count += 1
+        return n
+
+    def log_final(self) -> int:
+        """batch_rl's ``log_final_buffer``: the buffer as it stands, ``add_count`` = cursor."""
+        saved = self.add_count
+        self.add_count = np.array(self.cursor())
+        try:
+            return self.log()
+        finally:
+            self.add_count = saved
+
+
+def blank_prefix(actions, rewards, terminals, frames=None) -> int:
+    """How many of the first (up to 3) rows of an episode's rows are dopamine's blank rows:
+    action 0, reward 0, not terminal and (when ``frames`` is given) an all-zero frame,
+    contiguous from the first row. Without frames this is an upper bound, for planning."""
+    n, most = 0, min(LoggedReplayBuffer.STACK - 1, len(actions))
+    while n < most and actions[n] == 0 and rewards[n] == 0 and not terminals[n]:
+        if frames is not None and frames[n].any():
+            break
+        n += 1
+    return n

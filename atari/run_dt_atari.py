@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -21,8 +22,8 @@ from pathlib import Path
 import _paths  # noqa: F401
 import numpy as np
 import torch
-from atari_env import PAPER_TARGETS, check_game, human_normalized
-from create_dataset import create_dataset
+from atari_env import PAPER_TARGETS, check_game
+from create_dataset import add_data_flags, create_dataset
 from decision_transformer.errors import DatasetError
 from decision_transformer.models.qwen3_transformer import Qwen3Config
 from decision_transformer.run.checkpoint import (
@@ -34,12 +35,42 @@ from decision_transformer.run.checkpoint import (
 from decision_transformer.run.config import ConfigError
 from decision_transformer.run.metrics import MetricsLog
 from mingpt.evaluate_atari import evaluate
-from mingpt.model_atari import AtariDecisionTransformer, AtariDTConfig
+from mingpt.model_atari import AtariDecisionTransformer, AtariDTConfig, compile_blocks
 from mingpt.trainer_atari import Trainer, TrainerConfig, WindowDataset
+from results import eval_table, runs_table, summarize
 
 # Flags that may change on --resume (everything else must match the run's config.json).
-RESUME_FREE = {"resume", "out_dir", "device", "num_workers", "log_to_wandb", "eval_envs"}
+RESUME_FREE = {
+    "resume", "out_dir", "device", "num_workers", "log_to_wandb", "eval_envs", "cache_dir",
+    "compile", "seeds", "evaluate_only", "preset",
+}  # fmt: skip
 DERIVED = {"eval_target"}  # filled in from the data, not a flag
+
+# The original's run.sh, per game: one flag (--preset original) sets these as defaults; flags
+# given on the command line still win. Its seeds were 123 231 312 (--seeds 123 231 312).
+PRESETS = {
+    "original": {
+        "*": {
+            "context_length": 30,
+            "epochs": 5,
+            "num_steps": 500_000,
+            "num_buffers": 50,
+            "batch_size": 128,
+            "trajectories_per_buffer": 10,
+        },
+        "Pong": {"context_length": 50, "batch_size": 512},
+    }
+}
+
+
+def default_workers() -> int:
+    """DataLoader workers: the CPUs this process may run on, one left for the training loop
+    (at most 8: past that the conv encoder, not batch assembly, is the bottleneck)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(8, cpus - 1))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
     a("--trajectories_per_buffer", type=int, default=10, help="trajectories per buffer visit")
     a("--data_dir_prefix", default="./dqn_replay/")
     a("--no_cache", action="store_true", help="resample instead of reading the cached sample")
+    add_data_flags(p)
+    a(
+        "--preset",
+        default=None,
+        choices=sorted(PRESETS),
+        help="original: the original run.sh's settings for --game as defaults (Pong: "
+        "--context_length 50 --batch_size 512; others 30 and 128; 500k steps of 50 buffers, "
+        "5 epochs); add --seeds 123 231 312 for its three seeds",
+    )
+    a(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="train one run per seed, one after another (out_dir ...-s<seed>), then print the "
+        "per-seed table and the mean ± std across seeds",
+    )
     m = p.add_argument_group("model")
     m.add_argument("--backbone", default="gpt", choices=["gpt", "qwen3"])
     m.add_argument("--n_layer", type=int, default=6)
@@ -84,13 +132,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eval_episodes", type=int, default=10)
     e.add_argument("--eval_envs", type=int, default=10, help="environments played at once")
     e.add_argument("--eval_max_steps", type=int, default=None, help="cap on agent steps")
+    e.add_argument(
+        "--evaluate_only",
+        action="store_true",
+        help="evaluate the run in --out_dir instead of training (as evaluate_atari.py)",
+    )
     r = p.add_argument_group("run")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    r.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    r.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="bf16: torch.autocast, weights and AdamW in fp32. auto: bf16 on CUDA, else fp32",
+    )
+    r.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile each transformer block on its own (regional: one compile serves "
+        "all blocks, so start-up stays short)",
+    )
     r.add_argument("--out_dir", default=None, help="default runs/<game>-<model>-<backbone>-s<seed>")
     r.add_argument("--resume", action="store_true", help="continue the run in --out_dir")
     r.add_argument("-w", "--log_to_wandb", action="store_true")
-    r.add_argument("--num_workers", type=int, default=4, help="DataLoader workers")
+    r.add_argument(
+        "--num_workers",
+        type=int,
+        default=None,
+        help=f"DataLoader workers (default: the usable CPUs minus one, at most 8: here "
+        f"{default_workers()})",
+    )
     r.add_argument("--steps_per_epoch", type=int, default=None, help="cap on steps per epoch")
     r.add_argument("--save_every", type=int, default=500, help="checkpoint every N steps too")
     return p
@@ -106,10 +176,28 @@ def resolve(args: argparse.Namespace) -> dict:
     for flag in ("context_length", "epochs", "batch_size", "eval_envs", "save_every"):
         if cfg[flag] < 1:
             raise ConfigError(f"--{flag} must be positive, got {cfg[flag]}")
+    if cfg["num_workers"] is None:
+        cfg["num_workers"] = default_workers()
     if cfg["eval_episodes"] < 0 or cfg["num_workers"] < 0:
         raise ConfigError("--eval_episodes and --num_workers must not be negative")
     if cfg["device"] == "auto":
         cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg["dtype"] == "auto":
+        cfg["dtype"] = "bf16" if cfg["device"].startswith("cuda") else "fp32"
+    if (
+        cfg["target_return"] is None
+        and cfg["model_type"] == "reward_conditioned"
+        and cfg["game"] not in PAPER_TARGETS
+        and not cfg["evaluate_only"]
+    ):
+        # The data's returns are sums of clipped rewards, evaluation's are game points: the
+        # data cannot give a target in evaluation's units (the original raised here too).
+        raise ConfigError(
+            f"{cfg['game']} has no paper target; pass --target_return in game points (the "
+            f"paper's: {', '.join(f'{g} {t}' for g, t in PAPER_TARGETS.items())})"
+        )
+    if cfg["seeds"] is not None and len(set(cfg["seeds"])) != len(cfg["seeds"]):
+        raise ConfigError("--seeds lists a seed twice")
     try:
         torch.device(cfg["device"])
     except RuntimeError:
@@ -142,13 +230,199 @@ def resolve(args: argparse.Namespace) -> dict:
     return cfg
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.preset is not None:  # the preset's values become defaults; given flags still win
+        spec = PRESETS[args.preset]
+        p.set_defaults(**{**spec["*"], **spec.get(args.game, {})})
+        args = p.parse_args(argv)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
+        if args.evaluate_only:  # the run's own evaluation settings (evaluate_atari.py: others)
+            return evaluate_saved_run(Path(resolve(args)["out_dir"]), device=args.device)
+        if args.seeds:
+            return run_seeds(args)
         return run(resolve(args))
     except (ConfigError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def run_seeds(args: argparse.Namespace) -> int:
+    """One run per seed, one after another, then one table of all of them."""
+    cfgs = []
+    for seed in args.seeds:
+        one = argparse.Namespace(**vars(args))
+        one.seed, one.seeds = seed, None
+        if args.out_dir is not None:
+            one.out_dir = str(Path(args.out_dir) / f"s{seed}")
+        cfgs.append(resolve(one))  # every seed's flags are checked before the first trains
+    for cfg in cfgs:
+        print(f"--- seed {cfg['seed']} -> {cfg['out_dir']}")
+        code = run(cfg)
+        if code:
+            return code
+    if not cfgs[0]["eval_episodes"]:
+        return 0
+    table, data = runs_table([Path(c["out_dir"]) for c in cfgs])
+    print(f"\n{cfgs[0]['game']} {cfgs[0]['model_type']} ({cfgs[0]['backbone']}), last evaluation:")
+    print(table)
+    summary = Path(cfgs[0]["out_dir"]).parent / "seeds.json"
+    summary.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote {summary}")
+    return 0
+
+
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def build_model(cfg: dict, n_actions: int, max_timestep: int) -> AtariDecisionTransformer:
+    model_cfg = AtariDTConfig(
+        n_actions=n_actions,
+        max_timestep=max_timestep,
+        context_length=cfg["context_length"],
+        model_type=cfg["model_type"],
+        backbone=cfg["backbone"],
+        n_layer=cfg["n_layer"],
+        n_head=cfg["n_head"],
+        n_embd=cfg["embed_dim"],
+        dropout=cfg["dropout"],
+        n_kv_head=cfg["n_kv_head"],
+        head_dim=cfg["head_dim"],
+        mlp_ratio=cfg["mlp_ratio"],
+        intermediate_size=cfg["intermediate_size"],
+        rope_theta=cfg["rope_theta"],
+        qk_norm=not cfg["no_qk_norm"],
+    )
+    try:
+        return AtariDecisionTransformer(model_cfg)
+    except ValueError as e:  # backbone shape checks (heads, head_dim, ...)
+        raise ConfigError(str(e)) from None
+
+
+def evaluate_model(
+    model: AtariDecisionTransformer,
+    cfg: dict,
+    device: torch.device,
+    episodes: int | None = None,
+    trace: list | None = None,
+) -> dict:
+    """The run's evaluation: ``episodes`` (default --eval_episodes) games at the run's target,
+    episode i seeded seed + i. Returns ``results.summarize`` plus the time taken."""
+    naive = cfg["model_type"] == "naive"
+    t0 = time.time()
+    trace = [] if trace is None else trace  # (episode, step, action): gives the lengths
+    rets = evaluate(
+        model,
+        cfg["game"],
+        0.0 if naive else cfg["eval_target"],
+        episodes or cfg["eval_episodes"],
+        cfg["eval_envs"],
+        seed=cfg["seed"],
+        device=device,
+        max_steps=cfg["eval_max_steps"],
+        autocast_dtype=AUTOCAST[cfg["dtype"]],
+        trace=trace,
+    )
+    res = summarize(cfg["game"], None if naive else cfg["eval_target"], rets)
+    lengths = [0] * len(rets)
+    for ep, t, _ in trace:
+        lengths[ep] = max(lengths[ep], t + 1)
+    res["lengths"] = lengths
+    res["seconds"] = time.time() - t0
+    return res
+
+
+def eval_logs(res: dict) -> dict:
+    """An evaluation as metrics.jsonl keys."""
+    logs = {
+        "eval/return_mean": res["return_mean"],
+        "eval/return_std": res["return_std"],
+        "eval/returns": res["returns"],
+        "eval/lengths": res["lengths"],
+        "eval/target": res["target"],
+        "time/eval_s": res["seconds"],
+    }
+    for key in ("human_normalized", "gamer_normalized"):
+        if key in res:
+            logs[f"eval/{key}"] = res[key]
+    return logs
+
+
+def evaluate_saved_run(
+    run_dir: Path,
+    device: str = "auto",
+    episodes: int | None = None,
+    target: float | None = None,
+    eval_envs: int | None = None,
+    max_steps: int | None = None,
+    json_path: Path | None = None,
+    video: Path | None = None,
+) -> int:
+    """Evaluate a run's checkpoint as its training did after each epoch (same seeds, target,
+    episode count, step cap and dtype, unless given), print the table, write JSON and
+    optionally a video of its first episode."""
+    from decision_transformer.run.checkpoint import read_checkpoint
+
+    path = run_dir / "checkpoint.pt" if run_dir.is_dir() else run_dir
+    if video is not None:
+        from video_atari import check_video_path
+
+        try:
+            check_video_path(video)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    state = read_checkpoint(
+        path, ("model", "config"), "pass a run directory written by run_dt_atari.py"
+    )
+    cfg = dict(state["config"])
+    if cfg.get("model_type") not in ("reward_conditioned", "naive") or "eval_target" not in cfg:
+        raise ConfigError(f"{path} is not an Atari run's checkpoint; pass one of run_dt_atari.py")
+    if target is not None:
+        cfg["eval_target"] = float(target)
+    if max_steps is not None:
+        cfg["eval_max_steps"] = max_steps
+    if eval_envs is not None:
+        cfg["eval_envs"] = eval_envs
+    if episodes is not None:
+        if episodes < 1:
+            raise ConfigError(f"--eval_episodes must be positive, got {episodes}")
+        cfg["eval_episodes"] = episodes
+    cfg["eval_episodes"] = cfg["eval_episodes"] or 10  # a run trained without evaluation
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    weights = state["model"]
+    model = build_model(
+        cfg,
+        n_actions=weights["head.weight"].shape[0],
+        max_timestep=weights["global_pos_emb"].shape[1] - 1,
+    )
+    model.load_state_dict(weights)
+    model.to(torch.device(device))
+    trace: list | None = [] if video is not None else None
+    res = evaluate_model(model, cfg, torch.device(device), trace=trace)
+    res.update(checkpoint=str(path), seed=cfg["seed"], step=state.get("trainer", {}).get(
+        "global_step"), max_steps=cfg["eval_max_steps"])  # fmt: skip
+    print(eval_table([dict(res, run=path.parent.name)]))
+    json_path = json_path or path.parent / "eval.json"
+    if video is not None:
+        from video_atari import render_episode
+
+        actions = [a for ep, _, a in sorted(trace) if ep == 0]
+        naive = cfg["model_type"] == "naive"
+        res["video"] = render_episode(
+            cfg["game"], cfg["seed"], actions, video, None if naive else cfg["eval_target"],
+            expected_return=res["returns"][0],
+        )  # fmt: skip
+        print(f"video of episode 0 ({res['video']['frames']} frames): {video}")
+    json_path.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {json_path}")
+    return 0
 
 
 def run(cfg: dict) -> int:
@@ -182,6 +456,8 @@ def run(cfg: dict) -> int:
         cfg["trajectories_per_buffer"],
         cfg["seed"],
         cache=not cfg["no_cache"],
+        keep_blank_rows=cfg["keep_blank_rows"],
+        cache_dir=cfg["cache_dir"],
     )
     if data.actions.max() >= n_actions or data.actions.min() < 0:
         raise DatasetError(
@@ -194,32 +470,12 @@ def run(cfg: dict) -> int:
             f"no sampled trajectory is {cfg['context_length']} steps long; lower --context_length"
         )
     target = cfg["target_return"]
-    if target is None:
-        target = PAPER_TARGETS.get(cfg["game"], float(data.returns().max()))
+    if target is None:  # resolve() made sure a DT has one; BC is not conditioned on it
+        target = PAPER_TARGETS.get(cfg["game"], 0.0)
     cfg["eval_target"] = float(target)
 
     device = torch.device(cfg["device"])
-    model_cfg = AtariDTConfig(
-        n_actions=n_actions,
-        max_timestep=int(data.timesteps.max()),
-        context_length=cfg["context_length"],
-        model_type=cfg["model_type"],
-        backbone=cfg["backbone"],
-        n_layer=cfg["n_layer"],
-        n_head=cfg["n_head"],
-        n_embd=cfg["embed_dim"],
-        dropout=cfg["dropout"],
-        n_kv_head=cfg["n_kv_head"],
-        head_dim=cfg["head_dim"],
-        mlp_ratio=cfg["mlp_ratio"],
-        intermediate_size=cfg["intermediate_size"],
-        rope_theta=cfg["rope_theta"],
-        qk_norm=not cfg["no_qk_norm"],
-    )
-    try:
-        model = AtariDecisionTransformer(model_cfg).to(device)
-    except ValueError as e:  # backbone shape checks (heads, head_dim, ...)
-        raise ConfigError(str(e)) from None
+    model = build_model(cfg, n_actions, int(data.timesteps.max())).to(device)
     tcfg = TrainerConfig(
         epochs=cfg["epochs"],
         batch_size=cfg["batch_size"],
@@ -230,8 +486,7 @@ def run(cfg: dict) -> int:
         seed=cfg["seed"],
         steps_per_epoch=cfg["steps_per_epoch"],
     )
-    autocast = torch.bfloat16 if cfg["dtype"] == "bf16" else None
-    trainer = Trainer(model, dataset, tcfg, device, autocast)
+    trainer = Trainer(model, dataset, tcfg, device, AUTOCAST[cfg["dtype"]])
 
     out.mkdir(parents=True, exist_ok=True)
     if state is not None:
@@ -241,6 +496,8 @@ def run(cfg: dict) -> int:
         print(f"resumed {out} at epoch {trainer.epoch + 1}, step {trainer.step}")
     else:
         (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    if cfg["compile"]:  # after loading: compiled blocks keep their state-dict names anyway
+        compile_blocks(model)
     metrics = MetricsLog(out, cfg, wandb_id=state.get("wandb_id") if state else None)
     metrics.truncate(trainer.epoch)
     n_params = sum(p.numel() for p in model.parameters())
@@ -269,39 +526,11 @@ def run(cfg: dict) -> int:
         t0 = time.time()
         logs = trainer.run_epoch(every)
         logs["time/train_s"] = time.time() - t0
+        print(f"epoch {trainer.epoch}: loss {logs['train/loss']:.4f}")
         if cfg["eval_episodes"]:
-            t0 = time.time()
-            rets = evaluate(
-                model,
-                cfg["game"],
-                0.0 if cfg["model_type"] == "naive" else cfg["eval_target"],
-                cfg["eval_episodes"],
-                cfg["eval_envs"],
-                seed=cfg["seed"],
-                device=device,
-                max_steps=cfg["eval_max_steps"],
-                autocast_dtype=autocast,
-            )
-            mean = float(np.mean(rets))
-            logs.update(
-                {
-                    "eval/return_mean": mean,
-                    "eval/return_std": float(np.std(rets)),
-                    "eval/returns": rets,
-                    "eval/target": cfg["eval_target"],
-                    "time/eval_s": time.time() - t0,
-                }
-            )
-            hns = human_normalized(cfg["game"], mean)
-            if hns is not None:
-                logs["eval/human_normalized"] = hns
-            print(
-                f"epoch {trainer.epoch}: loss {logs['train/loss']:.4f}, target "
-                f"{cfg['eval_target']:g}, return {mean:.1f} +- {np.std(rets):.1f}"
-                + (f", human-normalized {hns:.1f}" if hns is not None else "")
-            )
-        else:
-            print(f"epoch {trainer.epoch}: loss {logs['train/loss']:.4f}")
+            res = evaluate_model(model, cfg, device)
+            logs.update(eval_logs(res))
+            print(eval_table([dict(res, run=f"epoch {trainer.epoch}")]))
         metrics.log(trainer.epoch, trainer.global_step, logs)
         save(trainer)
     metrics.close()

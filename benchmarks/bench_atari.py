@@ -1,7 +1,9 @@
 """Atari benchmarks: the DQN-Replay reader, and (with --quality) DT vs BC on a --collect replay.
 
     python benchmarks/bench_atari.py                  # reader: ~1 min
-    python benchmarks/bench_atari.py --quality        # + 3 trainings of <= 15 min each, 2 cores
+    python benchmarks/bench_atari.py --quality        # + Breakout: 3 trainings of <= 15 min
+    python benchmarks/bench_atari.py --quality --games Breakout Pong --seeds 123 231
+                                                      # 2 games x 3 models x 2 seeds: ~4 h
 
 Reader: one synthetic observation store of --rows frames (84x84 uint8, ~7 KB each decompressed)
 is read twice, each in its own subprocess: whole (``np.load`` of the gzip stream, what dopamine
@@ -9,9 +11,12 @@ does) and streamed (``read_rows`` keeping --keep rows). Rows/s is rows decompres
 peak is the growth of the process's max RSS. Targets: streamed peak <= 25% of the whole load's,
 and streamed throughput >= 50% of it.
 
-Quality: collect a Breakout replay with the built-in player, train DT (GPT), DT (Qwen3) and BC
-on it, evaluate each at three targets. Targets: the DT at the top target beats the dataset's
-median return and BC, and DT returns rise with the target. Exit status 1 names a missed target.
+Quality, per game (Breakout, Pong): collect a replay with the game's scripted player
+(create_dataset.py --collect), train DT (GPT), DT (Qwen3) and BC on it for --minutes each per
+seed, evaluate each at three targets (the sample's median return, its best, and a higher one).
+Targets, on the mean over seeds: the DT at the top target beats the dataset's median return and
+BC, and DT returns rise with the target. Each seed's mean and the spread across seeds are
+printed. Exit status 1 names every missed target.
 """
 
 from __future__ import annotations
@@ -105,23 +110,51 @@ def run(script: str, *args) -> str:
     return p.stdout
 
 
-def bench_quality(work: Path, minutes: float, episodes: int, max_steps: int) -> list[str]:
+# Per game: the collected replay, the sample trained on, the third target and the evaluation's
+# step cap. Pong's episodes are long (800 to 5,000 steps), so its buffers are larger, a visit
+# takes fewer of them, and its games are played to the end (ALE's cap, 27,000 steps): a game
+# cut short has no final score. Breakout's cap stops an agent that never serves.
+GAMES = {
+    "Breakout": {"rows": 50_000, "num_steps": 80_000, "per_visit": 5,
+                 "above": lambda top: 2 * top, "max_steps": 2000},
+    "Pong": {"rows": 100_000, "num_steps": 120_000, "per_visit": 2,
+             "above": lambda top: 21, "max_steps": None},
+}  # fmt: skip
+
+
+def bench_quality(
+    game: str,
+    work: Path,
+    minutes: float,
+    episodes: int,
+    max_steps: int | None,
+    seeds: list[int],
+    rows: int | None = None,
+) -> list[str]:
     sys.path.insert(0, str(ATARI))
     import create_dataset as cd
     import torch
     from decision_transformer.run.checkpoint import load_checkpoint
     from mingpt.evaluate_atari import evaluate
-    from mingpt.model_atari import AtariDecisionTransformer, AtariDTConfig
+    from run_dt_atari import build_model
 
+    spec = GAMES[game]
+    rows = rows or spec["rows"]
+    max_steps = max_steps or spec["max_steps"]
+    # --replay_rows (a smoke test's small replay) samples half of what it collects.
+    num_steps = spec["num_steps"] if rows == spec["rows"] else rows // 2
     cpu = torch.device("cpu")
     data_dir = work / "replay"
-    if not (cd.replay_dir(str(data_dir), "Breakout") / "$store$_terminal_ckpt.49.gz").exists():
-        run("create_dataset.py", "--collect", "--out", data_dir, "--steps_per_buffer", "50000",
-            "--buffers", "2", "--seed", "0")  # fmt: skip
+    if not (cd.replay_dir(str(data_dir), game) / "$store$_terminal_ckpt.49.gz").exists():
+        t0 = time.time()
+        print(run("create_dataset.py", "--collect", "--game", game, "--out", data_dir,
+                  "--steps_per_buffer", rows, "--buffers", "2", "--seed", "0").strip())  # fmt: skip
+        print(f"collected in {time.time() - t0:.0f}s")
     # Small enough for a CPU: on 2 shared cores one step of batch 32 x 30 steps took ~14 s
     # (960 frames through the conv encoder), so windows are 10 steps and batches 16.
-    common = ["--data_dir_prefix", data_dir, "--num_buffers", "2", "--num_steps", "80000",
-              "--trajectories_per_buffer", "5", "--context_length", "10", "--batch_size", "16",
+    common = ["--game", game, "--data_dir_prefix", data_dir, "--num_buffers", "2",
+              "--num_steps", num_steps, "--trajectories_per_buffer", spec["per_visit"],
+              "--context_length", "10", "--batch_size", "16",
               "--n_layer", "3", "--n_head", "4", "--embed_dim", "128", "--eval_episodes", "0",
               "--epochs", "5", "--steps_per_epoch", "1000000", "--save_every", "25",
               "--num_workers", "1", "--device", "cpu"]  # fmt: skip
@@ -130,62 +163,60 @@ def bench_quality(work: Path, minutes: float, episodes: int, max_steps: int) -> 
         "DT qwen3": ["--backbone", "qwen3", "--n_kv_head", "2"],
         "BC": ["--model_type", "naive"],
     }
-    ds = cd.create_dataset(2, 80000, "Breakout", str(data_dir), 5, 123, log=lambda *_: 0)
+    # Targets from the first seed's sample (every seed samples its own: the seed is the
+    # sampling seed too, as in the original).
+    ds = cd.create_dataset(2, num_steps, game, str(data_dir), spec["per_visit"], seeds[0],
+                           log=lambda *_: 0)  # fmt: skip
     rets = ds.returns()
     median, top = float(np.median(rets)), float(rets.max())
-    targets = [median, top, 2 * top]
-    table, results = [], {}
+    targets = [median, top, float(spec["above"](top))]
+    results: dict[tuple[str, float], list[float]] = {}
+    trained: dict[str, list[int]] = {}
     for name, extra in runs.items():
-        out = work / name.replace(" ", "_")
-        if not (out / "checkpoint.pt").exists():
-            # Train for the time budget, then stop: the last checkpoint (every 25 steps) is used.
-            try:
-                subprocess.run(
-                    [sys.executable, "run_dt_atari.py", *map(str, common), *extra,
-                     "--out_dir", str(out)],
-                    cwd=ATARI, capture_output=True, timeout=minutes * 60,
-                )  # fmt: skip
-            except subprocess.TimeoutExpired:
-                pass
+        for seed in seeds:
+            out = work / f"{name.replace(' ', '_')}_s{seed}"
             if not (out / "checkpoint.pt").exists():
-                raise SystemExit(f"{name}: no checkpoint after {minutes} min; raise --minutes")
-        state = load_checkpoint(out / "checkpoint.pt")
-        steps = state["trainer"]["global_step"]
-        c = state["config"]
-        model = AtariDecisionTransformer(
-            AtariDTConfig(
-                n_actions=4,
-                max_timestep=int(ds.timesteps.max()),
-                context_length=c["context_length"],
-                model_type=c["model_type"],
-                backbone=c["backbone"],
-                n_layer=c["n_layer"],
-                n_head=c["n_head"],
-                n_embd=c["embed_dim"],
-                n_kv_head=c["n_kv_head"],
-            )  # fmt: skip
-        )
-        model.load_state_dict(state["model"])
-        for target in targets if name != "BC" else targets[:1]:
-            # Capped (2,000 steps by default): an agent that never serves would play 27,000.
-            r = evaluate(model, "Breakout", target, episodes, episodes, 1000, cpu, max_steps)
-            results[name, target] = float(np.mean(r))
-            table.append(f"| {name} | {target:.0f} | {np.mean(r):.1f} +- {np.std(r):.1f} | "
-                         f"{steps} |")  # fmt: skip
-    print(f"\nquality: dataset returns (clipped) median {median:.0f}, max {top:.0f}")
-    print(
-        f"| model | target | raw return ({episodes} episodes) | train steps |\n|---|---:|---:|---:|"
-    )
-    print("\n".join(table))
+                # Train for the time budget, then stop: the last checkpoint (every 25 steps).
+                try:
+                    subprocess.run(
+                        [sys.executable, "run_dt_atari.py", *map(str, common), *extra,
+                         "--seed", str(seed), "--out_dir", str(out)],
+                        cwd=ATARI, capture_output=True, timeout=minutes * 60,
+                    )  # fmt: skip
+                except subprocess.TimeoutExpired:
+                    pass
+                if not (out / "checkpoint.pt").exists():
+                    raise SystemExit(f"{name}: no checkpoint after {minutes} min; raise --minutes")
+            state = load_checkpoint(out / "checkpoint.pt")
+            trained.setdefault(name, []).append(state["trainer"]["global_step"])
+            w = state["model"]
+            model = build_model(state["config"], w["head.weight"].shape[0],
+                                w["global_pos_emb"].shape[1] - 1)  # fmt: skip
+            model.load_state_dict(w)
+            for target in targets if name != "BC" else targets[:1]:
+                r = evaluate(model, game, target, episodes, episodes, 1000, cpu, max_steps)
+                results.setdefault((name, target), []).append(float(np.mean(r)))
+    print(f"\nquality, {game}: dataset returns (clipped) median {median:.0f}, max {top:.0f}")
+    print(f"| model | target | raw return, mean ± std over seeds ({episodes} episodes each) | "
+          f"per seed | train steps |\n|---|---:|---:|---|---:|")  # fmt: skip
+    for (name, target), per_seed in results.items():
+        spread = np.std(per_seed, ddof=1) if len(per_seed) > 1 else 0.0
+        print(f"| {name} | {'–' if name == 'BC' else f'{target:.0f}'} | "
+              f"{np.mean(per_seed):.1f} ± {spread:.1f} | "
+              f"{' / '.join(f'{v:.1f}' for v in per_seed)} | "
+              f"{' / '.join(f'{s:,}' for s in trained[name])} |")  # fmt: skip
+    mean = {k: float(np.mean(v)) for k, v in results.items()}
     missed = []
     for name in ("DT gpt", "DT qwen3"):
-        best = results[name, targets[1]]
+        best = mean[name, targets[1]]
         if best <= median:
-            missed.append(f"{name} at target {top:.0f} returns {best:.1f} <= median {median:.0f}")
-        if best <= results["BC", targets[0]]:
-            missed.append(f"{name} at the top target does not beat BC")
-        if not results[name, targets[0]] < results[name, targets[1]]:
-            missed.append(f"{name} returns do not rise with the target")
+            missed.append(f"{game} {name} at target {top:.0f} returns {best:.1f} <= median "
+                          f"{median:.0f}")  # fmt: skip
+        if best <= mean["BC", targets[0]]:
+            missed.append(f"{game} {name} at the top target ({best:.1f}) does not beat BC "
+                          f"({mean['BC', targets[0]]:.1f})")  # fmt: skip
+        if not mean[name, targets[0]] < mean[name, targets[1]]:
+            missed.append(f"{game} {name} returns do not rise with the target")
     return missed
 
 
@@ -197,14 +228,22 @@ def main() -> int:
     p.add_argument("--work", default="runs/bench_atari")
     p.add_argument("--minutes", type=float, default=15.0, help="training budget per model")
     p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per target")
-    p.add_argument("--max_steps", type=int, default=2000, help="evaluation step cap")
+    p.add_argument(
+        "--max_steps", type=int, default=None, help="evaluation step cap (Breakout 2000, Pong none)"
+    )
     p.add_argument("--skip_reader", action="store_true")
+    p.add_argument("--games", nargs="+", default=["Breakout"], choices=sorted(GAMES))
+    p.add_argument("--seeds", type=int, nargs="+", default=[123], help="training seeds")
+    p.add_argument("--replay_rows", type=int, default=None, help="rows per collected buffer")
     args = p.parse_args()
     missed = [] if args.skip_reader else bench_reader(args.rows, args.keep)
     if args.quality:
-        work = Path(args.work).resolve()
-        work.mkdir(parents=True, exist_ok=True)
-        missed += bench_quality(work, args.minutes, args.episodes, args.max_steps)
+        for game in args.games:
+            # Breakout keeps the folder of the one-game runs; other games get their own.
+            work = Path(args.work).resolve() / ("" if game == "Breakout" else game)
+            work.mkdir(parents=True, exist_ok=True)
+            missed += bench_quality(game, work, args.minutes, args.episodes, args.max_steps,
+                                    args.seeds, args.replay_rows)  # fmt: skip
     for m in missed:
         print(f"MISSED: {m}", file=sys.stderr)
     return 1 if missed else 0

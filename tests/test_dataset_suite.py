@@ -26,7 +26,7 @@ from decision_transformer.data.behaviours import (
     train_ars,
 )
 from decision_transformer.data.loading import check_dataset_available, load_dataset
-from decision_transformer.data.trajectories import DatasetError
+from decision_transformer.errors import DatasetError
 
 GYM_DIR = Path(__file__).resolve().parents[1] / "gym"
 TINY = "humanoid-pd-300"

@@ -187,3 +187,15 @@ class AtariDecisionTransformer(nn.Module):
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
+
+
+def compile_blocks(model: AtariDecisionTransformer) -> None:
+    """Regional compilation, as the gym half's --compile: ``torch.compile`` each transformer
+    block in place (state-dict names unchanged). The blocks share one code object, so one
+    compile serves them all; the conv encoder, embeddings and head stay eager."""
+    blocks = getattr(model.transformer, "layers", None) or getattr(model.transformer, "h", None)
+    if blocks is None:  # a backbone without a block list: compile it whole
+        model.transformer.compile()
+        return
+    for block in blocks:
+        block.compile()

@@ -76,7 +76,7 @@ class TrainerConfig:
     weight_decay: float = 0.1
     warmup_tokens: int = 512 * 20
     final_tokens: int = 0  # the original: 2 * len(dataset) * context_length * 3
-    num_workers: int = 4
+    num_workers: int = 0  # run_dt_atari.py passes its --num_workers (default: the CPUs)
     seed: int = 123
     steps_per_epoch: int | None = None  # cap (for quick runs); None = the whole dataset
 
@@ -136,8 +136,12 @@ class Trainer:
         for states, actions, rtgs, timesteps in loader:
             if self.step >= total:
                 break
-            states, actions = states.to(self.device), actions.to(self.device)
-            rtgs, timesteps = rtgs.to(self.device), timesteps.to(self.device)
+            # From pinned memory (on CUDA) the copies overlap with the previous step's kernels.
+            nb = self.device.type == "cuda"
+            states = states.to(self.device, non_blocking=nb)
+            actions = actions.to(self.device, non_blocking=nb)
+            rtgs = rtgs.to(self.device, non_blocking=nb)
+            timesteps = timesteps.to(self.device, non_blocking=nb)
             with self.autocast():
                 loss = model.loss(states, actions, rtgs, timesteps)
             self.optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,52 @@
+"""Evaluate a saved Atari run: by default exactly the evaluation its training ran after each
+epoch (same seeds, target, episodes, step cap, dtype), so the last one is reproduced.
+
+    python evaluate_atari.py --checkpoint runs/Breakout-reward_conditioned-gpt-s123 \
+        [--eval_episodes 10 --target_return 90 --eval_envs 10 --eval_max_steps N] \
+        [--json eval.json] [--video episode0.mp4|.gif]
+
+Prints the table training prints, writes JSON (default RUN/eval.json: returns, mean ± std,
+human- and gamer-normalized scores) and, with --video, the first episode as a video.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import _paths  # noqa: F401
+from decision_transformer.errors import DatasetError, UserError
+from decision_transformer.run.config import ConfigError
+from run_dt_atari import evaluate_saved_run
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--checkpoint", required=True, type=Path, help="run directory or its .pt")
+    p.add_argument("--eval_episodes", type=int, default=None, help="default: the run's")
+    p.add_argument("--target_return", type=float, default=None, help="default: the run's")
+    p.add_argument("--eval_envs", type=int, default=None, help="environments played at once")
+    p.add_argument("--eval_max_steps", type=int, default=None, help="default: the run's")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", type=Path, default=None, help="default: RUN/eval.json")
+    p.add_argument("--video", type=Path, default=None, help=".mp4 or .gif of episode 0")
+    args = p.parse_args(argv)
+    try:
+        return evaluate_saved_run(
+            args.checkpoint,
+            device=args.device,
+            episodes=args.eval_episodes,
+            target=args.target_return,
+            eval_envs=args.eval_envs,
+            max_steps=args.eval_max_steps,
+            json_path=args.json,
+            video=args.video,
+        )
+    except (ConfigError, DatasetError, UserError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Learning curves and a table of Atari runs (run_dt_atari.py out_dirs).
+
+    python plot_atari.py runs/RUN_A runs/RUN_B --out curves.png [--table]
+
+Panels: evaluation return (mean ± std over episodes) against training step, the paper's
+gamer-normalized score, and the training loss; one line per run, labelled by model type,
+backbone and seed. ``--table`` prints each run's last evaluation (the table training prints).
+(The gym half's plot.py reads the MuJoCo runs' metric names, not these.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import _paths  # noqa: F401
+from decision_transformer.run.config import ConfigError
+from results import eval_table, last_evaluation
+
+
+def load(run: Path) -> tuple[dict, list[dict]]:
+    cfg_path, metrics = run / "config.json", run / "metrics.jsonl"
+    if not cfg_path.is_file() or not metrics.is_file():
+        raise ConfigError(f"{run} is not an Atari run directory (no config.json/metrics.jsonl)")
+    rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    if not rows:
+        raise ConfigError(f"{metrics} has no rows yet")
+    return json.loads(cfg_path.read_text()), rows
+
+
+def label(cfg: dict) -> str:
+    kind = "BC" if cfg["model_type"] == "naive" else "DT"
+    return f"{cfg['game']} {kind} {cfg['backbone']} s{cfg['seed']}"
+
+
+def plot(runs: list[tuple[dict, list[dict]]], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("eval/return_mean", "evaluation return (mean ± std)"),
+        ("eval/gamer_normalized", "gamer-normalized (the paper's metric)"),
+        ("train/loss", "training loss (action cross-entropy)"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for cfg, rows in runs:
+        for ax, (key, _) in zip(axes, panels):
+            pts = [(r["step"], r[key], r.get("eval/return_std")) for r in rows if key in r]
+            if not pts:
+                continue
+            steps, values, stds = zip(*pts)
+            (line,) = ax.plot(steps, values, marker="o", markersize=3, label=label(cfg))
+            if key == "eval/return_mean" and None not in stds:
+                lo = [v - s for v, s in zip(values, stds)]
+                hi = [v + s for v, s in zip(values, stds)]
+                ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+    for ax, (_, title) in zip(axes, panels):
+        ax.set_title(title)
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="PNG/PDF/SVG (default curves.png)")
+    p.add_argument("--table", action="store_true", help="print each run's last evaluation")
+    args = p.parse_args(argv)
+    try:
+        runs = [load(r) for r in args.runs]
+        if args.table:
+            rows = []
+            for path in args.runs:
+                cfg, res = last_evaluation(path)
+                rows.append(dict(res, run=label(cfg)))
+            print(eval_table(rows))
+        if args.out is not None or not args.table:
+            print(f"curves: {plot(runs, args.out or Path('curves.png'))}")
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
