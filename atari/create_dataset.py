@@ -25,7 +25,7 @@ from pathlib import Path
 import _paths  # noqa: F401
 import dqn_replay as fmt
 import numpy as np
-from decision_transformer.data.trajectories import DatasetError
+from decision_transformer.errors import DatasetError
 from decision_transformer.run.config import ConfigError
 
 NUM_CKPTS = 50  # buffers per run in DQN-Replay: checkpoints 0..49

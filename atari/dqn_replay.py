@@ -23,7 +23,7 @@ from pathlib import Path
 
 import _paths  # noqa: F401
 import numpy as np
-from decision_transformer.data.trajectories import DatasetError
+from decision_transformer.errors import DatasetError
 
 STORES = ("observation", "action", "reward", "terminal")
 FRAME_SHAPE = (84, 84)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from atari_env import PAPER_TARGETS, check_game, human_normalized
 from create_dataset import create_dataset
-from decision_transformer.data.trajectories import DatasetError
+from decision_transformer.errors import DatasetError
 from decision_transformer.models.qwen3_transformer import Qwen3Config
 from decision_transformer.run.checkpoint import (
     load_checkpoint,

@@ -311,26 +311,16 @@ def cuda_run(
     """One configuration's numbers. ``device="cpu"`` with small ``overrides`` is a smoke run of
     this code on a machine without a GPU (--_smoke_cpu); its numbers mean nothing."""
     from decision_transformer.data.sampler import BatchSampler
-    from decision_transformer.models.factory import build_model, count_params
+    from decision_transformer.models.factory import ModelConfig, build_model, count_params
     from decision_transformer.models.memory import estimate_training_memory
     from decision_transformer.run.experiment import compile_regions, enable_tf32, use_fused_adamw
     from decision_transformer.training.seq_trainer import SequenceTrainer
     from train_humanoid_qwen_dt import PRESETS
 
-    cfg = {
-        "model_type": "dt",
-        "backbone": "qwen3",
-        "K": K,
-        "n_kv_head": None,
-        "head_dim": None,
-        "intermediate_size": None,
-        "mlp_ratio": 4.0,
-        "rope_theta": 1e6,
-        "no_qk_norm": False,
-        "dropout": 0.1,
-        **PRESETS[preset],
-        **overrides,
-    }
+    cfg = ModelConfig(
+        **{"model_type": "dt", "backbone": "qwen3", "K": K, "dropout": 0.1},
+        **{**PRESETS[preset], **overrides},
+    )
     cuda = device == "cuda"
     sync = torch.cuda.synchronize if cuda else lambda: None
     enable_tf32(device)

@@ -100,7 +100,9 @@ def make_model(env: str, backbone: str, K: int, attention: str, state_dim, act_d
     argv = ["--env", env, "--K", str(K), "--attention", attention, "--device", "cpu"]
     cfg = resolve(build_parser(qwen=backbone == "qwen3").parse_args(argv), backbone)
     torch.manual_seed(0)
-    return build_model(cfg, state_dim, act_dim, get_spec(env).max_ep_len, low, high).eval()
+    return build_model(
+        cfg.model_config(), state_dim, act_dim, get_spec(env).max_ep_len, low, high
+    ).eval()
 
 
 def one_episode(env_name: str, model, steps: int, mean, std) -> tuple[float, float]:

@@ -26,7 +26,7 @@ import torch
 from decision_transformer.envs import make_env
 from decision_transformer.models.factory import build_model, count_params
 from decision_transformer.models.memory import estimate_training_memory
-from decision_transformer.run.config import ConfigError, build_parser, resolve
+from decision_transformer.run.config import ConfigError, RunConfig, build_parser, resolve
 from decision_transformer.run.errors import run_cli
 from decision_transformer.run.experiment import run
 
@@ -92,54 +92,57 @@ def parse(argv: list[str] | None):
     return parser.parse_args(argv)
 
 
-def preset_fields(cfg: dict) -> dict:
+def preset_fields(cfg: RunConfig) -> dict:
     """The resolved fields that describe the run a preset makes: its backbone shape (the
     SwiGLU width as given, intermediate_size or mlp_ratio, not both) and training set-up;
     flags the Qwen3 backbone ignores (activation_function) are left out."""
+    flat = cfg.to_dict()
     keys = ["preset", "env", "dataset", "embed_dim", "n_layer", "n_head", "n_kv_head"]
-    keys += ["head_dim", "intermediate_size" if cfg["intermediate_size"] else "mlp_ratio"]
+    keys += ["head_dim", "intermediate_size" if flat["intermediate_size"] else "mlp_ratio"]
     keys += ["rope_theta", "no_qk_norm", "dropout", "dtype", "K", "batch_size"]
     keys += ["learning_rate", "weight_decay", "warmup_steps", "lr_decay", "max_iters"]
     keys += ["num_steps_per_iter", "num_eval_episodes", "device", "out_dir"]
-    fields = {k: cfg[k] for k in keys}
+    fields = {k: flat[k] for k in keys}
     if fields["head_dim"] is None:
-        fields["head_dim"] = cfg["embed_dim"] // cfg["n_head"]
+        fields["head_dim"] = cfg.embed_dim // cfg.n_head
     return fields
 
 
-def dry_run(cfg: dict) -> None:
-    env = make_env(cfg["env"])
+def dry_run(cfg: RunConfig, nproc: int | None) -> None:
+    env = make_env(cfg.env)
     state_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     low, high = env.action_space.low, env.action_space.high
     with torch.device("meta"):  # counts shapes without allocating gigabytes
-        model = build_model(cfg, state_dim, act_dim, env.spec.max_episode_steps, low, high)
+        model = build_model(
+            cfg.model_config(), state_dim, act_dim, env.spec.max_episode_steps, low, high
+        )
     total, backbone = count_params(model)
-    dtype = torch.bfloat16 if cfg["dtype"] == "bf16" else torch.float32
-    world = cfg["nproc"] or int(os.environ.get("WORLD_SIZE", "1"))
+    dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+    world = nproc or int(os.environ.get("WORLD_SIZE", "1"))
     memory = estimate_training_memory(
         model.transformer.config,
-        cfg["batch_size"],  # per process and micro-step: accumulation repeats it
-        3 * cfg["segment_len"],  # tokens per training segment
+        cfg.batch_size,  # per process and micro-step: accumulation repeats it
+        3 * cfg.segment_len,  # tokens per training segment
         dtype,
         n_extra_params=total - backbone,
         world_size=world,
-        fsdp=cfg["fsdp"],
-        activation_checkpointing=cfg["activation_checkpointing"],
+        fsdp=cfg.fsdp,
+        activation_checkpointing=cfg.activation_checkpointing,
     )
     for k, v in preset_fields(cfg).items():
         print(f"{k}: {v}")
     print(f"backbone parameters: {backbone:,}; total: {total:,}")
-    mode = "FSDP" if cfg["fsdp"] and world > 1 else "DDP" if world > 1 else "1 process"
-    extras = ", activation checkpointing" if cfg["activation_checkpointing"] else ""
+    mode = "FSDP" if cfg.fsdp and world > 1 else "DDP" if world > 1 else "1 process"
+    extras = ", activation checkpointing" if cfg.activation_checkpointing else ""
     print(
         f"estimated training memory per GPU: {memory['total'] / 2**30:.2f} GiB "
-        f"(micro-batch {cfg['batch_size']}, K {cfg['K']}, {cfg['dtype']}, {world} x {mode}"
-        f"{extras}; global batch {cfg['batch_size'] * world * cfg['grad_accum_steps']})"
+        f"(micro-batch {cfg.batch_size}, K {cfg.K}, {cfg.dtype}, {world} x {mode}"
+        f"{extras}; global batch {cfg.batch_size * world * cfg.grad_accum_steps})"
     )
     print(
         json.dumps(
             {
-                "preset": cfg["preset"],
+                "preset": cfg.extra["preset"],
                 "backbone_params": backbone,
                 "total_params": total,
                 "world_size": world,
@@ -157,10 +160,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args) -> int:
     cfg = resolve(args, "qwen3")
-    if cfg["model_type"] != "dt":
+    if cfg.model_type != "dt":
         raise ConfigError("train_humanoid_qwen_dt.py trains the Qwen3 DT: drop --model_type")
-    if cfg["dry_run"]:
-        dry_run(cfg)
+    if args.dry_run:
+        dry_run(cfg, args.nproc)
         return 0
     return run(cfg)
 

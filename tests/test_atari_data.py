@@ -18,7 +18,7 @@ sys.path.insert(0, str(ATARI_DIR))
 import create_dataset as cd  # noqa: E402
 import dqn_replay as fmt  # noqa: E402
 from cli import script_env  # noqa: E402
-from decision_transformer.data.trajectories import DatasetError  # noqa: E402
+from decision_transformer.errors import DatasetError  # noqa: E402
 
 
 @pytest.fixture(scope="session")

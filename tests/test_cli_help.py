@@ -36,10 +36,10 @@ def test_out_dir_help_names_the_folder_used(argv, backbone):
     action = next(a for a in parser._actions if a.dest == "out_dir")
     template = re.search(r"default: (runs/\S+?)[,)]", action.help)[1]
     cfg = resolve(parser.parse_args(["--env", "hopper", "--seed", "3", *argv]), backbone)
-    assert template.format(**cfg) == cfg["out_dir"]
+    assert template.format(**cfg.to_dict()) == cfg.out_dir
 
 
 def test_qwen_out_dir():
     parser = build_parser(qwen=True)
     cfg = resolve(parser.parse_args(["--env", "humanoid-expert-v2"]), "qwen3")
-    assert cfg["out_dir"] == "runs/humanoid-expert-dt-qwen3-seed0"
+    assert cfg.out_dir == "runs/humanoid-expert-dt-qwen3-seed0"

@@ -31,7 +31,7 @@ ORIGINAL_DEFAULTS = dict(
 def test_original_flags_keep_their_defaults():
     args = vars(build_parser().parse_args([]))
     assert {k: args[k] for k in ORIGINAL_DEFAULTS} == ORIGINAL_DEFAULTS
-    assert resolve(build_parser().parse_args([]), "gpt2")["dataset"] == "medium"
+    assert resolve(build_parser().parse_args([]), "gpt2").dataset == "medium"
 
 
 @pytest.mark.parametrize(
@@ -56,8 +56,8 @@ def test_short_aliases():
 
 def test_env_name_carries_the_dataset():
     cfg = resolve(build_parser().parse_args(["--env", "humanoid-expert-v2"]), "gpt2")
-    assert (cfg["env"], cfg["dataset"]) == ("humanoid", "expert")
-    assert cfg["out_dir"] == "runs/humanoid-expert-dt-gpt2-seed0"
+    assert (cfg.env, cfg.dataset) == ("humanoid", "expert")
+    assert cfg.out_dir == "runs/humanoid-expert-dt-gpt2-seed0"
 
 
 def test_qwen_head_checks():
@@ -69,7 +69,7 @@ def test_qwen_head_checks():
     cfg = resolve(
         p.parse_args(["--n_head", "3", "--embed_dim", "128", "--head_dim", "32"]), "qwen3"
     )
-    assert cfg["n_kv_head"] == 3 and cfg["backbone"] == "qwen3"
+    assert cfg.qwen.n_kv_head == 3 and cfg.backbone == "qwen3"
 
 
 def test_targets_from_dataset_returns():
@@ -83,7 +83,7 @@ def test_targets_from_dataset_returns():
 
 def test_device_auto_follows_cuda_availability():
     cfg = resolve(build_parser().parse_args(["--device", "auto"]), "gpt2")
-    assert cfg["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert cfg.device == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="--device auto"):
             resolve(build_parser().parse_args(["--device", "cuda"]), "gpt2")

@@ -205,7 +205,7 @@ def test_activation_checkpointing_gives_the_same_gradients(backbone):
     grads = []
     for checkpointed in (False, True):
         torch.manual_seed(0)
-        model = build_model(cfg, 5, 3, 100, -1.0, 1.0)
+        model = build_model(cfg.model_config(), 5, 3, 100, -1.0, 1.0)
         if checkpointed:
             assert apply_activation_checkpointing(model) == 2
         g = torch.Generator().manual_seed(1)
@@ -272,6 +272,6 @@ def test_dtype_flag_for_every_model(qwen):
     for model_type in ("dt", "bc"):
         base = ["--model_type", model_type, "--device", "cpu"]
         args = build_parser(qwen=qwen).parse_args(base)
-        assert resolve(args, backbone)["dtype"] == "fp32"  # auto on CPU
+        assert resolve(args, backbone).dtype == "fp32"  # auto on CPU
         args = build_parser(qwen=qwen).parse_args([*base, "--dtype", "bf16"])
-        assert resolve(args, backbone)["dtype"] == "bf16"
+        assert resolve(args, backbone).dtype == "bf16"

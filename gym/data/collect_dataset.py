@@ -42,12 +42,8 @@ from decision_transformer.data.humanoid_controller import (  # noqa: E402
 )
 from decision_transformer.data.pickle_io import save_paths  # noqa: E402
 from decision_transformer.envs import ENV_SPECS, make_env  # noqa: E402
-from decision_transformer.run.errors import (  # noqa: E402
-    HelpFormatter,
-    OneLineParser,
-    UserError,
-    run_cli,
-)
+from decision_transformer.errors import UserError  # noqa: E402
+from decision_transformer.run.errors import HelpFormatter, OneLineParser, run_cli  # noqa: E402
 
 DATASET_NAME = "collected"
 DEFAULT_EPISODES = 1000

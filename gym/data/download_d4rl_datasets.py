@@ -34,7 +34,8 @@ from decision_transformer.data.minari_io import (  # noqa: E402
     unavailable_message,
 )
 from decision_transformer.data.pickle_io import save_paths  # noqa: E402
-from decision_transformer.run.errors import HelpFormatter, OneLineParser, one_line  # noqa: E402
+from decision_transformer.errors import one_line  # noqa: E402
+from decision_transformer.run.errors import HelpFormatter, OneLineParser  # noqa: E402
 
 D4RL_ENVS = ("hopper", "halfcheetah", "walker2d", "ant")
 DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {

@@ -4,28 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..run.errors import one_line
+from ..errors import DatasetError, one_line
+from .dataset_files import dataset_file, how_to_make
 from .pickle_io import UnsafePickleError, load_paths_file
-from .trajectories import DatasetError, TrajectoryDataset
+from .trajectories import TrajectoryDataset
 
 MINARI_PREFIX = "minari:"
-
-
-def dataset_file(data_dir: str | Path, env: str, dataset: str) -> Path:
-    return Path(data_dir) / f"{env}-{dataset}-v2.pkl"
-
-
-def how_to_make(env: str | None, dataset: str = "collected", data_dir: str | Path = "data") -> str:
-    """The command (run from gym/) that writes ``{data_dir}/{env}-{dataset}-v2.pkl``."""
-    if dataset != "collected":
-        return (
-            f"python data/download_d4rl_datasets.py --env {env} --datasets {dataset} "
-            f"--out {data_dir}"
-        )
-    if env in (None, "humanoid"):
-        return f"python data/collect_dataset.py --env humanoid --out {data_dir}"
-    # Only humanoid has a built-in controller; other envs need a trained policy to roll out.
-    return f"python data/collect_dataset.py --env {env} --policy MODEL.zip --out {data_dir}"
 
 
 def check_dataset_available(data_dir: str | Path, env: str, dataset: str) -> None:

@@ -27,7 +27,9 @@ import numpy as np
 from tqdm import tqdm
 
 from decision_transformer.envs import ENV_SPECS
-from decision_transformer.run.errors import UserError
+from decision_transformer.errors import UserError
+
+from .dataset_files import how_to_make
 
 if TYPE_CHECKING:  # minari is imported lazily: it is slow to import and only some paths need it
     import minari
@@ -35,8 +37,6 @@ if TYPE_CHECKING:  # minari is imported lazily: it is slow to import and only so
 
 def offline_alternative(env: str | None = None) -> str:
     """The command that makes a dataset for ``env`` with no download."""
-    from .loading import how_to_make
-
     return how_to_make(env, "collected")
 
 

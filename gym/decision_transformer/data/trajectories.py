@@ -8,10 +8,11 @@ offsets; returns-to-go and the state statistics are computed once at load.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
-from ..run.errors import UserError
+from ..errors import DatasetError
 
 
 def _column_mean_std(x: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -21,10 +22,6 @@ def _column_mean_std(x: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.n
     mean = mean / len(x)
     sq = sum(np.square(x[i : i + chunk] - mean).sum(axis=0) for i in range(0, len(x), chunk))
     return mean, np.sqrt(sq / len(x))
-
-
-class DatasetError(UserError, ValueError):
-    """A dataset that cannot be trained on; the message names the problem and the fix."""
 
 
 @dataclass
@@ -61,57 +58,9 @@ class TrajectoryDataset:
 
         ``mode='delayed'`` moves each episode's whole return onto its last step, as the original.
         """
-        if not paths:
-            raise DatasetError(f"{source} holds no trajectories")
-        for i, p in enumerate(paths):
-            missing = {"observations", "actions", "rewards"} - p.keys()
-            if "terminals" not in p and "dones" not in p:
-                missing.add("terminals")
-            if missing:
-                raise DatasetError(
-                    f"{source}: trajectory {i} lacks {', '.join(sorted(missing))}; "
-                    "regenerate the dataset"
-                )
-        for i, p in enumerate(paths):
-            if np.ndim(p["rewards"]) != 1:
-                raise DatasetError(
-                    f"{source}: 'rewards' of trajectory {i} is not a 1-D array; "
-                    "regenerate the dataset"
-                )
-        lengths = np.array([len(p["rewards"]) for p in paths], dtype=np.int64)
-        if (lengths == 0).any():
-            raise DatasetError(
-                f"{source}: trajectory {int(np.argmin(lengths))} is empty; regenerate the dataset"
-            )
+        lengths = _checked_lengths(paths, source)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        n = int(lengths.sum())
-
-        def gather(key: str, fallback: str | None = None, dtype=np.float32) -> np.ndarray:
-            first = paths[0].get(key, paths[0].get(fallback))
-            out = np.empty((n, *np.shape(first)[1:]), dtype=dtype)
-            for i, (p, s, length) in enumerate(zip(paths, starts, lengths)):
-                arr = p.pop(key) if key in p else p.pop(fallback)
-                # Numbers only: strings or objects would be converted (or fail) far from here.
-                kind = getattr(arr, "dtype", np.dtype(object)).kind
-                if kind not in "biuf" or np.ndim(arr) == 0:
-                    raise DatasetError(
-                        f"{source}: '{key}' of trajectory {i} is not a numeric array "
-                        f"({type(arr).__name__}, dtype {getattr(arr, 'dtype', None)}); "
-                        "regenerate the dataset"
-                    )
-                if len(arr) != length:
-                    raise DatasetError(
-                        f"{source}: '{key}' of trajectory {i} has {len(arr)} steps where its "
-                        f"rewards have {length}; regenerate the dataset"
-                    )
-                if np.shape(arr)[1:] != out.shape[1:]:
-                    raise DatasetError(
-                        f"{source}: '{key}' of trajectory {i} has shape {np.shape(arr)[1:]} per "
-                        f"step where trajectory 0 has {out.shape[1:]}; regenerate the dataset"
-                    )
-                out[s : s + length] = arr
-            return out
-
+        gather = partial(_gather, paths, starts, lengths, source)
         rewards = gather("rewards")
         dones = gather("terminals", "dones", dtype=np.float32)
         actions = gather("actions")
@@ -119,32 +68,15 @@ class TrajectoryDataset:
         paths.clear()
         if observations.ndim != 2 or actions.ndim != 2:
             raise DatasetError(f"{source}: observations and actions must be 2-D per trajectory")
-        for name, arr in (
-            ("observations", observations),
-            ("actions", actions),
-            ("rewards", rewards),
-        ):
-            # A float64 sum is finite exactly when every float32 term is: no full-size mask needed.
-            if not np.isfinite(arr.sum(dtype=np.float64)):
-                bad = int(np.flatnonzero(~np.isfinite(arr.reshape(n, -1)).all(axis=1))[0])
-                episode = int(np.searchsorted(starts, bad, side="right") - 1)
-                raise DatasetError(
-                    f"{source}: {name} hold NaN or inf (first at step {bad - starts[episode]} of "
-                    f"trajectory {episode}); clean or regenerate the dataset"
-                )
+        named = {"observations": observations, "actions": actions, "rewards": rewards}
+        _check_finite(named, starts, source)
 
         if mode == "delayed":
             ends = starts + lengths - 1
             totals = np.add.reduceat(rewards, starts)
             rewards[:] = 0.0
             rewards[ends] = totals
-
-        # Suffix sums per episode: reverse cumulative sum over all steps, minus what later
-        # episodes contribute. float64 so long episodes lose nothing to rounding.
-        suffix = np.cumsum(rewards[::-1], dtype=np.float64)[::-1]
-        ends = starts + lengths
-        after = np.append(suffix, 0.0)[ends]  # suffix sum just past each episode's end
-        returns_to_go = suffix - np.repeat(after, lengths)
+        returns_to_go = _returns_to_go(rewards, starts, lengths)
         returns = returns_to_go[starts].copy()
 
         mean, std = _column_mean_std(observations)
@@ -174,3 +106,87 @@ class TrajectoryDataset:
             f"Average return: {self.returns.mean():.2f}, std: {self.returns.std():.2f}\n"
             f"Max return: {self.returns.max():.2f}, min: {self.returns.min():.2f}"
         )
+
+
+def _checked_lengths(paths: list[dict[str, np.ndarray]], source: str) -> np.ndarray:
+    """[E] episode lengths, once every episode has the fields training needs and steps."""
+    if not paths:
+        raise DatasetError(f"{source} holds no trajectories")
+    for i, p in enumerate(paths):
+        missing = {"observations", "actions", "rewards"} - p.keys()
+        if "terminals" not in p and "dones" not in p:
+            missing.add("terminals")
+        if missing:
+            raise DatasetError(
+                f"{source}: trajectory {i} lacks {', '.join(sorted(missing))}; "
+                "regenerate the dataset"
+            )
+    for i, p in enumerate(paths):
+        if np.ndim(p["rewards"]) != 1:
+            raise DatasetError(
+                f"{source}: 'rewards' of trajectory {i} is not a 1-D array; regenerate the dataset"
+            )
+    lengths = np.array([len(p["rewards"]) for p in paths], dtype=np.int64)
+    if (lengths == 0).any():
+        raise DatasetError(
+            f"{source}: trajectory {int(np.argmin(lengths))} is empty; regenerate the dataset"
+        )
+    return lengths
+
+
+def _gather(
+    paths: list[dict[str, np.ndarray]],
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    source: str,
+    key: str,
+    fallback: str | None = None,
+    dtype=np.float32,
+) -> np.ndarray:
+    """Field ``key`` (or ``fallback``) of every episode, back to back in one array, each
+    episode's copy popped from its dict once taken."""
+    first = paths[0].get(key, paths[0].get(fallback))
+    out = np.empty((int(lengths.sum()), *np.shape(first)[1:]), dtype=dtype)
+    for i, (p, s, length) in enumerate(zip(paths, starts, lengths)):
+        arr = p.pop(key) if key in p else p.pop(fallback)
+        # Numbers only: strings or objects would be converted (or fail) far from here.
+        kind = getattr(arr, "dtype", np.dtype(object)).kind
+        if kind not in "biuf" or np.ndim(arr) == 0:
+            raise DatasetError(
+                f"{source}: '{key}' of trajectory {i} is not a numeric array "
+                f"({type(arr).__name__}, dtype {getattr(arr, 'dtype', None)}); "
+                "regenerate the dataset"
+            )
+        if len(arr) != length:
+            raise DatasetError(
+                f"{source}: '{key}' of trajectory {i} has {len(arr)} steps where its "
+                f"rewards have {length}; regenerate the dataset"
+            )
+        if np.shape(arr)[1:] != out.shape[1:]:
+            raise DatasetError(
+                f"{source}: '{key}' of trajectory {i} has shape {np.shape(arr)[1:]} per "
+                f"step where trajectory 0 has {out.shape[1:]}; regenerate the dataset"
+            )
+        out[s : s + length] = arr
+    return out
+
+
+def _check_finite(arrays: dict[str, np.ndarray], starts: np.ndarray, source: str) -> None:
+    for name, arr in arrays.items():
+        # A float64 sum is finite exactly when every float32 term is: no full-size mask needed.
+        if not np.isfinite(arr.sum(dtype=np.float64)):
+            bad = int(np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1))[0])
+            episode = int(np.searchsorted(starts, bad, side="right") - 1)
+            raise DatasetError(
+                f"{source}: {name} hold NaN or inf (first at step {bad - starts[episode]} of "
+                f"trajectory {episode}); clean or regenerate the dataset"
+            )
+
+
+def _returns_to_go(rewards: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """[N] float64 sum of each episode's rewards from each step on."""
+    # Suffix sums per episode: reverse cumulative sum over all steps, minus what later
+    # episodes contribute. float64 so long episodes lose nothing to rounding.
+    suffix = np.cumsum(rewards[::-1], dtype=np.float64)[::-1]
+    after = np.append(suffix, 0.0)[starts + lengths]  # suffix sum just past each episode's end
+    return suffix - np.repeat(after, lengths)

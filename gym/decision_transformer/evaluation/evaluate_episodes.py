@@ -14,11 +14,12 @@ replay that exact episode elsewhere, e.g. to render it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..envs import make_vector_env
+from ..envs import get_spec, make_env, make_vector_env
 from .rollout import Rollout
 
 # Called as on_step(action, reward) after each env step of the watched episode.
@@ -218,3 +219,66 @@ def _run_chunk(
         if not active.any():
             break
     return ep_return[:real], ep_len[:real]
+
+
+@dataclass(frozen=True)
+class EvalEpisodes:
+    """What the evaluation episodes of one target share; seeds and model are given per call."""
+
+    env: str  # suite env name (its spec gives episode cap and return scale)
+    mode: str  # the run's --mode ('noise' perturbs the initial state)
+    conditioned: bool  # a DT, conditioned on ``target``; BC ignores it
+    state_mean: np.ndarray
+    state_std: np.ndarray
+    device: str | torch.device
+    target: float  # return to condition on, in the env's units (divided by its scale here)
+
+
+def play_batched(
+    episodes: EvalEpisodes,
+    model,
+    seeds: list[int],
+    num_envs: int,
+    on_step: StepHook | None = None,
+    on_chunk: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Returns and lengths of one episode per seed, ``num_envs`` at a time (evaluate_batched)."""
+    e, spec = episodes, get_spec(episodes.env)
+    return evaluate_batched(
+        e.env, model, seeds, num_envs, spec.max_ep_len, spec.scale, e.state_mean, e.state_std,
+        e.device, e.target / spec.scale, e.mode, e.conditioned, on_step=on_step,
+        on_chunk=on_chunk,
+    )  # fmt: skip
+
+
+def play_one_by_one(
+    episodes: EvalEpisodes,
+    model,
+    seeds: list[int],
+    on_step: StepHook | None = None,
+    on_episode: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The same with the original one-episode evaluators, in one env; ``on_step`` watches the
+    episode of ``seeds[0]``, ``on_episode(1)`` is called after each episode."""
+    e, spec = episodes, get_spec(episodes.env)
+    env = make_env(e.env)
+    state_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    returns, lengths = [], []
+    for i, seed in enumerate(seeds):
+        hook = on_step if i == 0 else None
+        if e.conditioned:
+            r, n = evaluate_episode_rtg(
+                env, state_dim, act_dim, model, spec.max_ep_len, spec.scale, e.state_mean,
+                e.state_std, e.device, e.target / spec.scale, e.mode, seed=seed, on_step=hook,
+            )  # fmt: skip
+        else:
+            r, n = evaluate_episode(
+                env, state_dim, act_dim, model, spec.max_ep_len, e.device, e.target / spec.scale,
+                e.mode, e.state_mean, e.state_std, seed=seed, on_step=hook,
+            )  # fmt: skip
+        returns.append(r)
+        lengths.append(n)
+        if on_episode is not None:
+            on_episode(1)
+    env.close()
+    return np.array(returns), np.array(lengths)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError, one_line
+from ..errors import UserError, one_line
 
 
 class CheckpointError(UserError, ValueError):

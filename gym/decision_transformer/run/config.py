@@ -1,14 +1,38 @@
-"""Command-line flags of experiment.py and experiment_qwen.py, in one place, and their checks."""
+"""A run's configuration in one typed place: :class:`RunConfig`.
+
+Every field that is a command-line flag of experiment.py / experiment_qwen.py is declared once,
+with its default and its help text, by :func:`flag`; :func:`build_parser` makes the flags from
+those declarations and :func:`resolve` checks them and fills what they leave open. The fields a
+run derives (backbone, world size, parameter counts) follow the flags.
+
+``config.json`` and the checkpoint's ``"config"`` hold :meth:`RunConfig.to_dict`: the flags in
+their order on the command line, then any flags a script adds of its own (kept in ``extra``,
+e.g. train_humanoid_qwen_dt.py's ``--preset``), then the derived fields. :meth:`RunConfig.from_dict`
+reads such a dict back: a key written by an older version that lacks a newer field gets that
+field's default (runs made before ``--attention`` existed are full attention); a key this
+version does not declare is kept in ``extra``, so nothing a run recorded is lost on the way.
+"""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..envs import ENV_SPECS, parse_env_name
-from .errors import HelpFormatter, OneLineParser, UserError
+from ..errors import UserError
+from ..models.factory import ModelConfig
+from .errors import HelpFormatter, OneLineParser
+
+SCALE_OUT_GROUP = "precision, memory and several processes (torchrun)"
+QWEN_GROUP = "Qwen3 backbone"
+
+
+class ConfigError(UserError, ValueError):
+    """A bad flag or flag combination, reported before any work starts."""
 
 
 def str2bool(value: str) -> bool:
@@ -17,222 +41,6 @@ def str2bool(value: str) -> bool:
     if value.lower() in ("0", "false", "no", "n", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got '{value}'")
-
-
-def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
-    """The original experiment.py flags with their defaults, plus this project's additions; with
-    ``qwen=True`` also the Qwen3 backbone flags."""
-    p = OneLineParser(
-        description=(
-            "Train a Decision Transformer with a Qwen3-style backbone (or BC) on offline data."
-            if qwen
-            else "Train a Decision Transformer (GPT-2 backbone) or BC on an offline dataset."
-        ),
-        formatter_class=HelpFormatter,
-    )
-    a = p.add_argument
-    a(
-        "--env",
-        default="hopper",
-        help=f"task: {', '.join(ENV_SPECS)}; D4RL-style names such as humanoid-medium-v2 also work "
-        "and name the dataset too",
-    )
-    a(
-        "--dataset",
-        default=None,
-        help="dataset name: file {data_dir}/{env}-{dataset}-v2.pkl (medium, medium-replay, expert, "
-        "medium-expert, collected, ...), or minari:<id> to train straight from a Minari dataset "
-        "(e.g. minari:mujoco/humanoid/medium-v0); default: the one in --env's name, else medium",
-    )
-    a(
-        "--mode",
-        default="normal",
-        choices=["normal", "delayed", "noise"],
-        help="'delayed' moves each episode's return onto its last reward; 'noise' perturbs the "
-        "initial evaluation state",
-    )
-    a("--K", type=int, default=20, help="context length in timesteps")
-    a(
-        "--attention",
-        default="full",
-        choices=["full", "window"],
-        help="full: every token sees the whole K-step window (the original); window: each token "
-        "sees its own timestep and the K-1 before it, evaluated with a rolling key/value cache",
-    )
-    a(
-        "--segment_len",
-        type=int,
-        default=None,
-        help="timesteps per training segment with --attention window (>= K; default K)",
-    )
-    a(
-        "--pct_traj",
-        type=float,
-        default=1.0,
-        help="train on the best-return episodes making up this fraction of all timesteps",
-    )
-    a("--batch_size", type=int, default=64, help="trajectory windows per gradient step")
-    a(
-        "--model_type",
-        default="dt",
-        choices=["dt", "bc"],
-        help="dt: Decision Transformer; bc: MLP behaviour cloning",
-    )
-    a("--embed_dim", type=int, default=128, help="hidden size")
-    a("--n_layer", type=int, default=3, help="transformer blocks")
-    a("--n_head", type=int, default=1, help="attention (query) heads")
-    a("--activation_function", default="relu", help="GPT-2 MLP activation (relu, gelu_new, ...)")
-    a("--dropout", type=float, default=0.1, help="dropout probability, in [0, 1)")
-    a("--learning_rate", "-lr", type=float, default=1e-4, help="AdamW peak learning rate")
-    a("--weight_decay", "-wd", type=float, default=1e-4, help="AdamW weight decay")
-    a("--warmup_steps", type=int, default=10000, help="linear learning-rate warmup steps")
-    a(
-        "--lr_decay",
-        default="none",
-        choices=["none", "cosine"],
-        help="after warmup: none keeps the learning rate (the original); cosine anneals it to "
-        "a tenth by the last step of --max_iters x --num_steps_per_iter",
-    )
-    a(
-        "--num_eval_episodes",
-        type=int,
-        default=100,
-        help="episodes per target return after each iteration; 0 skips evaluation",
-    )
-    a("--max_iters", type=int, default=10, help="training iterations")
-    a("--num_steps_per_iter", type=int, default=10000, help="gradient steps per iteration")
-    a("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
-    a(
-        "--log_to_wandb",
-        "-w",
-        type=str2bool,
-        nargs="?",
-        const=True,
-        default=False,
-        help="log to Weights & Biases; works bare (-w) or as -w True / -w False (default: off)",
-    )
-    a("--data_dir", default="data", help="folder holding {env}-{dataset}-v2.pkl files")
-    a("--seed", type=int, default=0, help="seeds torch, numpy, sampling and evaluation episodes")
-    a(
-        "--out_dir",
-        default=None,
-        help="run directory for config.json, metrics.jsonl and checkpoint.pt "
-        "(default: runs/{env}-{dataset}-{model_type}-{backbone}-seed{seed}, backbone being "
-        "gpt2, qwen3 or mlp)",
-    )
-    a(
-        "--resume",
-        action="store_true",
-        help="continue the run in --out_dir from its checkpoint.pt, exactly where it stopped",
-    )
-    a(
-        "--eval_envs",
-        type=int,
-        default=16,
-        help="episodes played at once in a vector env with one batched model call per step; "
-        "1 uses the original one-episode evaluator",
-    )
-    a(
-        "--env_targets",
-        nargs="+",
-        default=None,
-        type=target_spec,
-        help="returns to condition evaluation on: numbers, or max / pNN (a percentile) of the "
-        "dataset's episode returns, e.g. --env_targets max p90 p50 (default: the env's two)",
-    )
-    a(
-        "--compile",
-        action="store_true",
-        help="torch.compile each transformer block on its own (regional compilation: one "
-        "block's compile serves them all, so start-up stays short); BC compiles its whole MLP",
-    )
-    add_scale_out_flags(p)
-    if qwen:
-        q = p.add_argument_group("Qwen3 backbone")
-        b = q.add_argument
-        b(
-            "--n_kv_head",
-            type=int,
-            default=None,
-            help="key/value heads for grouped-query attention; must divide --n_head "
-            "(default: --n_head, i.e. plain multi-head attention)",
-        )
-        b("--head_dim", type=int, default=None, help="per-head size (default: embed_dim // n_head)")
-        b("--mlp_ratio", type=float, default=4.0, help="SwiGLU intermediate size / embed_dim")
-        b(
-            "--intermediate_size",
-            type=int,
-            default=None,
-            help="SwiGLU intermediate size; overrides --mlp_ratio (default: from --mlp_ratio)",
-        )
-        b("--rope_theta", type=float, default=1e6, help="RoPE base")
-        b("--no_qk_norm", action="store_true", help="drop the per-head RMSNorm on queries and keys")
-        b(
-            "--init_backbone",
-            default=None,
-            metavar="DIR",
-            help="start the decoder layers from a local transformers Qwen3 checkpoint directory "
-            "(default: random initialisation)",
-        )
-    return p
-
-
-def add_scale_out_flags(p: argparse.ArgumentParser) -> None:
-    """Precision, memory and several-process flags (every model; see run/distributed.py)."""
-    g = p.add_argument_group("precision, memory and several processes (torchrun)")
-    a = g.add_argument
-    a(
-        "--dtype",
-        default="auto",
-        choices=["auto", "fp32", "bf16"],
-        help="bf16 computes under torch.autocast (FSDP: bf16 params in compute, fp32 reduce); "
-        "weights and AdamW stay fp32. auto: bf16 on CUDA, fp32 on CPU",
-    )
-    a(
-        "--grad_accum_steps",
-        type=int,
-        default=1,
-        help="micro-batches of --batch_size per optimizer step (gradients all-reduced once); "
-        "global batch = batch_size x processes x grad_accum_steps",
-    )
-    a(
-        "--activation_checkpointing",
-        action="store_true",
-        help="recompute each transformer block's activations in backward (less memory, ~1/3 "
-        "more compute)",
-    )
-    a(
-        "--fsdp",
-        action="store_true",
-        help="under torchrun, shard weights, gradients and AdamW states (FSDP2) instead of DDP",
-    )
-    a(
-        "--consolidate_checkpoint",
-        type=str2bool,
-        default=True,
-        help="FSDP: also gather a single-file checkpoint.pt with full weights for evaluate.py "
-        "(false for the largest runs: only the sharded dcp-* folder is written)",
-    )
-    a(
-        "--dist_timeout",
-        type=float,
-        default=60.0,
-        help="minutes a rank waits in a collective (rank 0 writing a checkpoint) before failing",
-    )
-
-
-def check_scale_out(cfg: dict) -> None:
-    if cfg["dtype"] == "auto":
-        cfg["dtype"] = "bf16" if cfg["device"].startswith("cuda") else "fp32"
-    if cfg["grad_accum_steps"] <= 0:
-        raise ConfigError(f"--grad_accum_steps must be positive, got {cfg['grad_accum_steps']}")
-    if cfg["dist_timeout"] <= 0:
-        raise ConfigError(f"--dist_timeout must be positive minutes, got {cfg['dist_timeout']}")
-    if cfg["activation_checkpointing"] and cfg["model_type"] != "dt":
-        raise ConfigError(
-            "--activation_checkpointing recomputes transformer blocks; BC (--model_type bc) has "
-            "none: drop the flag"
-        )
 
 
 def target_spec(value: str) -> float | str:
@@ -249,6 +57,289 @@ def target_spec(value: str) -> float | str:
         ) from None
 
 
+def flag(default: Any, help: str, *aliases: str, group: str | None = None, **argparse_kw) -> Any:
+    """A config field that is also a command-line flag ``--<field name>`` (plus ``aliases``):
+    its default and help are written here only; ``argparse_kw`` go to ``add_argument``."""
+    meta = {"help": help, "aliases": aliases, "group": group, "argparse": argparse_kw}
+    return field(default=default, metadata=meta)
+
+
+def _is_flag(f: Field) -> bool:
+    return "help" in f.metadata
+
+
+@dataclass
+class Qwen3Flags:
+    """The Qwen3 backbone's flags (experiment_qwen.py, train_humanoid_qwen_dt.py)."""
+
+    n_kv_head: int | None = flag(  # resolved: --n_head when not given
+        None,
+        "key/value heads for grouped-query attention; must divide --n_head "
+        "(default: --n_head, i.e. plain multi-head attention)",
+        group=QWEN_GROUP,
+        type=int,
+    )
+    head_dim: int | None = flag(
+        None, "per-head size (default: embed_dim // n_head)", group=QWEN_GROUP, type=int
+    )
+    mlp_ratio: float = flag(
+        4.0, "SwiGLU intermediate size / embed_dim", group=QWEN_GROUP, type=float
+    )
+    intermediate_size: int | None = flag(
+        None,
+        "SwiGLU intermediate size; overrides --mlp_ratio (default: from --mlp_ratio)",
+        group=QWEN_GROUP,
+        type=int,
+    )
+    rope_theta: float = flag(1e6, "RoPE base", group=QWEN_GROUP, type=float)
+    no_qk_norm: bool = flag(
+        False,
+        "drop the per-head RMSNorm on queries and keys",
+        group=QWEN_GROUP,
+        action="store_true",
+    )
+    init_backbone: str | None = flag(
+        None,
+        "start the decoder layers from a local transformers Qwen3 checkpoint directory "
+        "(default: random initialisation)",
+        group=QWEN_GROUP,
+        metavar="DIR",
+    )
+
+
+@dataclass
+class RunConfig:
+    """One training run's configuration (see the module docstring for how it is stored)."""
+
+    # --- the flags of experiment.py, in their command-line order ---
+    env: str = flag(
+        "hopper",
+        f"task: {', '.join(ENV_SPECS)}; D4RL-style names such as humanoid-medium-v2 also work "
+        "and name the dataset too",
+    )
+    dataset: str | None = flag(  # resolved: never None
+        None,
+        "dataset name: file {data_dir}/{env}-{dataset}-v2.pkl (medium, medium-replay, expert, "
+        "medium-expert, collected, ...), or minari:<id> to train straight from a Minari dataset "
+        "(e.g. minari:mujoco/humanoid/medium-v0); default: the one in --env's name, else medium",
+    )
+    mode: str = flag(
+        "normal",
+        "'delayed' moves each episode's return onto its last reward; 'noise' perturbs the "
+        "initial evaluation state",
+        choices=["normal", "delayed", "noise"],
+    )
+    K: int = flag(20, "context length in timesteps", type=int)
+    attention: str = flag(
+        "full",
+        "full: every token sees the whole K-step window (the original); window: each token "
+        "sees its own timestep and the K-1 before it, evaluated with a rolling key/value cache",
+        choices=["full", "window"],
+    )
+    segment_len: int | None = flag(  # resolved: never None
+        None,
+        "timesteps per training segment with --attention window (>= K; default K)",
+        type=int,
+    )
+    pct_traj: float = flag(
+        1.0,
+        "train on the best-return episodes making up this fraction of all timesteps",
+        type=float,
+    )
+    batch_size: int = flag(64, "trajectory windows per gradient step", type=int)
+    model_type: str = flag(
+        "dt", "dt: Decision Transformer; bc: MLP behaviour cloning", choices=["dt", "bc"]
+    )
+    embed_dim: int = flag(128, "hidden size", type=int)
+    n_layer: int = flag(3, "transformer blocks", type=int)
+    n_head: int = flag(1, "attention (query) heads", type=int)
+    activation_function: str = flag("relu", "GPT-2 MLP activation (relu, gelu_new, ...)")
+    dropout: float = flag(0.1, "dropout probability, in [0, 1)", type=float)
+    learning_rate: float = flag(1e-4, "AdamW peak learning rate", "-lr", type=float)
+    weight_decay: float = flag(1e-4, "AdamW weight decay", "-wd", type=float)
+    warmup_steps: int = flag(10000, "linear learning-rate warmup steps", type=int)
+    lr_decay: str = flag(
+        "none",
+        "after warmup: none keeps the learning rate (the original); cosine anneals it to "
+        "a tenth by the last step of --max_iters x --num_steps_per_iter",
+        choices=["none", "cosine"],
+    )
+    num_eval_episodes: int = flag(
+        100, "episodes per target return after each iteration; 0 skips evaluation", type=int
+    )
+    max_iters: int = flag(10, "training iterations", type=int)
+    num_steps_per_iter: int = flag(10000, "gradient steps per iteration", type=int)
+    device: str = flag(  # resolved: auto becomes cuda or cpu (cuda:LOCAL_RANK under torchrun)
+        "auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ..."
+    )
+    log_to_wandb: bool = flag(
+        False,
+        "log to Weights & Biases; works bare (-w) or as -w True / -w False (default: off)",
+        "-w",
+        type=str2bool,
+        nargs="?",
+        const=True,
+    )
+    data_dir: str = flag("data", "folder holding {env}-{dataset}-v2.pkl files")
+    seed: int = flag(0, "seeds torch, numpy, sampling and evaluation episodes", type=int)
+    out_dir: str | None = flag(  # resolved: never None
+        None,
+        "run directory for config.json, metrics.jsonl and checkpoint.pt "
+        "(default: runs/{env}-{dataset}-{model_type}-{backbone}-seed{seed}, backbone being "
+        "gpt2, qwen3 or mlp)",
+    )
+    resume: bool = flag(
+        False,
+        "continue the run in --out_dir from its checkpoint.pt, exactly where it stopped",
+        action="store_true",
+    )
+    eval_envs: int = flag(
+        16,
+        "episodes played at once in a vector env with one batched model call per step; "
+        "1 uses the original one-episode evaluator",
+        type=int,
+    )
+    env_targets: list[float | str] | None = flag(
+        None,
+        "returns to condition evaluation on: numbers, or max / pNN (a percentile) of the "
+        "dataset's episode returns, e.g. --env_targets max p90 p50 (default: the env's two)",
+        nargs="+",
+        type=target_spec,
+    )
+    compile: bool = flag(
+        False,
+        "torch.compile each transformer block on its own (regional compilation: one "
+        "block's compile serves them all, so start-up stays short); BC compiles its whole MLP",
+        action="store_true",
+    )
+    # --- precision, memory and several processes (see run/distributed.py) ---
+    dtype: str = flag(  # resolved: auto becomes bf16 on CUDA, fp32 on CPU
+        "auto",
+        "bf16 computes under torch.autocast (FSDP: bf16 params in compute, fp32 reduce); "
+        "weights and AdamW stay fp32. auto: bf16 on CUDA, fp32 on CPU",
+        group=SCALE_OUT_GROUP,
+        choices=["auto", "fp32", "bf16"],
+    )
+    grad_accum_steps: int = flag(
+        1,
+        "micro-batches of --batch_size per optimizer step (gradients all-reduced once); "
+        "global batch = batch_size x processes x grad_accum_steps",
+        group=SCALE_OUT_GROUP,
+        type=int,
+    )
+    activation_checkpointing: bool = flag(
+        False,
+        "recompute each transformer block's activations in backward (less memory, ~1/3 "
+        "more compute)",
+        group=SCALE_OUT_GROUP,
+        action="store_true",
+    )
+    fsdp: bool = flag(
+        False,
+        "under torchrun, shard weights, gradients and AdamW states (FSDP2) instead of DDP",
+        group=SCALE_OUT_GROUP,
+        action="store_true",
+    )
+    consolidate_checkpoint: bool = flag(
+        True,
+        "FSDP: also gather a single-file checkpoint.pt with full weights for evaluate.py "
+        "(false for the largest runs: only the sharded dcp-* folder is written)",
+        group=SCALE_OUT_GROUP,
+        type=str2bool,
+    )
+    dist_timeout: float = flag(
+        60.0,
+        "minutes a rank waits in a collective (rank 0 writing a checkpoint) before failing",
+        group=SCALE_OUT_GROUP,
+        type=float,
+    )
+    # --- the Qwen3 backbone's flags; None when the run's script has none (experiment.py) ---
+    qwen: Qwen3Flags | None = None
+    # --- flags a script adds of its own (train_humanoid_qwen_dt.py: preset, dry_run, nproc) ---
+    extra: dict[str, Any] = field(default_factory=dict)
+    # --- derived by resolve() and run(); None in runs that predate them ---
+    backbone: str | None = None  # gpt2 or qwen3 for the DT, mlp for BC
+    world_size: int = 1  # processes that trained the run
+    global_batch_size: int | None = None  # batch_size x world_size x grad_accum_steps
+    params: int | None = None  # all parameters of the model
+    backbone_params: int | None = None  # those of its transformer (0 for BC)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """A config from ``to_dict``'s form (config.json, a checkpoint's, ``vars(args)``)."""
+        own = {f.name for f in fields(cls) if f.name not in ("qwen", "extra")}
+        qwen_names = {f.name for f in fields(Qwen3Flags)}
+        qwen = None
+        if qwen_names & values.keys():
+            qwen = Qwen3Flags(**{k: v for k, v in values.items() if k in qwen_names})
+        extra = {k: v for k, v in values.items() if k not in own and k not in qwen_names}
+        return cls(**{k: v for k, v in values.items() if k in own}, qwen=qwen, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What config.json holds, keys in command-line order then the derived ones."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if _is_flag(f)}
+        if self.qwen is not None:
+            out.update(asdict(self.qwen))
+        out.update(self.extra)
+        derived = ("backbone", "world_size", "global_batch_size", "params", "backbone_params")
+        out.update({name: getattr(self, name) for name in derived})
+        return out
+
+    def model_config(self) -> ModelConfig:
+        """What build_model needs to construct this run's policy."""
+        qwen = self.qwen or Qwen3Flags()
+        return ModelConfig(
+            model_type=self.model_type,
+            backbone=self.backbone,
+            embed_dim=self.embed_dim,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            K=self.K,
+            dropout=self.dropout,
+            attention=self.attention,
+            activation_function=self.activation_function,
+            n_kv_head=qwen.n_kv_head,
+            head_dim=qwen.head_dim,
+            intermediate_size=qwen.intermediate_size,
+            mlp_ratio=qwen.mlp_ratio,
+            rope_theta=qwen.rope_theta,
+            qk_norm=not qwen.no_qk_norm,
+        )
+
+
+def _add_flags(parser: argparse.ArgumentParser, cls: type, groups: dict) -> None:
+    for f in fields(cls):
+        if not _is_flag(f):
+            continue
+        meta = f.metadata
+        group = meta["group"]
+        if group is not None and group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        target = groups[group] if group is not None else parser
+        default = f.default if f.default is not MISSING else None
+        target.add_argument(
+            f"--{f.name}", *meta["aliases"], default=default, help=meta["help"], **meta["argparse"]
+        )
+
+
+def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
+    """The original experiment.py flags with their defaults, plus this project's additions; with
+    ``qwen=True`` also the Qwen3 backbone flags."""
+    p = OneLineParser(
+        description=(
+            "Train a Decision Transformer with a Qwen3-style backbone (or BC) on offline data."
+            if qwen
+            else "Train a Decision Transformer (GPT-2 backbone) or BC on an offline dataset."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    groups: dict = {}
+    _add_flags(p, RunConfig, groups)
+    if qwen:
+        _add_flags(p, Qwen3Flags, groups)
+    return p
+
+
 def resolve_targets(specs: list, returns, default: tuple[float, ...]) -> list[float]:
     """Turn target specs into returns, reading ``max``/``pNN`` off the dataset's episode returns."""
     out = []
@@ -261,87 +352,104 @@ def resolve_targets(specs: list, returns, default: tuple[float, ...]) -> list[fl
     return out
 
 
-class ConfigError(UserError, ValueError):
-    """A bad flag or flag combination, reported before any work starts."""
-
-
-def resolve(args: argparse.Namespace, backbone: str) -> dict:
+def resolve(args: argparse.Namespace, backbone: str) -> RunConfig:
     """Validate flags and fill derived ones; returns the run's config (what config.json holds)."""
-    cfg = dict(vars(args))
-    cfg["backbone"] = backbone if cfg["model_type"] == "dt" else "mlp"
+    cfg = RunConfig.from_dict(vars(args))
+    cfg.backbone = backbone if cfg.model_type == "dt" else "mlp"
+    _resolve_env_and_dataset(cfg)
+    _check_ranges(cfg)
+    _check_attention(cfg)
+    _check_optimization(cfg)
+    _check_heads(cfg, backbone)
+    cfg.device = resolve_device(cfg.device)
+    check_scale_out(cfg)
+    if cfg.out_dir is None:
+        name = cfg.dataset.replace("minari:", "minari-").replace("/", "-")
+        cfg.out_dir = f"runs/{cfg.env}-{name}-{cfg.model_type}-{cfg.backbone}-seed{cfg.seed}"
+    return cfg
+
+
+def _resolve_env_and_dataset(cfg: RunConfig) -> None:
     try:
-        env, env_dataset = parse_env_name(cfg["env"])
+        env, env_dataset = parse_env_name(cfg.env)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if env_dataset and cfg["dataset"] and cfg["dataset"] != env_dataset:
+    if env_dataset and cfg.dataset and cfg.dataset != env_dataset:
         raise ConfigError(
-            f"--env {cfg['env']} names dataset '{env_dataset}' but --dataset is "
-            f"'{cfg['dataset']}': drop one of them or make them agree"
+            f"--env {cfg.env} names dataset '{env_dataset}' but --dataset is "
+            f"'{cfg.dataset}': drop one of them or make them agree"
         )
-    cfg["env"] = env
-    cfg["dataset"] = cfg["dataset"] or env_dataset or "medium"
+    cfg.env = env
+    cfg.dataset = cfg.dataset or env_dataset or "medium"
 
-    for flag in (
-        "batch_size",
-        "K",
-        "max_iters",
-        "num_steps_per_iter",
-        "embed_dim",
-        "n_layer",
-        "n_head",
-        "eval_envs",
-    ):
-        if cfg[flag] <= 0:
-            raise ConfigError(f"--{flag} must be positive, got {cfg[flag]}")
-    for flag in ("num_eval_episodes", "warmup_steps"):
-        if cfg[flag] < 0:
-            raise ConfigError(f"--{flag} must be >= 0, got {cfg[flag]}")
-    if cfg["segment_len"] is None:
-        cfg["segment_len"] = cfg["K"]
-    if cfg["attention"] == "window" and cfg["model_type"] != "dt":
+
+def _check_ranges(cfg: RunConfig) -> None:
+    positive = ("batch_size", "K", "max_iters", "num_steps_per_iter", "embed_dim", "n_layer")
+    for name in (*positive, "n_head", "eval_envs"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    for name in ("num_eval_episodes", "warmup_steps"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
+
+
+def _check_optimization(cfg: RunConfig) -> None:
+    if not 0 < cfg.pct_traj <= 1:
+        raise ConfigError(f"--pct_traj must be in (0, 1], got {cfg.pct_traj}")
+    if not cfg.learning_rate > 0:
+        raise ConfigError(f"--learning_rate must be positive, got {cfg.learning_rate}")
+    if not cfg.weight_decay >= 0:
+        raise ConfigError(f"--weight_decay must be >= 0, got {cfg.weight_decay}")
+    if not 0 <= cfg.dropout < 1:
+        raise ConfigError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+
+
+def _check_attention(cfg: RunConfig) -> None:
+    if cfg.segment_len is None:
+        cfg.segment_len = cfg.K
+    if cfg.attention == "window" and cfg.model_type != "dt":
         raise ConfigError("--attention window is for the DT: drop it for --model_type bc")
-    if cfg["segment_len"] < cfg["K"]:
+    if cfg.segment_len < cfg.K:
         raise ConfigError(
-            f"--segment_len {cfg['segment_len']} is shorter than --K {cfg['K']}: use at least K"
+            f"--segment_len {cfg.segment_len} is shorter than --K {cfg.K}: use at least K"
         )
-    if cfg["attention"] == "full" and cfg["segment_len"] != cfg["K"]:
+    if cfg.attention == "full" and cfg.segment_len != cfg.K:
         raise ConfigError(
             "--segment_len differs from --K but attention is full: add --attention window "
             "(or drop --segment_len)"
         )
-    if not 0 < cfg["pct_traj"] <= 1:
-        raise ConfigError(f"--pct_traj must be in (0, 1], got {cfg['pct_traj']}")
-    for flag in ("learning_rate", "weight_decay"):
-        if not cfg[flag] >= 0 or (flag == "learning_rate" and cfg[flag] == 0):
-            bound = "positive" if flag == "learning_rate" else ">= 0"
-            raise ConfigError(f"--{flag} must be {bound}, got {cfg[flag]}")
-    if not 0 <= cfg["dropout"] < 1:
-        raise ConfigError(f"--dropout must be in [0, 1), got {cfg['dropout']}")
+
+
+def _check_heads(cfg: RunConfig, backbone: str) -> None:
     if backbone == "qwen3":
-        cfg["n_kv_head"] = cfg["n_kv_head"] or cfg["n_head"]
-        if cfg["n_head"] % cfg["n_kv_head"]:
+        q = cfg.qwen
+        q.n_kv_head = q.n_kv_head or cfg.n_head
+        if cfg.n_head % q.n_kv_head:
             raise ConfigError(
-                f"--n_head {cfg['n_head']} is not a multiple of --n_kv_head {cfg['n_kv_head']}: "
+                f"--n_head {cfg.n_head} is not a multiple of --n_kv_head {q.n_kv_head}: "
                 "each key/value head serves a whole group of query heads"
             )
-        if cfg["head_dim"] is None and cfg["embed_dim"] % cfg["n_head"]:
+        if q.head_dim is None and cfg.embed_dim % cfg.n_head:
             raise ConfigError(
-                f"--embed_dim {cfg['embed_dim']} is not divisible by --n_head {cfg['n_head']}: "
+                f"--embed_dim {cfg.embed_dim} is not divisible by --n_head {cfg.n_head}: "
                 "change one of them or set --head_dim"
             )
-    elif cfg["model_type"] == "dt" and cfg["embed_dim"] % cfg["n_head"]:
-        raise ConfigError(
-            f"--embed_dim {cfg['embed_dim']} is not divisible by --n_head {cfg['n_head']}"
-        )
+    elif cfg.model_type == "dt" and cfg.embed_dim % cfg.n_head:
+        raise ConfigError(f"--embed_dim {cfg.embed_dim} is not divisible by --n_head {cfg.n_head}")
 
-    cfg["device"] = resolve_device(cfg["device"])
-    check_scale_out(cfg)
-    if cfg["out_dir"] is None:
-        name = cfg["dataset"].replace("minari:", "minari-").replace("/", "-")
-        cfg["out_dir"] = (
-            f"runs/{env}-{name}-{cfg['model_type']}-{cfg['backbone']}-seed{cfg['seed']}"
+
+def check_scale_out(cfg: RunConfig) -> None:
+    if cfg.dtype == "auto":
+        cfg.dtype = "bf16" if cfg.device.startswith("cuda") else "fp32"
+    if cfg.grad_accum_steps <= 0:
+        raise ConfigError(f"--grad_accum_steps must be positive, got {cfg.grad_accum_steps}")
+    if cfg.dist_timeout <= 0:
+        raise ConfigError(f"--dist_timeout must be positive minutes, got {cfg.dist_timeout}")
+    if cfg.activation_checkpointing and cfg.model_type != "dt":
+        raise ConfigError(
+            "--activation_checkpointing recomputes transformer blocks; BC (--model_type bc) has "
+            "none: drop the flag"
         )
-    return cfg
 
 
 def resolve_device(device: str) -> str:

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint
 
 from ..data.sampler import BatchSampler
+from ..models.factory import transformer_blocks
 
 # Heads the original DT defines but its action loss never reaches. They are frozen (see
 # freeze_untrained_heads), so DDP never waits for their gradients, which is what
@@ -147,13 +148,6 @@ def freeze_untrained_heads(model: torch.nn.Module) -> None:
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside DistributedDataParallel (FSDP2 shards in place: nothing to unwrap)."""
     return getattr(model, "module", model)
-
-
-def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The repeated blocks of the DT's backbone (GPT-2 ``h`` or Qwen3 ``layers``); none for BC."""
-    backbone = getattr(model, "transformer", None)
-    blocks = getattr(backbone, "layers", None) or getattr(backbone, "h", None)
-    return list(blocks) if blocks is not None else []
 
 
 def apply_activation_checkpointing(model: torch.nn.Module) -> int:

@@ -1,7 +1,8 @@
 """The one error path of every command-line entry point.
 
 A user error (bad flag, missing or unreadable file, a dataset that cannot be trained on) is an
-exception deriving from :class:`UserError`; :func:`cli_main` turns it into one line on stderr,
+exception deriving from :class:`decision_transformer.errors.UserError` (at the bottom of the
+package, so every layer can raise one); :func:`cli_main` turns it into one line on stderr,
 ``error: <problem>: <fix>``, and exit code 2, with no traceback. Anything else is a bug in this
 code and keeps its traceback. Argument-parser errors take the same one-line form
 (:class:`OneLineParser`).
@@ -18,19 +19,9 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from ..errors import UserError, one_line
+
 USAGE_EXIT = 2  # what argparse uses for a bad command line, and so every user error here
-
-
-class UserError(Exception):
-    """Base of the project's user-error types (ConfigError, DatasetError, CheckpointError, ...):
-    the message names the problem and the fix, on one line."""
-
-
-def one_line(message: object, limit: int | None = None) -> str:
-    """``message`` flattened to one line (an exception's own text may span several), cut to
-    ``limit`` characters if given (for a third-party message quoted inside ours)."""
-    text = " ".join(str(message).split())
-    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
 def report(err: BaseException) -> int:

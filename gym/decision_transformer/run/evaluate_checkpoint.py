@@ -19,10 +19,12 @@ from pathlib import Path
 import torch
 
 from ..envs import get_spec, make_env
+from ..errors import UserError
+from ..evaluation.evaluate_episodes import StepHook
 from ..models.factory import build_model
 from .checkpoint import CheckpointError, read_checkpoint
-from .config import ConfigError, resolve_device, resolve_targets
-from .errors import HelpFormatter, OneLineParser, UserError
+from .config import ConfigError, RunConfig, resolve_device, resolve_targets
+from .errors import HelpFormatter, OneLineParser
 from .errors import report as report_error
 from .experiment import (
     compile_regions,
@@ -101,57 +103,57 @@ def load_run_checkpoint(path: str | Path) -> tuple[Path, dict]:
     return path, ckpt
 
 
-def eval_config(ckpt: dict, args: argparse.Namespace) -> dict:
+def eval_config(ckpt: dict, args: argparse.Namespace) -> RunConfig:
     """The run's config with this evaluation's overrides."""
-    cfg = ckpt["config"]
-    missing = [k for k in CONFIG_KEYS if not isinstance(cfg, dict) or k not in cfg]
+    saved = ckpt["config"]
+    missing = [k for k in CONFIG_KEYS if not isinstance(saved, dict) or k not in saved]
     if missing:
         raise CheckpointError(f"the checkpoint's config lacks {', '.join(missing)}")
-    cfg = dict(cfg)
+    cfg = RunConfig.from_dict(saved)
     try:
-        get_spec(cfg["env"])
+        get_spec(cfg.env)
     except ValueError as e:
         raise CheckpointError(f"the checkpoint's env: {e}") from None
     for flag in ("num_eval_episodes", "eval_envs", "seed"):
         value = getattr(args, flag)
         if value is not None:
-            cfg[flag] = value
+            setattr(cfg, flag, value)
     for flag in ("num_eval_episodes", "eval_envs"):
-        if cfg[flag] <= 0:
+        if getattr(cfg, flag) <= 0:
             hint = "" if getattr(args, flag) is not None else f" (the run's): pass --{flag} N"
-            raise ConfigError(f"--{flag} must be positive, got {cfg[flag]}{hint}")
-    cfg["device"] = resolve_device(args.device)
+            raise ConfigError(f"--{flag} must be positive, got {getattr(cfg, flag)}{hint}")
+    cfg.device = resolve_device(args.device)
     return cfg
 
 
-def eval_targets(ckpt: dict, cfg: dict, requested: list[float] | None) -> list[float]:
+def eval_targets(ckpt: dict, cfg: RunConfig, requested: list[float] | None) -> list[float]:
     if requested:
         return [float(t) for t in requested]
     if "eval_targets" in ckpt:
         return [float(t) for t in ckpt["eval_targets"]]
     # Older checkpoints lack the resolved targets; numbers can be resolved without the dataset.
-    specs = cfg.get("env_targets")
+    specs = cfg.env_targets
     if specs and any(isinstance(t, str) for t in specs):
         raise CheckpointError(
             f"the run's targets ({' '.join(map(str, specs))}) depend on its dataset and the "
             "checkpoint does not record them: pass --target_return"
         )
-    return resolve_targets(specs, None, get_spec(cfg["env"]).env_targets)
+    return resolve_targets(specs, None, get_spec(cfg.env).env_targets)
 
 
-def restore_model(ckpt: dict, cfg: dict) -> torch.nn.Module:
-    spec = get_spec(cfg["env"])
-    env = make_env(cfg["env"])
+def restore_model(ckpt: dict, cfg: RunConfig) -> torch.nn.Module:
+    spec = get_spec(cfg.env)
+    env = make_env(cfg.env)
     state_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     low, high = env.action_space.low, env.action_space.high
     env.close()
     if tuple(ckpt["state_mean"].shape) != (state_dim,):
         raise CheckpointError(
             f"the checkpoint's state mean has shape {tuple(ckpt['state_mean'].shape)} but "
-            f"{cfg['env']} observations have {state_dim} dimensions"
+            f"{cfg.env} observations have {state_dim} dimensions"
         )
     try:
-        model = build_model(cfg, state_dim, act_dim, spec.max_ep_len, low, high)
+        model = build_model(cfg.model_config(), state_dim, act_dim, spec.max_ep_len, low, high)
     except (ImportError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"cannot rebuild the run's model: {_first_line(e)}") from None
     try:
@@ -160,16 +162,16 @@ def restore_model(ckpt: dict, cfg: dict) -> torch.nn.Module:
         raise CheckpointError(
             f"the weights do not fit the model the checkpoint's config describes: {_first_line(e)}"
         ) from None
-    model = model.to(cfg["device"]).eval()
-    if cfg.get("compile"):
+    model = model.to(cfg.device).eval()
+    if cfg.compile:
         # Training evaluated the compiled model; compiled kernels round differently.
         compile_regions(model)
     return model
 
 
-def autocast_for(cfg: dict, device: str):
+def autocast_for(cfg: RunConfig, device: str):
     """bf16 runs evaluate under autocast during training; do the same, or the numbers differ."""
-    if cfg.get("dtype") != "bf16":
+    if cfg.dtype != "bf16":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
@@ -192,46 +194,76 @@ def markdown_table(results: list[dict], has_score: bool) -> str:
 def evaluate(args: argparse.Namespace) -> dict:
     """Everything evaluate.py does but printing; returns what goes into the JSON file."""
     if args.video is not None:
-        from ..evaluation.video import check_video_path
-
-        try:
-            check_video_path(args.video)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        check_video_arg(args.video)
     ckpt_path, ckpt = load_run_checkpoint(args.checkpoint)
     cfg = eval_config(ckpt, args)
     targets = eval_targets(ckpt, cfg, args.target_return)
     model = restore_model(ckpt, cfg)
-    state_mean = ckpt["state_mean"].numpy()
-    state_std = ckpt["state_std"].numpy()
-    seeds = episode_seeds(cfg["seed"], cfg["num_eval_episodes"])
+    seeds = episode_seeds(cfg.seed, cfg.num_eval_episodes)
     ref = reference_scores_for(cfg)
-    conditioned = cfg["model_type"] == "dt"
-
     recorder = None
     if args.video is not None:
         from ..evaluation.video import EpisodeRecorder
 
         recorder = EpisodeRecorder(seed=seeds[0])
-
     start = time.perf_counter()
-    results, metrics = [], {}
-    played: dict = {}
+    results, metrics = play_targets(cfg, ckpt, model, targets, seeds, ref, recorder)
+    report = {
+        "checkpoint": str(ckpt_path),
+        "iteration": ckpt.get("iteration"),
+        "env": cfg.env,
+        "dataset": cfg.dataset,
+        "model_type": cfg.model_type,
+        "backbone": cfg.backbone,
+        "params": cfg.params,
+        "mode": cfg.mode,
+        "seed": cfg.seed,
+        "num_eval_episodes": cfg.num_eval_episodes,
+        "eval_envs": cfg.eval_envs,
+        "device": cfg.device,
+        "episode_seeds": seeds,
+        "reference_scores": list(ref) if ref is not None else None,
+        "evaluation_seconds": time.perf_counter() - start,
+        "targets": results,
+        "metrics": metrics,
+    }
+    if recorder is not None:
+        report["video"] = render_video(cfg, recorder, targets[0], args)
+    return report
+
+
+def check_video_arg(path: str) -> None:
+    from ..evaluation.video import check_video_path
+
+    try:
+        check_video_path(path)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def play_targets(
+    cfg: RunConfig,
+    ckpt: dict,
+    model: torch.nn.Module,
+    targets: list[float],
+    seeds: list[int],
+    ref: tuple[float, float] | None,
+    recorder: StepHook | None,
+) -> tuple[list[dict], dict]:
+    """Every target's episodes: per-target results for the report, and metrics.jsonl's numbers
+    (the recorder watches the first target's first episode)."""
+    state_mean, state_std = ckpt["state_mean"].numpy(), ckpt["state_std"].numpy()
+    conditioned = cfg.model_type == "dt"
+    results, metrics, played = [], {}, {}
     for i, target in enumerate(targets):
         # BC never sees the target: its episodes are the same for every target, so play once.
         cache_key = target if conditioned else None
         if cache_key not in played:
-            with autocast_for(cfg, cfg["device"]):
+            with autocast_for(cfg, cfg.device):
                 played[cache_key] = evaluate_returns(
-                    cfg,
-                    model,
-                    state_mean,
-                    state_std,
-                    target,
-                    seeds,
-                    progress=True,
+                    cfg, model, state_mean, state_std, target, seeds, progress=True,
                     on_step=recorder if i == 0 else None,
-                )
+                )  # fmt: skip
         returns, lengths = played[cache_key]
         summary = summarize_returns(target, returns, lengths, ref)
         metrics.update(summary)
@@ -244,44 +276,27 @@ def evaluate(args: argparse.Namespace) -> dict:
                 "lengths": [int(n) for n in lengths],
             }
         )
-    elapsed = time.perf_counter() - start
+    return results, metrics
 
-    report = {
-        "checkpoint": str(ckpt_path),
-        "iteration": ckpt.get("iteration"),
-        "env": cfg["env"],
-        "dataset": cfg["dataset"],
-        "model_type": cfg["model_type"],
-        "backbone": cfg.get("backbone"),
-        "params": cfg.get("params"),
-        "mode": cfg["mode"],
-        "seed": cfg["seed"],
-        "num_eval_episodes": cfg["num_eval_episodes"],
-        "eval_envs": cfg["eval_envs"],
-        "device": cfg["device"],
-        "episode_seeds": seeds,
-        "reference_scores": list(ref) if ref is not None else None,
-        "evaluation_seconds": elapsed,
-        "targets": results,
-        "metrics": metrics,
-    }
-    if recorder is not None:
-        from ..evaluation.video import render_episode
 
-        title = f"{cfg['env']} {cfg['model_type']} {cfg.get('backbone', '')}".rstrip()
-        if conditioned:
-            title += f"  target {targets[0]:g}"
-        report["video"] = render_episode(
-            cfg["env"],
-            recorder,
-            args.video,
-            targets[0] if conditioned else None,
-            mode=cfg["mode"],
-            title=title,
-            max_steps=get_spec(cfg["env"]).max_ep_len,
-            quality=args.video_quality,
-        )
-    return report
+def render_video(cfg: RunConfig, recorder, target: float, args: argparse.Namespace) -> dict:
+    """The recorded episode rendered to ``--video``."""
+    from ..evaluation.video import render_episode
+
+    conditioned = cfg.model_type == "dt"
+    title = f"{cfg.env} {cfg.model_type} {cfg.backbone or ''}".rstrip()
+    if conditioned:
+        title += f"  target {target:g}"
+    return render_episode(
+        cfg.env,
+        recorder,
+        args.video,
+        target if conditioned else None,
+        mode=cfg.mode,
+        title=title,
+        max_steps=get_spec(cfg.env).max_ep_len,
+        quality=args.video_quality,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,14 @@
-"""One training run from flags to checkpoints: what experiment.py and experiment_qwen.py execute."""
+"""One training run from flags to checkpoints: what experiment.py and experiment_qwen.py execute.
+
+:func:`run` reads top to bottom as its phases, each a function of its own below it:
+setup_distributed (torchrun's process group, or a world of one), load_data (every input check,
+then the dataset), read_resume_checkpoint (with --resume: the checkpoint, its flags compared),
+build_policy (fresh, pretrained-backbone or checkpoint weights), wrap_model (frozen heads,
+activation checkpointing, compilation, DDP/FSDP), make_optimizer, restore (optimizer, schedule
+and RNG states), open_run_dir (config.json, metrics.jsonl), make_batches, make_evaluation,
+make_trainer; then per iteration train_one_iteration (training and evaluation),
+checkpoint_states and write_checkpoint. The configuration is one typed RunConfig (run/config.py).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +19,7 @@ import os
 import random
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -20,17 +31,17 @@ from ..data.loading import check_dataset_available, load_dataset
 from ..data.sampler import BatchSampler
 from ..data.scores import reference_scores
 from ..data.trajectories import TrajectoryDataset
-from ..envs import get_spec, make_env
+from ..envs import EnvSpec, get_spec, make_env
 from ..evaluation.evaluate_episodes import (
+    EvalEpisodes,
     StepHook,
-    evaluate_batched,
-    evaluate_episode,
-    evaluate_episode_rtg,
+    play_batched,
+    play_one_by_one,
 )
-from ..models.factory import build_model, count_params
+from ..models.factory import build_model, count_params, transformer_blocks
 from ..training.act_trainer import ActTrainer
 from ..training.seq_trainer import SequenceTrainer
-from ..training.trainer import PROGRESS_INTERVAL, NonFiniteError
+from ..training.trainer import PROGRESS_INTERVAL, NonFiniteError, Trainer
 from .checkpoint import (
     CheckpointError,
     read_checkpoint,
@@ -38,7 +49,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import ConfigError, build_parser, resolve, resolve_targets
+from .config import ConfigError, RunConfig, build_parser, resolve, resolve_targets
 from .distributed import (
     DistContext,
     RankBatches,
@@ -96,7 +107,7 @@ def target_key(target: float) -> str:
 
 
 def make_eval_fn(
-    cfg: dict,
+    cfg: RunConfig,
     state_mean: np.ndarray,
     state_std: np.ndarray,
     target: float,
@@ -108,7 +119,7 @@ def make_eval_fn(
     through the same functions, so both report the same numbers. Under torchrun every rank plays
     its contiguous share of the seeds and the returns are gathered in seed order on all ranks."""
     ctx = ctx or DistContext()
-    seeds = episode_seeds(cfg["seed"], cfg["num_eval_episodes"])
+    seeds = episode_seeds(cfg.seed, cfg.num_eval_episodes)
 
     def eval_fn(model) -> dict:
         model = unwrap(model)
@@ -145,7 +156,7 @@ def summarize_returns(
 
 
 def evaluate_returns(
-    cfg: dict,
+    cfg: RunConfig,
     model: torch.nn.Module,
     state_mean: np.ndarray,
     state_std: np.ndarray,
@@ -156,9 +167,15 @@ def evaluate_returns(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns and lengths of one episode per seed, batched or one by one as ``eval_envs`` says.
     ``on_step`` watches the episode of ``seeds[0]`` (see evaluate_episodes)."""
-    spec = get_spec(cfg["env"])
-    conditioned = cfg["model_type"] == "dt"
-    device = next(model.parameters()).device
+    episodes = EvalEpisodes(
+        env=cfg.env,
+        mode=cfg.mode,
+        conditioned=cfg.model_type == "dt",
+        state_mean=state_mean,
+        state_std=state_std,
+        device=next(model.parameters()).device,
+        target=target,
+    )
     # disable=None: a bar on a terminal, nothing in logs and captured output.
     bar = tqdm(
         total=len(seeds),
@@ -167,66 +184,12 @@ def evaluate_returns(
         leave=False,
         disable=None if progress else True,
     )
-    returns, lengths = [], []
-    if cfg["eval_envs"] > 1:
-        returns, lengths = evaluate_batched(
-            cfg["env"],
-            model,
-            seeds,
-            cfg["eval_envs"],
-            spec.max_ep_len,
-            spec.scale,
-            state_mean,
-            state_std,
-            device,
-            target / spec.scale,
-            cfg["mode"],
-            conditioned,
-            on_step=on_step,
-            on_chunk=bar.update,
-        )
-        bar.close()
-        return returns, lengths
-    env = make_env(cfg["env"])
-    for i, s in enumerate(seeds):
-        hook = on_step if i == 0 else None
-        if conditioned:
-            r, n = evaluate_episode_rtg(
-                env,
-                env.observation_space.shape[0],
-                env.action_space.shape[0],
-                model,
-                spec.max_ep_len,
-                spec.scale,
-                state_mean,
-                state_std,
-                device,
-                target / spec.scale,
-                cfg["mode"],
-                seed=s,
-                on_step=hook,
-            )
-        else:
-            r, n = evaluate_episode(
-                env,
-                env.observation_space.shape[0],
-                env.action_space.shape[0],
-                model,
-                spec.max_ep_len,
-                device,
-                target / spec.scale,
-                cfg["mode"],
-                state_mean,
-                state_std,
-                seed=s,
-                on_step=hook,
-            )
-        returns.append(r)
-        lengths.append(n)
-        bar.update(1)
+    if cfg.eval_envs > 1:
+        out = play_batched(episodes, model, seeds, cfg.eval_envs, on_step, bar.update)
+    else:
+        out = play_one_by_one(episodes, model, seeds, on_step, bar.update)
     bar.close()
-    env.close()
-    return np.array(returns), np.array(lengths)
+    return out
 
 
 def enable_tf32(device: str) -> None:
@@ -248,9 +211,8 @@ def compile_regions(model: torch.nn.Module, **compile_kwargs) -> None:
     """Regional compilation: ``torch.compile`` each transformer block on its own, in place (the
     state dict keeps its names). The blocks share one code object, so one compile serves all of
     them and start-up stays short; embeddings, heads and masks stay eager. BC compiles its MLP."""
-    blocks = getattr(model, "transformer", None)
-    blocks = getattr(blocks, "layers", None) or getattr(blocks, "h", None)
-    if blocks is None:
+    blocks = transformer_blocks(model)
+    if not blocks:
         model.compile(**compile_kwargs)
         return
     for block in blocks:
@@ -265,8 +227,8 @@ def unfit_checkpoint(path: Path, error: Exception) -> CheckpointError:
     )
 
 
-def reference_scores_for(cfg: dict):
-    return reference_scores(cfg["env"], cfg["dataset"])
+def reference_scores_for(cfg: RunConfig):
+    return reference_scores(cfg.env, cfg.dataset)
 
 
 def main(argv: list[str] | None = None, backbone: str = "gpt2") -> int:
@@ -277,273 +239,400 @@ def main(argv: list[str] | None = None, backbone: str = "gpt2") -> int:
     return run_cli(lambda: run(resolve(args, backbone)))
 
 
-def prepare(cfg: dict):
+# ---------------------------------------------------------------------------------------------
+# The run, top to bottom. Each phase below is called once, in this order, by run().
+# ---------------------------------------------------------------------------------------------
+
+
+def run(cfg: RunConfig) -> int:
+    ctx = setup_distributed(cfg)
+    fsdp = cfg.fsdp and ctx.world_size > 1
+    data = load_data(cfg)
+    ckpt = read_resume_checkpoint(cfg, data.ckpt_path)
+    enable_tf32(cfg.device)
+    if ctx.is_main:
+        announce(cfg, ctx, fsdp, data.dataset, ckpt)
+    # The same initial weights on every rank (FSDP shards them in place; DDP would broadcast).
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np_rng = np.random.default_rng(cfg.seed)
+    model = build_policy(cfg, ctx, fsdp, data, ckpt)
+    train_model = wrap_model(cfg, ctx, fsdp, model)
+    optimizer, scheduler = make_optimizer(cfg, train_model)
+    start_iter = restore(cfg, ctx, fsdp, data, ckpt, train_model, optimizer, scheduler, np_rng)
+    metrics = open_run_dir(cfg, data, ckpt, start_iter) if ctx.is_main else None
+    batches = make_batches(cfg, ctx, data, np_rng, start_iter)
+    targets = resolve_targets(cfg.env_targets, data.dataset.returns, data.spec.env_targets)
+    eval_fns = make_evaluation(cfg, ctx, fsdp, data, train_model, targets)
+    trainer = make_trainer(cfg, ctx, train_model, optimizer, scheduler, batches, eval_fns)
+    trainer.global_step = start_iter * cfg.num_steps_per_iter
+    logs: dict = {}
+    for it in range(start_iter, cfg.max_iters):
+        logs = train_one_iteration(cfg, ctx, trainer, it, np_rng, data.ckpt_path)
+        if logs is None:
+            ctx.close()
+            return 1
+        # Collective under FSDP (every rank gathers or writes its shards), so outside is_main.
+        state = checkpoint_states(cfg, data.out_dir, it + 1, train_model, optimizer, fsdp)
+        if ctx.is_main:
+            metrics.log(it + 1, (it + 1) * cfg.num_steps_per_iter, logs)
+            write_checkpoint(cfg, data, state, scheduler, np_rng, it + 1, targets, metrics)
+        ctx.barrier()
+    if ctx.is_main:
+        print_summary(data.dataset, targets, logs)
+        metrics.close()
+    ctx.close()
+    return 0
+
+
+@dataclass
+class RunData:
+    """What the run reads from the disk and the env before it builds anything."""
+
+    spec: EnvSpec
+    out_dir: Path
+    ckpt_path: Path
+    dataset: TrajectoryDataset
+    state_dim: int
+    act_dim: int
+    action_low: np.ndarray
+    action_high: np.ndarray
+
+    def build_model(self, cfg: RunConfig) -> torch.nn.Module:
+        return build_model(
+            cfg.model_config(),
+            self.state_dim,
+            self.act_dim,
+            self.spec.max_ep_len,
+            self.action_low,
+            self.action_high,
+        )
+
+
+def setup_distributed(cfg: RunConfig) -> DistContext:
+    """Join torchrun's process group (a world of one without it); record the world's size."""
+    ctx = DistContext.from_env(cfg.device, cfg.dist_timeout)
+    cfg.device = ctx.device(cfg.device)
+    cfg.world_size = ctx.world_size
+    cfg.global_batch_size = cfg.batch_size * ctx.world_size * cfg.grad_accum_steps
+    return ctx
+
+
+def load_data(cfg: RunConfig) -> RunData:
     """Everything that can fail on bad input, done before any training."""
-    spec = get_spec(cfg["env"])
-    out_dir = Path(cfg["out_dir"])
+    spec = get_spec(cfg.env)
+    out_dir = Path(cfg.out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
-    if cfg["resume"] and not ckpt_path.is_file():
+    if cfg.resume and not ckpt_path.is_file():
         raise ConfigError(f"--resume: no checkpoint at {ckpt_path}; drop --resume to start afresh")
-    if not cfg["resume"] and ckpt_path.exists():
+    if not cfg.resume and ckpt_path.exists():
         raise ConfigError(
             f"{out_dir} already holds a run: pass --resume to continue it or pick another --out_dir"
         )
-    check_dataset_available(cfg["data_dir"], cfg["env"], cfg["dataset"])
-    env = make_env(cfg["env"])
+    check_dataset_available(cfg.data_dir, cfg.env, cfg.dataset)
+    env = make_env(cfg.env)
     state_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     low, high = env.action_space.low, env.action_space.high
     env.close()
-    dataset = load_dataset(cfg["data_dir"], cfg["env"], cfg["dataset"], cfg["mode"])
-    dataset.check_env_dims(state_dim, act_dim, cfg["env"], f"dataset '{cfg['dataset']}'")
-    return spec, out_dir, ckpt_path, dataset, (state_dim, act_dim, low, high)
+    dataset = load_dataset(cfg.data_dir, cfg.env, cfg.dataset, cfg.mode)
+    dataset.check_env_dims(state_dim, act_dim, cfg.env, f"dataset '{cfg.dataset}'")
+    return RunData(spec, out_dir, ckpt_path, dataset, state_dim, act_dim, low, high)
 
 
-def run(cfg: dict) -> int:
-    ctx = DistContext.from_env(cfg["device"], cfg.get("dist_timeout", 60.0))
-    cfg["device"] = ctx.device(cfg["device"])
-    cfg["world_size"] = ctx.world_size
-    accum = cfg.get("grad_accum_steps", 1)
-    cfg["global_batch_size"] = cfg["batch_size"] * ctx.world_size * accum
-    fsdp = bool(cfg.get("fsdp")) and ctx.world_size > 1
-    spec, out_dir, ckpt_path, dataset, (state_dim, act_dim, low, high) = prepare(cfg)
-    ckpt = None
-    if cfg["resume"]:
-        # Memory-mapped: ranks on one machine share the page cache instead of a copy each.
-        ckpt = read_checkpoint(
-            ckpt_path,
-            RESUME_KEYS,
-            "drop --resume to start afresh (in an empty --out_dir)",
-            mmap=True,
+def read_resume_checkpoint(cfg: RunConfig, ckpt_path: Path) -> dict | None:
+    """With --resume, the checkpoint, checked to come from a run with the same flags."""
+    if not cfg.resume:
+        return None
+    # Memory-mapped: ranks on one machine share the page cache instead of a copy each.
+    ckpt = read_checkpoint(
+        ckpt_path, RESUME_KEYS, "drop --resume to start afresh (in an empty --out_dir)", mmap=True
+    )
+    if not isinstance(ckpt["config"], dict):
+        raise CheckpointError(
+            f"--resume: {ckpt_path} was not written by experiment.py (its config is not a "
+            "dict); start afresh in another --out_dir"
         )
-    if ckpt is not None:
-        # A decaying schedule's length is max_iters x num_steps_per_iter: extending the run
-        # would stretch the part already walked and jump the learning rate back up.
-        if not isinstance(ckpt["config"], dict):
-            raise CheckpointError(
-                f"--resume: {ckpt_path} was not written by experiment.py (its config is not a "
-                "dict); start afresh in another --out_dir"
-            )
-        fixed = {"max_iters"} if cfg["lr_decay"] != "none" else set()
-        changed = sorted(
-            k
-            for k, v in ckpt["config"].items()
-            if (k not in RESUMABLE_CHANGES or k in fixed)
-            and cfg.get(k) != v
-            and k not in ("params", "backbone_params")
+    # A decaying schedule's length is max_iters x num_steps_per_iter: extending the run
+    # would stretch the part already walked and jump the learning rate back up.
+    fixed = {"max_iters"} if cfg.lr_decay != "none" else set()
+    # Only the keys the checkpoint recorded: a run older than a flag resumes with any value of it.
+    now = cfg.to_dict()
+    changed = sorted(
+        k
+        for k, v in ckpt["config"].items()
+        if (k not in RESUMABLE_CHANGES or k in fixed)
+        and now.get(k) != v
+        and k not in ("params", "backbone_params")
+    )
+    if changed:
+        raise ConfigError(
+            f"--resume: flags differ from the checkpoint's run ({', '.join(changed)}); "
+            "resume with the original flags"
         )
-        if changed:
-            raise ConfigError(
-                f"--resume: flags differ from the checkpoint's run ({', '.join(changed)}); "
-                "resume with the original flags"
-            )
-    device = cfg["device"]
-    enable_tf32(device)
+    return ckpt
 
-    if ctx.is_main:
-        print("=" * 50)
-        print(f"Starting new experiment: {cfg['env']} {cfg['dataset']}")
-        print(dataset.summary())
-        print("=" * 50)
+
+def announce(
+    cfg: RunConfig, ctx: DistContext, fsdp: bool, dataset: TrajectoryDataset, ckpt: dict | None
+) -> None:
+    print("=" * 50)
+    print(f"Starting new experiment: {cfg.env} {cfg.dataset}")
+    print(dataset.summary())
+    print("=" * 50)
+    print(
+        f"global batch: {cfg.global_batch_size} windows per optimizer step "
+        f"(batch_size {cfg.batch_size} x {ctx.world_size} processes x "
+        f"{cfg.grad_accum_steps} accumulation steps){', FSDP' if fsdp else ''}"
+    )
+    saved = RunConfig.from_dict(ckpt["config"]) if ckpt is not None else None
+    if saved is not None and saved.world_size != ctx.world_size:
+        old = saved.global_batch_size or cfg.batch_size
         print(
-            f"global batch: {cfg['global_batch_size']} windows per optimizer step "
-            f"(batch_size {cfg['batch_size']} x {ctx.world_size} processes x "
-            f"{accum} accumulation steps){', FSDP' if fsdp else ''}"
+            f"resuming with {ctx.world_size} processes instead of {saved.world_size}: the "
+            f"global batch is {cfg.global_batch_size} instead of {old} windows, each step's "
+            f"draw cut in {ctx.world_size} per-rank slices"
         )
-        if ckpt is not None and ckpt["config"].get("world_size", 1) != ctx.world_size:
-            old = ckpt["config"].get("global_batch_size", cfg["batch_size"])
-            print(
-                f"resuming with {ctx.world_size} processes instead of "
-                f"{ckpt['config'].get('world_size', 1)}: the global batch is "
-                f"{cfg['global_batch_size']} instead of {old} windows, each step's draw cut in "
-                f"{ctx.world_size} per-rank slices"
-            )
 
-    # The same initial weights on every rank (FSDP shards them in place; DDP would broadcast).
-    torch.manual_seed(cfg["seed"])
-    random.seed(cfg["seed"])
-    np_rng = np.random.default_rng(cfg["seed"])
 
+def build_policy(
+    cfg: RunConfig, ctx: DistContext, fsdp: bool, data: RunData, ckpt: dict | None
+) -> torch.nn.Module:
+    """The model with its starting weights (fresh, a Qwen3 backbone's, or the checkpoint's)."""
     # Under FSDP only rank 0 holds real weights before sharding; the others build shapes on the
     # meta device (no memory) and receive their shards from rank 0 (see fsdp.fill_from_rank0).
     # Loading into meta parameters is a no-op, so every rank still checks the same inputs.
     on_meta = fsdp and not ctx.is_main
     with torch.device("meta") if on_meta else contextlib.nullcontext():
-        model = build_model(cfg, state_dim, act_dim, spec.max_ep_len, low, high)
-    if cfg.get("init_backbone") and ckpt is None:
+        model = data.build_model(cfg)
+    init_backbone = cfg.qwen.init_backbone if cfg.qwen is not None else None
+    if init_backbone and ckpt is None:
         from ..models.decision_transformer_qwen3 import load_backbone_from_pretrained
 
         try:
-            load_backbone_from_pretrained(model, cfg["init_backbone"])
+            load_backbone_from_pretrained(model, init_backbone)
         except (ValueError, FileNotFoundError) as e:
             raise ConfigError(f"--init_backbone: {e}") from None
     if ckpt is not None and "model" in ckpt:
         try:
             model.load_state_dict(ckpt["model"])
         except (RuntimeError, TypeError) as e:
-            raise unfit_checkpoint(ckpt_path, e) from None
+            raise unfit_checkpoint(data.ckpt_path, e) from None
     elif ckpt is not None and not fsdp:
         raise ConfigError(
-            f"--resume: {ckpt_path} holds no consolidated weights (written with "
+            f"--resume: {data.ckpt_path} holds no consolidated weights (written with "
             "--consolidate_checkpoint false): resume it with --fsdp under torchrun"
         )
     if not fsdp:
-        model = model.to(device)
+        model = model.to(cfg.device)
     # (FSDP moves each block to the GPU as it shards it: the whole model is never there.)
-    cfg["params"], cfg["backbone_params"] = count_params(model)
+    cfg.params, cfg.backbone_params = count_params(model)
     if ctx.is_main:
         print(
-            f"model: {type(model).__name__}, {cfg['params']:,} parameters "
-            f"({cfg['backbone_params']:,} in the backbone)"
+            f"model: {type(model).__name__}, {cfg.params:,} parameters "
+            f"({cfg.backbone_params:,} in the backbone)"
         )
+    return model
 
+
+def wrap_model(
+    cfg: RunConfig, ctx: DistContext, fsdp: bool, model: torch.nn.Module
+) -> torch.nn.Module:
+    """Freeze what never trains, checkpoint and compile blocks if asked, then DDP or FSDP."""
     freeze_untrained_heads(model)
-    if cfg.get("activation_checkpointing"):
+    if cfg.activation_checkpointing:
         apply_activation_checkpointing(model)
-    if cfg.get("compile"):
+    if cfg.compile:
         compile_regions(model)
-    bf16 = cfg.get("dtype") == "bf16"
     # After sharding: FSDP2 replaces the parameters the optimizer must hold.
     full_state = model.state_dict() if fsdp and ctx.is_main else {}
-    train_model = ctx.wrap(model, fsdp=fsdp, bf16=bf16, device=device)
+    train_model = ctx.wrap(model, fsdp=fsdp, bf16=cfg.dtype == "bf16", device=cfg.device)
     if fsdp:
         from .fsdp import fill_from_rank0
 
-        fill_from_rank0(train_model, full_state, device)
-        del full_state
+        fill_from_rank0(train_model, full_state, cfg.device)
+    return train_model
+
+
+def make_optimizer(cfg: RunConfig, model: torch.nn.Module):
+    """AdamW and its warmup (then constant or cosine) learning-rate schedule."""
     # None (not False) elsewhere: torch's default choice of AdamW kernel, as before.
-    fused = use_fused_adamw(train_model) or None
     optimizer = torch.optim.AdamW(
-        train_model.parameters(),
-        lr=cfg["learning_rate"],
-        weight_decay=cfg["weight_decay"],
-        fused=fused,
+        model.parameters(),
+        lr=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        fused=use_fused_adamw(model) or None,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        partial(
-            lr_factor,
-            warmup=cfg["warmup_steps"],
-            total=cfg["max_iters"] * cfg["num_steps_per_iter"],
-            decay=cfg["lr_decay"],
-        ),
-    )
-    start_iter = 0
-    if ckpt is not None:
-        try:
-            for group in ckpt.get("optimizer", {}).get("param_groups", []):
-                group["fused"] = fused  # a CPU run's checkpoint on CUDA too
-            load_optimizer(ckpt, out_dir, train_model, optimizer, fsdp)
-            scheduler.load_state_dict(ckpt["scheduler"])
-            set_rng_state(ckpt["rng"], np_rng)
-        except (KeyError, RuntimeError, TypeError, ValueError) as e:
-            raise unfit_checkpoint(ckpt_path, e) from None
-        start_iter = ckpt["iteration"]
-        if ctx.is_main:
-            print(f"resuming {out_dir} after iteration {start_iter}")
+    total = cfg.max_iters * cfg.num_steps_per_iter
+    schedule = partial(lr_factor, warmup=cfg.warmup_steps, total=total, decay=cfg.lr_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
-    metrics = None
+
+def restore(
+    cfg: RunConfig,
+    ctx: DistContext,
+    fsdp: bool,
+    data: RunData,
+    ckpt: dict | None,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    np_rng: np.random.Generator,
+) -> int:
+    """Optimizer, schedule and RNG states from the checkpoint; the iteration to start from."""
+    if ckpt is None:
+        return 0
+    fused = use_fused_adamw(model) or None  # as make_optimizer chose
+    try:
+        for group in ckpt.get("optimizer", {}).get("param_groups", []):
+            group["fused"] = fused  # a CPU run's checkpoint on CUDA too
+        load_optimizer(ckpt, data.out_dir, model, optimizer, fsdp)
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"], np_rng)
+    except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        raise unfit_checkpoint(data.ckpt_path, e) from None
     if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # A run killed inside save_checkpoint leaves its temp file; checkpoint.pt is intact.
-        for stale in out_dir.glob(f"{ckpt_path.name}*.tmp"):
-            stale.unlink()
-        (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        metrics = MetricsLog(out_dir, cfg, wandb_id=ckpt.get("wandb_id") if ckpt else None)
-        metrics.truncate(start_iter)
+        print(f"resuming {data.out_dir} after iteration {ckpt['iteration']}")
+    return ckpt["iteration"]
 
+
+def open_run_dir(cfg: RunConfig, data: RunData, ckpt: dict | None, start_iter: int) -> MetricsLog:
+    """Rank 0: the run folder with this run's config.json, and its metrics log."""
+    data.out_dir.mkdir(parents=True, exist_ok=True)
+    # A run killed inside save_checkpoint leaves its temp file; checkpoint.pt is intact.
+    for stale in data.out_dir.glob(f"{data.ckpt_path.name}*.tmp"):
+        stale.unlink()
+    (data.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    wandb_id = ckpt.get("wandb_id") if ckpt else None
+    metrics = MetricsLog(data.out_dir, cfg.to_dict(), wandb_id=wandb_id)
+    metrics.truncate(start_iter)
+    return metrics
+
+
+def make_batches(
+    cfg: RunConfig, ctx: DistContext, data: RunData, np_rng: np.random.Generator, start_iter: int
+) -> RankBatches:
+    """This rank's share of each optimizer step's batch, from step ``start_iter`` on."""
+    spec = data.spec
     sampler = BatchSampler(
-        dataset, cfg["K"], spec.max_ep_len, spec.scale, cfg["pct_traj"], device, np_rng,
-        segment_len=cfg["segment_len"],
+        data.dataset, cfg.K, spec.max_ep_len, spec.scale, cfg.pct_traj, cfg.device, np_rng,
+        segment_len=cfg.segment_len,
     )  # fmt: skip
     batches = RankBatches(
-        sampler, cfg["seed"], ctx, cfg["batch_size"], accum, cfg["model_type"] == "dt"
+        sampler, cfg.seed, ctx, cfg.batch_size, cfg.grad_accum_steps, cfg.model_type == "dt"
     )
-    batches.start_at(start_iter * cfg["num_steps_per_iter"])
-    targets = resolve_targets(cfg["env_targets"], dataset.returns, spec.env_targets)
-    eval_fns = []
-    if cfg["num_eval_episodes"] > 0:
-        ref = reference_scores_for(cfg)
-        fns = [
-            make_eval_fn(
-                cfg, dataset.state_mean, dataset.state_std, t, ref, progress=ctx.is_main, ctx=ctx
-            )
-            for t in targets
-        ]
-        build_eval = partial(build_model, cfg, state_dim, act_dim, spec.max_ep_len, low, high)
-        eval_fns = [partial(evaluate_all, fns, eval_view(cfg, train_model, fsdp, build_eval))]
-    trainer_cls = SequenceTrainer if cfg["model_type"] == "dt" else ActTrainer
-    trainer = trainer_cls(
-        train_model,
+    batches.start_at(start_iter * cfg.num_steps_per_iter)
+    return batches
+
+
+def make_trainer(
+    cfg: RunConfig,
+    ctx: DistContext,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batches: RankBatches,
+    eval_fns: list[Callable],
+) -> Trainer:
+    trainer_cls = SequenceTrainer if cfg.model_type == "dt" else ActTrainer
+    return trainer_cls(
+        model,
         optimizer,
-        cfg["batch_size"],
+        cfg.batch_size,
         batches,
         loss_fn=lambda s_hat, a_hat, r_hat, s, a, r: torch.mean((a_hat - a) ** 2),
         scheduler=scheduler,
         eval_fns=eval_fns,
-        autocast_dtype=torch.bfloat16 if cfg.get("dtype") == "bf16" else None,
+        autocast_dtype=torch.bfloat16 if cfg.dtype == "bf16" else None,
         progress=ctx.is_main,
         # Seconds between progress lines in redirected output (no bar there).
         progress_interval=float(os.environ.get("DT_PROGRESS_SECONDS", PROGRESS_INTERVAL)),
-        grad_accum_steps=accum,
+        grad_accum_steps=cfg.grad_accum_steps,
         ctx=ctx,
     )
 
-    trainer.global_step = start_iter * cfg["num_steps_per_iter"]
-    logs: dict = {}
-    for it in range(start_iter, cfg["max_iters"]):
-        # Dropout and any other draw restart from (seed, rank, iteration): a resumed run and one
-        # that never stopped see the same noise, whatever each rank saved.
-        seed_iteration(cfg["seed"], ctx.rank, it, np_rng)
-        try:
-            logs = trainer.train_iteration(
-                cfg["num_steps_per_iter"], iter_num=it + 1, print_logs=ctx.is_main
-            )
-        except NonFiniteError as e:
-            # Checkpoints are written only after an iteration whose every step passed the
-            # guard, so the one on disk (if any) is the last good one.
-            kept = (
-                f"the last good checkpoint {ckpt_path} (iteration {it}) is kept"
-                if it
-                else "no checkpoint was written"
-            )
-            print(
-                f"error: training diverged in iteration {it + 1}: {e}; {kept}. "
-                "Lower --learning_rate or check the dataset.",
-                file=sys.stderr,
-            )
-            ctx.close()
-            return 1
-        logs["training/global_batch_size"] = cfg["global_batch_size"]
-        # Collective under FSDP (every rank gathers or writes its shards), so outside is_main.
-        states = checkpoint_states(cfg, out_dir, it + 1, train_model, optimizer, fsdp)
-        if ctx.is_main:
-            metrics.log(it + 1, (it + 1) * cfg["num_steps_per_iter"], logs)
-            save_checkpoint(
-                ckpt_path,
-                {
-                    **states,
-                    "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(np_rng),
-                    "iteration": it + 1,
-                    "state_mean": torch.from_numpy(dataset.state_mean),
-                    "state_std": torch.from_numpy(dataset.state_std),
-                    "config": cfg,
-                    # max/pNN targets need the dataset to resolve; evaluate.py reads them here
-                    "eval_targets": targets,
-                    "wandb_id": metrics.wandb_id,
-                },
-            )
-            if fsdp:
-                from .fsdp import drop_old_shards
 
-                drop_old_shards(out_dir, states["dcp"])
-        ctx.barrier()
+def make_evaluation(
+    cfg: RunConfig,
+    ctx: DistContext,
+    fsdp: bool,
+    data: RunData,
+    train_model: torch.nn.Module,
+    targets: list[float],
+) -> list[Callable]:
+    """The evaluation after each iteration: every target, on every rank's share of episodes."""
+    if cfg.num_eval_episodes <= 0:
+        return []
+    ref = reference_scores_for(cfg)
+    mean, std = data.dataset.state_mean, data.dataset.state_std
+    fns = [make_eval_fn(cfg, mean, std, t, ref, progress=ctx.is_main, ctx=ctx) for t in targets]
+    view = eval_view(cfg, train_model, fsdp, partial(data.build_model, cfg))
+    return [partial(evaluate_all, fns, view)]
 
-    if ctx.is_main:
-        print_summary(dataset, targets, logs)
-        metrics.close()
-    ctx.close()
-    return 0
+
+def train_one_iteration(
+    cfg: RunConfig,
+    ctx: DistContext,
+    trainer,
+    it: int,
+    np_rng: np.random.Generator,
+    ckpt_path: Path,
+) -> dict | None:
+    """Iteration ``it`` (0-based) of training and its evaluation; None if it diverged."""
+    # Dropout and any other draw restart from (seed, rank, iteration): a resumed run and one
+    # that never stopped see the same noise, whatever each rank saved.
+    seed_iteration(cfg.seed, ctx.rank, it, np_rng)
+    try:
+        logs = trainer.train_iteration(
+            cfg.num_steps_per_iter, iter_num=it + 1, print_logs=ctx.is_main
+        )
+    except NonFiniteError as e:
+        # Checkpoints are written only after an iteration whose every step passed the
+        # guard, so the one on disk (if any) is the last good one.
+        kept = (
+            f"the last good checkpoint {ckpt_path} (iteration {it}) is kept"
+            if it
+            else "no checkpoint was written"
+        )
+        print(
+            f"error: training diverged in iteration {it + 1}: {e}; {kept}. "
+            "Lower --learning_rate or check the dataset.",
+            file=sys.stderr,
+        )
+        return None
+    logs["training/global_batch_size"] = cfg.global_batch_size
+    return logs
+
+
+def write_checkpoint(
+    cfg: RunConfig,
+    data: RunData,
+    states: dict,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    np_rng: np.random.Generator,
+    iteration: int,
+    targets: list[float],
+    metrics: MetricsLog,
+) -> None:
+    """Rank 0: checkpoint.pt after ``iteration``, atomically (see run/checkpoint.py)."""
+    save_checkpoint(
+        data.ckpt_path,
+        {
+            **states,
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(np_rng),
+            "iteration": iteration,
+            "state_mean": torch.from_numpy(data.dataset.state_mean),
+            "state_std": torch.from_numpy(data.dataset.state_std),
+            "config": cfg.to_dict(),
+            # max/pNN targets need the dataset to resolve; evaluate.py reads them here
+            "eval_targets": targets,
+            "wandb_id": metrics.wandb_id,
+        },
+    )
+    if "dcp" in states:
+        from .fsdp import drop_old_shards
+
+        drop_old_shards(data.out_dir, states["dcp"])
 
 
 def print_summary(dataset: TrajectoryDataset, targets: list[float], logs: dict) -> None:
@@ -576,7 +665,7 @@ def evaluate_all(fns: list[Callable], view: Callable[[], torch.nn.Module], _mode
     return out
 
 
-def eval_view(cfg: dict, train_model: torch.nn.Module, fsdp: bool, build: Callable):
+def eval_view(cfg: RunConfig, train_model: torch.nn.Module, fsdp: bool, build: Callable):
     """What evaluation plays: the model itself, or under FSDP a plain local copy of the gathered
     weights (ranks play different numbers of steps, which sharded forwards can't)."""
     if not fsdp:
@@ -587,14 +676,16 @@ def eval_view(cfg: dict, train_model: torch.nn.Module, fsdp: bool, build: Callab
         from .fsdp import full_model_state
 
         if not holder:
-            holder.append(build().to(cfg["device"]))
+            holder.append(build().to(cfg.device))
         holder[0].load_state_dict(full_model_state(train_model))
         return holder[0]
 
     return view
 
 
-def checkpoint_states(cfg, out_dir: Path, iteration: int, model, optimizer, fsdp: bool) -> dict:
+def checkpoint_states(
+    cfg: RunConfig, out_dir: Path, iteration: int, model, optimizer, fsdp: bool
+) -> dict:
     """The weights and optimizer part of a checkpoint (rank 0's is the one written)."""
     if not fsdp:
         return {"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict()}
@@ -602,7 +693,7 @@ def checkpoint_states(cfg, out_dir: Path, iteration: int, model, optimizer, fsdp
 
     out_dir.mkdir(parents=True, exist_ok=True)
     states = {"dcp": save_sharded(out_dir, iteration, model, optimizer)}
-    if cfg.get("consolidate_checkpoint", True):
+    if cfg.consolidate_checkpoint:
         model_sd, optim_sd = consolidated_state(model, optimizer)
         states.update(model=model_sd, optimizer=optim_sd, optimizer_format="fqn")
     return states

@@ -27,7 +27,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from .distributed import transformer_blocks
+from ..models.factory import transformer_blocks
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 

@@ -15,7 +15,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import HelpFormatter, OneLineParser, UserError, run_cli
+from ..errors import UserError
+from .errors import HelpFormatter, OneLineParser, run_cli
 from .metrics import read_metrics
 
 _RETURN_KEY = re.compile(r"^evaluation/target_(?P<target>.+)_return_mean$")
