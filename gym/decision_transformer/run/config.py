@@ -240,6 +240,13 @@ class RunConfig:
         group=SCALE_OUT_GROUP,
         action="store_true",
     )
+    ddp_bf16_grads: bool = flag(
+        False,
+        "DDP: all-reduce gradients in bf16 (half the traffic; each gradient rounded to 8 "
+        "mantissa bits before averaging)",
+        group=SCALE_OUT_GROUP,
+        action="store_true",
+    )
     consolidate_checkpoint: bool = flag(
         True,
         "FSDP: also gather a single-file checkpoint.pt with full weights for evaluate.py "
@@ -445,6 +452,11 @@ def check_scale_out(cfg: RunConfig) -> None:
         raise ConfigError(f"--grad_accum_steps must be positive, got {cfg.grad_accum_steps}")
     if cfg.dist_timeout <= 0:
         raise ConfigError(f"--dist_timeout must be positive minutes, got {cfg.dist_timeout}")
+    if cfg.ddp_bf16_grads and cfg.fsdp:
+        raise ConfigError(
+            "--ddp_bf16_grads compresses DDP's all-reduce; FSDP reduce-scatters in fp32: drop "
+            "one of --ddp_bf16_grads and --fsdp"
+        )
     if cfg.activation_checkpointing and cfg.model_type != "dt":
         raise ConfigError(
             "--activation_checkpointing recomputes transformer blocks; BC (--model_type bc) has "
