@@ -13,7 +13,8 @@ Presets (backbone parameters, counted):
               to a multiple of 256): 1,925,292,032 parameters. It is often called "0.6B"; it is not.
 
 ``--dry_run`` prints the resolved config and, as its last line, a JSON object with the parameter
-counts and the estimated training memory, then exits without loading data or training.
+counts and the estimated training and evaluation memory, then exits without loading data or
+training.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ import sys
 import torch
 from decision_transformer.envs import make_env
 from decision_transformer.models.factory import build_model, count_params
-from decision_transformer.models.memory import estimate_training_memory
+from decision_transformer.models.memory import (
+    estimate_evaluation_memory,
+    estimate_training_memory,
+)
 from decision_transformer.run.config import ConfigError, RunConfig, build_parser, resolve
 from decision_transformer.run.errors import run_cli
 from decision_transformer.run.experiment import run
@@ -129,6 +133,15 @@ def dry_run(cfg: RunConfig, nproc: int | None) -> None:
         fsdp=cfg.fsdp,
         activation_checkpointing=cfg.activation_checkpointing,
     )
+    evaluation = estimate_evaluation_memory(
+        model.transformer.config,
+        cfg.eval_envs,  # rows each rank steps at once
+        cfg.K,
+        dtype,
+        n_extra_params=total - backbone,
+        world_size=world,
+        fsdp=cfg.fsdp,
+    )
     for k, v in preset_fields(cfg).items():
         print(f"{k}: {v}")
     print(f"backbone parameters: {backbone:,}; total: {total:,}")
@@ -140,6 +153,10 @@ def dry_run(cfg: RunConfig, nproc: int | None) -> None:
         f"{extras}; global batch {cfg.batch_size * world * cfg.grad_accum_steps})"
     )
     print(
+        f"estimated evaluation peak per GPU: {evaluation['total'] / 2**30:.2f} GiB "
+        f"({cfg.eval_envs} episodes at once per process, the training state still resident)"
+    )
+    print(
         json.dumps(
             {
                 "preset": cfg.extra["preset"],
@@ -147,6 +164,7 @@ def dry_run(cfg: RunConfig, nproc: int | None) -> None:
                 "total_params": total,
                 "world_size": world,
                 "memory_bytes": memory,
+                "evaluation_memory_bytes": evaluation,
             }
         )
     )

@@ -418,6 +418,27 @@ def test_init_backbone_reads_no_weights_on_the_meta_device(tmp_path):
         load_backbone_from_pretrained(meta, tmp_path)
 
 
+def test_evaluation_memory_estimate():
+    """FSDP's evaluation holds the shards, two gathered blocks and the root, not the model."""
+    from decision_transformer.models.memory import (
+        estimate_evaluation_memory,
+        estimate_training_memory,
+    )
+    from decision_transformer.models.qwen3_transformer import Qwen3Config
+
+    cfg = Qwen3Config(embed_dim=256, n_layer=8, n_head=4, n_kv_head=2, dropout=0.0)
+    bf16 = torch.bfloat16
+    ddp = estimate_evaluation_memory(cfg, 16, 20, bf16, n_extra_params=10_000, world_size=8)
+    fsdp = estimate_evaluation_memory(cfg, 16, 20, bf16, 10_000, world_size=8, fsdp=True)
+    train = estimate_training_memory(cfg, 16, 60, bf16, 10_000, world_size=8, fsdp=True)
+    for m in (ddp, fsdp):
+        assert m["total"] == sum(v for k, v in m.items() if k != "total")
+    assert fsdp["weights"] == train["weights"] and fsdp["gathered"] == train["gathered"]
+    full_weights = 4 * (ddp["weights"] // 4)
+    assert fsdp["gathered"] < full_weights / 3  # two of eight blocks in bf16, the root in fp32
+    assert fsdp["total"] < ddp["total"] / 4 and ddp["rollout"] == fsdp["rollout"] > 0
+
+
 def test_meshes_follow_the_nodes(job):
     world, per_node, reports = job
     for r in reports:
