@@ -209,8 +209,11 @@ class RunConfig:
     compile: bool = flag(
         False,
         "torch.compile each transformer block on its own (regional compilation: one "
-        "block's compile serves them all, so start-up stays short); BC compiles its whole MLP",
-        action="store_true",
+        "block's compile serves them all, so start-up stays short); BC compiles its whole MLP. "
+        "Bare --compile or --compile true; --compile false runs eager",
+        type=str2bool,
+        nargs="?",
+        const=True,
     )
     # --- precision, memory and several processes (see run/distributed.py) ---
     dtype: str = flag(  # resolved: auto becomes bf16 on CUDA, fp32 on CPU
