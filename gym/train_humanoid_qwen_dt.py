@@ -12,12 +12,20 @@ Presets (backbone parameters, counted):
   2048x24     hidden 2048, 24 layers, 16 query / 8 KV heads, SwiGLU 11008 (mlp_ratio 5.4 rounded
               to a multiple of 256): 1,925,292,032 parameters. It is often called "0.6B"; it is not.
 
+On CUDA the blocks are compiled by default (``--compile``, regional: one compile serves every
+layer): an eager step of these models launches about twice the kernels of a compiled one, and at
+the qwen3-0.6b size a step's matmuls are short enough on an H100 for launches to matter (counts
+in benchmarks/README.md, bench_gpu.py). ``--compile false`` trains eagerly. On the CPU it stays
+off (its compile needs a C compiler and takes minutes).
+
 ``--dry_run`` prints the resolved config and, as its last line, a JSON object with the parameter
-counts and the estimated training memory, then exits without loading data or training.
+counts and the estimated training and evaluation memory, then exits without loading data or
+training.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -25,7 +33,10 @@ import sys
 import torch
 from decision_transformer.envs import make_env
 from decision_transformer.models.factory import build_model, count_params
-from decision_transformer.models.memory import estimate_training_memory
+from decision_transformer.models.memory import (
+    estimate_evaluation_memory,
+    estimate_training_memory,
+)
 from decision_transformer.run.config import ConfigError, RunConfig, build_parser, resolve
 from decision_transformer.run.errors import run_cli
 from decision_transformer.run.experiment import run
@@ -64,6 +75,14 @@ HUMANOID = dict(
 )
 
 
+def compile_by_default() -> bool:
+    """Compile on CUDA devices inductor generates kernels for (Triton, compute capability 7.0
+    or later); elsewhere eager, as before."""
+    if not torch.cuda.is_available() or importlib.util.find_spec("triton") is None:
+        return False
+    return torch.cuda.get_device_capability() >= (7, 0)
+
+
 def parse(argv: list[str] | None):
     parser = build_parser(qwen=True)
     parser.description = __doc__.split("\n\n")[0]
@@ -87,7 +106,10 @@ def parse(argv: list[str] | None):
     preset = parser.parse_known_args(argv)[0].preset
     # bf16 autocast pays on GPUs (and on CPUs with bf16 units; pass --dtype bf16 there).
     parser.set_defaults(
-        **HUMANOID, **PRESETS[preset], dtype="bf16" if torch.cuda.is_available() else "fp32"
+        **HUMANOID,
+        **PRESETS[preset],
+        dtype="bf16" if torch.cuda.is_available() else "fp32",
+        compile=compile_by_default(),
     )
     return parser.parse_args(argv)
 
@@ -99,7 +121,7 @@ def preset_fields(cfg: RunConfig) -> dict:
     flat = cfg.to_dict()
     keys = ["preset", "env", "dataset", "embed_dim", "n_layer", "n_head", "n_kv_head"]
     keys += ["head_dim", "intermediate_size" if flat["intermediate_size"] else "mlp_ratio"]
-    keys += ["rope_theta", "no_qk_norm", "dropout", "dtype", "K", "batch_size"]
+    keys += ["rope_theta", "no_qk_norm", "dropout", "dtype", "compile", "K", "batch_size"]
     keys += ["learning_rate", "weight_decay", "warmup_steps", "lr_decay", "max_iters"]
     keys += ["num_steps_per_iter", "num_eval_episodes", "device", "out_dir"]
     fields = {k: flat[k] for k in keys}
@@ -129,6 +151,15 @@ def dry_run(cfg: RunConfig, nproc: int | None) -> None:
         fsdp=cfg.fsdp,
         activation_checkpointing=cfg.activation_checkpointing,
     )
+    evaluation = estimate_evaluation_memory(
+        model.transformer.config,
+        cfg.eval_envs,  # rows each rank steps at once
+        cfg.K,
+        dtype,
+        n_extra_params=total - backbone,
+        world_size=world,
+        fsdp=cfg.fsdp,
+    )
     for k, v in preset_fields(cfg).items():
         print(f"{k}: {v}")
     print(f"backbone parameters: {backbone:,}; total: {total:,}")
@@ -140,6 +171,10 @@ def dry_run(cfg: RunConfig, nproc: int | None) -> None:
         f"{extras}; global batch {cfg.batch_size * world * cfg.grad_accum_steps})"
     )
     print(
+        f"estimated evaluation peak per GPU: {evaluation['total'] / 2**30:.2f} GiB "
+        f"({cfg.eval_envs} episodes at once per process, the training state still resident)"
+    )
+    print(
         json.dumps(
             {
                 "preset": cfg.extra["preset"],
@@ -147,6 +182,7 @@ def dry_run(cfg: RunConfig, nproc: int | None) -> None:
                 "total_params": total,
                 "world_size": world,
                 "memory_bytes": memory,
+                "evaluation_memory_bytes": evaluation,
             }
         )
     )

@@ -73,3 +73,58 @@ def test_grouped_path_outputs_and_gradients_equal_sdpa():
     for n in p1:
         torch.testing.assert_close(p2[n], p1[n], rtol=1e-4, atol=1e-5)
     assert F.scaled_dot_product_attention is torch.nn.functional.scaled_dot_product_attention
+
+
+# --- the GPT-2 backbone -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_gpt2_runs_is_causal_without_padding(monkeypatch, padded):
+    """A batch without padding (the sampler says so; the model gets None) reaches SDPA with no
+    mask and ``is_causal``, the form CUDA's flash kernel takes; a padded batch keeps its mask.
+    Both give what the explicit causal mask gave."""
+    from decision_transformer.models import trajectory_gpt2 as gpt
+
+    torch.manual_seed(0)
+    model = gpt.TrajectoryGPT2(gpt.GPT2Config(n_embd=32, n_layer=2, n_head=4)).eval()
+    x = torch.randn(3, 12, 32)
+    mask = torch.ones(3, 12, dtype=torch.long)
+    if padded:
+        mask[1, :5] = 0
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **kw):
+        calls.append((attn_mask is None, is_causal))
+        return real(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, **kw)
+
+    monkeypatch.setattr(gpt.F, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        out = model(x, mask if padded else None)
+    assert calls == [(not padded, not padded)] * 2
+    # The explicit boolean mask of before: causal, padded keys hidden, each query sees itself.
+    causal = torch.ones(12, 12, dtype=torch.bool).tril()
+    explicit = (causal & mask.bool()[:, None, None, :]) | torch.eye(12, dtype=torch.bool)
+    monkeypatch.setattr(gpt, "causal_padding_mask", lambda *a: explicit)
+    with torch.no_grad():
+        want = model(x, mask)
+    real_rows = mask.bool()
+    torch.testing.assert_close(out[real_rows], want[real_rows], rtol=1e-6, atol=1e-6)
+
+
+def test_gpt2_window_band_keeps_its_mask(monkeypatch):
+    """Segments longer than the window need the banded mask, padding or not."""
+    from decision_transformer.models import trajectory_gpt2 as gpt
+
+    model = gpt.TrajectoryGPT2(gpt.GPT2Config(n_embd=32, n_layer=1, n_head=4, window=2)).eval()
+    calls = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        calls.append(attn_mask is None or bool(kw.get("is_causal")))
+        return real(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(gpt.F, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        model(torch.randn(2, 12, 32), None)  # 4 timesteps under a 2-step window
+    assert calls == [False]

@@ -87,6 +87,7 @@ def test_evaluate_reproduces_the_runs_last_evaluation(run, request):
     cfg = json.loads((run_dir / "config.json").read_text())
     assert report["num_eval_episodes"] == cfg["num_eval_episodes"]
     assert report["eval_envs"] == cfg["eval_envs"] and report["seed"] == cfg["seed"]
+    assert report["dtype"] == cfg["dtype"] == "fp32" and report["tf32"] is False  # a CPU run
     table = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + len(report["targets"])  # header + one row per target
     for t in report["targets"]:
@@ -99,6 +100,24 @@ def test_evaluate_reproduces_the_runs_last_evaluation(run, request):
         # 'max' was resolved from the dataset during training; the checkpoint kept it.
         [target] = report["targets"]
         assert target["target"] > 100 and f"target_{target['target']:g}_return_mean" in expected
+
+
+@pytest.mark.parametrize(
+    "run_device,device,tf32",
+    [("cuda:0", "cuda", True), ("cuda:3", "cuda:0", True), ("cpu", "cuda", False)]
+    + [("cuda:0", "cpu", False), ("cpu", "cpu", False)],
+)
+def test_evaluate_uses_the_runs_tf32(monkeypatch, run_device, device, tf32):
+    """A run trained on CUDA ran its fp32 matmuls (training and its own evaluation) in TF32;
+    evaluate.py on CUDA does too, and leaves IEEE fp32 alone otherwise. (CPU only here: the
+    switches are torch's global flags, which a CPU build sets and reads all the same.)"""
+    from decision_transformer.run.evaluate_checkpoint import match_run_numerics
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    assert match_run_numerics(run_device, device) is tf32
+    assert torch.backends.cuda.matmul.allow_tf32 is tf32
+    assert torch.backends.cudnn.allow_tf32 is tf32
 
 
 def test_batched_evaluation_agrees_with_the_sequential_run(dt_run, tmp_path):

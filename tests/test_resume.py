@@ -95,3 +95,46 @@ def test_kill_9_then_resume_equals_uninterrupted(
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
     assert not list(out.glob("*.tmp"))
+
+
+# --- resuming on a host with fewer GPUs than the one that saved the checkpoint ---------------
+
+
+def test_cuda_rng_states_of_8_gpus_restore_on_a_host_with_2(tmp_path, monkeypatch):
+    """A checkpoint from an 8-GPU node (rank 0 saved one CUDA generator state per visible GPU)
+    resumed on a host with 2: the 2 that exist are restored, the rest dropped, no IndexError.
+    CUDA is faked: 2 devices, and a per-device restore that fails as ``default_generators[i]``
+    does for a device that is not there."""
+    import numpy as np
+    from decision_transformer.run.checkpoint import (
+        load_checkpoint,
+        restorable_cuda_states,
+        rng_state,
+        save_checkpoint,
+        set_rng_state,
+    )
+
+    rng = np.random.default_rng(3)
+    state = rng_state(rng)
+    state["cuda"] = [torch.full((16,), i, dtype=torch.uint8) for i in range(8)]
+    save_checkpoint(tmp_path / "checkpoint.pt", {"rng": state})
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")["rng"]
+
+    restored = {}
+
+    def set_one(new_state, device="cuda"):
+        index = device if isinstance(device, int) else torch.device(device).index
+        if index >= 2:
+            raise IndexError("list index out of range")  # torch.cuda.default_generators[index]
+        restored[index] = int(new_state[0])
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_one)
+    monkeypatch.setattr(torch.cuda.random, "set_rng_state", set_one)  # set_rng_state_all's
+    set_rng_state(saved, np.random.default_rng(0))
+    assert restored == {0: 0, 1: 1}
+    # The pure part: as many as the host has, in device order; all of them on a bigger host.
+    assert [int(s[0]) for s in restorable_cuda_states(saved["cuda"], 3)] == [0, 1, 2]
+    assert len(restorable_cuda_states(saved["cuda"], 16)) == 8
+    assert restorable_cuda_states(saved["cuda"], 0) == []

@@ -11,6 +11,7 @@ import torch
 from cli import TINY, run_script
 from decision_transformer.run import experiment
 from decision_transformer.run.config import build_parser, resolve
+from decision_transformer.training import trainer as trainer_module
 from decision_transformer.training.trainer import NonFiniteError, Trainer
 from rollouts import write_dataset
 
@@ -63,17 +64,64 @@ def test_nonfinite_step_is_not_applied(where):
 
 
 def test_saturating_step_is_caught_although_the_loss_stays_finite():
-    trainer = tiny_trainer(progress=False)
+    # Checking every step: the blow-up is seen at the very next step, before its loss is.
+    trainer = tiny_trainer(progress=False, weight_check_interval=1)
     trainer.train_iteration(2, iter_num=1)
     trainer.optimizer.param_groups[0]["lr"] = 1e30
     with pytest.raises(NonFiniteError, match="step 3 blew up the weights: their norm is inf"):
         trainer.train_iteration(2, iter_num=2)
     # A jump short of overflow is caught too: 1e3 on weights of norm ~1 is far past 4x.
-    trainer = tiny_trainer(progress=False)
+    trainer = tiny_trainer(progress=False, weight_check_interval=1)
     trainer.train_iteration(2, iter_num=1)
     trainer.optimizer.param_groups[0]["lr"] = 1e3
     with pytest.raises(NonFiniteError, match="blew up the weights"):
         trainer.train_iteration(2, iter_num=2)
+
+
+def saturating_trainer(**kw) -> TinyTrainer:
+    """A linear layer under tanh: weights of 1e30 saturate it, and the loss stays finite."""
+    trainer = tiny_trainer(**kw)
+    torch.manual_seed(0)
+    trainer.model = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.Tanh())
+    trainer.optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=1e-2)
+    return trainer
+
+
+def test_weights_are_read_every_interval_and_after_each_iteration(monkeypatch):
+    """The weight norm reads every parameter, so it runs at the first step, then every
+    ``weight_check_interval`` steps, and after each iteration's last step: 4 reads in an
+    iteration of 25 steps at interval 10, not 26."""
+    from decision_transformer.training import trainer as trainer_module
+
+    reads = []
+    real = trainer_module.weight_norm
+    monkeypatch.setattr(trainer_module, "weight_norm", lambda p: reads.append(1) or real(p))
+    trainer = tiny_trainer(progress=False, weight_check_interval=10)
+    trainer.train_iteration(25, iter_num=1)
+    assert len(reads) == 4  # steps 1, 11, 21 (the weights of steps 0, 10, 20), the end: 25
+    assert trainer.last_checked_step == 25
+    trainer.train_iteration(25, iter_num=2)
+    assert len(reads) == 4 + 3  # steps 36, 46 (weights of 35, 45), the end: 50
+
+
+@pytest.mark.parametrize("bad_step", [3, 6])
+def test_blow_up_between_checks_is_caught_before_the_iteration_ends(bad_step):
+    """A step between two checks that saturates the weights (the loss stays finite, so only
+    the weight check can see it) is caught at the latest by the check after the iteration's
+    last step, which comes before any checkpoint; the message names the steps it could be."""
+    trainer = saturating_trainer(progress=False, weight_check_interval=10)
+    trainer.train_iteration(2, iter_num=1)
+    real = trainer.optimize_step
+
+    def optimize_step(loss):
+        lr = 1e30 if trainer.global_step + 1 == bad_step else 1e-2
+        trainer.optimizer.param_groups[0]["lr"] = lr
+        return real(loss)
+
+    trainer.optimize_step = optimize_step
+    with pytest.raises(NonFiniteError, match="one of steps 3-6 blew up the weights") as err:
+        trainer.train_iteration(4, iter_num=2)
+    assert err.value.step == 6
 
 
 def test_progress_lines_when_no_bar(capsys):
@@ -99,9 +147,10 @@ def data_dir(tmp_path_factory):
     return d
 
 
-def run_in_process(data_dir, out, harm=None, harm_step=None) -> int:
+def run_in_process(data_dir, out, harm=None, harm_step=None, interval=None) -> int:
     """experiment.run on TINY flags, 3 iterations of 5 steps, keeping a copy of every
-    checkpoint written; ``harm`` poisons global step ``harm_step``."""
+    checkpoint written; ``harm`` poisons global step ``harm_step``; ``interval`` replaces the
+    trainer's WEIGHT_CHECK_INTERVAL."""
     argv = [
         "--env",
         "humanoid",
@@ -133,6 +182,8 @@ def run_in_process(data_dir, out, harm=None, harm_step=None) -> int:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(experiment, "save_checkpoint", save)
         mp.setattr(Trainer, "optimize_step", optimize)
+        if interval is not None:
+            mp.setattr(trainer_module, "WEIGHT_CHECK_INTERVAL", interval)
         return experiment.run(cfg)
 
 
@@ -143,26 +194,31 @@ def unharmed(data_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.parametrize("interval", [1, None])  # weights checked every step; the default
 @pytest.mark.parametrize(
     "harm,step,kept",
     [
         ("nan", 12, 2),  # second step of iteration 3
-        ("saturate", 12, 2),  # caught one step late, still inside iteration 3
+        ("saturate", 12, 2),  # caught inside iteration 3 (every step: at the next one)
         ("saturate", 10, 1),  # the last step of iteration 2: caught before its checkpoint
         ("nan", 3, 0),  # iteration 1: nothing to keep
     ],
 )
 def test_kept_checkpoint_equals_the_unharmed_runs(
-    data_dir, unharmed, tmp_path, capsys, harm, step, kept
+    data_dir, unharmed, tmp_path, capsys, harm, step, kept, interval
 ):
     out = tmp_path / "run"
-    assert run_in_process(data_dir, out, harm, step) == 1
+    assert run_in_process(data_dir, out, harm, step, interval) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"training diverged in iteration {kept + 1}" in err[0]
     if harm == "nan":
         assert f"step {step} not applied: loss nan" in err[0]
-    else:
+    elif interval == 1:
         assert f"step {step} blew up the weights" in err[0]
+    elif step == 10:  # only the check before iteration 2's checkpoint can see it
+        assert "one of steps 6-10 blew up the weights" in err[0]
+    else:  # the weights of 1e30 make step 13's loss NaN before any check comes
+        assert "step 13 not applied: loss nan" in err[0]
     if kept == 0:
         assert "no checkpoint was written" in err[0]
         assert not (out / "checkpoint.pt").exists()

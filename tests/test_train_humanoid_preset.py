@@ -56,6 +56,35 @@ def test_flags_override_the_preset_and_bf16_shrinks_activations():
     assert bf16["memory_bytes"]["activations"] < small["memory_bytes"]["activations"]
 
 
+def test_compiled_by_default_on_cuda_only(monkeypatch):
+    """The GPU preset compiles its blocks on CUDA devices inductor serves (fewer launches a
+    step); on the CPU, old GPUs or without Triton it stays eager; the flag decides either way."""
+    import importlib.util
+
+    import torch
+    import train_humanoid_qwen_dt as preset
+
+    out, _ = dry_run()
+    assert "compile: False" in out.splitlines()  # this machine: CPU only
+    assert "compile: True" in dry_run("--compile")[0].splitlines()
+    assert "compile: False" in dry_run("--compile", "false")[0].splitlines()
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: n == "triton" or real_find_spec(n)
+    )
+    assert preset.compile_by_default()
+    assert preset.parse([]).compile and not preset.parse(["--compile", "false"]).compile
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 1))
+    assert not preset.compile_by_default()  # Pascal: no Triton kernels
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "triton" else 1)
+    assert not preset.compile_by_default()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not preset.parse([]).compile
+
+
 def test_bad_head_counts_fail_fast():
     proc = run_script("train_humanoid_qwen_dt.py", "--dry_run", "--n_kv_head", "5")
     assert proc.returncode == 2 and "--n_kv_head 5" in proc.stderr

@@ -134,6 +134,7 @@ def evaluate_batched(
     on_chunk: Callable[[int], None] | None = None,
     use_cache: bool = True,
     env_kwargs: dict | None = None,
+    still_running: Callable[[bool], bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Play one episode per seed, ``num_envs`` at a time, with one model call per env step.
 
@@ -142,6 +143,12 @@ def evaluate_batched(
     each time ``n`` more episodes are done (for progress bars). Returns per-episode returns and
     lengths, in seed order. ``use_cache=False`` recomputes every step (a DT's own check and
     benchmark baseline); ``env_kwargs`` go to the env constructor.
+
+    ``still_running(running)`` is asked after every step whether to go on, told whether this
+    call still has an episode running: processes that share one sharded model pass one that
+    asks every process (any still running?), so that each makes the same number of model
+    calls, their finished rows stepping on as spare rows do. They must then also play the same
+    number of chunks, i.e. get the same number of seeds.
     """
     model.eval()
     returns, lengths = [], []
@@ -164,6 +171,7 @@ def evaluate_batched(
                 conditioned,
                 on_step if chunk == 0 else None,
                 use_cache,
+                still_running,
             )
             returns.append(r)
             lengths.append(n)
@@ -188,6 +196,7 @@ def _run_chunk(
     conditioned,
     on_step,
     use_cache=True,
+    still_running=None,
 ):
     n, real = envs.num_envs, len(seeds)
     # Spare envs of a partial chunk replay the last seed and are inactive from the start.
@@ -216,7 +225,8 @@ def _run_chunk(
         ep_len += active
         rollout.record(obs, reward)
         active &= ~(terminated | truncated)
-        if not active.any():
+        running = bool(active.any())
+        if not (running if still_running is None else still_running(running)):
             break
     return ep_return[:real], ep_len[:real]
 
@@ -241,13 +251,14 @@ def play_batched(
     num_envs: int,
     on_step: StepHook | None = None,
     on_chunk: Callable[[int], None] | None = None,
+    still_running: Callable[[bool], bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns and lengths of one episode per seed, ``num_envs`` at a time (evaluate_batched)."""
     e, spec = episodes, get_spec(episodes.env)
     return evaluate_batched(
         e.env, model, seeds, num_envs, spec.max_ep_len, spec.scale, e.state_mean, e.state_std,
         e.device, e.target / spec.scale, e.mode, e.conditioned, on_step=on_step,
-        on_chunk=on_chunk,
+        on_chunk=on_chunk, still_running=still_running,
     )  # fmt: skip
 
 

@@ -75,7 +75,8 @@ def load_backbone_from_pretrained(model: DecisionTransformerQwen3, directory: st
     ``directory`` holds ``config.json`` and ``model.safetensors``, sharded ``*.safetensors`` with
     their index json, or ``pytorch_model.bin`` (read with ``weights_only=True``). The ``model.``
     prefix of a causal-LM checkpoint is stripped and ``embed_tokens``/``lm_head`` are dropped: the
-    DT embeds its own tokens. Raises ValueError naming every config field that doesn't match the
+    DT embeds its own tokens. A model on the meta device gets the checks but no tensors read.
+    Raises ValueError naming every config field that doesn't match the
     model, and FileNotFoundError when no config or weights are found.
     """
     directory = Path(directory)
@@ -113,6 +114,8 @@ def load_backbone_from_pretrained(model: DecisionTransformerQwen3, directory: st
                 f"{directory}: the checkpoint's {name} is {theirs}, this model's {ours}",
                 stacklevel=2,
             )
+    if any(p.is_meta for p in backbone.parameters()):
+        return  # a rank that receives its weights from rank 0 reads none of the file
 
     state = {
         name.removeprefix("model."): tensor

@@ -14,13 +14,19 @@ Several processes (``world_size``): DDP keeps everything above on every GPU (``b
 the per-GPU micro-batch; gradient accumulation only repeats it). FSDP divides weights, gradients
 and AdamW states by ``world_size`` and adds ``gathered``: the full parameters of the two blocks
 alive at once (the one computing and the one prefetched), in the compute dtype, plus the root's
-unsharded embeddings and heads. Activation checkpointing keeps only each block's input (fp32)
+unsharded embeddings, heads and final norm, which stay fp32. Gradient accumulation adds nothing
+under either: DDP accumulates into its full-size gradients, FSDP reduce-scatters every
+micro-step into the gradient shards. Activation checkpointing keeps only each block's input (fp32)
 and recomputes one block at a time in backward, so activations become ``L`` block inputs plus
 one block's worth.
 
 Left out, so ``total`` is a floor of the peak rather than the peak: the caller's own activations
 (the DT's embeddings and heads, a few ``N * D``), and gradients of activations alive at once in
 backward (about one layer's worth, freed as it goes).
+
+:func:`estimate_evaluation_memory` counts the evaluation after each iteration, which runs with
+the training state still resident (weights, gradients, AdamW) on the same model: under FSDP the
+sharded model itself, each block gathered for its forward only.
 """
 
 from __future__ import annotations
@@ -91,8 +97,7 @@ def estimate_training_memory(
     gathered = 0
     shards = world_size if fsdp else 1
     if fsdp and world_size > 1:
-        block = (backbone.num_params() - D) // L
-        gathered = a * (2 * block + n_extra_params + D)
+        gathered = _gathered(backbone, n_extra_params, a)
     elif a != f32:
         activations += a * n_linear  # autocast's cached low-precision weights
 
@@ -106,3 +111,52 @@ def estimate_training_memory(
         "gathered": gathered,
         "total": weights + grads + adamw + activations + gathered,
     }
+
+
+def _gathered(backbone: Qwen3Transformer, n_extra_params: int, a: int) -> int:
+    """FSDP's unsharded parameters at a time: two blocks in the compute dtype (``a`` bytes),
+    the root (embeddings, heads, final norm) in fp32."""
+    D, L = backbone.config.embed_dim, backbone.config.n_layer
+    block = (backbone.num_params() - D) // L
+    return a * 2 * block + 4 * (n_extra_params + D)
+
+
+def estimate_evaluation_memory(
+    config: Qwen3Config,
+    rows: int,
+    K: int,
+    dtype: torch.dtype = torch.float32,
+    n_extra_params: int = 0,
+    world_size: int = 1,
+    fsdp: bool = False,
+) -> dict[str, int]:
+    """Bytes per GPU at the evaluation after an iteration: the resident training state
+    (``weights``, ``grads``, ``adamw``, sharded under FSDP), ``gathered`` weights (FSDP: two
+    blocks and the root; otherwise, under bf16, autocast's cached bf16 copies of the linear
+    weights), and the ``rollout``: the key/value cache of ``rows`` episodes (``--eval_envs``
+    per rank) with a ``K``-step window, plus one layer's working set of the full-window
+    recompute over ``3 K`` tokens (no_grad: layers free theirs as they go). ``total`` sums them.
+    """
+    with torch.device("meta"):
+        backbone = Qwen3Transformer(config)
+    n_params = backbone.num_params() + n_extra_params
+    n_linear = sum(m.weight.numel() for m in backbone.modules() if isinstance(m, torch.nn.Linear))
+    c = config
+    a = 4 if dtype == torch.float32 else 2
+    shards = world_size if fsdp else 1
+    weights = grads = -(-4 * n_params // shards)
+    if fsdp and world_size > 1:
+        gathered = _gathered(backbone, n_extra_params, a)
+    else:
+        gathered = a * n_linear if a != 4 else 0
+    T, Dkv = 3 * K, c.n_kv_head * c.head_dim
+    cache = c.n_layer * 2 * a * rows * Dkv * (T + 2)
+    layer = a * rows * T * (3 * c.embed_dim + 2 * c.intermediate_size) + 4 * rows * c.n_head * T * T
+    out = {
+        "weights": weights,
+        "grads": grads,
+        "adamw": 2 * weights,
+        "gathered": gathered,
+        "rollout": cache + layer,
+    }
+    return {**out, "total": sum(out.values())}

@@ -131,13 +131,14 @@ def rms_norm(
 ) -> torch.Tensor:
     """RMSNorm of ``x [..., D]`` in at least fp32, returned in ``out_dtype``.
 
-    ``fused``: on CUDA, ``F.rms_norm`` is one kernel forward and one backward when input and
-    weight share a dtype (the fp32 residual stream; bf16 q/k under autocast would need a cast to
-    fp32 first, and keeping that copy for backward costs more memory than the kernels save). On
-    CPU it is a composite of ~7 ops forward and ~19 backward, more than the hand-written one.
+    ``fused``: on CUDA, ``F.rms_norm`` is one kernel forward and one backward when the input is
+    the fp32 residual stream (a bf16 weight, as FSDP gathers it, is upcast: ``dim`` elements);
+    bf16 q/k under autocast would need a cast to fp32 first, and keeping that copy for backward
+    costs more memory than the kernels save. On CPU it is a composite of ~7 ops forward and
+    ~19 backward, more than the hand-written one.
     """
-    if fused and x.dtype == weight.dtype and x.dtype == _accumulation_dtype(x.dtype):
-        return F.rms_norm(x, (x.shape[-1],), weight, eps).to(out_dtype)
+    if fused and x.dtype == _accumulation_dtype(x.dtype):
+        return F.rms_norm(x, (x.shape[-1],), weight.to(x.dtype), eps).to(out_dtype)
     return RMSNormFunction.apply(x, weight, eps, out_dtype)
 
 

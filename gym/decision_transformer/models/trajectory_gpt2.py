@@ -89,8 +89,15 @@ class Attention(nn.Module):
         if cache is not None:
             y = cache.attend(self.layer_id, q[:, :, -1:] if last_only else q, k, v)
         else:
+            # No mask (a batch without padding): is_causal, which lets CUDA pick the flash
+            # kernel; an explicit mask of any kind rules it out.
             y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=self.attn_pdrop if self.training else 0.0
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=self.attn_pdrop if self.training else 0.0,
+                is_causal=mask is None,
             )
         y = y.transpose(1, 2).reshape(B, -1, D)
         return self.resid_dropout(self.c_proj(y))
@@ -129,15 +136,17 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-def causal_padding_mask(attention_mask: torch.Tensor | None, T: int, device) -> torch.Tensor:
-    """Boolean ``[B or 1, 1, T, T]`` mask: causal, and padded keys hidden.
+def causal_padding_mask(attention_mask: torch.Tensor | None, T: int, device) -> torch.Tensor | None:
+    """Boolean ``[B, 1, T, T]`` mask: causal, and padded keys hidden; None when plain causal
+    attention suffices (a batch without padding: the sampler knows it in numpy and the model
+    passes None), so that attention runs ``is_causal`` instead of reading a mask.
 
     A query that sees no real key (a padding position at the left edge) would get NaN from a softmax
     over nothing; letting it see itself keeps its (ignored) output finite, as transformers does.
     """
-    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
     if attention_mask is None:
-        return causal[None, None]
+        return None
+    causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
     keys = attention_mask.bool()[:, None, None, :]  # [B, 1, 1, T]
     eye = torch.eye(T, dtype=torch.bool, device=device)
     return (causal & keys) | eye

@@ -77,4 +77,17 @@ def set_rng_state(state: dict, np_rng: np.random.Generator) -> None:
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for device, cuda_state in enumerate(restorable_cuda_states(state["cuda"])):
+            torch.cuda.set_rng_state(cuda_state, device)
+
+
+def restorable_cuda_states(saved: list[torch.Tensor], visible: int | None = None) -> list:
+    """The saved per-GPU CUDA generator states this host can take: one per visible GPU, at most.
+
+    A checkpoint holds one state per GPU its rank 0 saw (8 on an 8-GPU node); resuming on a host
+    with fewer (the one-process resume) restores the first ``visible`` and drops the rest, which
+    no device here would use. The run loses nothing by it: every iteration reseeds every device
+    from ``(seed, rank, iteration)`` (experiment.seed_iteration) before it draws anything."""
+    if visible is None:
+        visible = torch.cuda.device_count()
+    return list(saved)[:visible]

@@ -209,8 +209,11 @@ class RunConfig:
     compile: bool = flag(
         False,
         "torch.compile each transformer block on its own (regional compilation: one "
-        "block's compile serves them all, so start-up stays short); BC compiles its whole MLP",
-        action="store_true",
+        "block's compile serves them all, so start-up stays short); BC compiles its whole MLP. "
+        "Bare --compile or --compile true; --compile false runs eager",
+        type=str2bool,
+        nargs="?",
+        const=True,
     )
     # --- precision, memory and several processes (see run/distributed.py) ---
     dtype: str = flag(  # resolved: auto becomes bf16 on CUDA, fp32 on CPU
@@ -237,6 +240,13 @@ class RunConfig:
     fsdp: bool = flag(
         False,
         "under torchrun, shard weights, gradients and AdamW states (FSDP2) instead of DDP",
+        group=SCALE_OUT_GROUP,
+        action="store_true",
+    )
+    ddp_bf16_grads: bool = flag(
+        False,
+        "DDP: all-reduce gradients in bf16 (half the traffic; each gradient rounded to 8 "
+        "mantissa bits before averaging)",
         group=SCALE_OUT_GROUP,
         action="store_true",
     )
@@ -445,6 +455,11 @@ def check_scale_out(cfg: RunConfig) -> None:
         raise ConfigError(f"--grad_accum_steps must be positive, got {cfg.grad_accum_steps}")
     if cfg.dist_timeout <= 0:
         raise ConfigError(f"--dist_timeout must be positive minutes, got {cfg.dist_timeout}")
+    if cfg.ddp_bf16_grads and cfg.fsdp:
+        raise ConfigError(
+            "--ddp_bf16_grads compresses DDP's all-reduce; FSDP reduce-scatters in fp32: drop "
+            "one of --ddp_bf16_grads and --fsdp"
+        )
     if cfg.activation_checkpointing and cfg.model_type != "dt":
         raise ConfigError(
             "--activation_checkpointing recomputes transformer blocks; BC (--model_type bc) has "

@@ -14,6 +14,7 @@ it).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import inspect
 import os
@@ -43,6 +44,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # processes on this node (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def is_main(self) -> bool:
@@ -56,7 +58,12 @@ class DistContext:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size == 1:
             return cls()
-        ctx = cls(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+        ctx = cls(
+            int(os.environ["RANK"]),
+            world_size,
+            int(os.environ.get("LOCAL_RANK", "0")),
+            int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size))),
+        )
         cuda = device.startswith("cuda")
         if cuda:
             torch.cuda.set_device(ctx.local_rank)
@@ -74,37 +81,88 @@ class DistContext:
         return device
 
     def wrap(
-        self, model: torch.nn.Module, fsdp: bool = False, bf16: bool = False, device: str = "cpu"
+        self,
+        model: torch.nn.Module,
+        fsdp: bool = False,
+        bf16: bool = False,
+        device: str = "cpu",
+        bf16_grads: bool = False,
     ):
         """DDP (or FSDP2 with ``fsdp``, which moves the model to ``device`` block by block)
-        around ``model``; the model itself in a world of one."""
+        around ``model``; the model itself in a world of one. DDP starts every rank from rank
+        0's weights and buffers (the other ranks may hold uninitialised storage: see
+        experiment.build_policy); ``bf16_grads`` all-reduces its gradients in bf16."""
         if self.world_size == 1:
             return model
         if fsdp:
             from .fsdp import shard_model
 
-            return shard_model(model, bf16, torch.device(device).type)
+            return shard_model(model, bf16, torch.device(device).type, self.local_world_size)
         device = next(model.parameters()).device
         ddp = torch.nn.parallel.DistributedDataParallel
         # Buffers (action bounds, RoPE tables) are equal on every rank and never change: no
-        # broadcast before each forward. Newer torch renamed the flag (and deprecated the old).
+        # broadcast before each forward. Newer torch renamed the flag (and deprecated the old);
+        # the new one still broadcasts them once at construction, which ranks built on the meta
+        # device rely on (the old one skipped that, so it is given only when the new is absent).
         sync_flag = (
             "forward_sync_buffers"
             if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
             else "broadcast_buffers"
         )
-        return ddp(
+        wrapped = ddp(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
             gradient_as_bucket_view=True,
             **{sync_flag: False},
         )
+        if sync_flag == "broadcast_buffers":
+            for buffer in model.buffers():
+                dist.broadcast(buffer, 0)
+        if bf16_grads:
+            from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import (
+                bf16_compress_hook,
+            )
+
+            # Each gradient bucket is cast to bf16, all-reduced, divided by the world size and
+            # cast back: half the bytes on the wire, gradients rounded to 8 mantissa bits.
+            # (DDP refuses this hook by its name unless NCCL runs on CUDA; gloo reduces bf16
+            # too, so on CPU it is registered under another name.)
+            def bf16_grads_hook(state, bucket):
+                return bf16_compress_hook(state, bucket)
+
+            hook = bf16_compress_hook if device.type == "cuda" else bf16_grads_hook
+            wrapped.register_comm_hook(dist.group.WORLD, hook)
+        return wrapped
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum ``t`` over ranks in place (the trainer sums [loss, non-finite flag] in one call)."""
         if self.world_size > 1:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
+
+    def any_rank(self, flag: bool, device: str | torch.device) -> bool:
+        """Whether ``flag`` holds on any rank (collective: every rank calls it; ``device`` is
+        where this rank's backend reduces, its GPU under NCCL)."""
+        if self.world_size == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    @contextlib.contextmanager
+    def local_rank_first(self):
+        """The body runs on each node's local rank 0 first, then on the node's other ranks
+        (after a barrier): one process per node downloads or reads a dataset into the shared
+        store or page cache while the others wait. A failure on local rank 0 still releases
+        the others, which then meet the same error themselves instead of hanging."""
+        first = self.local_rank == 0
+        if not first:
+            self.barrier()
+        try:
+            yield
+        finally:
+            if first:
+                self.barrier()
 
     def all_reduce_min(self, t: torch.Tensor) -> torch.Tensor:
         """Minimum over ranks (e.g. of an ``ok`` flag as float: every rank decides alike)."""

@@ -3,8 +3,9 @@
 The model, env and state normalisation come from the checkpoint (its config, weights, state
 mean/std and resolved targets). Episodes are played by ``evaluate_returns`` and summarised by
 ``summarize_returns``, the functions training's own evaluation runs, with the same episode
-seeds: for the same checkpoint, seed, episode count and ``eval_envs`` the numbers are those of
-the run's last metrics.jsonl row.
+seeds and the run's numerics (dtype and autocast, compilation, TF32 on CUDA): on the CPU, for the
+same checkpoint, seed, episode count and ``eval_envs`` the numbers are those of the run's last
+metrics.jsonl row, bit for bit. On a GPU they can differ per episode (see match_run_numerics).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .errors import HelpFormatter, OneLineParser
 from .errors import report as report_error
 from .experiment import (
     compile_regions,
+    enable_tf32,
     episode_seeds,
     evaluate_returns,
     reference_scores_for,
@@ -169,6 +171,21 @@ def restore_model(ckpt: dict, cfg: RunConfig) -> torch.nn.Module:
     return model
 
 
+def match_run_numerics(run_device: str, device: str) -> bool:
+    """Evaluate fp32 matmuls as the run did: in TF32 on CUDA when the run trained (and evaluated)
+    on CUDA, where experiment.py turns TF32 on; IEEE fp32 otherwise. Returns whether TF32 is on.
+
+    This makes the arithmetic the same, not the results bit for bit: on GPUs, bf16 and TF32
+    kernels pick their algorithm (and so their rounding) by matrix shape, so a batch of 16
+    episodes and one of 2 (a rank's share under torchrun) can round differently, and over 1000
+    chaotic simulator steps that can change an episode's return. On the CPU the kernels of one
+    machine are deterministic for a given shape."""
+    tf32 = str(run_device).startswith("cuda") and torch.device(device).type == "cuda"
+    if tf32:
+        enable_tf32(device)
+    return tf32
+
+
 def autocast_for(cfg: RunConfig, device: str):
     """bf16 runs evaluate under autocast during training; do the same, or the numbers differ."""
     if cfg.dtype != "bf16":
@@ -196,8 +213,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     if args.video is not None:
         check_video_arg(args.video)
     ckpt_path, ckpt = load_run_checkpoint(args.checkpoint)
-    cfg = eval_config(ckpt, args)
+    cfg = eval_config(ckpt, args)  # checks the config; its device becomes this evaluation's
     targets = eval_targets(ckpt, cfg, args.target_return)
+    tf32 = match_run_numerics(ckpt["config"].get("device", "cpu"), cfg.device)
     model = restore_model(ckpt, cfg)
     seeds = episode_seeds(cfg.seed, cfg.num_eval_episodes)
     ref = reference_scores_for(cfg)
@@ -221,6 +239,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         "num_eval_episodes": cfg.num_eval_episodes,
         "eval_envs": cfg.eval_envs,
         "device": cfg.device,
+        "dtype": cfg.dtype,
+        "tf32": tf32,
         "episode_seeds": seeds,
         "reference_scores": list(ref) if ref is not None else None,
         "evaluation_seconds": time.perf_counter() - start,

@@ -78,6 +78,7 @@ RESUMABLE_CHANGES = {
     "dist_timeout",
     "consolidate_checkpoint",
     "activation_checkpointing",
+    "ddp_bf16_grads",
 }
 # What --resume needs from checkpoint.pt; anything lacking one is not this project's checkpoint.
 # ("model" may be absent from an FSDP run that skipped the consolidated copy.)
@@ -114,21 +115,34 @@ def make_eval_fn(
     ref_scores: tuple[float, float] | None = None,
     progress: bool = False,
     ctx: DistContext | None = None,
+    lockstep: bool = False,
 ) -> Callable[[torch.nn.Module], dict]:
     """The evaluation run after each training iteration; evaluate.py replays it on a checkpoint
     through the same functions, so both report the same numbers. Under torchrun every rank plays
-    its contiguous share of the seeds and the returns are gathered in seed order on all ranks."""
+    its contiguous share of the seeds and the returns are gathered in seed order on all ranks.
+
+    ``lockstep`` (a sharded model, whose every call is a collective): every rank plays as many
+    seeds (a short share is padded with replays whose results are dropped) and steps until no
+    rank has an episode running, so all make the same number of model calls."""
     ctx = ctx or DistContext()
     seeds = episode_seeds(cfg.seed, cfg.num_eval_episodes)
 
     def eval_fn(model) -> dict:
         model = unwrap(model)
         mine = ctx.share(seeds)
-        returns, lengths = (
-            evaluate_returns(cfg, model, state_mean, state_std, target, mine, progress=progress)
-            if mine
-            else (np.zeros(0), np.zeros(0))
-        )
+        still_running = None
+        played = mine
+        if lockstep:
+            longest = -(-len(seeds) // ctx.world_size)
+            played = mine + (mine or seeds)[-1:] * (longest - len(mine))
+            device = next(model.parameters()).device
+            still_running = partial(ctx.any_rank, device=device)
+        returns, lengths = np.zeros(0), np.zeros(0)
+        if played:
+            returns, lengths = evaluate_returns(
+                cfg, model, state_mean, state_std, target, played, progress, None, still_running
+            )
+        returns, lengths = returns[: len(mine)], lengths[: len(mine)]
         returns, lengths = ctx.gather_episodes(returns), ctx.gather_episodes(lengths)
         return summarize_returns(target, returns, lengths, ref_scores)
 
@@ -164,9 +178,12 @@ def evaluate_returns(
     seeds: list[int],
     progress: bool = False,
     on_step: StepHook | None = None,
+    still_running: Callable[[bool], bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns and lengths of one episode per seed, batched or one by one as ``eval_envs`` says.
-    ``on_step`` watches the episode of ``seeds[0]`` (see evaluate_episodes)."""
+    ``on_step`` watches the episode of ``seeds[0]`` (see evaluate_episodes). With
+    ``still_running`` (ranks in lockstep) episodes always go through the batched evaluator, one
+    env at a time when ``eval_envs`` is 1 (the same returns as one by one)."""
     episodes = EvalEpisodes(
         env=cfg.env,
         mode=cfg.mode,
@@ -184,8 +201,10 @@ def evaluate_returns(
         leave=False,
         disable=None if progress else True,
     )
-    if cfg.eval_envs > 1:
-        out = play_batched(episodes, model, seeds, cfg.eval_envs, on_step, bar.update)
+    if cfg.eval_envs > 1 or still_running is not None:
+        out = play_batched(
+            episodes, model, seeds, max(cfg.eval_envs, 1), on_step, bar.update, still_running
+        )
     else:
         out = play_one_by_one(episodes, model, seeds, on_step, bar.update)
     bar.close()
@@ -247,7 +266,7 @@ def main(argv: list[str] | None = None, backbone: str = "gpt2") -> int:
 def run(cfg: RunConfig) -> int:
     ctx = setup_distributed(cfg)
     fsdp = cfg.fsdp and ctx.world_size > 1
-    data = load_data(cfg)
+    data = load_data(cfg, ctx)
     ckpt = read_resume_checkpoint(cfg, data.ckpt_path)
     enable_tf32(cfg.device)
     if ctx.is_main:
@@ -318,8 +337,10 @@ def setup_distributed(cfg: RunConfig) -> DistContext:
     return ctx
 
 
-def load_data(cfg: RunConfig) -> RunData:
-    """Everything that can fail on bad input, done before any training."""
+def load_data(cfg: RunConfig, ctx: DistContext | None = None) -> RunData:
+    """Everything that can fail on bad input, done before any training. Under torchrun each
+    node's local rank 0 reads (for a minari id: downloads) the dataset first and its other
+    ranks after, from the store or page cache it filled."""
     spec = get_spec(cfg.env)
     out_dir = Path(cfg.out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
@@ -334,7 +355,8 @@ def load_data(cfg: RunConfig) -> RunData:
     state_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     low, high = env.action_space.low, env.action_space.high
     env.close()
-    dataset = load_dataset(cfg.data_dir, cfg.env, cfg.dataset, cfg.mode)
+    with (ctx or DistContext()).local_rank_first():
+        dataset = load_dataset(cfg.data_dir, cfg.env, cfg.dataset, cfg.mode)
     dataset.check_env_dims(state_dim, act_dim, cfg.env, f"dataset '{cfg.dataset}'")
     return RunData(spec, out_dir, ckpt_path, dataset, state_dim, act_dim, low, high)
 
@@ -384,6 +406,10 @@ def announce(
         f"(batch_size {cfg.batch_size} x {ctx.world_size} processes x "
         f"{cfg.grad_accum_steps} accumulation steps){', FSDP' if fsdp else ''}"
     )
+    if fsdp:
+        from .fsdp import describe_mesh
+
+        print(describe_mesh(ctx.world_size, ctx.local_world_size))
     saved = RunConfig.from_dict(ckpt["config"]) if ckpt is not None else None
     if saved is not None and saved.world_size != ctx.world_size:
         old = saved.global_batch_size or cfg.batch_size
@@ -398,10 +424,12 @@ def build_policy(
     cfg: RunConfig, ctx: DistContext, fsdp: bool, data: RunData, ckpt: dict | None
 ) -> torch.nn.Module:
     """The model with its starting weights (fresh, a Qwen3 backbone's, or the checkpoint's)."""
-    # Under FSDP only rank 0 holds real weights before sharding; the others build shapes on the
-    # meta device (no memory) and receive their shards from rank 0 (see fsdp.fill_from_rank0).
-    # Loading into meta parameters is a no-op, so every rank still checks the same inputs.
-    on_meta = fsdp and not ctx.is_main
+    # Only rank 0 holds real weights before DDP or FSDP starts; the others build shapes on the
+    # meta device (no memory) and receive rank 0's weights: FSDP their shards (see
+    # fsdp.fill_from_rank0), DDP the whole model (its construction broadcasts it). Loading into
+    # meta parameters reads no tensors, so every rank still checks the same inputs. Rank 0
+    # builds on CPU, then moves: the weights a seed gives do not depend on the device.
+    on_meta = ctx.world_size > 1 and not ctx.is_main
     with torch.device("meta") if on_meta else contextlib.nullcontext():
         model = data.build_model(cfg)
     init_backbone = cfg.qwen.init_backbone if cfg.qwen is not None else None
@@ -412,7 +440,7 @@ def build_policy(
             load_backbone_from_pretrained(model, init_backbone)
         except (ValueError, FileNotFoundError) as e:
             raise ConfigError(f"--init_backbone: {e}") from None
-    if ckpt is not None and "model" in ckpt:
+    if ckpt is not None and "model" in ckpt and not on_meta:
         try:
             model.load_state_dict(ckpt["model"])
         except (RuntimeError, TypeError) as e:
@@ -422,10 +450,12 @@ def build_policy(
             f"--resume: {data.ckpt_path} holds no consolidated weights (written with "
             "--consolidate_checkpoint false): resume it with --fsdp under torchrun"
         )
-    if not fsdp:
+    cfg.params, cfg.backbone_params = count_params(model)
+    if on_meta and not fsdp:
+        model = model.to_empty(device=cfg.device)  # storage for DDP's broadcast of rank 0's
+    elif not fsdp:
         model = model.to(cfg.device)
     # (FSDP moves each block to the GPU as it shards it: the whole model is never there.)
-    cfg.params, cfg.backbone_params = count_params(model)
     if ctx.is_main:
         print(
             f"model: {type(model).__name__}, {cfg.params:,} parameters "
@@ -445,7 +475,9 @@ def wrap_model(
         compile_regions(model)
     # After sharding: FSDP2 replaces the parameters the optimizer must hold.
     full_state = model.state_dict() if fsdp and ctx.is_main else {}
-    train_model = ctx.wrap(model, fsdp=fsdp, bf16=cfg.dtype == "bf16", device=cfg.device)
+    train_model = ctx.wrap(
+        model, fsdp, cfg.dtype == "bf16", cfg.device, bf16_grads=cfg.ddp_bf16_grads
+    )
     if fsdp:
         from .fsdp import fill_from_rank0
 
@@ -564,9 +596,11 @@ def make_evaluation(
         return []
     ref = reference_scores_for(cfg)
     mean, std = data.dataset.state_mean, data.dataset.state_std
-    fns = [make_eval_fn(cfg, mean, std, t, ref, progress=ctx.is_main, ctx=ctx) for t in targets]
-    view = eval_view(cfg, train_model, fsdp, partial(data.build_model, cfg))
-    return [partial(evaluate_all, fns, view)]
+    fns = [
+        make_eval_fn(cfg, mean, std, t, ref, progress=ctx.is_main, ctx=ctx, lockstep=fsdp)
+        for t in targets
+    ]
+    return [partial(evaluate_all, fns, fsdp)]
 
 
 def train_one_iteration(
@@ -657,30 +691,21 @@ def seed_iteration(seed: int, rank: int, iteration: int, np_rng: np.random.Gener
     np_rng.bit_generator.state = np.random.default_rng(state).bit_generator.state
 
 
-def evaluate_all(fns: list[Callable], view: Callable[[], torch.nn.Module], _model) -> dict:
-    """Every target's evaluation on one evaluable view of the model."""
-    model, out = view(), {}
-    for fn in fns:
-        out.update(fn(model))
+def evaluate_all(fns: list[Callable], fsdp: bool, model: torch.nn.Module) -> dict:
+    """Every target's evaluation on the training model itself. Under FSDP that is the sharded
+    model, each block gathered for its forward only (the ranks play in lockstep, see
+    make_eval_fn), instead of a full copy of the weights on every rank."""
+    out: dict = {}
+    with contextlib.nullcontext(model) if not fsdp else _fsdp_evaluating(model):
+        for fn in fns:
+            out.update(fn(model))
     return out
 
 
-def eval_view(cfg: RunConfig, train_model: torch.nn.Module, fsdp: bool, build: Callable):
-    """What evaluation plays: the model itself, or under FSDP a plain local copy of the gathered
-    weights (ranks play different numbers of steps, which sharded forwards can't)."""
-    if not fsdp:
-        return lambda: unwrap(train_model)
-    holder: list[torch.nn.Module] = []
+def _fsdp_evaluating(model: torch.nn.Module):
+    from .fsdp import evaluating
 
-    def view() -> torch.nn.Module:
-        from .fsdp import full_model_state
-
-        if not holder:
-            holder.append(build().to(cfg.device))
-        holder[0].load_state_dict(full_model_state(train_model))
-        return holder[0]
-
-    return view
+    return evaluating(model)
 
 
 def checkpoint_states(

@@ -1,7 +1,11 @@
 """FSDP2 (``--fsdp``): parameters, gradients and AdamW states sharded across ranks.
 
 Each transformer block is sharded on its own (its weights are gathered just for its forward and
-backward), then the root takes what is left (embeddings, heads, final norm). Checkpoints go through
+backward), then the root takes what is left (embeddings, heads, final norm). On several nodes the
+mesh is 2-D (HSDP): each node shards the model over its own GPUs and the nodes hold replicas, so
+the per-block all-gathers and reduce-scatters stay inside a node and only the all-reduce of the
+gradient shards crosses the network. Evaluation plays the sharded model itself (see
+:func:`shard_model`). Checkpoints go through
 ``torch.distributed.checkpoint``: every rank writes its shards into ``{out_dir}/dcp-NNNNNN`` and
 any world size can read them back; rank 0 also gathers a consolidated ``checkpoint.pt`` (full
 weights and optimizer) that evaluate.py and a one-process ``--resume`` read.
@@ -9,8 +13,10 @@ weights and optimizer) that evaluate.py and a one-process ``--resume`` read.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
+from types import MethodType
 
 import torch
 import torch.distributed as dist
@@ -25,27 +31,96 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import (
+    FSDPModule,
+    MixedPrecisionPolicy,
+    fully_shard,
+    register_fsdp_forward_method,
+)
 
 from ..models.factory import transformer_blocks
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def shard_model(model: torch.nn.Module, bf16: bool, device_type: str) -> torch.nn.Module:
-    """Shard ``model`` in place, per block then the root, over every rank's ``device_type``
-    (each block moves there as it is sharded). Under bf16 the blocks compute in bf16 and
-    gradients are reduced in fp32 (the sharded master weights and AdamW stay fp32)."""
-    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
-    mp = (
-        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        if bf16
-        else MixedPrecisionPolicy()
+def mesh_shape(world_size: int, local_world_size: int) -> tuple[int, ...]:
+    """``(world_size,)``: one flat FSDP mesh; ``(nodes, gpus_per_node)``: HSDP, when torchrun
+    runs several nodes of the same size with more than one GPU each."""
+    if 1 < local_world_size < world_size and world_size % local_world_size == 0:
+        return (world_size // local_world_size, local_world_size)
+    return (world_size,)
+
+
+def describe_mesh(world_size: int, local_world_size: int) -> str:
+    """The one line the run prints at start about how FSDP spreads the model."""
+    shape = mesh_shape(world_size, local_world_size)
+    if len(shape) == 2:
+        return (
+            f"FSDP: HSDP over {shape[0]} nodes x {shape[1]} processes: each node shards the "
+            "model over its processes, nodes keep replicas (only the all-reduce of gradient "
+            "shards crosses the network)"
+        )
+    nodes = -(-world_size // max(local_world_size, 1))
+    where = "one node" if nodes == 1 else f"{nodes} nodes of unequal size or one process each"
+    return f"FSDP: parameters sharded over all {world_size} processes ({where})"
+
+
+def mixed_precision(bf16: bool, root: bool) -> MixedPrecisionPolicy:
+    """Under bf16 the blocks' weights are gathered and used in bf16 and gradients reduced in
+    fp32; the sharded master weights and AdamW stay fp32. Inputs are not cast: the residual
+    stream between blocks stays fp32 as under DDP (autocast casts each matmul's inputs, and
+    the fused RMSNorm takes the fp32 stream with a bf16 weight). The root (embeddings, heads,
+    final norm: a small share of the weights) keeps fp32 parameters, so it computes exactly
+    what DDP's autocast computes."""
+    if not bf16:
+        return MixedPrecisionPolicy()
+    return MixedPrecisionPolicy(
+        param_dtype=None if root else torch.bfloat16,
+        reduce_dtype=torch.float32,
+        cast_forward_inputs=False,
     )
+
+
+def shard_model(
+    model: torch.nn.Module, bf16: bool, device_type: str, local_world_size: int = 0
+) -> torch.nn.Module:
+    """Shard ``model`` in place, per block then the root, over every rank's ``device_type``
+    (each block moves there as it is sharded), on the mesh :func:`mesh_shape` gives.
+
+    Evaluation calls the sharded model directly: under ``no_grad`` each block gathers its
+    weights for its forward and frees them after (``reshard_after_forward``), so a rank never
+    holds more than the root and a block or two beyond its shards; ``act_step`` (the cached
+    rollout step, which reaches the root's embeddings without ``forward``) is registered to
+    gather like a forward. Every rank must then make the same number of model calls (see
+    evaluate_episodes.evaluate_batched's ``still_running``)."""
+    world = dist.get_world_size()
+    shape = mesh_shape(world, local_world_size or world)
+    names = ("replicate", "shard") if len(shape) == 2 else ("shard",)
+    mesh = init_device_mesh(device_type, shape, mesh_dim_names=names)
     for block in transformer_blocks(model):
-        fully_shard(block, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp)
+        fully_shard(block, mesh=mesh, mp_policy=mixed_precision(bf16, root=False))
+    fully_shard(model, mesh=mesh, mp_policy=mixed_precision(bf16, root=True))
+    if hasattr(model, "act_step"):
+        register_fsdp_forward_method(model, "act_step")
+    reduce_scatter_every_micro_step(model)
     return model
+
+
+def reduce_scatter_every_micro_step(model: FSDPModule) -> None:
+    """Gradient accumulation under FSDP reduces every micro-step, as torchtitan does.
+
+    The trainer turns gradient sync off on inner micro-steps (for DDP's ``no_sync``, whose
+    gradients are full-size anyway). FSDP2 would then keep an unsharded fp32 gradient of every
+    parameter on every rank until the last micro-step: 4 bytes a parameter, more than the
+    sharded weights, gradients and AdamW together on 8 GPUs. So this model ignores the request:
+    each micro-step's backward reduce-scatters (under HSDP also all-reduces across nodes) and
+    adds into the gradient shards. (Deferring HSDP's all-reduce with
+    ``set_requires_all_reduce`` gave wrong gradients in torch 2.13's gloo test.)"""
+
+    def set_requires_gradient_sync(self, requires_gradient_sync: bool, *, recurse=True) -> None:
+        pass
+
+    model.set_requires_gradient_sync = MethodType(set_requires_gradient_sync, model)
 
 
 def fill_from_rank0(model: torch.nn.Module, full_state: dict, device: str) -> None:
@@ -64,9 +139,29 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return any(hasattr(p, "device_mesh") for p in model.parameters())
 
 
-def full_model_state(model: torch.nn.Module) -> dict:
-    """Gathered weights on every rank's CPU (collective: every rank calls it)."""
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+@contextlib.contextmanager
+def evaluating(model: FSDPModule):
+    """Evaluation on the sharded model itself.
+
+    The backbones' cached step calls each block's ``forward`` directly (so that a compiled
+    block stays eager there), which skips the module hooks through which FSDP gathers a
+    block's weights. For the evaluation each block's ``forward`` gathers and frees them itself
+    (through a module call the hooks run as well and the second gather is a no-op); training's
+    forward is restored after, as is the root's sharding, which FSDP keeps gathered after a
+    forward for the backward that follows in training."""
+    blocks = transformer_blocks(model)
+    own = [block.__dict__.get("forward") for block in blocks]  # e.g. activation checkpointing's
+    for block in blocks:
+        register_fsdp_forward_method(block, "forward")
+    try:
+        yield model
+    finally:
+        for block, forward in zip(blocks, own, strict=True):
+            if forward is None:
+                del block.forward
+            else:
+                block.forward = forward
+        model.reshard()
 
 
 def consolidated_state(model, optimizer) -> tuple[dict, dict]:
