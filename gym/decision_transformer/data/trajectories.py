@@ -27,6 +27,25 @@ class DatasetError(UserError, ValueError):
     """A dataset that cannot be trained on; the message names the problem and the fix."""
 
 
+def delay_rewards(rewards: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
+    """The original's 'delayed' rewrite, in place: each episode's whole return on its last step."""
+    totals = np.add.reduceat(rewards, starts)
+    rewards[:] = 0.0
+    rewards[starts + lengths - 1] = totals
+
+
+def episode_returns_to_go(
+    rewards: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+) -> np.ndarray:
+    """``[N]`` float64: the sum of each step's rewards from that step to its episode's end, for
+    episodes laid back to back (``starts``/``lengths`` as in :class:`TrajectoryDataset`)."""
+    # Suffix sums per episode: reverse cumulative sum over all steps, minus what later
+    # episodes contribute. float64 so long episodes lose nothing to rounding.
+    suffix = np.cumsum(rewards[::-1], dtype=np.float64)[::-1]
+    after = np.append(suffix, 0.0)[starts + lengths]  # suffix sum just past each episode's end
+    return suffix - np.repeat(after, lengths)
+
+
 @dataclass
 class TrajectoryDataset:
     observations: np.ndarray  # [N, state_dim] float32, all episodes back to back
@@ -134,17 +153,8 @@ class TrajectoryDataset:
                 )
 
         if mode == "delayed":
-            ends = starts + lengths - 1
-            totals = np.add.reduceat(rewards, starts)
-            rewards[:] = 0.0
-            rewards[ends] = totals
-
-        # Suffix sums per episode: reverse cumulative sum over all steps, minus what later
-        # episodes contribute. float64 so long episodes lose nothing to rounding.
-        suffix = np.cumsum(rewards[::-1], dtype=np.float64)[::-1]
-        ends = starts + lengths
-        after = np.append(suffix, 0.0)[ends]  # suffix sum just past each episode's end
-        returns_to_go = suffix - np.repeat(after, lengths)
+            delay_rewards(rewards, starts, lengths)
+        returns_to_go = episode_returns_to_go(rewards, starts, lengths)
         returns = returns_to_go[starts].copy()
 
         mean, std = _column_mean_std(observations)
