@@ -64,6 +64,11 @@ def test_gaussian_log_prob_finite_on_the_edge_and_on_padding():
     head32, h32 = SquashedGaussianHead(H, A), torch.randn(2, H)
     d32 = head32(h32, SCALE.float(), BIAS.float())
     assert torch.isfinite(d32.log_prob(HIGH.float().expand(2, A))).all()
+    # bf16 (an autocast's head output) is scored in fp32.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        d16 = head32(h32, SCALE.float(), BIAS.float())
+    assert d16.loc.dtype == torch.float32
+    assert torch.isfinite(d16.log_prob(HIGH.float().expand(2, A))).all()
 
 
 def test_gaussian_entropy_estimate_matches_torch_distributions():

@@ -78,10 +78,13 @@ class SquashedGaussian:
     def __init__(
         self, loc: torch.Tensor, log_std: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
     ):
-        self.loc = loc  # [..., A]
-        self.log_std = log_std  # [..., A]
-        self.scale = scale.to(loc.dtype)  # [A]
-        self.bias = bias.to(loc.dtype)  # [A]
+        # At least fp32 (a bf16 autocast's head outputs are bf16): in bf16 the edge clamp would
+        # round back onto +-1 (its spacing near 1 is 4e-3) and atanh would return inf.
+        dtype = torch.promote_types(loc.dtype, torch.float32)
+        self.loc = loc.to(dtype)  # [..., A]
+        self.log_std = log_std.to(dtype)  # [..., A]
+        self.scale = scale.to(dtype)  # [A]
+        self.bias = bias.to(dtype)  # [A]
 
     @property
     def mean_action(self) -> torch.Tensor:
