@@ -306,6 +306,9 @@ def test_state_dict_round_trip_resumes_the_next_batch(tmp_path):
     path = tmp_path / "buffer.pt"
     torch.save({"buffer": buf.state_dict()}, path)
     state = torch.load(path, weights_only=True)["buffer"]
+    # The two offline trajectories left are saved by reference: only online steps are arrays.
+    assert state["observations"].shape[0] == 6 + 2
+    assert state["offline_episodes"].tolist() == [2, 0]  # returns 4 and 5
 
     resumed = TrajectoryReplayBuffer.from_dataset(ds, capacity=4)  # other content until loaded
     resumed.dataset()  # a view of the old content exists: loading must replace it
@@ -326,3 +329,9 @@ def test_state_dict_round_trip_resumes_the_next_batch(tmp_path):
     other = TrajectoryReplayBuffer.from_dataset(ds, capacity=5)
     with pytest.raises(ValueError, match="capacity"):
         other.load_state_dict(state)
+    # Another dataset of the same shapes and statistics: its episodes are not the saved ones.
+    changed = paths_with_returns((5.0, 1.0, 4.5, 2.0, 3.0), (4, 6, 3, 7, 5))
+    changed_ds = TrajectoryDataset.from_paths(changed)
+    changed_ds.state_mean, changed_ds.state_std = ds.state_mean, ds.state_std
+    with pytest.raises(ValueError, match="differ from this buffer's dataset"):
+        TrajectoryReplayBuffer.from_dataset(changed_ds, capacity=4).load_state_dict(state)

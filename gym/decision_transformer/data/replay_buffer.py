@@ -18,6 +18,9 @@ windows exactly as offline training does.
 
 ``state_dict()`` holds tensors, ints and strings only, so a checkpoint can carry the buffer and be
 read back with ``torch.load(weights_only=True)``; loading it reproduces the buffer bit for bit.
+The offline trajectories still in the buffer are saved as their indices in the dataset (plus
+their lengths and reward sum, checked on load), not as copies: a checkpoint holds the online
+episodes' arrays only, and the buffer is rebuilt from the dataset the resumed run loads anyway.
 """
 
 from __future__ import annotations
@@ -30,7 +33,18 @@ from .trajectories import DatasetError, TrajectoryDataset, episode_returns_to_go
 
 # The ODT's buffer size, in trajectories (--replay_size 1000 in its main.py).
 DEFAULT_CAPACITY = 1000
-_FIELDS = ("observations", "actions", "rewards", "dones", "lengths")
+_ONLINE_FIELDS = ("observations", "actions", "rewards", "dones", "lengths")
+_STATE_KEYS = (
+    *_ONLINE_FIELDS,
+    "offline_episodes",
+    "offline_lengths",
+    "offline_reward_sum",
+    "capacity",
+    "num_added",
+    "mode",
+    "state_mean",
+    "state_std",
+)
 
 
 class TrajectoryReplayBuffer:
@@ -58,6 +72,10 @@ class TrajectoryReplayBuffer:
         self.dones = np.zeros(0, dtype=np.float32)
         self.lengths = np.zeros(0, dtype=np.int64)
         self.num_added = 0  # online trajectories added over the buffer's life
+        # The offline trajectories still held (always the oldest, so the first ones), as indices
+        # into the dataset they came from, which state_dict saves instead of their arrays.
+        self.offline_episodes = np.zeros(0, dtype=np.int64)
+        self._source: TrajectoryDataset | None = None
         self._view: TrajectoryDataset | None = None
 
     @classmethod
@@ -69,15 +87,18 @@ class TrajectoryReplayBuffer:
         ``mode='delayed'``); its state statistics become the buffer's."""
         buf = cls(capacity, dataset.state_mean, dataset.state_std, dataset.act_dim, mode)
         best = np.argsort(dataset.returns, kind="stable")[-buf.capacity :]  # ascending return
-        rows = np.concatenate(
-            [np.arange(s, s + n) for s, n in zip(dataset.starts[best], dataset.lengths[best])]
-        )
-        buf.observations = dataset.observations[rows]
-        buf.actions = dataset.actions[rows]
-        buf.rewards = dataset.rewards[rows]
-        buf.dones = dataset.dones[rows].astype(np.float32)
-        buf.lengths = dataset.lengths[best].copy()
+        buf._source = dataset
+        buf._set_content(*_episodes_of(dataset, best), dataset.lengths[best].copy())
+        buf.offline_episodes = best.astype(np.int64)
         return buf
+
+    def _set_content(self, observations, actions, rewards, dones, lengths) -> None:
+        self.observations = observations.astype(np.float32, copy=False)
+        self.actions = actions.astype(np.float32, copy=False)
+        self.rewards = rewards.astype(np.float32, copy=False)
+        self.dones = dones.astype(np.float32, copy=False)
+        self.lengths = lengths.astype(np.int64, copy=False)
+        self._view = None
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -127,6 +148,7 @@ class TrajectoryReplayBuffer:
         self.rewards = keep(self.rewards, new.rewards)
         self.dones = keep(self.dones, new.dones)
         self.lengths = lengths[drop:]
+        self.offline_episodes = self.offline_episodes[min(drop, len(self.offline_episodes)) :]
         self.num_added += len(new.lengths)
         self._view = None
 
@@ -170,9 +192,19 @@ class TrajectoryReplayBuffer:
         )
 
     def state_dict(self) -> dict:
-        """Tensors (CPU copies), ints and strings: safe under ``torch.load(weights_only=True)``."""
-        state = {name: torch.from_numpy(getattr(self, name).copy()) for name in _FIELDS}
+        """Tensors (CPU copies), ints and strings: safe under ``torch.load(weights_only=True)``.
+        The offline trajectories are referenced by index (see the module docstring)."""
+        n_off = len(self.offline_episodes)
+        off_steps = int(self.lengths[:n_off].sum())
+        state = {
+            name: torch.from_numpy(getattr(self, name)[off_steps:].copy())
+            for name in ("observations", "actions", "rewards", "dones")
+        }
         state.update(
+            lengths=torch.from_numpy(self.lengths[n_off:].copy()),
+            offline_episodes=torch.from_numpy(self.offline_episodes.copy()),
+            offline_lengths=torch.from_numpy(self.lengths[:n_off].copy()),
+            offline_reward_sum=torch.tensor(self.rewards[:off_steps].sum(dtype=np.float64)),
             capacity=self.capacity,
             num_added=self.num_added,
             mode=self.mode,
@@ -182,39 +214,64 @@ class TrajectoryReplayBuffer:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Replace the buffer's content with ``state`` (from :meth:`state_dict`). ValueError if it
-        is not a buffer of this run's shapes, statistics and capacity, or is inconsistent."""
-        missing = [k for k in (*_FIELDS, "capacity", "num_added", "mode") if k not in state]
+        """Replace the buffer's content with ``state`` (from :meth:`state_dict`); a buffer whose
+        state references offline trajectories must come from :meth:`from_dataset` on the same
+        dataset. ValueError if ``state`` does not fit this buffer (shapes, statistics, capacity,
+        mode, offline trajectories) or is inconsistent; the buffer is then unchanged."""
+        missing = [k for k in _STATE_KEYS if k not in state]
         if missing:
             raise ValueError(f"not a replay buffer state (no {', '.join(missing)})")
-        arrays = {name: np.asarray(state[name].numpy()) for name in _FIELDS}
+        arrays = {name: np.asarray(state[name].numpy()) for name in _ONLINE_FIELDS}
         n = int(arrays["lengths"].sum())
         S, A = self.observations.shape[1], self.actions.shape[1]
+        off = np.asarray(state["offline_episodes"].numpy()).astype(np.int64)
         problems = []
         if int(state["capacity"]) != self.capacity:
             problems.append(f"capacity {state['capacity']} where this buffer has {self.capacity}")
         if state["mode"] != self.mode:
             problems.append(f"mode {state['mode']!r} where this buffer has {self.mode!r}")
-        if len(arrays["lengths"]) > int(state["capacity"]) or (arrays["lengths"] < 1).any():
+        if len(off) + len(arrays["lengths"]) > self.capacity or (arrays["lengths"] < 1).any():
             problems.append("trajectory lengths that do not fit its capacity")
-        shapes = {
-            "observations": (n, S),
-            "actions": (n, A),
-            "rewards": (n,),
-            "dones": (n,),
-        }
+        shapes = {"observations": (n, S), "actions": (n, A), "rewards": (n,), "dones": (n,)}
         for name, shape in shapes.items():
             if arrays[name].shape != shape:
                 problems.append(f"{name} of shape {arrays[name].shape}, expected {shape}")
         for name, mine in (("state_mean", self.state_mean), ("state_std", self.state_std)):
-            if name in state and not np.array_equal(state[name].numpy(), mine):
+            if not np.array_equal(state[name].numpy(), mine):
                 problems.append(f"another {name} (a buffer of another dataset)")
+        offline = None
+        if len(off):
+            src = self._source
+            if src is None or off.min() < 0 or off.max() >= len(src.lengths):
+                problems.append("offline trajectories of a dataset this buffer was not built from")
+            else:
+                offline = _episodes_of(src, off)
+                if not (
+                    np.array_equal(src.lengths[off], state["offline_lengths"].numpy())
+                    and offline[2].sum(dtype=np.float64) == float(state["offline_reward_sum"])
+                ):
+                    problems.append("offline trajectories that differ from this buffer's dataset")
         if problems:
             raise ValueError("the replay buffer state does not fit: " + "; ".join(problems))
-        self.observations = arrays["observations"].astype(np.float32, copy=False)
-        self.actions = arrays["actions"].astype(np.float32, copy=False)
-        self.rewards = arrays["rewards"].astype(np.float32, copy=False)
-        self.dones = arrays["dones"].astype(np.float32, copy=False)
-        self.lengths = arrays["lengths"].astype(np.int64, copy=False)
+        online = [arrays[name] for name in ("observations", "actions", "rewards", "dones")]
+        if offline is not None:
+            online = [np.concatenate([o, x.astype(o.dtype)]) for o, x in zip(offline, online)]
+            lengths = np.concatenate([self._source.lengths[off], arrays["lengths"]])
+        else:
+            lengths = arrays["lengths"]
+        self._set_content(*online, lengths)
+        self.offline_episodes = off
         self.num_added = int(state["num_added"])
-        self._view = None
+
+
+def _episodes_of(dataset: TrajectoryDataset, episodes: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(observations, actions, rewards, dones) of ``episodes`` of ``dataset``, back to back."""
+    rows = np.concatenate(
+        [np.arange(s, s + n) for s, n in zip(dataset.starts[episodes], dataset.lengths[episodes])]
+    )
+    return (
+        dataset.observations[rows],
+        dataset.actions[rows],
+        dataset.rewards[rows],
+        dataset.dones[rows],
+    )
