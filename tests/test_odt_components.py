@@ -335,3 +335,15 @@ def test_state_dict_round_trip_resumes_the_next_batch(tmp_path):
     changed_ds.state_mean, changed_ds.state_std = ds.state_mean, ds.state_std
     with pytest.raises(ValueError, match="differ from this buffer's dataset"):
         TrajectoryReplayBuffer.from_dataset(changed_ds, capacity=4).load_state_dict(state)
+
+
+def test_delayed_mode_buffer_delays_online_rewards_like_the_dataset():
+    paths = paths_with_returns((3.0, 1.0), (4, 2))
+    ds = TrajectoryDataset.from_paths([dict(p) for p in paths], mode="delayed")
+    buf = TrajectoryReplayBuffer.from_dataset(ds, capacity=3, mode="delayed")
+    new = paths_with_returns((6.0,), (3,), seed=9)
+    buf.add(new)
+    np.testing.assert_allclose(buf.rewards[-3:], [0.0, 0.0, 6.0], rtol=1e-6)
+    # The return-to-go stays the whole return until the last step, as offline.
+    np.testing.assert_allclose(buf.dataset().returns_to_go[-3:], [6.0, 6.0, 6.0], rtol=1e-6)
+    assert new[0]["rewards"][0] == pytest.approx(2.0)  # the caller's arrays are untouched
