@@ -113,7 +113,10 @@ def test_deterministic_head_is_todays_head_under_todays_names():
     old = {k: v for k, v in old.items() if k in ("weight", "bias")}
     head.load_state_dict(old, strict=True)
     h = torch.randn(2, 3, H)
-    want = model.squash_action(model.predict_action(h))
+    # Today's head as it was written: a Linear under the same names, then the squash.
+    linear = torch.nn.Linear(H, A)
+    linear.load_state_dict(old, strict=True)
+    want = model.squash_action(linear(h))
     got = head(h, model.action_scale, model.action_bias)
     torch.testing.assert_close(got.mean_action, want)
     torch.testing.assert_close(got.sample(), want)
@@ -121,7 +124,9 @@ def test_deterministic_head_is_todays_head_under_todays_names():
         got.log_prob(want)
     unsquashed = make_policy_head("deterministic", H, A, squash=False)
     unsquashed.load_state_dict(old)
-    torch.testing.assert_close(unsquashed(h, SCALE, BIAS).mean_action, model.predict_action(h))
+    torch.testing.assert_close(unsquashed(h, SCALE, BIAS).mean_action, linear(h))
+    # The model's own head is this head: same names, same actions.
+    torch.testing.assert_close(model.predict_action(h, model.action_scale, model.action_bias).mean_action, want)
     with pytest.raises(ValueError, match="policy must be one of"):
         make_policy_head("gaussian", H, A)
 

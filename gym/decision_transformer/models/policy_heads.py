@@ -58,6 +58,10 @@ class PointMass:
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.mean_action
 
+    def __getitem__(self, index) -> PointMass:
+        """The distribution at some positions (e.g. ``[:, -1]``, the step being acted on)."""
+        return PointMass(self.mean_action[index])
+
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
         raise TypeError(
             "a deterministic policy has no likelihood: train it with the action MSE "
@@ -91,6 +95,11 @@ class SquashedGaussian:
         """``tanh(loc)`` on the box, as the ODT evaluates: the squashed mode of the Gaussian, not
         the mean of the squashed distribution (which has no closed form)."""
         return torch.tanh(self.loc) * self.scale + self.bias
+
+    def __getitem__(self, index) -> SquashedGaussian:
+        """The distribution at some positions (e.g. ``[:, -1]``): sampling only those draws
+        only their noise, so a cached and a recomputed rollout sample alike."""
+        return SquashedGaussian(self.loc[index], self.log_std[index], self.scale, self.bias)
 
     def _squash(self, u: torch.Tensor) -> torch.Tensor:
         return torch.tanh(u) * self.scale + self.bias

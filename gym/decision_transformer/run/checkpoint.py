@@ -78,3 +78,12 @@ def set_rng_state(state: dict, np_rng: np.random.Generator) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_iteration(seed: int, rank: int, iteration: int, np_rng: np.random.Generator) -> None:
+    """Seed torch (every device), Python and numpy from ``(seed, rank, iteration)``: a resumed
+    run and one that never stopped draw the same numbers from each iteration on."""
+    state = np.random.SeedSequence([seed, rank, iteration]).generate_state(2)
+    torch.manual_seed(int(state[0]))
+    random.seed(int(state[1]))
+    np_rng.bit_generator.state = np.random.default_rng(state).bit_generator.state

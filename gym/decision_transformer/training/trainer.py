@@ -181,14 +181,15 @@ class Trainer:
         # The weights this step's forward used, i.e. after the previous step's update.
         wnorm = full_tensor(weight_norm(params))
         bad = ~(torch.isfinite(loss) & torch.isfinite(gnorm))
-        stats = torch.stack([loss, bad.float()])
+        extra = self.step_stats()
+        stats = torch.stack([loss, bad.float(), *(x.float() for x in extra)])
         world = 1
         if self.ctx is not None:
             stats = self.ctx.all_reduce_sum(stats)
             world = self.ctx.world_size
         # The one host sync of the step: everything the guard and the logs need, at once.
         # gnorm and wnorm are the same on every rank (gradients are already all-reduced).
-        loss_sum, n_bad, gnorm_v, wnorm_v = torch.cat(
+        loss_sum, n_bad, *extra_v, gnorm_v, wnorm_v = torch.cat(
             [stats, gnorm.float().reshape(1), wnorm.float().reshape(1)]
         ).tolist()
         value = loss_sum / world
@@ -200,7 +201,24 @@ class Trainer:
             )
         self.optimizer.step()
         self.global_step = step
+        if extra:
+            # Means over ranks, on the device and on the host (read in the sync above).
+            self.after_step(stats[2:] / world, [v / world for v in extra_v])
         return value
+
+    def step_stats(self) -> list[torch.Tensor]:
+        """0-d tensors a subclass wants averaged over ranks and read in the step's one sync."""
+        return []
+
+    def after_step(self, device_means: torch.Tensor, host_means: list[float]) -> None:
+        """Called after an applied step with :meth:`step_stats` averaged over ranks."""
+
+    def extra_state(self) -> dict:
+        """What a subclass adds to the checkpoint (weights_only-safe values)."""
+        return {}
+
+    def load_extra_state(self, ckpt: dict) -> None:
+        """Restore :meth:`extra_state` from a checkpoint that holds it."""
 
     def optimize(self, loss: torch.Tensor) -> float:
         """Backward, clip, step for a single loss (the step without accumulation)."""
