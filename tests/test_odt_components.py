@@ -126,7 +126,8 @@ def test_deterministic_head_is_todays_head_under_todays_names():
     unsquashed.load_state_dict(old)
     torch.testing.assert_close(unsquashed(h, SCALE, BIAS).mean_action, linear(h))
     # The model's own head is this head: same names, same actions.
-    torch.testing.assert_close(model.predict_action(h, model.action_scale, model.action_bias).mean_action, want)
+    mine = model.predict_action(h, model.action_scale, model.action_bias)
+    torch.testing.assert_close(mine.mean_action, want)
     with pytest.raises(ValueError, match="policy must be one of"):
         make_policy_head("gaussian", H, A)
 
