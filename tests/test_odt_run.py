@@ -253,3 +253,27 @@ def test_init_from_a_checkpoint_that_does_not_fit(data_dir, tmp_path):
     )  # fmt: skip
     assert_one_line_error(proc, "other model flags: use experiment.py with --embed_dim 32")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_torchrun_ranks_share_collection_and_one_buffer(data_dir, tmp_path):
+    """Two processes: each plays its share of a round's 3 episodes (1 and 2), and every rank's
+    buffer takes all of them (rank 0's checkpoint holds the 6 of two rounds)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    launch = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+              "127.0.0.1", "--master_port", str(port), "experiment.py"]  # fmt: skip
+    args = flags(data_dir, "gpt2", rounds=2)
+    args[args.index("--online_episodes") + 1] = "3"
+    args[args.index("--buffer_size") + 1] = "20"
+    proc = run_script(*launch, *args, "--out_dir", out, timeout=900)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    got = rows(out)
+    online = [r for r in got if "online/round" in r]
+    assert [r["online/round"] for r in online] == [1, 2]
+    buf = torch.load(out / "checkpoint.pt", weights_only=True)["online"]["buffer"]
+    assert buf["num_added"] == 6 and len(buf["lengths"]) == 6
+    assert int(buf["lengths"].sum()) == online[-1]["online/env_steps"]

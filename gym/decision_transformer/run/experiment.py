@@ -522,7 +522,9 @@ def restore(
         set_rng_state(ckpt["rng"], np_rng)
     except (KeyError, RuntimeError, TypeError, ValueError) as e:
         raise unfit_checkpoint(data.ckpt_path, e) from None
-    if ctx.is_main:
+    if ctx.is_main and not cfg.resume:  # --init_from
+        print(f"starting from {cfg.init_from} (after its iteration {ckpt['iteration']})")
+    elif ctx.is_main:
         print(f"resuming {data.out_dir} after iteration {ckpt['iteration']}")
     return ckpt["iteration"]
 

@@ -39,7 +39,9 @@ from .config import ConfigError, RunConfig
 from .distributed import DistContext, RankBatches, unwrap
 
 # What --init_from reads from an offline run's checkpoint.
-INIT_KEYS = ("model", "optimizer", "scheduler", "iteration", "config", "state_mean", "state_std")
+INIT_KEYS = (
+    "model", "optimizer", "scheduler", "rng", "iteration", "config", "state_mean", "state_std",
+)  # fmt: skip
 
 
 def target_entropy(cfg: RunConfig, action_scale: torch.Tensor) -> float:
