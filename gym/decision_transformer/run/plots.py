@@ -48,11 +48,13 @@ class Run:
 
     def step_time(self) -> float | None:
         """Median seconds per gradient step: the first iteration's warm-up does not skew it."""
-        steps = self.config.get("num_steps_per_iter")
-        times = [row["time/training"] for row in self.rows if "time/training" in row]
-        if not steps or not times:
-            return None
-        return statistics.median(times) / steps
+        # Steps per row from consecutive rows: online rounds take --online_updates steps each.
+        prev, per_step = 0, []
+        for row in self.rows:
+            if "time/training" in row and row.get("step", 0) > prev:
+                per_step.append(row["time/training"] / (row["step"] - prev))
+            prev = row.get("step", prev)
+        return statistics.median(per_step) if per_step else None
 
 
 def _target_order(name: str) -> tuple[int, float, str]:
