@@ -24,6 +24,25 @@ def _column_mean_std(x: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.n
     return mean, np.sqrt(sq / len(x))
 
 
+def delay_rewards(rewards: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
+    """The original's 'delayed' rewrite, in place: each episode's whole return on its last step."""
+    totals = np.add.reduceat(rewards, starts)
+    rewards[:] = 0.0
+    rewards[starts + lengths - 1] = totals
+
+
+def episode_returns_to_go(
+    rewards: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+) -> np.ndarray:
+    """``[N]`` float64: the sum of each step's rewards from that step to its episode's end, for
+    episodes laid back to back (``starts``/``lengths`` as in :class:`TrajectoryDataset`)."""
+    # Suffix sums per episode: reverse cumulative sum over all steps, minus what later
+    # episodes contribute. float64 so long episodes lose nothing to rounding.
+    suffix = np.cumsum(rewards[::-1], dtype=np.float64)[::-1]
+    after = np.append(suffix, 0.0)[starts + lengths]  # suffix sum just past each episode's end
+    return suffix - np.repeat(after, lengths)
+
+
 @dataclass
 class TrajectoryDataset:
     observations: np.ndarray  # [N, state_dim] float32, all episodes back to back
@@ -72,11 +91,8 @@ class TrajectoryDataset:
         _check_finite(named, starts, source)
 
         if mode == "delayed":
-            ends = starts + lengths - 1
-            totals = np.add.reduceat(rewards, starts)
-            rewards[:] = 0.0
-            rewards[ends] = totals
-        returns_to_go = _returns_to_go(rewards, starts, lengths)
+            delay_rewards(rewards, starts, lengths)
+        returns_to_go = episode_returns_to_go(rewards, starts, lengths)
         returns = returns_to_go[starts].copy()
 
         mean, std = _column_mean_std(observations)
@@ -181,12 +197,3 @@ def _check_finite(arrays: dict[str, np.ndarray], starts: np.ndarray, source: str
                 f"{source}: {name} hold NaN or inf (first at step {bad - starts[episode]} of "
                 f"trajectory {episode}); clean or regenerate the dataset"
             )
-
-
-def _returns_to_go(rewards: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """[N] float64 sum of each episode's rewards from each step on."""
-    # Suffix sums per episode: reverse cumulative sum over all steps, minus what later
-    # episodes contribute. float64 so long episodes lose nothing to rounding.
-    suffix = np.cumsum(rewards[::-1], dtype=np.float64)[::-1]
-    after = np.append(suffix, 0.0)[starts + lengths]  # suffix sum just past each episode's end
-    return suffix - np.repeat(after, lengths)

@@ -197,7 +197,11 @@ def _run_chunk(
     on_step,
     use_cache=True,
     still_running=None,
+    generator=None,
+    paths=None,
 ):
+    """One chunk of episodes in lockstep. With ``paths`` (a list), each real episode is appended
+    to it as a dataset-format dict (what data collection keeps); ``generator`` samples actions."""
     n, real = envs.num_envs, len(seeds)
     # Spare envs of a partial chunk replay the last seed and are inactive from the start.
     seeds = list(seeds) + [seeds[-1]] * (n - real)
@@ -208,18 +212,22 @@ def _run_chunk(
     # Every env keeps its row to the end, finished or not: the model always sees n rows.
     rollout = Rollout(
         model, n, obs.shape[1], A, max_ep_len, state_mean, state_std, device,
-        target_return, scale, mode, conditioned, use_cache,
+        target_return, scale, mode, conditioned, use_cache, generator,
     )  # fmt: skip
     rollout.start(obs)
     active = np.arange(n) < real
     ep_return = np.zeros(n)
     ep_len = np.zeros(n, dtype=np.int64)
+    steps: list[tuple] = []  # (obs, actions, rewards, terminated) per step, when recording
     for _ in range(max_ep_len):
         full = rollout.act().float().cpu().numpy()
         full[~active] = 0.0  # finished envs get a dummy action
+        before = obs
         obs, reward, terminated, truncated, _ = envs.step(full)
         if on_step is not None and active[0]:
             on_step(full[0].copy(), float(reward[0]))
+        if paths is not None:
+            steps.append((before, full.copy(), reward, terminated))
         reward = np.where(active, reward, 0.0)
         ep_return += reward
         ep_len += active
@@ -228,7 +236,52 @@ def _run_chunk(
         running = bool(active.any())
         if not (running if still_running is None else still_running(running)):
             break
+    if paths is not None:
+        columns = [np.stack(c) for c in zip(*steps)]  # each [T, n, ...]
+        for i in range(real):
+            T = ep_len[i]
+            obs_i, act_i, rew_i, term_i = (c[:T, i] for c in columns)
+            paths.append(
+                {
+                    "observations": obs_i.astype(np.float32),
+                    "actions": act_i.astype(np.float32),
+                    "rewards": rew_i.astype(np.float32),
+                    "terminals": term_i.astype(bool),
+                }
+            )
     return ep_return[:real], ep_len[:real]
+
+
+@torch.no_grad()
+def collect_batched(
+    episodes: EvalEpisodes,
+    model,
+    seeds: list[int],
+    num_envs: int,
+    generator: torch.Generator,
+) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """Data collection: one episode per seed, ``num_envs`` at a time, through the evaluators'
+    rollout core (one model call per step, the DT's key/value cache), actions sampled from the
+    stochastic head with ``generator`` and conditioned on ``episodes.target``. Returns the
+    episodes as dataset-format dicts (raw observations, played actions, rewards, terminals;
+    'noise' mode's perturbed first observation as the model saw it), returns and lengths."""
+    e, spec = episodes, get_spec(episodes.env)
+    model.eval()
+    paths: list[dict] = []
+    returns, lengths = [], []
+    envs = make_vector_env(e.env, min(num_envs, len(seeds)))
+    try:
+        for chunk in range(0, len(seeds), envs.num_envs):
+            r, n = _run_chunk(
+                envs, model, seeds[chunk : chunk + envs.num_envs], spec.max_ep_len, spec.scale,
+                e.state_mean, e.state_std, torch.device(e.device), e.target / spec.scale, e.mode,
+                e.conditioned, None, True, generator, paths,
+            )  # fmt: skip
+            returns.append(r)
+            lengths.append(n)
+    finally:
+        envs.close()
+    return paths, np.concatenate(returns), np.concatenate(lengths)
 
 
 @dataclass(frozen=True)

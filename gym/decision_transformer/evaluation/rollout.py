@@ -38,8 +38,12 @@ class Rollout:
         mode: str = "normal",
         conditioned: bool = True,
         use_cache: bool = True,
+        generator: torch.Generator | None = None,
     ):
         self.model = model
+        # Data collection: the DT samples its stochastic head from this generator (one draw of
+        # [n, act_dim] per step, cached or not); None acts on the mean, as evaluation does.
+        self.sample = {} if generator is None else {"generator": generator}
         self.n, self.max_ep_len = n, max_ep_len
         self.scale, self.mode, self.conditioned = scale, mode, conditioned
         self.device = device = torch.device(device)
@@ -74,7 +78,9 @@ class Rollout:
         t, model = self.t, self.model
         if self.cache is not None and (self.window_mode or t < self.K):
             prev = self.actions[:, t - 1] if t else self.actions[:, 0]
-            act = model.act_step(self.cache, self.states[:, t], prev, self.rtg[:, t, None], t)
+            act = model.act_step(
+                self.cache, self.states[:, t], prev, self.rtg[:, t, None], t, **self.sample
+            )
         else:
             if self.cache is not None:
                 self.cache = None  # full attention and the window slid: recompute from now on
@@ -87,6 +93,7 @@ class Rollout:
                 self.rewards[:, lo : t + 1],
                 self.rtg[:, lo : t + 1, None] if self.conditioned else None,
                 self.timesteps[:, lo : t + 1] if self.conditioned else None,
+                **self.sample,
             )
         self.actions[:, t] = act.float()
         return act

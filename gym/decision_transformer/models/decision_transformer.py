@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from .kv_cache import RollingKVCache
 from .model import TrajectoryModel
+from .policy_heads import PointMass, SquashedGaussian, make_policy_head
 from .trajectory_gpt2 import GPT2Config, TrajectoryGPT2
 
 
@@ -30,6 +31,7 @@ class DecisionTransformer(TrajectoryModel):
         action_low=-1.0,
         action_high=1.0,
         attention: str = "full",
+        policy: str = "deterministic",
         **backbone_kwargs,
     ):
         super().__init__(state_dim, act_dim, max_length, action_low, action_high)
@@ -37,6 +39,7 @@ class DecisionTransformer(TrajectoryModel):
             raise ValueError(f"attention must be 'full' or 'window' with a max_length: {attention}")
         self.hidden_size = hidden_size
         self.action_tanh = action_tanh
+        self.policy = policy  # deterministic (the original) or stochastic (the ODT's Gaussian)
         # window: each token sees its own timestep and the max_length - 1 before it (kv_cache.py)
         self.attention = attention
         window = max_length if attention == "window" else None
@@ -50,15 +53,28 @@ class DecisionTransformer(TrajectoryModel):
 
         # The original also predicts states and returns; only the action loss trains them.
         self.predict_state = nn.Linear(hidden_size, state_dim)
-        self.predict_action = nn.Linear(hidden_size, act_dim)
+        self.predict_action = make_policy_head(policy, hidden_size, act_dim, squash=action_tanh)
         self.predict_return = nn.Linear(hidden_size, 1)
 
     def build_backbone(self, hidden_size: int, window: int | None = None, **kwargs) -> nn.Module:
         return TrajectoryGPT2(GPT2Config(n_embd=hidden_size, window=window, **kwargs))
 
-    def forward(self, states, actions, rewards, returns_to_go, timesteps, attention_mask=None):
+    def forward(
+        self,
+        states,
+        actions,
+        rewards,
+        returns_to_go,
+        timesteps,
+        attention_mask=None,
+        return_dist: bool = False,
+    ):
         """``attention_mask [B, T]`` (1 = real step) for a batch with padding; None when there is
-        none, which the backbone turns into plain causal attention without looking at a mask."""
+        none, which the backbone turns into plain causal attention without looking at a mask.
+
+        The action prediction is ``[B, T, A]`` (the stochastic head's mean action), or with
+        ``return_dist`` the head's distribution over those positions (the ODT's loss needs its
+        likelihood; through forward, so DDP sees the gradients flow)."""
         B, T = states.shape[:2]
 
         time_emb = self.embed_timestep(timesteps)
@@ -76,14 +92,24 @@ class DecisionTransformer(TrajectoryModel):
 
         return_preds = self.predict_return(x[:, :, 2])  # next return, given state and action
         state_preds = self.predict_state(x[:, :, 2])  # next state, given state and action
-        action_preds = self.predict_action(x[:, :, 1])  # action, given state
-        if self.action_tanh:
-            action_preds = self.squash_action(action_preds)
-        return state_preds, action_preds, return_preds
+        # action, given state: a distribution over [B, T, A]
+        dist = self.predict_action(x[:, :, 1], self.action_scale, self.action_bias)
+        return state_preds, dist if return_dist else dist.mean_action, return_preds
 
     @torch.no_grad()
-    def get_actions(self, states, actions, rewards, returns_to_go, timesteps, **kwargs):
-        """Equal-length histories ``[N, T, ...]`` -> actions ``[N, act_dim]`` for the last step.
+    def get_actions(
+        self,
+        states,
+        actions,
+        rewards,
+        returns_to_go,
+        timesteps,
+        generator: torch.Generator | None = None,
+        **kwargs,
+    ):
+        """Equal-length histories ``[N, T, ...]`` -> actions ``[N, act_dim]`` for the last step:
+        the mean action, or with a ``generator`` (data collection) a sample of the stochastic
+        head drawn from it (the deterministic head has nothing to draw: its action).
 
         In ``full`` attention the model sees the last ``max_length`` steps, left-padded (the
         original). In ``window`` attention it sees the whole history under the banded mask: a
@@ -101,16 +127,17 @@ class DecisionTransformer(TrajectoryModel):
         if pad:
             attention_mask = torch.ones((N, T), dtype=torch.long, device=states.device)
             attention_mask[:, :pad] = 0
-        _, action_preds, _ = self(
+        _, dist, _ = self(
             states.float(),
             actions.float(),
             None,
             returns_to_go.float(),
             timesteps.long(),
             attention_mask=attention_mask,
+            return_dist=True,
             **kwargs,
         )
-        return action_preds[:, -1]
+        return act_on(dist[:, -1], generator)
 
     def new_rollout_cache(self, batch: int) -> RollingKVCache:
         """An empty key/value cache for ``batch`` episodes played in lockstep (:meth:`act_step`)."""
@@ -126,11 +153,13 @@ class DecisionTransformer(TrajectoryModel):
         prev_action: torch.Tensor,
         return_to_go: torch.Tensor,
         t: int,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """The actions ``[N, act_dim]`` at step ``t`` of ``N`` episodes, feeding only this step's
         new tokens: ``prev_action [N, act_dim]`` (a_{t-1}, ignored at t = 0), ``return_to_go
         [N, 1]`` and ``state [N, state_dim]`` (normalised). Equals :meth:`get_actions` on the
-        whole history in ``window`` attention, and while ``t < max_length`` in ``full``."""
+        whole history in ``window`` attention, and while ``t < max_length`` in ``full``; with a
+        ``generator``, samples as :meth:`get_actions` does (the same draws)."""
         if cache.steps != t:
             raise ValueError(f"the cache is at step {cache.steps}, not {t}: feed every step once")
         N = state.shape[0]
@@ -141,5 +170,10 @@ class DecisionTransformer(TrajectoryModel):
         state_emb = self.embed_state(state.float()) + time_now
         tokens = self.embed_ln(torch.stack((action_emb, return_emb, state_emb), dim=1))
         h = self.transformer(tokens.reshape(N, 3, -1), cache=cache)  # [N, 1, D]: s_t's
-        action = self.predict_action(h[:, -1])
-        return self.squash_action(action) if self.action_tanh else action
+        return act_on(self.predict_action(h[:, -1], self.action_scale, self.action_bias), generator)
+
+
+def act_on(dist: PointMass | SquashedGaussian, generator: torch.Generator | None) -> torch.Tensor:
+    """What a policy plays: evaluation acts on the mean action; collection (a ``generator``)
+    samples, so the ODT explores with its own entropy."""
+    return dist.mean_action if generator is None else dist.sample(generator)

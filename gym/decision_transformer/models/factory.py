@@ -33,6 +33,8 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     rope_theta: float = 1e6
     qk_norm: bool = True
+    # DT only: the action head (models/policy_heads.py); runs before --policy are deterministic.
+    policy: str = "deterministic"
 
 
 def build_model(
@@ -55,6 +57,7 @@ def build_model(
             **common,
         )
     common["attention"] = cfg.attention
+    common["policy"] = cfg.policy
     if cfg.backbone == "qwen3":
         from .decision_transformer_qwen3 import DecisionTransformerQwen3
 

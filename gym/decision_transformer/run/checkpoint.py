@@ -91,3 +91,12 @@ def restorable_cuda_states(saved: list[torch.Tensor], visible: int | None = None
     if visible is None:
         visible = torch.cuda.device_count()
     return list(saved)[:visible]
+
+
+def seed_iteration(seed: int, rank: int, iteration: int, np_rng: np.random.Generator) -> None:
+    """Seed torch (every device), Python and numpy from ``(seed, rank, iteration)``: a resumed
+    run and one that never stopped draw the same numbers from each iteration on."""
+    state = np.random.SeedSequence([seed, rank, iteration]).generate_state(2)
+    torch.manual_seed(int(state[0]))
+    random.seed(int(state[1]))
+    np_rng.bit_generator.state = np.random.default_rng(state).bit_generator.state

@@ -29,6 +29,7 @@ from .errors import HelpFormatter, OneLineParser
 
 SCALE_OUT_GROUP = "precision, memory and several processes (torchrun)"
 QWEN_GROUP = "Qwen3 backbone"
+ONLINE_GROUP = "online fine-tuning (Online Decision Transformer, Zheng et al. 2022)"
 
 
 class ConfigError(UserError, ValueError):
@@ -215,6 +216,65 @@ class RunConfig:
         nargs="?",
         const=True,
     )
+    # --- online fine-tuning (run/online.py); defaults are the ODT paper's / reference code's ---
+    policy: str = flag(
+        "deterministic",
+        "DT action head: deterministic (the original, action MSE) or stochastic (the ODT's "
+        "squashed Gaussian, trained by likelihood plus an entropy constraint; acts on its mean "
+        "in evaluation, samples in collection)",
+        group=ONLINE_GROUP,
+        choices=["deterministic", "stochastic"],
+    )
+    online_rounds: int = flag(
+        0,
+        "after the --max_iters offline iterations, this many online rounds (collect episodes, "
+        "add them to the replay buffer, --online_updates gradient steps); needs --policy "
+        "stochastic; 0: offline only",
+        group=ONLINE_GROUP,
+        type=int,
+    )
+    init_from: str | None = flag(
+        None,
+        "start the online phase from an offline run's checkpoint.pt (--policy stochastic, same "
+        "model flags and dataset): its weights, optimizer and schedule; --max_iters and "
+        "--num_steps_per_iter become that run's (default: this run's own offline phase)",
+        group=ONLINE_GROUP,
+        metavar="CKPT",
+    )
+    online_rtg: float | None = flag(
+        None,
+        "return-to-go that collection is conditioned on (default: 2x the largest evaluation "
+        "target, the ODT's ratio)",
+        group=ONLINE_GROUP,
+        type=float,
+    )
+    online_episodes: int = flag(
+        1, "episodes collected per online round, over all processes", group=ONLINE_GROUP, type=int
+    )
+    online_updates: int = flag(300, "gradient steps per online round", group=ONLINE_GROUP, type=int)
+    online_eval_every: int = flag(
+        10, "evaluate every this many online rounds (and after the last)", group=ONLINE_GROUP,
+        type=int,
+    )  # fmt: skip
+    buffer_size: int = flag(
+        1000,
+        "replay buffer capacity in trajectories: the best offline ones first, then FIFO",
+        group=ONLINE_GROUP,
+        type=int,
+    )
+    target_entropy: float | None = flag(
+        None,
+        "entropy the temperature steers the stochastic policy to, for actions rescaled to "
+        "[-1, 1] (default: -act_dim)",
+        group=ONLINE_GROUP,
+        type=float,
+    )
+    init_temperature: float = flag(
+        0.1, "initial entropy temperature (stochastic policy)", group=ONLINE_GROUP, type=float
+    )
+    temperature_lr: float = flag(
+        1e-4, "Adam learning rate of the log-temperature", group=ONLINE_GROUP, type=float
+    )
     # --- precision, memory and several processes (see run/distributed.py) ---
     dtype: str = flag(  # resolved: auto becomes bf16 on CUDA, fp32 on CPU
         "auto",
@@ -295,6 +355,12 @@ class RunConfig:
         out.update({name: getattr(self, name) for name in derived})
         return out
 
+    def steps_after(self, iteration: int) -> int:
+        """Optimizer steps taken by the end of ``iteration`` (1-based): offline iterations of
+        --num_steps_per_iter, then online rounds of --online_updates."""
+        offline = min(iteration, self.max_iters)
+        return offline * self.num_steps_per_iter + (iteration - offline) * self.online_updates
+
     def model_config(self) -> ModelConfig:
         """What build_model needs to construct this run's policy."""
         qwen = self.qwen or Qwen3Flags()
@@ -314,6 +380,7 @@ class RunConfig:
             mlp_ratio=qwen.mlp_ratio,
             rope_theta=qwen.rope_theta,
             qk_norm=not qwen.no_qk_norm,
+            policy=self.policy,
         )
 
 
@@ -371,6 +438,7 @@ def resolve(args: argparse.Namespace, backbone: str) -> RunConfig:
     _check_attention(cfg)
     _check_optimization(cfg)
     _check_heads(cfg, backbone)
+    _check_online(cfg)
     cfg.device = resolve_device(cfg.device)
     check_scale_out(cfg)
     if cfg.out_dir is None:
@@ -446,6 +514,33 @@ def _check_heads(cfg: RunConfig, backbone: str) -> None:
             )
     elif cfg.model_type == "dt" and cfg.embed_dim % cfg.n_head:
         raise ConfigError(f"--embed_dim {cfg.embed_dim} is not divisible by --n_head {cfg.n_head}")
+
+
+def _check_online(cfg: RunConfig) -> None:
+    if cfg.policy == "stochastic" and cfg.model_type != "dt":
+        raise ConfigError("--policy stochastic is the DT's head: drop it for --model_type bc")
+    if cfg.online_rounds < 0:
+        raise ConfigError(f"--online_rounds must be >= 0, got {cfg.online_rounds}")
+    if cfg.online_rounds and cfg.policy != "stochastic":
+        raise ConfigError(
+            "--online_rounds needs the ODT's stochastic head: add --policy stochastic"
+        )
+    if cfg.online_rounds and cfg.fsdp:
+        raise ConfigError(
+            "--online_rounds runs under DDP (collection plays the whole model): drop --fsdp"
+        )
+    if cfg.init_from and not cfg.online_rounds:
+        raise ConfigError("--init_from starts an online phase: add --online_rounds N (N >= 1)")
+    for name in ("online_episodes", "online_updates", "online_eval_every", "buffer_size"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    for name in ("init_temperature", "temperature_lr"):
+        if not getattr(cfg, name) > 0:
+            raise ConfigError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.online_rtg is not None and not np.isfinite(cfg.online_rtg):
+        raise ConfigError(f"--online_rtg must be a finite number, got {cfg.online_rtg}")
+    if cfg.target_entropy is not None and not np.isfinite(cfg.target_entropy):
+        raise ConfigError(f"--target_entropy must be a finite number, got {cfg.target_entropy}")
 
 
 def check_scale_out(cfg: RunConfig) -> None:

@@ -40,6 +40,7 @@ from ..evaluation.evaluate_episodes import (
 )
 from ..models.factory import build_model, count_params, transformer_blocks
 from ..training.act_trainer import ActTrainer
+from ..training.odt_trainer import ODTTrainer
 from ..training.seq_trainer import SequenceTrainer
 from ..training.trainer import PROGRESS_INTERVAL, NonFiniteError, Trainer
 from .checkpoint import (
@@ -47,6 +48,7 @@ from .checkpoint import (
     read_checkpoint,
     rng_state,
     save_checkpoint,
+    seed_iteration,
     set_rng_state,
 )
 from .config import ConfigError, RunConfig, build_parser, resolve, resolve_targets
@@ -59,6 +61,7 @@ from .distributed import (
 )
 from .errors import run_cli
 from .metrics import MetricsLog
+from .online import OnlinePhase, read_init_checkpoint, run_online, target_entropy
 
 # Flags that may differ when a run is resumed; any other difference would not be the same run.
 RESUMABLE_CHANGES = {
@@ -79,6 +82,9 @@ RESUMABLE_CHANGES = {
     "consolidate_checkpoint",
     "activation_checkpointing",
     "ddp_bf16_grads",
+    # The online phase may be extended, and evaluated more or less often.
+    "online_rounds",
+    "online_eval_every",
 }
 # What --resume needs from checkpoint.pt; anything lacking one is not this project's checkpoint.
 # ("model" may be absent from an FSDP run that skipped the consolidated copy.)
@@ -268,6 +274,8 @@ def run(cfg: RunConfig) -> int:
     fsdp = cfg.fsdp and ctx.world_size > 1
     data = load_data(cfg, ctx)
     ckpt = read_resume_checkpoint(cfg, data.ckpt_path)
+    # --init_from: an offline run's checkpoint stands for this run's offline phase.
+    init = read_init_checkpoint(cfg, data.dataset.state_mean, data.dataset.state_std, ckpt)
     enable_tf32(cfg.device)
     if ctx.is_main:
         announce(cfg, ctx, fsdp, data.dataset, ckpt)
@@ -275,16 +283,18 @@ def run(cfg: RunConfig) -> int:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np_rng = np.random.default_rng(cfg.seed)
-    model = build_policy(cfg, ctx, fsdp, data, ckpt)
+    model = build_policy(cfg, ctx, fsdp, data, ckpt or init)
     train_model = wrap_model(cfg, ctx, fsdp, model)
     optimizer, scheduler = make_optimizer(cfg, train_model)
-    start_iter = restore(cfg, ctx, fsdp, data, ckpt, train_model, optimizer, scheduler, np_rng)
+    start = ckpt or init
+    start_iter = restore(cfg, ctx, fsdp, data, start, train_model, optimizer, scheduler, np_rng)
     metrics = open_run_dir(cfg, data, ckpt, start_iter) if ctx.is_main else None
     batches = make_batches(cfg, ctx, data, np_rng, start_iter)
     targets = resolve_targets(cfg.env_targets, data.dataset.returns, data.spec.env_targets)
     eval_fns = make_evaluation(cfg, ctx, fsdp, data, train_model, targets)
     trainer = make_trainer(cfg, ctx, train_model, optimizer, scheduler, batches, eval_fns)
-    trainer.global_step = start_iter * cfg.num_steps_per_iter
+    trainer.global_step = cfg.steps_after(start_iter)
+    trainer.load_extra_state(start or {})
     logs: dict = {}
     for it in range(start_iter, cfg.max_iters):
         logs = train_one_iteration(cfg, ctx, trainer, it, np_rng, data.ckpt_path)
@@ -293,10 +303,30 @@ def run(cfg: RunConfig) -> int:
             return 1
         # Collective under FSDP (every rank gathers or writes its shards), so outside is_main.
         state = checkpoint_states(cfg, data.out_dir, it + 1, train_model, optimizer, fsdp)
+        state.update(trainer.extra_state())
         if ctx.is_main:
             metrics.log(it + 1, (it + 1) * cfg.num_steps_per_iter, logs)
             write_checkpoint(cfg, data, state, scheduler, np_rng, it + 1, targets, metrics)
         ctx.barrier()
+    if cfg.online_rounds:
+        save = partial(
+            save_iteration, cfg, ctx, fsdp, data, train_model, optimizer, trainer, scheduler,
+            np_rng, targets, metrics,
+        )  # fmt: skip
+        phase = OnlinePhase(
+            cfg, ctx, data.dataset, data.spec.max_ep_len, data.spec.scale, trainer, batches,
+            np_rng, eval_fns, targets,
+            train=lambda it, n: train_one_iteration(
+                cfg, ctx, trainer, it, np_rng, data.ckpt_path, n
+            ),
+            log=metrics.log if ctx.is_main else lambda *a: None,
+            save=save,
+        )  # fmt: skip
+        online_logs = run_online(phase, ckpt)
+        if online_logs is None:
+            ctx.close()
+            return 1
+        logs = online_logs or logs
     if ctx.is_main:
         print_summary(data.dataset, targets, logs)
         metrics.close()
@@ -385,6 +415,8 @@ def read_resume_checkpoint(cfg: RunConfig, ckpt_path: Path) -> dict | None:
         if (k not in RESUMABLE_CHANGES or k in fixed)
         and now.get(k) != v
         and k not in ("params", "backbone_params")
+        # --init_from runs take these two from the checkpoint they started from
+        and not (cfg.init_from and k in ("max_iters", "num_steps_per_iter"))
     )
     if changed:
         raise ConfigError(
@@ -522,7 +554,9 @@ def restore(
         set_rng_state(ckpt["rng"], np_rng)
     except (KeyError, RuntimeError, TypeError, ValueError) as e:
         raise unfit_checkpoint(data.ckpt_path, e) from None
-    if ctx.is_main:
+    if ctx.is_main and not cfg.resume:  # --init_from
+        print(f"starting from {cfg.init_from} (after its iteration {ckpt['iteration']})")
+    elif ctx.is_main:
         print(f"resuming {data.out_dir} after iteration {ckpt['iteration']}")
     return ckpt["iteration"]
 
@@ -552,7 +586,7 @@ def make_batches(
     batches = RankBatches(
         sampler, cfg.seed, ctx, cfg.batch_size, cfg.grad_accum_steps, cfg.model_type == "dt"
     )
-    batches.start_at(start_iter * cfg.num_steps_per_iter)
+    batches.start_at(cfg.steps_after(start_iter))
     return batches
 
 
@@ -566,6 +600,15 @@ def make_trainer(
     eval_fns: list[Callable],
 ) -> Trainer:
     trainer_cls = SequenceTrainer if cfg.model_type == "dt" else ActTrainer
+    odt = {}
+    if cfg.policy == "stochastic":
+        trainer_cls = ODTTrainer
+        scale = unwrap(model).action_scale
+        odt = dict(
+            target_entropy=target_entropy(cfg, scale),
+            init_temperature=cfg.init_temperature,
+            temperature_lr=cfg.temperature_lr,
+        )
     return trainer_cls(
         model,
         optimizer,
@@ -580,6 +623,7 @@ def make_trainer(
         progress_interval=float(os.environ.get("DT_PROGRESS_SECONDS", PROGRESS_INTERVAL)),
         grad_accum_steps=cfg.grad_accum_steps,
         ctx=ctx,
+        **odt,
     )
 
 
@@ -610,14 +654,16 @@ def train_one_iteration(
     it: int,
     np_rng: np.random.Generator,
     ckpt_path: Path,
+    num_steps: int | None = None,
 ) -> dict | None:
-    """Iteration ``it`` (0-based) of training and its evaluation; None if it diverged."""
+    """Iteration ``it`` (0-based) of training (``num_steps`` steps, default
+    --num_steps_per_iter) and its evaluation; None if it diverged."""
     # Dropout and any other draw restart from (seed, rank, iteration): a resumed run and one
     # that never stopped see the same noise, whatever each rank saved.
     seed_iteration(cfg.seed, ctx.rank, it, np_rng)
     try:
         logs = trainer.train_iteration(
-            cfg.num_steps_per_iter, iter_num=it + 1, print_logs=ctx.is_main
+            num_steps or cfg.num_steps_per_iter, iter_num=it + 1, print_logs=ctx.is_main
         )
     except NonFiniteError as e:
         # Checkpoints are written only after an iteration whose every step passed the
@@ -669,6 +715,29 @@ def write_checkpoint(
         drop_old_shards(data.out_dir, states["dcp"])
 
 
+def save_iteration(
+    cfg: RunConfig,
+    ctx: DistContext,
+    fsdp: bool,
+    data: RunData,
+    train_model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    trainer: Trainer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    np_rng: np.random.Generator,
+    targets: list[float],
+    metrics: MetricsLog | None,
+    iteration: int,
+    extra: dict,
+) -> None:
+    """The checkpoint after ``iteration`` with ``extra`` entries (the online phase's state)."""
+    state = checkpoint_states(cfg, data.out_dir, iteration, train_model, optimizer, fsdp)
+    state.update(trainer.extra_state(), **extra)
+    if ctx.is_main:
+        write_checkpoint(cfg, data, state, scheduler, np_rng, iteration, targets, metrics)
+    ctx.barrier()
+
+
 def print_summary(dataset: TrajectoryDataset, targets: list[float], logs: dict) -> None:
     r = dataset.returns
     print("=" * 50)
@@ -681,14 +750,6 @@ def print_summary(dataset: TrajectoryDataset, targets: list[float], logs: dict) 
         if key in logs:
             std = logs[f"evaluation/{target_key(t)}_return_std"]
             print(f"achieved return at target {t:g}: {logs[key]:.1f} ± {std:.1f}")
-
-
-def seed_iteration(seed: int, rank: int, iteration: int, np_rng: np.random.Generator) -> None:
-    """Seed torch (every device), Python and numpy from ``(seed, rank, iteration)``."""
-    state = np.random.SeedSequence([seed, rank, iteration]).generate_state(2)
-    torch.manual_seed(int(state[0]))
-    random.seed(int(state[1]))
-    np_rng.bit_generator.state = np.random.default_rng(state).bit_generator.state
 
 
 def evaluate_all(fns: list[Callable], fsdp: bool, model: torch.nn.Module) -> dict:

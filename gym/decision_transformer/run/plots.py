@@ -32,6 +32,8 @@ class Run:
     config: dict
     rows: list[dict]
     label: str = ""
+    # x axis: optimizer steps, or env steps collected online (0 through the offline phase)
+    x: str = "step"
 
     @property
     def targets(self) -> list[str]:
@@ -40,16 +42,19 @@ class Run:
         return sorted(found, key=_target_order)
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
-        steps = [row["step"] for row in self.rows if key in row]
+        x = (lambda r: r["step"]) if self.x == "step" else (lambda r: r.get("online/env_steps", 0))
+        steps = [x(row) for row in self.rows if key in row]
         return steps, [row[key] for row in self.rows if key in row]
 
     def step_time(self) -> float | None:
         """Median seconds per gradient step: the first iteration's warm-up does not skew it."""
-        steps = self.config.get("num_steps_per_iter")
-        times = [row["time/training"] for row in self.rows if "time/training" in row]
-        if not steps or not times:
-            return None
-        return statistics.median(times) / steps
+        # Steps per row from consecutive rows: online rounds take --online_updates steps each.
+        prev, per_step = 0, []
+        for row in self.rows:
+            if "time/training" in row and row.get("step", 0) > prev:
+                per_step.append(row["time/training"] / (row["step"] - prev))
+            prev = row.get("step", prev)
+        return statistics.median(per_step) if per_step else None
 
 
 def _target_order(name: str) -> tuple[int, float, str]:
@@ -140,12 +145,13 @@ def plot_runs(runs: list[Run], out: str | Path, title: str | None = None) -> Pat
             ax.set_ylabel("normalized score")
         else:
             ax.set_title("training loss")
-            ax.set_ylabel("action MSE")
+            stochastic = any(r.config.get("policy") == "stochastic" for r in runs)
+            ax.set_ylabel("NLL - temperature x entropy" if stochastic else "action MSE")
             losses = [v for r in runs for v in r.series("training/train_loss_mean")[1]]
             # Log scale only pays off once the loss has fallen by an order of magnitude.
             if losses and min(losses) > 0 and max(losses) / min(losses) > 10:
                 ax.set_yscale("log")
-        ax.set_xlabel("training step")
+        ax.set_xlabel("training step" if runs[0].x == "step" else "online env steps")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
@@ -209,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--table", action="store_true", help="print a markdown table of the runs")
     p.add_argument("--title", default=None, help="figure title")
+    p.add_argument(
+        "--x",
+        default="step",
+        choices=["step", "env_steps"],
+        help="x axis: optimizer steps, or env steps collected by online fine-tuning "
+        "(--online_rounds; 0 during the offline phase)",
+    )
     return p
 
 
@@ -219,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def plot_main(args: argparse.Namespace) -> int:
     runs = [load_run(r) for r in args.runs]
+    for run in runs:
+        run.x = args.x
     label_runs(runs)
     if args.table:
         print(markdown_table(runs))

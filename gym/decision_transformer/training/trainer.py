@@ -189,7 +189,8 @@ class Trainer:
         params = list(self.model.parameters())
         gnorm = full_tensor(torch.nn.utils.clip_grad_norm_(params, self.grad_clip))
         bad = ~(torch.isfinite(loss) & torch.isfinite(gnorm))
-        stats = torch.stack([loss, bad.float()])
+        extra = self.step_stats()
+        stats = torch.stack([loss, bad.float(), *(x.float() for x in extra)])
         world = 1
         if self.ctx is not None:
             stats = self.ctx.all_reduce_sum(stats)
@@ -201,7 +202,8 @@ class Trainer:
             numbers.append(full_tensor(weight_norm(params)).float().reshape(1))
         # The one host sync of the step: everything the guard and the logs need, at once.
         # gnorm and the weight norm are the same on every rank (gradients are all-reduced).
-        loss_sum, n_bad, gnorm_v, *wnorm_v = torch.cat(numbers).tolist()
+        loss_sum, n_bad, *rest = torch.cat(numbers).tolist()
+        extra_v, (gnorm_v, *wnorm_v) = rest[: len(extra)], rest[len(extra) :]
         value = loss_sum / world
         step = self.global_step + 1
         if check:
@@ -212,7 +214,24 @@ class Trainer:
             )
         self.optimizer.step()
         self.global_step = step
+        if extra:
+            # Means over ranks, on the device and on the host (read in the sync above).
+            self.after_step(stats[2:] / world, [v / world for v in extra_v])
         return value
+
+    def step_stats(self) -> list[torch.Tensor]:
+        """0-d tensors a subclass wants averaged over ranks and read in the step's one sync."""
+        return []
+
+    def after_step(self, device_means: torch.Tensor, host_means: list[float]) -> None:
+        """Called after an applied step with :meth:`step_stats` averaged over ranks."""
+
+    def extra_state(self) -> dict:
+        """What a subclass adds to the checkpoint (weights_only-safe values)."""
+        return {}
+
+    def load_extra_state(self, ckpt: dict) -> None:
+        """Restore :meth:`extra_state` from a checkpoint that holds it."""
 
     def optimize(self, loss: torch.Tensor) -> float:
         """Backward, clip, step for a single loss (the step without accumulation)."""
