@@ -60,6 +60,7 @@ class Trainer:
         progress_interval: float = PROGRESS_INTERVAL,
         grad_accum_steps: int = 1,
         ctx=None,
+        val_fn: Callable | None = None,
     ):
         self.model = model
         self.optimizer = optimizer
@@ -68,6 +69,8 @@ class Trainer:
         self.loss_fn = loss_fn
         self.scheduler = scheduler
         self.eval_fns = eval_fns or []
+        # Held-out episodes' error (training/validation.py), logged beside the training one.
+        self.val_fn = val_fn
         self.autocast_dtype = autocast_dtype
         self.grad_clip = grad_clip
         self.progress = progress
@@ -130,6 +133,8 @@ class Trainer:
         eval_start = time.time()
         self.model.eval()
         with self.autocast():
+            if self.val_fn is not None:
+                logs.update(self.val_fn(self.model))
             for eval_fn in self.eval_fns:
                 for k, v in eval_fn(self.model).items():
                     logs[f"evaluation/{k}"] = v
