@@ -174,6 +174,28 @@ def test_validation_error_is_the_error_on_held_out_windows(data_dir, tmp_path, n
     assert logged[VALIDATION_KEY] == pytest.approx(independent_error(out, data_dir), rel=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_torchrun_ranks_share_the_windows(data_dir, tmp_path, mode):
+    """2 ranks x batch 8 (each measuring its share of an odd number of windows, one
+    all-reduce) log the validation error of 1 process x batch 16, which trains the same
+    weights; under FSDP every rank makes as many sharded forward calls, or the run would hang.
+    best.pt holds full weights either way."""
+    from test_distributed import EXACT, torchrun_args
+
+    flags = [*EXACT, "--val_episodes", "3", "--val_windows", "25", "--max_iters", "2"]
+    launch = torchrun_args(2)[:-1]
+    common = [*FAST, "--data_dir", data_dir, *flags]
+    fsdp = ["--fsdp"] if mode == "fsdp" else []
+    two, one = tmp_path / "two", tmp_path / "one"
+    run_script(*launch, "experiment.py", *common, *fsdp, "--batch_size", "8", "--out_dir", two,
+               check=True, timeout=300)  # fmt: skip
+    train(data_dir, one, *flags, "--batch_size", "16")
+    for a, b in zip(rows(two), rows(one), strict=True):
+        assert a[VALIDATION_KEY] == pytest.approx(b[VALIDATION_KEY], rel=1e-5)
+    assert load(two / "best.pt")["iteration"] == load(one / "best.pt")["iteration"]
+    assert load(two / "best.pt")["model"].keys() == load(one / "best.pt")["model"].keys()
+
+
 # --- best.pt ---------------------------------------------------------------------------------
 
 
