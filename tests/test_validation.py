@@ -361,3 +361,11 @@ def test_bad_flags_that_need_the_dataset_exit_2(data_dir, tmp_path, args, messag
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and message in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_fsdp_without_full_weights_validates_but_keeps_no_best(data_dir):
+    no_full = ["--fsdp", "--consolidate_checkpoint", "false", *VAL]
+    assert run_config(data_dir, *VAL).select_by == "val_error"
+    assert run_config(data_dir, *no_full).select_by is None
+    with pytest.raises(ConfigError, match="--consolidate_checkpoint false"):
+        run_config(data_dir, *no_full, "--select_by", "val_error")

@@ -472,7 +472,12 @@ def _check_validation(cfg: RunConfig) -> None:
         raise ConfigError(f"--val_episodes must be >= 0, got {cfg.val_episodes}")
     if cfg.val_windows <= 0:
         raise ConfigError(f"--val_windows must be positive, got {cfg.val_windows}")
-    if cfg.select_by is None and cfg.val_episodes:
+    # No default best.pt when FSDP gathers no full weights: validation is logged only.
+    if (
+        cfg.select_by is None
+        and cfg.val_episodes
+        and not (cfg.fsdp and not cfg.consolidate_checkpoint)
+    ):
         cfg.select_by = "val_error"
     if cfg.select_by == "val_error" and not cfg.val_episodes:
         raise ConfigError(
