@@ -15,11 +15,18 @@ import torch
 from .trajectories import TrajectoryDataset
 
 
-def top_trajectories(dataset: TrajectoryDataset, pct_traj: float) -> np.ndarray:
+def top_trajectories(
+    dataset: TrajectoryDataset, pct_traj: float, episodes: np.ndarray | None = None
+) -> np.ndarray:
     """Indices of the best episodes (highest return last) that fit in ``pct_traj`` of all steps;
-    always at least the best one, as the original."""
-    order = np.argsort(dataset.returns, kind="stable")
-    budget = max(int(pct_traj * dataset.num_steps), 1)
+    always at least the best one, as the original. ``episodes`` (sorted indices) restricts the
+    choice, and the step budget, to those episodes (the training ones when some are held out)."""
+    if episodes is None:
+        order = np.argsort(dataset.returns, kind="stable")
+        budget = max(int(pct_traj * dataset.num_steps), 1)
+    else:
+        order = episodes[np.argsort(dataset.returns[episodes], kind="stable")]
+        budget = max(int(pct_traj * dataset.lengths[episodes].sum()), 1)
     # Taking episodes from the best down while the running total stays within budget.
     cum = np.cumsum(dataset.lengths[order[::-1]])
     count = max(1, int(np.searchsorted(cum, budget, side="right")))
@@ -50,6 +57,7 @@ class BatchSampler:
         device: str | torch.device = "cpu",
         rng: np.random.Generator | None = None,
         segment_len: int | None = None,
+        episodes: np.ndarray | None = None,
     ):
         self.ds = dataset
         self.K = K
@@ -62,7 +70,8 @@ class BatchSampler:
         # waits for the GPU to finish its queue first. Pinning needs CUDA, so only then.
         self.pin_memory = self.device.type == "cuda"
         self.rng = rng if rng is not None else np.random.default_rng()
-        self.episodes = top_trajectories(dataset, pct_traj)
+        # Only these episodes are ever drawn (``episodes``: None for all of them).
+        self.episodes = top_trajectories(dataset, pct_traj, episodes)
         lengths = dataset.lengths[self.episodes]
         self.p_sample = lengths / lengths.sum()
         # Normalised value of a zero-padded state, as the original padded before normalising.

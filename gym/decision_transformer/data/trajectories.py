@@ -7,7 +7,7 @@ offsets; returns-to-go and the state statistics are computed once at load.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -15,13 +15,20 @@ import numpy as np
 from ..errors import DatasetError
 
 
-def _column_mean_std(x: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def _column_mean_std(
+    x: np.ndarray, chunk: int = 1024, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and (population) std in float64, two passes over row chunks: ``np.std``
-    would build float64 temporaries twice the size of the whole array."""
-    mean = sum(x[i : i + chunk].sum(axis=0, dtype=np.float64) for i in range(0, len(x), chunk))
-    mean = mean / len(x)
-    sq = sum(np.square(x[i : i + chunk] - mean).sum(axis=0) for i in range(0, len(x), chunk))
-    return mean, np.sqrt(sq / len(x))
+    would build float64 temporaries twice the size of the whole array. ``rows`` (indices)
+    restricts both to those rows, gathered a chunk at a time."""
+    n = len(x) if rows is None else len(rows)
+
+    def part(i: int) -> np.ndarray:
+        return x[i : i + chunk] if rows is None else x[rows[i : i + chunk]]
+
+    mean = sum(part(i).sum(axis=0, dtype=np.float64) for i in range(0, n, chunk)) / n
+    sq = sum(np.square(part(i) - mean).sum(axis=0) for i in range(0, n, chunk))
+    return mean, np.sqrt(sq / n)
 
 
 def delay_rewards(rewards: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
@@ -107,6 +114,17 @@ class TrajectoryDataset:
             returns,
             mean.astype(np.float32),
             (std + 1e-6).astype(np.float32),
+        )
+
+    def with_state_stats_of(self, episodes: np.ndarray) -> TrajectoryDataset:
+        """This dataset (its arrays shared, not copied) with the state mean and std computed
+        over ``episodes`` only: held-out episodes must not inform the normalisation."""
+        rows = np.concatenate([np.arange(s, s + n) for s, n in zip(
+            self.starts[episodes], self.lengths[episodes]
+        )])  # fmt: skip
+        mean, std = _column_mean_std(self.observations, rows=rows)
+        return replace(
+            self, state_mean=mean.astype(np.float32), state_std=(std + 1e-6).astype(np.float32)
         )
 
     def check_env_dims(self, state_dim: int, act_dim: int, env_name: str, source: str) -> None:

@@ -30,6 +30,7 @@ from .errors import HelpFormatter, OneLineParser
 SCALE_OUT_GROUP = "precision, memory and several processes (torchrun)"
 QWEN_GROUP = "Qwen3 backbone"
 ONLINE_GROUP = "online fine-tuning (Online Decision Transformer, Zheng et al. 2022)"
+VALIDATION_GROUP = "validation and model selection"
 
 
 class ConfigError(UserError, ValueError):
@@ -56,6 +57,41 @@ def target_spec(value: str) -> float | str:
         raise argparse.ArgumentTypeError(
             f"expected a number, max or pNN (e.g. p90), got '{value}'"
         ) from None
+
+
+def episode_count(value: str) -> int | float:
+    """``--val_episodes``: a whole number of episodes, or a fraction of them in (0, 1)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if number == 0 or (0 < number < 1):
+        return number if number else 0
+    if number >= 1 and number.is_integer():
+        return int(number)
+    raise argparse.ArgumentTypeError(
+        f"expected a whole number of episodes or a fraction in (0, 1), got '{value}'"
+    )
+
+
+def selection_spec(value: str) -> str:
+    """``--select_by``: ``val_error`` or ``return@TARGET``, TARGET as ``--env_targets`` takes."""
+    if value == "val_error":
+        return value
+    head, _, target = value.partition("@")
+    if head != "return" or not target:
+        raise argparse.ArgumentTypeError(
+            f"expected val_error or return@TARGET (e.g. return@max, return@p90), got '{value}'"
+        )
+    target_spec(target)  # raises the same message --env_targets gives
+    return value
+
+
+def selection_target(select_by: str | None) -> float | str | None:
+    """The target of ``return@TARGET`` as ``target_spec`` reads it; None otherwise."""
+    if not select_by or not select_by.startswith("return@"):
+        return None
+    return target_spec(select_by.split("@", 1)[1])
 
 
 def flag(default: Any, help: str, *aliases: str, group: str | None = None, **argparse_kw) -> Any:
@@ -275,6 +311,30 @@ class RunConfig:
     temperature_lr: float = flag(
         1e-4, "Adam learning rate of the log-temperature", group=ONLINE_GROUP, type=float
     )
+    # --- validation and model selection (see training/validation.py, run/selection.py) ---
+    val_episodes: int | float = flag(
+        0,
+        "hold out this many whole episodes (or this fraction of them, e.g. 0.1), drawn by "
+        "--seed, from training and from the state mean/std; their action error is logged each "
+        "iteration as validation/action_error. 0: off, every episode trains",
+        group=VALIDATION_GROUP,
+        type=episode_count,
+    )
+    val_windows: int = flag(
+        512,
+        "windows of the held-out episodes drawn once (by --seed) on which the validation error "
+        "is computed every iteration",
+        group=VALIDATION_GROUP,
+        type=int,
+    )
+    select_by: str | None = flag(  # resolved: val_error with --val_episodes, else None
+        None,
+        "keep the best iteration's weights as best.pt beside checkpoint.pt: val_error (lowest "
+        "validation error) or return@TARGET (highest mean return at TARGET, one of "
+        "--env_targets, e.g. return@max). Default: val_error with --val_episodes, else no best.pt",
+        group=VALIDATION_GROUP,
+        type=selection_spec,
+    )
     # --- precision, memory and several processes (see run/distributed.py) ---
     dtype: str = flag(  # resolved: auto becomes bf16 on CUDA, fp32 on CPU
         "auto",
@@ -439,6 +499,7 @@ def resolve(args: argparse.Namespace, backbone: str) -> RunConfig:
     _check_optimization(cfg)
     _check_heads(cfg, backbone)
     _check_online(cfg)
+    _check_validation(cfg)
     cfg.device = resolve_device(cfg.device)
     check_scale_out(cfg)
     if cfg.out_dir is None:
@@ -480,6 +541,37 @@ def _check_optimization(cfg: RunConfig) -> None:
         raise ConfigError(f"--weight_decay must be >= 0, got {cfg.weight_decay}")
     if not 0 <= cfg.dropout < 1:
         raise ConfigError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+
+
+def _check_validation(cfg: RunConfig) -> None:
+    """What can be checked without the dataset; the episode count is checked by split_episodes
+    and the selection target against the resolved targets once the dataset is loaded."""
+    if cfg.val_episodes < 0:
+        raise ConfigError(f"--val_episodes must be >= 0, got {cfg.val_episodes}")
+    if cfg.val_windows <= 0:
+        raise ConfigError(f"--val_windows must be positive, got {cfg.val_windows}")
+    # No default best.pt when FSDP gathers no full weights: validation is logged only.
+    if (
+        cfg.select_by is None
+        and cfg.val_episodes
+        and not (cfg.fsdp and not cfg.consolidate_checkpoint)
+    ):
+        cfg.select_by = "val_error"
+    if cfg.select_by == "val_error" and not cfg.val_episodes:
+        raise ConfigError(
+            "--select_by val_error needs held-out episodes: add --val_episodes N (or a "
+            "fraction, e.g. 0.1), or select by return@TARGET"
+        )
+    if selection_target(cfg.select_by) is not None and cfg.num_eval_episodes <= 0:
+        raise ConfigError(
+            f"--select_by {cfg.select_by} needs evaluation returns but --num_eval_episodes is 0: "
+            "evaluate some episodes or select by val_error"
+        )
+    if cfg.select_by and cfg.fsdp and not cfg.consolidate_checkpoint:
+        raise ConfigError(
+            "--select_by keeps best.pt with full weights, which --consolidate_checkpoint false "
+            "never gathers: drop one of them"
+        )
 
 
 def _check_attention(cfg: RunConfig) -> None:

@@ -49,7 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
         "way training evaluates; optionally render the first episode to a video.",
     )
     a = p.add_argument
-    a("--checkpoint", required=True, help="RUN/checkpoint.pt (or the run directory)")
+    a(
+        "--checkpoint",
+        required=True,
+        help="RUN/checkpoint.pt, RUN/best.pt, or the run directory (see --which)",
+    )
+    a(
+        "--which",
+        default=None,
+        choices=["last", "best"],
+        help="with a run directory: last is its checkpoint.pt, best its best.pt (the best "
+        "iteration by the run's --select_by); given a file, picks that file's sibling "
+        "(default: the file named, or last for a directory)",
+    )
     a(
         "--num_eval_episodes",
         type=int,
@@ -83,7 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="fast drops multisampling, shadows and reflections (~10x faster on software GL); "
         "auto (the default) picks fast when OpenGL is a software rasteriser",
     )
-    a("--json", default=None, metavar="PATH", help="where to write results (default RUN/eval.json)")
+    a(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="where to write results (default RUN/eval.json, RUN/eval-best.json for best.pt)",
+    )
     a("--device", default="auto", help="auto (the default: CUDA when present, else CPU), cpu, ...")
     return p
 
@@ -94,11 +111,22 @@ def _first_line(e: BaseException) -> str:
     return line if len(line) <= 160 else line[:157] + "..."
 
 
-def load_run_checkpoint(path: str | Path) -> tuple[Path, dict]:
-    """The checkpoint at ``path`` (a file or a run directory), checked to be experiment.py's."""
+FILES = {"last": "checkpoint.pt", "best": "best.pt"}
+
+
+def load_run_checkpoint(path: str | Path, which: str | None = None) -> tuple[Path, dict]:
+    """The checkpoint at ``path`` (a file or a run directory, ``which`` choosing last or best),
+    checked to be experiment.py's."""
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoint.pt"
+        path = path / FILES[which or "last"]
+    elif which is not None:
+        path = path.parent / FILES[which]
+    if which == "best" and not path.is_file():
+        raise CheckpointError(
+            f"no best.pt in {path.parent}: the run kept none (it had neither --val_episodes nor "
+            "--select_by); evaluate --which last"
+        )
     ckpt = read_checkpoint(
         path, REQUIRED_KEYS, "point --checkpoint at the checkpoint.pt of a run experiment.py wrote"
     )
@@ -212,7 +240,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     """Everything evaluate.py does but printing; returns what goes into the JSON file."""
     if args.video is not None:
         check_video_arg(args.video)
-    ckpt_path, ckpt = load_run_checkpoint(args.checkpoint)
+    ckpt_path, ckpt = load_run_checkpoint(args.checkpoint, args.which)
     cfg = eval_config(ckpt, args)  # checks the config; its device becomes this evaluation's
     targets = eval_targets(ckpt, cfg, args.target_return)
     tf32 = match_run_numerics(ckpt["config"].get("device", "cpu"), cfg.device)
@@ -247,6 +275,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         "targets": results,
         "metrics": metrics,
     }
+    if "selection" in ckpt:  # best.pt: by what, and the value that made it best
+        report["selection"] = ckpt["selection"]
     if recorder is not None:
         report["video"] = render_video(cfg, recorder, targets[0], args)
     return report
@@ -346,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
             f"(episode of seed {v['seed']}, return {v['episode_return']:.1f}), "
             f"rendered at {v['render_fps']:.1f} frames/s"
         )
-    out = Path(args.json) if args.json else Path(report["checkpoint"]).parent / "eval.json"
+    ckpt_path = Path(report["checkpoint"])
+    default = "eval-best.json" if ckpt_path.name == FILES["best"] else "eval.json"
+    out = Path(args.json) if args.json else ckpt_path.parent / default
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"results: {out}")

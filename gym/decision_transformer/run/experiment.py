@@ -2,12 +2,14 @@
 
 :func:`run` reads top to bottom as its phases, each a function of its own below it:
 setup_distributed (torchrun's process group, or a world of one), load_data (every input check,
-then the dataset), read_resume_checkpoint (with --resume: the checkpoint, its flags compared),
-build_policy (fresh, pretrained-backbone or checkpoint weights), wrap_model (frozen heads,
-activation checkpointing, compilation, DDP/FSDP), make_optimizer, restore (optimizer, schedule
-and RNG states), open_run_dir (config.json, metrics.jsonl), make_batches, make_evaluation,
-make_trainer; then per iteration train_one_iteration (training and evaluation),
-checkpoint_states and write_checkpoint. The configuration is one typed RunConfig (run/config.py).
+then the dataset; with --val_episodes the held-out split), make_selection (what best.pt keeps),
+read_resume_checkpoint (with --resume: the checkpoint, its flags compared), build_policy (fresh,
+pretrained-backbone or checkpoint weights), wrap_model (frozen heads, activation checkpointing,
+compilation, DDP/FSDP), make_optimizer, restore (optimizer, schedule and RNG states),
+open_run_dir (config.json, metrics.jsonl), make_batches, make_evaluation, make_validation,
+make_trainer; then per iteration train_one_iteration (training, validation and evaluation),
+checkpoint_states, write_best (when the iteration is the best so far) and write_checkpoint. The
+configuration is one typed RunConfig (run/config.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..data.holdout import held_out_count, split_episodes, validation_batches
 from ..data.loading import check_dataset_available, load_dataset
 from ..data.sampler import BatchSampler
 from ..data.scores import reference_scores
@@ -43,6 +46,7 @@ from ..training.act_trainer import ActTrainer
 from ..training.odt_trainer import ODTTrainer
 from ..training.seq_trainer import SequenceTrainer
 from ..training.trainer import PROGRESS_INTERVAL, NonFiniteError, Trainer
+from ..training.validation import VALIDATION_KEY, ValidationSet
 from .checkpoint import (
     CheckpointError,
     read_checkpoint,
@@ -51,7 +55,14 @@ from .checkpoint import (
     seed_iteration,
     set_rng_state,
 )
-from .config import ConfigError, RunConfig, build_parser, resolve, resolve_targets
+from .config import (
+    ConfigError,
+    RunConfig,
+    build_parser,
+    resolve,
+    resolve_targets,
+    selection_target,
+)
 from .distributed import (
     DistContext,
     RankBatches,
@@ -62,6 +73,7 @@ from .distributed import (
 from .errors import run_cli
 from .metrics import MetricsLog
 from .online import OnlinePhase, read_init_checkpoint, run_online, target_entropy
+from .selection import Selection
 
 # Flags that may differ when a run is resumed; any other difference would not be the same run.
 RESUMABLE_CHANGES = {
@@ -89,6 +101,8 @@ RESUMABLE_CHANGES = {
 # What --resume needs from checkpoint.pt; anything lacking one is not this project's checkpoint.
 # ("model" may be absent from an FSDP run that skipped the consolidated copy.)
 RESUME_KEYS = ("optimizer", "scheduler", "rng", "iteration", "config")
+# The best iteration's weights (--select_by), beside checkpoint.pt; see run/selection.py.
+BEST_NAME = "best.pt"
 
 
 def episode_seeds(seed: int, num_episodes: int) -> list[int]:
@@ -273,6 +287,8 @@ def run(cfg: RunConfig) -> int:
     ctx = setup_distributed(cfg)
     fsdp = cfg.fsdp and ctx.world_size > 1
     data = load_data(cfg, ctx)
+    targets = resolve_targets(cfg.env_targets, data.dataset.returns, data.spec.env_targets)
+    selection = make_selection(cfg, data, targets)
     ckpt = read_resume_checkpoint(cfg, data.ckpt_path)
     # --init_from: an offline run's checkpoint stands for this run's offline phase.
     init = read_init_checkpoint(cfg, data.dataset.state_mean, data.dataset.state_std, ckpt)
@@ -288,11 +304,13 @@ def run(cfg: RunConfig) -> int:
     optimizer, scheduler = make_optimizer(cfg, train_model)
     start = ckpt or init
     start_iter = restore(cfg, ctx, fsdp, data, start, train_model, optimizer, scheduler, np_rng)
+    if selection is not None and ckpt is not None and "selection" in ckpt:
+        selection.load_state_dict(ckpt["selection"])
     metrics = open_run_dir(cfg, data, ckpt, start_iter) if ctx.is_main else None
     batches = make_batches(cfg, ctx, data, np_rng, start_iter)
-    targets = resolve_targets(cfg.env_targets, data.dataset.returns, data.spec.env_targets)
     eval_fns = make_evaluation(cfg, ctx, fsdp, data, train_model, targets)
-    trainer = make_trainer(cfg, ctx, train_model, optimizer, scheduler, batches, eval_fns)
+    val_fn = make_validation(cfg, ctx, data)
+    trainer = make_trainer(cfg, ctx, train_model, optimizer, scheduler, batches, eval_fns, val_fn)
     trainer.global_step = cfg.steps_after(start_iter)
     trainer.load_extra_state(start or {})
     logs: dict = {}
@@ -306,7 +324,11 @@ def run(cfg: RunConfig) -> int:
         state.update(trainer.extra_state())
         if ctx.is_main:
             metrics.log(it + 1, (it + 1) * cfg.num_steps_per_iter, logs)
-            write_checkpoint(cfg, data, state, scheduler, np_rng, it + 1, targets, metrics)
+            if selection is not None and selection.observe(it + 1, logs):
+                write_best(data, state, it + 1, targets, cfg, selection)
+            write_checkpoint(
+                cfg, data, state, scheduler, np_rng, it + 1, targets, metrics, selection
+            )
         ctx.barrier()
     if cfg.online_rounds:
         save = partial(
@@ -328,7 +350,7 @@ def run(cfg: RunConfig) -> int:
             return 1
         logs = online_logs or logs
     if ctx.is_main:
-        print_summary(data.dataset, targets, logs)
+        print_summary(data.dataset, targets, logs, selection)
         metrics.close()
     ctx.close()
     return 0
@@ -346,6 +368,9 @@ class RunData:
     act_dim: int
     action_low: np.ndarray
     action_high: np.ndarray
+    # With --val_episodes: sorted indices of the episodes trained on and of those held out.
+    train_episodes: np.ndarray | None = None
+    val_episodes: np.ndarray | None = None
 
     def build_model(self, cfg: RunConfig) -> torch.nn.Module:
         return build_model(
@@ -388,7 +413,39 @@ def load_data(cfg: RunConfig, ctx: DistContext | None = None) -> RunData:
     with (ctx or DistContext()).local_rank_first():
         dataset = load_dataset(cfg.data_dir, cfg.env, cfg.dataset, cfg.mode)
     dataset.check_env_dims(state_dim, act_dim, cfg.env, f"dataset '{cfg.dataset}'")
-    return RunData(spec, out_dir, ckpt_path, dataset, state_dim, act_dim, low, high)
+    data = RunData(spec, out_dir, ckpt_path, dataset, state_dim, act_dim, low, high)
+    if cfg.val_episodes:
+        hold_out_episodes(cfg, data)
+    return data
+
+
+def hold_out_episodes(cfg: RunConfig, data: RunData) -> None:
+    """--val_episodes: the seeded split, and the state mean/std of the training episodes only
+    (what the checkpoint records and evaluation normalises with). Targets such as max or p90
+    still read the whole dataset's returns: they describe the data, not the split."""
+    data.train_episodes, data.val_episodes = split_episodes(
+        cfg.val_episodes, len(data.dataset.lengths), cfg.seed
+    )
+    data.dataset = data.dataset.with_state_stats_of(data.train_episodes)
+
+
+def make_selection(cfg: RunConfig, data: RunData, targets: list[float]) -> Selection | None:
+    """What best.pt keeps (--select_by), its target checked to be one evaluated; None when the
+    run neither validates nor selects (then nothing of this runs: the run is as before)."""
+    if not cfg.select_by:
+        return Selection("", VALIDATION_KEY, True) if cfg.val_episodes else None
+    if cfg.select_by == "val_error":
+        return Selection(cfg.select_by, VALIDATION_KEY, True)
+    spec = selection_target(cfg.select_by)
+    (target,) = resolve_targets([spec], data.dataset.returns, data.spec.env_targets)
+    if target not in targets:
+        raise ConfigError(
+            f"--select_by {cfg.select_by}: target {target:g} is not evaluated (targets: "
+            f"{', '.join(f'{t:g}' for t in targets)}); add {spec} to --env_targets or select "
+            "another"
+        )
+    key = f"evaluation/{target_key(target)}_return_mean"
+    return Selection(cfg.select_by, key, False)
 
 
 def read_resume_checkpoint(cfg: RunConfig, ckpt_path: Path) -> dict | None:
@@ -423,6 +480,11 @@ def read_resume_checkpoint(cfg: RunConfig, ckpt_path: Path) -> dict | None:
             f"--resume: flags differ from the checkpoint's run ({', '.join(changed)}); "
             "resume with the original flags"
         )
+    if "val_episodes" not in ckpt["config"] and (cfg.val_episodes or cfg.select_by):
+        raise ConfigError(
+            "--resume: the checkpoint's run predates --val_episodes and --select_by; resume it "
+            "without them"
+        )
     return ckpt
 
 
@@ -432,6 +494,14 @@ def announce(
     print("=" * 50)
     print(f"Starting new experiment: {cfg.env} {cfg.dataset}")
     print(dataset.summary())
+    if cfg.val_episodes:
+        print(
+            f"validation: {held_out_count(cfg.val_episodes, len(dataset.lengths))} episodes "
+            f"held out (--val_episodes {cfg.val_episodes}), {cfg.val_windows} fixed windows; "
+            f"best.pt by {cfg.select_by}"
+        )
+    elif cfg.select_by:
+        print(f"best.pt by {cfg.select_by}")
     print("=" * 50)
     print(
         f"global batch: {cfg.global_batch_size} windows per optimizer step "
@@ -565,8 +635,9 @@ def open_run_dir(cfg: RunConfig, data: RunData, ckpt: dict | None, start_iter: i
     """Rank 0: the run folder with this run's config.json, and its metrics log."""
     data.out_dir.mkdir(parents=True, exist_ok=True)
     # A run killed inside save_checkpoint leaves its temp file; checkpoint.pt is intact.
-    for stale in data.out_dir.glob(f"{data.ckpt_path.name}*.tmp"):
-        stale.unlink()
+    for name in (data.ckpt_path.name, BEST_NAME):
+        for stale in data.out_dir.glob(f"{name}*.tmp"):
+            stale.unlink()
     (data.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     wandb_id = ckpt.get("wandb_id") if ckpt else None
     metrics = MetricsLog(data.out_dir, cfg.to_dict(), wandb_id=wandb_id)
@@ -581,7 +652,7 @@ def make_batches(
     spec = data.spec
     sampler = BatchSampler(
         data.dataset, cfg.K, spec.max_ep_len, spec.scale, cfg.pct_traj, cfg.device, np_rng,
-        segment_len=cfg.segment_len,
+        segment_len=cfg.segment_len, episodes=data.train_episodes,
     )  # fmt: skip
     batches = RankBatches(
         sampler, cfg.seed, ctx, cfg.batch_size, cfg.grad_accum_steps, cfg.model_type == "dt"
@@ -598,6 +669,7 @@ def make_trainer(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     batches: RankBatches,
     eval_fns: list[Callable],
+    val_fn: Callable | None = None,
 ) -> Trainer:
     trainer_cls = SequenceTrainer if cfg.model_type == "dt" else ActTrainer
     odt = {}
@@ -624,7 +696,30 @@ def make_trainer(
         grad_accum_steps=cfg.grad_accum_steps,
         ctx=ctx,
         **odt,
+        val_fn=val_fn,
     )
+
+
+def make_validation(cfg: RunConfig, ctx: DistContext, data: RunData) -> Callable | None:
+    """With --val_episodes: the validation error on fixed windows of the held-out episodes,
+    drawn once from (seed) and built on the device now (see training/validation.py)."""
+    if data.val_episodes is None:
+        return None
+    if cfg.val_windows < 2 * ctx.world_size:
+        raise ConfigError(
+            f"--val_windows {cfg.val_windows} is too few for {ctx.world_size} processes: "
+            f"use at least {2 * ctx.world_size}"
+        )
+    spec = data.spec
+    sampler = BatchSampler(
+        data.dataset, cfg.K, spec.max_ep_len, spec.scale, 1.0, cfg.device,
+        segment_len=cfg.segment_len, episodes=data.val_episodes,
+    )  # fmt: skip
+    batches = validation_batches(
+        sampler, cfg.val_windows, cfg.seed, cfg.batch_size, ctx.rank, ctx.world_size
+    )
+    windows = ValidationSet(batches, cfg.model_type == "dt", ctx)
+    return lambda model: windows(unwrap(model))
 
 
 def make_evaluation(
@@ -692,12 +787,16 @@ def write_checkpoint(
     iteration: int,
     targets: list[float],
     metrics: MetricsLog,
+    selection: Selection | None = None,
 ) -> None:
     """Rank 0: checkpoint.pt after ``iteration``, atomically (see run/checkpoint.py)."""
+    # Only runs that validate or select carry the key: other checkpoints are as before.
+    extra = {"selection": selection.state_dict()} if selection is not None else {}
     save_checkpoint(
         data.ckpt_path,
         {
             **states,
+            **extra,
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(np_rng),
             "iteration": iteration,
@@ -738,7 +837,36 @@ def save_iteration(
     ctx.barrier()
 
 
-def print_summary(dataset: TrajectoryDataset, targets: list[float], logs: dict) -> None:
+def write_best(
+    data: RunData,
+    states: dict,
+    iteration: int,
+    targets: list[float],
+    cfg: RunConfig,
+    selection: Selection,
+) -> None:
+    """Rank 0: best.pt, the weights of the best iteration so far, with what evaluate.py needs
+    (no optimizer or RNG states: it is for evaluation; resume reads checkpoint.pt)."""
+    save_checkpoint(
+        data.out_dir / BEST_NAME,
+        {
+            "model": states["model"],
+            "iteration": iteration,
+            "state_mean": torch.from_numpy(data.dataset.state_mean),
+            "state_std": torch.from_numpy(data.dataset.state_std),
+            "config": cfg.to_dict(),
+            "eval_targets": targets,
+            "selection": selection.state_dict(),
+        },
+    )
+
+
+def print_summary(
+    dataset: TrajectoryDataset,
+    targets: list[float],
+    logs: dict,
+    selection: Selection | None = None,
+) -> None:
     r = dataset.returns
     print("=" * 50)
     print(
@@ -750,6 +878,11 @@ def print_summary(dataset: TrajectoryDataset, targets: list[float], logs: dict) 
         if key in logs:
             std = logs[f"evaluation/{target_key(t)}_return_std"]
             print(f"achieved return at target {t:g}: {logs[key]:.1f} ± {std:.1f}")
+    if selection is not None and selection.best_iteration is not None:
+        print(
+            f"best.pt: iteration {selection.best_iteration} by {selection.criterion} "
+            f"({selection.best_value:.6g})"
+        )
 
 
 def evaluate_all(fns: list[Callable], fsdp: bool, model: torch.nn.Module) -> dict:

@@ -20,6 +20,8 @@ from .errors import HelpFormatter, OneLineParser, run_cli
 from .metrics import read_metrics
 
 _RETURN_KEY = re.compile(r"^evaluation/target_(?P<target>.+)_return_mean$")
+TRAIN_LOSS = "training/train_loss_mean"
+VAL_ERROR = "validation/action_error"  # runs with --val_episodes
 
 
 class RunError(UserError, ValueError):
@@ -136,7 +138,12 @@ def plot_runs(runs: list[Run], out: str | Path, title: str | None = None) -> Pat
             elif kind == "score":
                 ax.plot(*run.series(f"evaluation/target_{target}_normalized_score"), **style)
             else:
-                ax.plot(*run.series("training/train_loss_mean"), **style)
+                ax.plot(*run.series(TRAIN_LOSS), **style)
+                # The held-out episodes' error, dashed in the run's colour: a gap that opens
+                # while the training loss keeps falling is overfitting.
+                steps, val = run.series(VAL_ERROR)
+                if val:
+                    ax.plot(steps, val, **{**style, "linestyle": "--", "label": None})
         if kind == "return":
             ax.set_title(f"return, target {target}")
             ax.set_ylabel("episode return (mean ± std)")
@@ -144,10 +151,13 @@ def plot_runs(runs: list[Run], out: str | Path, title: str | None = None) -> Pat
             ax.set_title(f"normalized score, target {target}")
             ax.set_ylabel("normalized score")
         else:
-            ax.set_title("training loss")
+            validated = any(r.series(VAL_ERROR)[0] for r in runs)
+            ax.set_title(
+                "training (solid) / validation (dashed) loss" if validated else "training loss"
+            )
             stochastic = any(r.config.get("policy") == "stochastic" for r in runs)
             ax.set_ylabel("NLL - temperature x entropy" if stochastic else "action MSE")
-            losses = [v for r in runs for v in r.series("training/train_loss_mean")[1]]
+            losses = [v for r in runs for k in (TRAIN_LOSS, VAL_ERROR) for v in r.series(k)[1]]
             # Log scale only pays off once the loss has fallen by an order of magnitude.
             if losses and min(losses) > 0 and max(losses) / min(losses) > 10:
                 ax.set_yscale("log")
@@ -182,6 +192,9 @@ def markdown_table(runs: list[Run]) -> str:
     head = ["run", "backbone", "params", "steps", "step time"]
     head += [f"return @{t} (final / best)" for t in targets]
     head += [f"score @{t} (final / best)" for t in scored]
+    validated = any(r.series(VAL_ERROR)[0] for r in runs)
+    if validated:
+        head.append("val error (final / best)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for run in runs:
         step_time = run.step_time()
@@ -197,6 +210,9 @@ def markdown_table(runs: list[Run]) -> str:
         cells += [
             _final_best(run.series(f"evaluation/target_{t}_normalized_score")[1]) for t in scored
         ]
+        if validated:
+            val = run.series(VAL_ERROR)[1]
+            cells.append(f"{val[-1]:.4g} / {min(val):.4g}" if val else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

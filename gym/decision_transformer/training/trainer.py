@@ -67,6 +67,7 @@ class Trainer:
         grad_accum_steps: int = 1,
         ctx=None,
         weight_check_interval: int | None = None,
+        val_fn: Callable | None = None,
     ):
         self.model = model
         self.optimizer = optimizer
@@ -75,6 +76,8 @@ class Trainer:
         self.loss_fn = loss_fn
         self.scheduler = scheduler
         self.eval_fns = eval_fns or []
+        # Held-out episodes' error (training/validation.py), logged beside the training one.
+        self.val_fn = val_fn
         self.autocast_dtype = autocast_dtype
         self.grad_clip = grad_clip
         self.progress = progress
@@ -140,6 +143,8 @@ class Trainer:
         eval_start = time.time()
         self.model.eval()
         with self.autocast():
+            if self.val_fn is not None:
+                logs.update(self.val_fn(self.model))
             for eval_fn in self.eval_fns:
                 for k, v in eval_fn(self.model).items():
                     logs[f"evaluation/{k}"] = v

@@ -1,0 +1,72 @@
+"""Model selection: which iteration's weights ``best.pt`` keeps, and the overfitting warning.
+
+``--select_by val_error`` keeps the iteration with the lowest validation action error,
+``return@TARGET`` the one with the highest mean evaluation return at TARGET; ties keep the
+earlier iteration. The best value so far and the recent (training, validation) errors travel in
+checkpoint.pt under ``"selection"``, so a resumed run chooses exactly as one that never stopped.
+
+best.pt is written (atomically) before the checkpoint.pt of the same iteration: a run killed
+between the two resumes from the previous checkpoint, replays the iteration (resume is exact) and
+writes the same best.pt again; the other order could leave a checkpoint recording a best
+iteration whose best.pt was never written.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+
+from ..training.validation import OVERFIT_PATIENCE, VALIDATION_KEY, overfitting_starts
+
+TRAIN_KEY = "training/train_loss_mean"
+
+
+@dataclass
+class Selection:
+    """The criterion (its metrics key and direction) and the best iteration so far."""
+
+    criterion: str  # the --select_by value, or "" (no best.pt: validation error logged only)
+    key: str  # the metrics.jsonl key the criterion reads
+    lower_is_better: bool
+    best_value: float | None = None
+    best_iteration: int | None = None
+    # (training error, validation error) of the last iterations, for the overfitting warning.
+    history: list[list[float]] = field(default_factory=list)
+
+    def observe(self, iteration: int, logs: dict) -> bool:
+        """Record ``iteration``'s logs; True when it is the new best (best.pt to write). Prints
+        the overfitting warning (stderr, one line) when a streak begins."""
+        better = False
+        if self.criterion:
+            value = float(logs[self.key])
+            better = self.best_value is None or (
+                value < self.best_value if self.lower_is_better else value > self.best_value
+            )
+            if better:
+                self.best_value, self.best_iteration = value, iteration
+        if VALIDATION_KEY in logs:
+            self.history = [*self.history, [logs[TRAIN_KEY], logs[VALIDATION_KEY]]]
+            self.history = self.history[-(OVERFIT_PATIENCE + 2) :]
+            if overfitting_starts([tuple(h) for h in self.history]):
+                print(overfitting_warning(self.history, self.best_iteration), file=sys.stderr)
+        return better
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        """The best so far from a checkpoint of the same run (same criterion: flags compared)."""
+        self.best_value = state["best_value"]
+        self.best_iteration = state["best_iteration"]
+        self.history = [list(h) for h in state["history"]]
+
+
+def overfitting_warning(history: list[list[float]], best_iteration: int | None) -> str:
+    (train0, val0), (train1, val1) = history[-OVERFIT_PATIENCE - 1], history[-1]
+    kept = f"best.pt keeps iteration {best_iteration}; " if best_iteration else ""
+    return (
+        f"warning: validation action error rose for {OVERFIT_PATIENCE} iterations "
+        f"({val0:.4g} -> {val1:.4g}) while training error fell ({train0:.4g} -> {train1:.4g}): "
+        f"the model is overfitting; {kept}consider a lower --learning_rate, more --dropout or "
+        "--weight_decay, or fewer steps"
+    )

@@ -1,0 +1,82 @@
+"""The validation action error: the training loss, measured on fixed windows of held-out episodes.
+
+The windows are drawn once (see data/holdout.py) and built on the device once; every iteration
+then costs a few forward passes and one host sync. The number is the training loss's own
+definition (the DT's masked action MSE over every real step of each window, BC's MSE of the
+window's last action), so the two curves read on one axis; the model is in eval mode (no dropout).
+
+Under torchrun each rank measures its contiguous share of the windows and one all-reduce sums
+[squared error, count]; every rank makes the same number of forward calls, which FSDP's sharded
+forwards need, and ends with the same value.
+"""
+
+from __future__ import annotations
+
+import torch
+
+VALIDATION_KEY = "validation/action_error"
+# Consecutive iterations of rising validation error (training error falling) before a warning.
+OVERFIT_PATIENCE = 3
+
+
+class ValidationSet:
+    """``batches``: this rank's fixed windows (data/holdout.py validation_batches), as many on
+    every rank; ``conditioned``: the DT (else BC); ``ctx`` sums across ranks under torchrun."""
+
+    def __init__(self, batches: list, conditioned: bool, ctx=None):
+        self.batches = batches
+        self.conditioned = conditioned
+        self.ctx = ctx
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        """``{VALIDATION_KEY: error}``; the caller puts the model in eval mode (and autocast)."""
+        total = None
+        for batch in self.batches:
+            part = (self._dt_terms if self.conditioned else self._bc_terms)(model, batch)
+            total = part if total is None else total + part
+        if self.ctx is not None and self.ctx.world_size > 1:
+            total = self.ctx.all_reduce_sum(total)
+        squared, count = total.tolist()  # the one host sync
+        return {VALIDATION_KEY: squared / count}
+
+    @staticmethod
+    def _dt_terms(model: torch.nn.Module, batch) -> torch.Tensor:
+        """[sum of squared errors over real steps, number of such action entries]."""
+        states, actions, rewards, _, rtg, timesteps, mask = batch
+        model_mask = mask if batch.padded else None
+        _, preds, _ = model(
+            states, actions, rewards, rtg[:, :-1], timesteps, attention_mask=model_mask
+        )
+        err = (preds.float() - actions).square().sum(-1)  # [B, K]
+        return torch.stack([(err * mask).sum(), mask.sum() * actions.shape[-1]])
+
+    @staticmethod
+    def _bc_terms(model: torch.nn.Module, batch) -> torch.Tensor:
+        """[sum of squared errors of each window's last action, number of action entries]."""
+        states, actions, rewards, _, rtg, _, mask = batch
+        _, preds, _ = model(states, actions, rewards, attention_mask=mask, target_return=rtg[:, 0])
+        preds = preds.float().reshape(-1, actions.shape[-1])
+        err = (preds - actions[:, -1]).square().sum()
+        return torch.stack([err, torch.full_like(err, preds.numel())])
+
+
+def overfitting(history: list[tuple[float, float]], patience: int = OVERFIT_PATIENCE) -> bool:
+    """Whether the validation error rose at each of the last ``patience`` iterations while the
+    training error ended them lower than it began. ``history``: (training error, validation
+    error) per iteration, oldest first. The training error is compared across the span, not
+    step by step: its per-iteration mean is noisy, a rising validation error on fixed windows
+    is not."""
+    if len(history) <= patience:
+        return False
+    span = history[-patience - 1 :]
+    val = [v for _, v in span]
+    return all(b > a for a, b in zip(val, val[1:])) and span[-1][0] < span[0][0]
+
+
+def overfitting_starts(
+    history: list[tuple[float, float]], patience: int = OVERFIT_PATIENCE
+) -> bool:
+    """True at the iteration a streak first qualifies (one warning per streak, not one per
+    iteration it lasts)."""
+    return overfitting(history, patience) and not overfitting(history[:-1], patience)
