@@ -416,3 +416,99 @@ def test_bf16_run_computes_in_bf16(humanoid_data, tmp_path, monkeypatch, model_t
     assert dtypes == {torch.float32}
     fp32 = json.loads((tmp_path / "fp32" / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["training/train_loss_mean"] != fp32["training/train_loss_mean"]
+
+
+# --- one host sync per step, through the batch source real runs use ----------------------------
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A real gloo process group of one, so the trainer's all-reduce is a real collective."""
+    import torch.distributed as dist
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "bc"])
+def test_one_host_sync_per_step_with_rank_batches_and_accumulation(kind, one_process_group):
+    """RankBatches (what experiment.py trains from) with --grad_accum_steps 2 and the trainer's
+    all-reduce of the step's numbers: still one host sync per optimizer step."""
+    from decision_transformer.data.sampler import BatchSampler
+    from decision_transformer.data.trajectories import TrajectoryDataset
+    from decision_transformer.models.mlp_bc import MLPBCModel
+    from decision_transformer.run.distributed import DistContext, RankBatches
+    from decision_transformer.training.act_trainer import ActTrainer
+    from decision_transformer.training.host_syncs import HostSyncCounter
+    from decision_transformer.training.seq_trainer import SequenceTrainer
+    from rollouts import rollout_paths
+
+    data = TrajectoryDataset.from_paths(rollout_paths("hopper", episodes=4, max_steps=40))
+    torch.manual_seed(0)
+    if kind == "qwen3":
+        model = DecisionTransformerQwen3(11, 3, 32, max_length=10, max_ep_len=1000, n_layer=2,
+                                         n_head=4, n_kv_head=2)  # fmt: skip
+    else:
+        model = MLPBCModel(11, 3, 32, n_layer=2, max_length=10)
+    # Rank 0 of 2: its slices of each step's global draw, and a real all-reduce in the step.
+    ctx = DistContext(rank=0, world_size=2)
+    sampler = BatchSampler(data, 10, 1000, 100.0, device="cuda", rng=np.random.default_rng(0))
+    batches = RankBatches(sampler, 0, ctx, 4, accum=2, per_token=kind != "bc")
+    reduced = []
+    real_reduce = ctx.all_reduce_sum
+    object.__setattr__(ctx, "all_reduce_sum", lambda t: reduced.append(1) or real_reduce(t))
+    cls = ActTrainer if kind == "bc" else SequenceTrainer
+    trainer = cls(
+        model, torch.optim.AdamW(model.parameters(), lr=1e-4), 4, batches,
+        loss_fn=lambda s_hat, a_hat, r_hat, s, a, r: torch.mean((a_hat - a) ** 2),
+        progress=False, grad_accum_steps=2, ctx=ctx,
+    )  # fmt: skip
+    step = trainer.optimizer.step
+    with HostSyncCounter(fake_cuda=True) as counter:
+
+        def paused_step(*a, **k):
+            with counter.paused():
+                return step(*a, **k)
+
+        trainer.optimizer.step = paused_step
+        per_step = []
+        for _ in range(4):
+            before = len(counter.events)
+            trainer.train_step()
+            per_step.append(counter.events[before:])
+    assert all(events == ["tolist"] for events in per_step), per_step
+    assert batches.calls == 8 and len(reduced) == 4  # 2 micro-batches and 1 all-reduce a step
+
+
+# --- BC resumes exactly --------------------------------------------------------------------------
+
+
+def test_bc_killed_mid_iteration_resumes_exactly(humanoid_data, tmp_path):
+    """BC (--model_type bc) killed by SIGKILL inside iteration 2, then --resume: the same
+    metrics rows and bit-identical weights as a run never interrupted."""
+    from pathlib import Path
+
+    from cli import run_script
+
+    flags = ["--model_type", "bc", "--max_iters", "3", "--seed", "3", "--lr_decay", "cosine"]
+    want = train_in_process(humanoid_data, tmp_path / "full", *flags)
+    out = tmp_path / "cut"
+    argv = ["--env", "humanoid", "--data_dir", str(humanoid_data), "--out_dir", str(out), *TINY]
+    kill_at = Path(__file__).resolve().parent / "kill_at.py"
+    killed = run_script(str(kill_at), "step", 8, "gpt2", *argv, *flags)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 1
+    got = train_in_process(humanoid_data, out, *flags, "--resume")
+    rows = [
+        [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        for d in (out, tmp_path / "full")
+    ]
+    assert [r["iteration"] for r in rows[0]] == [1, 2, 3]
+    for g, w in zip(*rows):
+        assert {k: v for k, v in g.items() if not k.startswith("time/")} == {
+            k: v for k, v in w.items() if not k.startswith("time/")
+        }
+    assert got["model"].keys() == want["model"].keys()
+    assert all(torch.equal(got["model"][k], want["model"][k]) for k in want["model"])
