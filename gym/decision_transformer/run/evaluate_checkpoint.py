@@ -97,10 +97,17 @@ def load_run_checkpoint(path: str | Path) -> tuple[Path, dict]:
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
-    ckpt = read_checkpoint(
-        path, REQUIRED_KEYS, "point --checkpoint at the checkpoint.pt of a run experiment.py wrote"
-    )
-    return path, ckpt
+    fix = "point --checkpoint at the checkpoint.pt of a run experiment.py wrote"
+    ckpt = read_checkpoint(path, tuple(k for k in REQUIRED_KEYS if k != "model"), fix)
+    if "model" in ckpt:
+        return path, ckpt
+    if "dcp" in ckpt:  # an FSDP run's checkpoint without the consolidated copy
+        raise CheckpointError(
+            f"{path} holds only sharded weights ({ckpt['dcp']}, written with "
+            "--consolidate_checkpoint false): resume the run once under torchrun with --fsdp "
+            "--consolidate_checkpoint true to write full weights, then evaluate that"
+        )
+    raise CheckpointError(f"{path} is not a checkpoint written by experiment.py (no model); {fix}")
 
 
 def eval_config(ckpt: dict, args: argparse.Namespace) -> RunConfig:
