@@ -25,8 +25,10 @@ from pathlib import Path
 import _paths  # noqa: F401
 import dqn_replay as fmt
 import numpy as np
-from decision_transformer.errors import DatasetError
+from decision_transformer.errors import DatasetError, UserError
 from decision_transformer.run.config import ConfigError
+from decision_transformer.run.errors import OneLineParser, report
+from decision_transformer.run.paths import check_output_dir
 
 NUM_CKPTS = 50  # buffers per run in DQN-Replay: checkpoints 0..49
 ROWS_PER_BUFFER = 100_000  # the original read each buffer with replay_capacity=100000
@@ -269,6 +271,11 @@ def collect(
 
     if not 1 <= buffers <= NUM_CKPTS:
         raise ConfigError(f"--buffers must be in 1..{NUM_CKPTS}")
+    if steps < 1 or seed < 0:
+        raise ConfigError(
+            f"--steps_per_buffer must be positive and --seed >= 0, got {steps}, {seed}"
+        )
+    check_output_dir(out, "--out")
     env = make_env(game)
     n_actions = env.action_space.n
     d = replay_dir(out, game)
@@ -307,7 +314,7 @@ def collect(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--collect", action="store_true", help="write a small replay from ALE play")
     p.add_argument("--game", default="Breakout")
     p.add_argument("--out", default="./dqn_replay/", help="--collect: the data_dir_prefix to fill")
@@ -338,9 +345,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.trajectories_per_buffer,
                 args.seed,
             )
-    except (ConfigError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return report(e)
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 import time
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from atari_env import PAPER_TARGETS, check_game, human_normalized
 from create_dataset import create_dataset
-from decision_transformer.errors import DatasetError
+from decision_transformer.errors import DatasetError, UserError
 from decision_transformer.models.qwen3_transformer import Qwen3Config
 from decision_transformer.run.checkpoint import (
     load_checkpoint,
@@ -31,8 +32,10 @@ from decision_transformer.run.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from decision_transformer.run.config import ConfigError
+from decision_transformer.run.config import ConfigError, resolve_device
+from decision_transformer.run.errors import OneLineParser, report
 from decision_transformer.run.metrics import MetricsLog
+from decision_transformer.run.paths import check_output_dir
 from mingpt.evaluate_atari import evaluate
 from mingpt.model_atari import AtariDecisionTransformer, AtariDTConfig
 from mingpt.trainer_atari import Trainer, TrainerConfig, WindowDataset
@@ -43,7 +46,7 @@ DERIVED = {"eval_target"}  # filled in from the data, not a flag
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     a = p.add_argument
     a("--seed", type=int, default=123)
     a("--context_length", type=int, default=30, help="steps per window (3 tokens each)")
@@ -106,16 +109,20 @@ def resolve(args: argparse.Namespace) -> dict:
     for flag in ("context_length", "epochs", "batch_size", "eval_envs", "save_every"):
         if cfg[flag] < 1:
             raise ConfigError(f"--{flag} must be positive, got {cfg[flag]}")
-    if cfg["eval_episodes"] < 0 or cfg["num_workers"] < 0:
-        raise ConfigError("--eval_episodes and --num_workers must not be negative")
-    if cfg["device"] == "auto":
-        cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        torch.device(cfg["device"])
-    except RuntimeError:
-        raise ConfigError(f"--device {cfg['device']} is not a torch device") from None
-    if cfg["device"].startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda, but torch sees no GPU; use --device cpu")
+    for flag in ("eval_max_steps", "steps_per_epoch"):
+        if cfg[flag] is not None and cfg[flag] < 1:
+            raise ConfigError(f"--{flag} must be positive, got {cfg[flag]}")
+    if cfg["eval_episodes"] < 0 or cfg["num_workers"] < 0 or cfg["seed"] < 0:
+        raise ConfigError("--eval_episodes, --num_workers and --seed must not be negative")
+    if not 0 < cfg["learning_rate"] < math.inf or not 0 <= cfg["weight_decay"] < math.inf:
+        raise ConfigError("--learning_rate must be positive and --weight_decay >= 0, both finite")
+    if not 0 <= cfg["dropout"] < 1:
+        raise ConfigError(f"--dropout must be in [0, 1), got {cfg['dropout']}")
+    if cfg["target_return"] is not None and not math.isfinite(cfg["target_return"]):
+        raise ConfigError(f"--target_return must be a number, got {cfg['target_return']}")
+    if not 0 < cfg["rope_theta"] < math.inf:
+        raise ConfigError(f"--rope_theta must be positive, got {cfg['rope_theta']}")
+    cfg["device"] = resolve_device(cfg["device"])
     # Backbone shapes are checked here, before any data is read.
     if cfg["backbone"] == "qwen3":
         try:
@@ -137,6 +144,7 @@ def resolve(args: argparse.Namespace) -> dict:
         )
     if cfg["out_dir"] is None:
         cfg["out_dir"] = f"runs/{cfg['game']}-{cfg['model_type']}-{cfg['backbone']}-s{cfg['seed']}"
+    check_output_dir(cfg["out_dir"], "--out_dir")
     # For gym's MetricsLog (wandb group name).
     cfg["env"], cfg["dataset"] = cfg["game"], "dqn-replay"
     return cfg
@@ -146,9 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(resolve(args))
-    except (ConfigError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return report(e)
 
 
 def run(cfg: dict) -> int:

@@ -34,10 +34,18 @@ from .experiment import (
     summarize_returns,
     target_key,
 )
+from .paths import check_output_file
 
 REQUIRED_KEYS = ("model", "config", "state_mean", "state_std")
 # What evaluation itself reads from the config; build_model reads the model's own flags.
 CONFIG_KEYS = ("env", "dataset", "model_type", "mode", "seed", "num_eval_episodes", "eval_envs")
+
+
+def finite_float(value: str) -> float:
+    number = float(value)  # argparse reports a ValueError as "invalid finite_float value"
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(value)
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a(
         "--target_return",
-        type=float,
+        type=finite_float,
         nargs="+",
         default=None,
         help="returns to condition on (default: the targets the run evaluated)",
@@ -129,6 +137,8 @@ def eval_config(ckpt: dict, args: argparse.Namespace) -> RunConfig:
         if getattr(cfg, flag) <= 0:
             hint = "" if getattr(args, flag) is not None else f" (the run's): pass --{flag} N"
             raise ConfigError(f"--{flag} must be positive, got {getattr(cfg, flag)}{hint}")
+    if cfg.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {cfg.seed}")
     cfg.device = resolve_device(args.device)
     return cfg
 
@@ -202,6 +212,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     """Everything evaluate.py does but printing; returns what goes into the JSON file."""
     if args.video is not None:
         check_video_arg(args.video)
+    if args.json is not None:
+        check_output_file(args.json, "--json", make_parent=True)
     ckpt_path, ckpt = load_run_checkpoint(args.checkpoint)
     cfg = eval_config(ckpt, args)
     targets = eval_targets(ckpt, cfg, args.target_return)
@@ -246,6 +258,7 @@ def check_video_arg(path: str) -> None:
         check_video_path(path)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    check_output_file(path, "--video")
 
 
 def play_targets(

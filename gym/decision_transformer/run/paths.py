@@ -21,17 +21,20 @@ def _nearest_existing(path: Path) -> Path:
     return Path(".")
 
 
+def _check_base(path: Path, flag: str, base: Path) -> None:
+    if not base.is_dir():
+        raise PathError(f"{flag} {path} lies under {base}, which is a file: fix the path")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise PathError(f"{flag} {path}: cannot write in {base}: pick a writable place")
+
+
 def check_output_dir(path: str | Path, flag: str) -> Path:
     """``path`` is (or can be made as) a folder this process can write in; missing folders
     are fine (they are created), a file on the way or a read-only place is not."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise PathError(f"{flag} {path} is a file, not a folder: pick a folder")
-    base = _nearest_existing(path.absolute())
-    if not base.is_dir():
-        raise PathError(f"{flag} {path} lies under {base}, which is a file: pick another folder")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise PathError(f"{flag} {path}: cannot write in {base}: pick a writable folder")
+    _check_base(path, flag, _nearest_existing(path.absolute()))
     return path
 
 
@@ -42,8 +45,8 @@ def check_output_file(path: str | Path, flag: str, make_parent: bool = False) ->
     if path.is_dir():
         raise PathError(f"{flag} {path} is a folder: name a file in it")
     parent = path.absolute().parent
-    if not make_parent and not parent.is_dir():
+    if not parent.is_dir() and (parent.exists() or not make_parent):
         what = "is a file" if parent.exists() else "does not exist"
         raise PathError(f"{flag} {path}: its folder {parent} {what}: make it first or fix the path")
-    check_output_dir(parent, flag)
+    _check_base(path, flag, _nearest_existing(parent))
     return path
