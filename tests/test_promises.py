@@ -175,7 +175,7 @@ def test_compile_flag_compiles_each_block_and_nothing_else(
     experiment.wrap_model = keep
     try:
         flags = ["--n_layer", "2", "--num_eval_episodes", "0", "--dropout", "0"]
-        train_in_process(humanoid_data, tmp_path / "c", *flags, "--compile")
+        ckpt = train_in_process(humanoid_data, tmp_path / "c", *flags, "--compile")
     finally:
         experiment.wrap_model = real_wrap
     (model,) = models
@@ -184,6 +184,9 @@ def test_compile_flag_compiles_each_block_and_nothing_else(
     assert model._compiled_call_impl is None
     assert counting_compile.frame_count == 1
     assert counting_compile.runs == 2 * 2 * 5  # layers x iterations x steps
+    # The checkpoint loads into an eager model: no compile wrapper in its names.
+    assert not any("_orig_mod" in k for k in ckpt["model"])
+    assert ckpt["model"].keys() == experiment.unwrap(model).state_dict().keys()
 
 
 def test_compile_regions_compiles_bc_whole(counting_compile):
