@@ -26,8 +26,10 @@ from pathlib import Path
 import _paths  # noqa: F401
 import dqn_replay as fmt
 import numpy as np
-from decision_transformer.errors import DatasetError
+from decision_transformer.errors import DatasetError, UserError
 from decision_transformer.run.config import ConfigError
+from decision_transformer.run.errors import OneLineParser, report
+from decision_transformer.run.paths import check_output_dir
 
 NUM_CKPTS = 50  # buffers per run in DQN-Replay: checkpoints 0..49
 ROWS_PER_BUFFER = 100_000  # the original read each buffer with replay_capacity=100000
@@ -368,6 +370,9 @@ def collect(
         raise ConfigError(f"--buffers must be in 1..{NUM_CKPTS}")
     if steps < 100:
         raise ConfigError(f"--steps_per_buffer must be at least 100, got {steps}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {seed}")
+    check_output_dir(out, "--out")
     env = make_env(game)
     n_actions = env.action_space.n
     policy = SCRIPTED.get(game)
@@ -437,7 +442,7 @@ def add_data_flags(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--collect", action="store_true", help="write a small replay from ALE play")
     p.add_argument(
         "--download_list",
@@ -482,9 +487,8 @@ def main(argv: list[str] | None = None) -> int:
                 keep_blank_rows=args.keep_blank_rows,
                 cache_dir=args.cache_dir,
             )
-    except (ConfigError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return report(e)
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from atari_env import PAPER_TARGETS, check_game
 from create_dataset import add_data_flags, create_dataset
-from decision_transformer.errors import DatasetError
+from decision_transformer.errors import DatasetError, UserError
 from decision_transformer.models.qwen3_transformer import Qwen3Config
 from decision_transformer.run.checkpoint import (
     load_checkpoint,
@@ -33,7 +34,9 @@ from decision_transformer.run.checkpoint import (
     set_rng_state,
 )
 from decision_transformer.run.config import ConfigError
+from decision_transformer.run.errors import OneLineParser, report
 from decision_transformer.run.metrics import MetricsLog
+from decision_transformer.run.paths import check_output_dir
 from mingpt.evaluate_atari import evaluate
 from mingpt.model_atari import AtariDecisionTransformer, AtariDTConfig, compile_blocks
 from mingpt.trainer_atari import Trainer, TrainerConfig, WindowDataset
@@ -74,7 +77,7 @@ def default_workers() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     a = p.add_argument
     a("--seed", type=int, default=123)
     a("--context_length", type=int, default=30, help="steps per window (3 tokens each)")
@@ -178,8 +181,19 @@ def resolve(args: argparse.Namespace) -> dict:
             raise ConfigError(f"--{flag} must be positive, got {cfg[flag]}")
     if cfg["num_workers"] is None:
         cfg["num_workers"] = default_workers()
-    if cfg["eval_episodes"] < 0 or cfg["num_workers"] < 0:
-        raise ConfigError("--eval_episodes and --num_workers must not be negative")
+    for flag in ("eval_max_steps", "steps_per_epoch"):
+        if cfg[flag] is not None and cfg[flag] < 1:
+            raise ConfigError(f"--{flag} must be positive, got {cfg[flag]}")
+    if cfg["eval_episodes"] < 0 or cfg["num_workers"] < 0 or cfg["seed"] < 0:
+        raise ConfigError("--eval_episodes, --num_workers and --seed must not be negative")
+    if not 0 < cfg["learning_rate"] < math.inf or not 0 <= cfg["weight_decay"] < math.inf:
+        raise ConfigError("--learning_rate must be positive and --weight_decay >= 0, both finite")
+    if not 0 <= cfg["dropout"] < 1:
+        raise ConfigError(f"--dropout must be in [0, 1), got {cfg['dropout']}")
+    if cfg["target_return"] is not None and not math.isfinite(cfg["target_return"]):
+        raise ConfigError(f"--target_return must be a number, got {cfg['target_return']}")
+    if not 0 < cfg["rope_theta"] < math.inf:
+        raise ConfigError(f"--rope_theta must be positive, got {cfg['rope_theta']}")
     if cfg["device"] == "auto":
         cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg["dtype"] == "auto":
@@ -225,6 +239,7 @@ def resolve(args: argparse.Namespace) -> dict:
         )
     if cfg["out_dir"] is None:
         cfg["out_dir"] = f"runs/{cfg['game']}-{cfg['model_type']}-{cfg['backbone']}-s{cfg['seed']}"
+    check_output_dir(cfg["out_dir"], "--out_dir")
     # For gym's MetricsLog (wandb group name).
     cfg["env"], cfg["dataset"] = cfg["game"], "dqn-replay"
     return cfg
@@ -248,9 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds:
             return run_seeds(args)
         return run(resolve(args))
-    except (ConfigError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as e:
+        return report(e)
 
 
 def run_seeds(args: argparse.Namespace) -> int:

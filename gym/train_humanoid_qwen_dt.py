@@ -198,6 +198,8 @@ def train(args) -> int:
     cfg = resolve(args, "qwen3")
     if cfg.model_type != "dt":
         raise ConfigError("train_humanoid_qwen_dt.py trains the Qwen3 DT: drop --model_type")
+    if args.nproc is not None and args.nproc < 1:
+        raise ConfigError(f"--nproc must be positive, got {args.nproc}")
     if args.dry_run:
         dry_run(cfg, args.nproc)
         return 0

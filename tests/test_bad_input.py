@@ -1,18 +1,57 @@
 """Every user error of every entry point: exit code 2, exactly one line on stderr naming the
-problem, no traceback, before long work. One real subprocess per case (the CLIs as users run
-them); each fails before data loading or training, so a case costs an interpreter start."""
+problem, no traceback, before long work. Most cases run in-process through the CLI's entry
+function (``main(argv)``, as the script calls it); a few per entry point run as real subprocesses
+(the CLIs as users run them), marked ``SUBPROCESS``."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pickle
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from cli import TINY, run_script
+from cli import GYM_DIR, TINY, run_script
 from rollouts import rollout_paths, write_dataset
+
+if str(GYM_DIR / "data") not in sys.path:
+    sys.path.append(str(GYM_DIR / "data"))
+
+# The entry function each script calls (the script's own few lines aside).
+ENTRY = {
+    "experiment.py": lambda argv: _module("decision_transformer.run.experiment").main(argv),
+    "experiment_qwen.py": lambda argv: _module("decision_transformer.run.experiment").main(
+        argv, backbone="qwen3"
+    ),
+    "evaluate.py": lambda argv: _module("decision_transformer.run.evaluate_checkpoint").main(argv),
+    "plot.py": lambda argv: _module("decision_transformer.run.plots").main(argv),
+    "train_humanoid_qwen_dt.py": lambda argv: _module("train_humanoid_qwen_dt").main(argv),
+    "data/collect_dataset.py": lambda argv: _module("collect_dataset").main(argv),
+    "data/download_d4rl_datasets.py": lambda argv: _module("download_d4rl_datasets").main(argv),
+}
+SUBPROCESS = "subprocess"
+
+
+def _module(name: str):
+    return importlib.import_module(name)
+
+
+def cli(capsys, script: str, *args, how: str = "in-process"):
+    """``script args`` in-process (its entry function, stderr captured) or as a subprocess;
+    either way an object with ``returncode`` and ``stderr``."""
+    args = [str(a) for a in args]
+    if how == SUBPROCESS:
+        return run_script(script, *args)
+    capsys.readouterr()
+    try:
+        code = ENTRY[script](args)
+    except SystemExit as e:  # argparse exits on its own
+        code = e.code
+    return SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
 
 
 class Hostile:
@@ -69,24 +108,26 @@ DATASET_NEEDLES = {
 
 
 @pytest.mark.parametrize("kind", list(DATASET_NEEDLES))
-def test_bad_dataset_files(tmp_path, kind):
+def test_bad_dataset_files(tmp_path, capsys, kind):
     marker = tmp_path / "payload-ran"
     data = tmp_path / "data"
     data.mkdir()
     (data / "humanoid-medium-v2.pkl").write_bytes(dataset_files(tmp_path, marker)[kind])
     out = tmp_path / "run"
-    proc = train_humanoid(data, out)
+    # The hostile pickle in a real process too: the payload must not run there either.
+    how = SUBPROCESS if kind == "hostile" else "in-process"
+    proc = train_humanoid(capsys, data, out, how=how)
     assert_one_line_error(proc, DATASET_NEEDLES[kind])
     assert "delete it and remake it" in proc.stderr or "regenerate" in proc.stderr
     # No side effect: the payload never ran, no run directory appeared.
     assert not marker.exists() and not out.exists()
 
 
-def train_humanoid(data_dir, out_dir, *args):
-    """experiment.py on the humanoid env with TINY flags, as a subprocess."""
-    return run_script(
-        "experiment.py", "--env", "humanoid", "--data_dir", data_dir, "--out_dir", out_dir,
-        *TINY, *args,
+def train_humanoid(capsys, data_dir, out_dir, *args, how: str = "in-process"):
+    """experiment.py on the humanoid env with TINY flags."""
+    return cli(
+        capsys, "experiment.py", "--env", "humanoid", "--data_dir", data_dir, "--out_dir",
+        out_dir, *TINY, *args, how=how,
     )  # fmt: skip
 
 
@@ -114,9 +155,10 @@ FLAG_CASES = {
 
 
 @pytest.mark.parametrize("case", list(FLAG_CASES))
-def test_bad_flags(good, tmp_path, case):
+def test_bad_flags(good, tmp_path, capsys, case):
     args, needle = FLAG_CASES[case]
-    proc = train_humanoid(good, tmp_path / "run", *args)
+    how = SUBPROCESS if case == "unknown_flag" else "in-process"
+    proc = train_humanoid(capsys, good, tmp_path / "run", *args, how=how)
     assert_one_line_error(proc, needle)
     assert not (tmp_path / "run").exists()
 
@@ -141,9 +183,9 @@ def broken_checkpoint(run_dir, kind):
         ("foreign", "is not a checkpoint written by experiment.py (no optimizer"),
     ],
 )
-def test_resume_from_a_bad_checkpoint(good, tmp_path, kind, needle):
+def test_resume_from_a_bad_checkpoint(good, tmp_path, capsys, kind, needle):
     broken_checkpoint(tmp_path / "run", kind)
-    proc = train_humanoid(good, tmp_path / "run", "--resume")
+    proc = train_humanoid(capsys, good, tmp_path / "run", "--resume")
     assert_one_line_error(proc, needle)
 
 
@@ -156,11 +198,12 @@ def test_resume_from_a_bad_checkpoint(good, tmp_path, kind, needle):
         ("foreign", "is not a checkpoint written by experiment.py"),
     ],
 )
-def test_evaluate_bad_checkpoints(tmp_path, kind, needle):
+def test_evaluate_bad_checkpoints(tmp_path, capsys, kind, needle):
     path = tmp_path / "run" / "checkpoint.pt"
     if kind != "missing":
         broken_checkpoint(tmp_path / "run", kind)
-    proc = run_script("evaluate.py", "--checkpoint", path)
+    how = SUBPROCESS if kind == "truncated" else "in-process"
+    proc = cli(capsys, "evaluate.py", "--checkpoint", path, how=how)
     assert_one_line_error(proc, needle)
     assert not (tmp_path / "run" / "eval.json").exists()
 
@@ -183,8 +226,9 @@ def test_minari_id_not_there(tmp_path, monkeypatch):
     assert "offline alternative: python data/collect_dataset.py" in proc.stderr
 
 
-def test_missing_humanoid_dataset_names_the_offline_route(tmp_path):
-    proc = run_script(
+def test_missing_humanoid_dataset_names_the_offline_route(tmp_path, capsys):
+    proc = cli(
+        capsys,
         "train_humanoid_qwen_dt.py",
         "--data_dir",
         tmp_path,
@@ -210,7 +254,7 @@ def test_missing_humanoid_dataset_names_the_offline_route(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["missing", "mismatched"])
-def test_init_backbone_errors(good, tmp_path, kind):
+def test_init_backbone_errors(good, tmp_path, capsys, kind):
     src = tmp_path / "qwen3"
     if kind == "mismatched":
         src.mkdir()
@@ -226,7 +270,8 @@ def test_init_backbone_errors(good, tmp_path, kind):
             "rope_theta": 1e6,
         }
         (src / "config.json").write_text(json.dumps(cfg))
-    proc = run_script(
+    proc = cli(
+        capsys,
         "experiment_qwen.py",
         "--env",
         "humanoid",
@@ -254,6 +299,8 @@ def test_init_backbone_errors(good, tmp_path, kind):
         ("evaluate.py", ["--num_eval_episodes"], "expected one argument"),
     ],
 )
-def test_other_entry_points(tmp_path, script, args, needle):
-    proc = run_script(script, *[a.format(tmp=tmp_path) for a in args])
+def test_other_entry_points(tmp_path, capsys, script, args, needle):
+    # download_d4rl_datasets.py as users run it; the others' subprocess cases are elsewhere.
+    how = SUBPROCESS if script.startswith("data/download") else "in-process"
+    proc = cli(capsys, script, *[a.format(tmp=tmp_path) for a in args], how=how)
     assert_one_line_error(proc, needle)

@@ -178,11 +178,12 @@ def test_same_seed_same_data_and_minari_copy(tmp_path, monkeypatch):
 
 def test_bad_requests_fail_with_one_line():
     result = _collect("--env", "hopper", "--out", "unused")
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "--policy" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     bent = _collect("--env", "hopper", "--policy", "x.zip", "--knee_bend", "0.1", "--out", "unused")
-    assert bent.returncode != 0 and "Traceback" not in bent.stderr
+    assert bent.returncode == 2 and "Traceback" not in bent.stderr
+    assert len(bent.stderr.strip().splitlines()) == 1
     assert "--knee_bend is for humanoid only" in bent.stderr
 
 
@@ -192,7 +193,7 @@ def test_bad_requests_fail_with_one_line():
 )
 def test_policy_without_sb3_says_what_to_install(tmp_path):
     result = _collect("--policy", str(tmp_path / "model.zip"), "--out", str(tmp_path))
-    assert result.returncode != 0
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
     assert "stable-baselines3" in result.stderr
 

@@ -1,5 +1,5 @@
-"""Paths the end-to-end tests do not take: --mode noise and delayed, training straight from a
-local Minari dataset, and --compile."""
+"""Paths the end-to-end tests do not take: --mode noise and delayed, and training straight from a
+local Minari dataset. (--compile: tests/test_promises.py and tests/test_regional_compile.py.)"""
 
 from __future__ import annotations
 
@@ -142,35 +142,3 @@ def test_train_from_a_local_minari_dataset(tmp_path, monkeypatch):
     assert (
         json.loads((out / "config.json").read_text())["dataset"] == "minari:test/humanoid/tiny-v0"
     )
-
-
-def test_compile_trains_like_eager(data_dir, tmp_path):
-    losses = {}
-    for name, extra in (("eager", []), ("compiled", ["--compile"])):
-        out = tmp_path / name
-        run_script(
-            "experiment_qwen.py",
-            "--env",
-            "humanoid",
-            "--data_dir",
-            data_dir,
-            "--out_dir",
-            out,
-            *TINY,
-            "--n_head",
-            "2",
-            "--max_iters",
-            "1",
-            "--num_steps_per_iter",
-            "3",
-            "--num_eval_episodes",
-            "0",
-            "--dropout",
-            "0",
-            *extra,
-            check=True,
-        )
-        losses[name] = json.loads((out / "metrics.jsonl").read_text())["training/train_loss_mean"]
-        ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
-        assert not any("_orig_mod" in k for k in ckpt["model"])  # loads into an eager model
-    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-3)

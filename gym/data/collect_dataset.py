@@ -44,6 +44,7 @@ from decision_transformer.data.pickle_io import save_paths  # noqa: E402
 from decision_transformer.envs import ENV_SPECS, make_env  # noqa: E402
 from decision_transformer.errors import UserError  # noqa: E402
 from decision_transformer.run.errors import HelpFormatter, OneLineParser, run_cli  # noqa: E402
+from decision_transformer.run.paths import check_output_dir  # noqa: E402
 
 DATASET_NAME = "collected"
 DEFAULT_EPISODES = 1000
@@ -157,6 +158,13 @@ def collect(args: argparse.Namespace) -> int:
         )
     if args.episodes < 1:
         raise CollectError("--episodes must be at least 1")
+    if args.seed < 0:
+        raise CollectError(f"--seed must be >= 0, got {args.seed}")
+    for flag in ("noise", "knee_bend"):
+        value = getattr(args, flag)
+        if value is not None and not 0 <= value < float("inf"):
+            raise CollectError(f"--{flag} must be a number >= 0, got {value}")
+    check_output_dir(args.out, "--out")
     if args.knee_bend is None:
         args.knee_bend = DEFAULT_MAX_KNEE_BEND if args.env == "humanoid" else 0.0
     elif args.knee_bend and args.env != "humanoid":

@@ -34,8 +34,9 @@ from decision_transformer.data.minari_io import (  # noqa: E402
     unavailable_message,
 )
 from decision_transformer.data.pickle_io import save_paths  # noqa: E402
-from decision_transformer.errors import one_line  # noqa: E402
-from decision_transformer.run.errors import HelpFormatter, OneLineParser  # noqa: E402
+from decision_transformer.errors import UserError, one_line  # noqa: E402
+from decision_transformer.run.errors import HelpFormatter, OneLineParser, report  # noqa: E402
+from decision_transformer.run.paths import check_output_dir  # noqa: E402
 
 D4RL_ENVS = ("hopper", "halfcheetah", "walker2d", "ant")
 DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {
@@ -175,7 +176,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out = Path(args.out)
+    try:
+        out = check_output_dir(args.out, "--out")
+    except UserError as e:
+        return report(e)
     converter = Converter(out, args.overwrite, use_d4rl=legacy_d4rl_importable())
     had = 0
     for env in args.env:

@@ -16,6 +16,7 @@ version does not declare is kept in ``extra``, so nothing a run recorded is lost
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any
 
@@ -52,11 +53,12 @@ def target_spec(value: str) -> float | str:
             raise argparse.ArgumentTypeError(f"percentile out of range: '{value}'")
         return value
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number, max or pNN (e.g. p90), got '{value}'"
-        ) from None
+        number = math.nan
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a number, max or pNN (e.g. p90), got '{value}'")
+    return number
 
 
 def episode_count(value: str) -> int | float:
@@ -527,7 +529,7 @@ def _check_ranges(cfg: RunConfig) -> None:
     for name in (*positive, "n_head", "eval_envs"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"--{name} must be positive, got {getattr(cfg, name)}")
-    for name in ("num_eval_episodes", "warmup_steps"):
+    for name in ("num_eval_episodes", "warmup_steps", "seed"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name} must be >= 0, got {getattr(cfg, name)}")
 
@@ -535,9 +537,9 @@ def _check_ranges(cfg: RunConfig) -> None:
 def _check_optimization(cfg: RunConfig) -> None:
     if not 0 < cfg.pct_traj <= 1:
         raise ConfigError(f"--pct_traj must be in (0, 1], got {cfg.pct_traj}")
-    if not cfg.learning_rate > 0:
+    if not 0 < cfg.learning_rate < math.inf:
         raise ConfigError(f"--learning_rate must be positive, got {cfg.learning_rate}")
-    if not cfg.weight_decay >= 0:
+    if not 0 <= cfg.weight_decay < math.inf:
         raise ConfigError(f"--weight_decay must be >= 0, got {cfg.weight_decay}")
     if not 0 <= cfg.dropout < 1:
         raise ConfigError(f"--dropout must be in [0, 1), got {cfg.dropout}")
@@ -604,8 +606,27 @@ def _check_heads(cfg: RunConfig, backbone: str) -> None:
                 f"--embed_dim {cfg.embed_dim} is not divisible by --n_head {cfg.n_head}: "
                 "change one of them or set --head_dim"
             )
+        if not 0 < q.rope_theta < math.inf:
+            raise ConfigError(f"--rope_theta must be positive, got {q.rope_theta}")
+        from ..models.qwen3_transformer import Qwen3Config
+
+        try:  # the backbone's own shape checks (head_dim even, MLP width positive, ...)
+            Qwen3Config(
+                cfg.embed_dim, cfg.n_layer, cfg.n_head, q.n_kv_head, q.head_dim,
+                q.intermediate_size, q.mlp_ratio,
+            )  # fmt: skip
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     elif cfg.model_type == "dt" and cfg.embed_dim % cfg.n_head:
         raise ConfigError(f"--embed_dim {cfg.embed_dim} is not divisible by --n_head {cfg.n_head}")
+    if backbone == "gpt2" and cfg.model_type == "dt":
+        from ..models.trajectory_gpt2 import ACTIVATIONS
+
+        if cfg.activation_function not in ACTIVATIONS:
+            raise ConfigError(
+                f"--activation_function {cfg.activation_function} is not one of "
+                f"{', '.join(ACTIVATIONS)}"
+            )
 
 
 def _check_online(cfg: RunConfig) -> None:
@@ -640,7 +661,7 @@ def check_scale_out(cfg: RunConfig) -> None:
         cfg.dtype = "bf16" if cfg.device.startswith("cuda") else "fp32"
     if cfg.grad_accum_steps <= 0:
         raise ConfigError(f"--grad_accum_steps must be positive, got {cfg.grad_accum_steps}")
-    if cfg.dist_timeout <= 0:
+    if not 0 < cfg.dist_timeout < math.inf:
         raise ConfigError(f"--dist_timeout must be positive minutes, got {cfg.dist_timeout}")
     if cfg.ddp_bf16_grads and cfg.fsdp:
         raise ConfigError(
@@ -655,10 +676,26 @@ def check_scale_out(cfg: RunConfig) -> None:
 
 
 def resolve_device(device: str) -> str:
+    """``auto`` made concrete; any other string must name a device this machine has."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"--device {device} asked for CUDA but none is available: use --device auto"
         )
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(
+            f"--device {device!r} names no device: use auto, cpu, cuda, cuda:N or mps"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            f"numbered from 0"
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: MPS is not available here: use --device auto")
     return device

@@ -36,10 +36,18 @@ from .experiment import (
     summarize_returns,
     target_key,
 )
+from .paths import check_output_file
 
 REQUIRED_KEYS = ("model", "config", "state_mean", "state_std")
 # What evaluation itself reads from the config; build_model reads the model's own flags.
 CONFIG_KEYS = ("env", "dataset", "model_type", "mode", "seed", "num_eval_episodes", "eval_envs")
+
+
+def finite_float(value: str) -> float:
+    number = float(value)  # argparse reports a ValueError as "invalid finite_float value"
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(value)
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a(
         "--target_return",
-        type=float,
+        type=finite_float,
         nargs="+",
         default=None,
         help="returns to condition on (default: the targets the run evaluated)",
@@ -127,10 +135,17 @@ def load_run_checkpoint(path: str | Path, which: str | None = None) -> tuple[Pat
             f"no best.pt in {path.parent}: the run kept none (it had neither --val_episodes nor "
             "--select_by); evaluate --which last"
         )
-    ckpt = read_checkpoint(
-        path, REQUIRED_KEYS, "point --checkpoint at the checkpoint.pt of a run experiment.py wrote"
-    )
-    return path, ckpt
+    fix = "point --checkpoint at the checkpoint.pt of a run experiment.py wrote"
+    ckpt = read_checkpoint(path, tuple(k for k in REQUIRED_KEYS if k != "model"), fix)
+    if "model" in ckpt:
+        return path, ckpt
+    if "dcp" in ckpt:  # an FSDP run's checkpoint without the consolidated copy
+        raise CheckpointError(
+            f"{path} holds only sharded weights ({ckpt['dcp']}, written with "
+            "--consolidate_checkpoint false): resume the run once under torchrun with --fsdp "
+            "--consolidate_checkpoint true to write full weights, then evaluate that"
+        )
+    raise CheckpointError(f"{path} is not a checkpoint written by experiment.py (no model); {fix}")
 
 
 def eval_config(ckpt: dict, args: argparse.Namespace) -> RunConfig:
@@ -152,6 +167,8 @@ def eval_config(ckpt: dict, args: argparse.Namespace) -> RunConfig:
         if getattr(cfg, flag) <= 0:
             hint = "" if getattr(args, flag) is not None else f" (the run's): pass --{flag} N"
             raise ConfigError(f"--{flag} must be positive, got {getattr(cfg, flag)}{hint}")
+    if cfg.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {cfg.seed}")
     cfg.device = resolve_device(args.device)
     return cfg
 
@@ -240,6 +257,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     """Everything evaluate.py does but printing; returns what goes into the JSON file."""
     if args.video is not None:
         check_video_arg(args.video)
+    if args.json is not None:
+        check_output_file(args.json, "--json", make_parent=True)
     ckpt_path, ckpt = load_run_checkpoint(args.checkpoint, args.which)
     cfg = eval_config(ckpt, args)  # checks the config; its device becomes this evaluation's
     targets = eval_targets(ckpt, cfg, args.target_return)
@@ -289,6 +308,7 @@ def check_video_arg(path: str) -> None:
         check_video_path(path)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    check_output_file(path, "--video")
 
 
 def play_targets(

@@ -73,6 +73,7 @@ from .distributed import (
 from .errors import run_cli
 from .metrics import MetricsLog
 from .online import OnlinePhase, read_init_checkpoint, run_online, target_entropy
+from .paths import check_output_dir
 from .selection import Selection
 
 # Flags that may differ when a run is resumed; any other difference would not be the same run.
@@ -99,7 +100,8 @@ RESUMABLE_CHANGES = {
     "online_eval_every",
 }
 # What --resume needs from checkpoint.pt; anything lacking one is not this project's checkpoint.
-# ("model" may be absent from an FSDP run that skipped the consolidated copy.)
+# ("model" and "optimizer" are absent from an FSDP run that skipped the consolidated copy: the
+# "dcp" shards it names hold both.)
 RESUME_KEYS = ("optimizer", "scheduler", "rng", "iteration", "config")
 # The best iteration's weights (--select_by), beside checkpoint.pt; see run/selection.py.
 BEST_NAME = "best.pt"
@@ -397,7 +399,7 @@ def load_data(cfg: RunConfig, ctx: DistContext | None = None) -> RunData:
     node's local rank 0 reads (for a minari id: downloads) the dataset first and its other
     ranks after, from the store or page cache it filled."""
     spec = get_spec(cfg.env)
-    out_dir = Path(cfg.out_dir)
+    out_dir = check_output_dir(cfg.out_dir, "--out_dir")
     ckpt_path = out_dir / "checkpoint.pt"
     if cfg.resume and not ckpt_path.is_file():
         raise ConfigError(f"--resume: no checkpoint at {ckpt_path}; drop --resume to start afresh")
@@ -453,9 +455,19 @@ def read_resume_checkpoint(cfg: RunConfig, ckpt_path: Path) -> dict | None:
     if not cfg.resume:
         return None
     # Memory-mapped: ranks on one machine share the page cache instead of a copy each.
-    ckpt = read_checkpoint(
-        ckpt_path, RESUME_KEYS, "drop --resume to start afresh (in an empty --out_dir)", mmap=True
-    )
+    fix = "drop --resume to start afresh (in an empty --out_dir)"
+    ckpt = read_checkpoint(ckpt_path, (), fix, mmap=True)
+    sharded = isinstance(ckpt, dict) and "dcp" in ckpt
+    missing = [
+        k
+        for k in RESUME_KEYS
+        if not isinstance(ckpt, dict) or (k not in ckpt and not (sharded and k == "optimizer"))
+    ]
+    if missing:
+        raise CheckpointError(
+            f"{ckpt_path} is not a checkpoint written by experiment.py "
+            f"(no {', '.join(missing)}); {fix}"
+        )
     if not isinstance(ckpt["config"], dict):
         raise CheckpointError(
             f"--resume: {ckpt_path} was not written by experiment.py (its config is not a "

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..errors import UserError
 from .errors import HelpFormatter, OneLineParser, run_cli
 from .metrics import read_metrics
+from .paths import check_output_file
 
 _RETURN_KEY = re.compile(r"^evaluation/target_(?P<target>.+)_return_mean$")
 TRAIN_LOSS = "training/train_loss_mean"
@@ -217,6 +218,16 @@ def markdown_table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
+def check_figure_path(out: str) -> None:
+    """A writable file with an extension matplotlib can save, before any run is read."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if Path(out).suffix.lower().lstrip(".") not in kinds:
+        raise RunError(f"--out {out}: the figure must end in one of .{', .'.join(sorted(kinds))}")
+    check_output_file(out, "--out", make_parent=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         formatter_class=HelpFormatter,
@@ -247,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot_main(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        check_figure_path(args.out)
     runs = [load_run(r) for r in args.runs]
     for run in runs:
         run.x = args.x
