@@ -275,7 +275,7 @@ def collect_batched(
             r, n = _run_chunk(
                 envs, model, seeds[chunk : chunk + envs.num_envs], spec.max_ep_len, spec.scale,
                 e.state_mean, e.state_std, torch.device(e.device), e.target / spec.scale, e.mode,
-                e.conditioned, None, True, generator, paths,
+                e.conditioned, None, True, generator=generator, paths=paths,
             )  # fmt: skip
             returns.append(r)
             lengths.append(n)
