@@ -554,7 +554,7 @@ def build_policy(
             load_backbone_from_pretrained(model, init_backbone)
         except (ValueError, FileNotFoundError) as e:
             raise ConfigError(f"--init_backbone: {e}") from None
-    if ckpt is not None and "model" in ckpt and not on_meta:
+    if ckpt is not None and "model" in ckpt:
         try:
             model.load_state_dict(ckpt["model"])
         except (RuntimeError, TypeError) as e:

@@ -114,8 +114,9 @@ def reduce_scatter_every_micro_step(model: FSDPModule) -> None:
     parameter on every rank until the last micro-step: 4 bytes a parameter, more than the
     sharded weights, gradients and AdamW together on 8 GPUs. So this model ignores the request:
     each micro-step's backward reduce-scatters (under HSDP also all-reduces across nodes) and
-    adds into the gradient shards. (Deferring HSDP's all-reduce with
-    ``set_requires_all_reduce`` gave wrong gradients in torch 2.13's gloo test.)"""
+    adds into the gradient shards. (HSDP could defer its all-reduce across nodes to the last
+    micro-step with ``set_requires_all_reduce``, holding shard-sized partial sums meanwhile;
+    not done yet: it saves network time only, which no GPU here could measure.)"""
 
     def set_requires_gradient_sync(self, requires_gradient_sync: bool, *, recurse=True) -> None:
         pass
