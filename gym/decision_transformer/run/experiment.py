@@ -7,7 +7,10 @@ build_policy (fresh, pretrained-backbone or checkpoint weights), wrap_model (fro
 activation checkpointing, compilation, DDP/FSDP), make_optimizer, restore (optimizer, schedule
 and RNG states), open_run_dir (config.json, metrics.jsonl), make_batches, make_evaluation,
 make_trainer; then per iteration train_one_iteration (training and evaluation),
-checkpoint_states and write_checkpoint. The configuration is one typed RunConfig (run/config.py).
+checkpoint_states and write_checkpoint; then, with --online_rounds, the online rounds
+(run/online.py's run_online: collect, add to the replay buffer, train, save_iteration). With
+--init_from, read_init_checkpoint's offline checkpoint stands for the offline iterations. The
+configuration is one typed RunConfig (run/config.py).
 """
 
 from __future__ import annotations
