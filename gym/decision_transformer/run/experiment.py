@@ -8,7 +8,10 @@ pretrained-backbone or checkpoint weights), wrap_model (frozen heads, activation
 compilation, DDP/FSDP), make_optimizer, restore (optimizer, schedule and RNG states),
 open_run_dir (config.json, metrics.jsonl), make_batches, make_evaluation, make_validation,
 make_trainer; then per iteration train_one_iteration (training, validation and evaluation),
-checkpoint_states, write_best (when the iteration is the best so far) and write_checkpoint. The
+checkpoint_states, write_best (when the iteration is the best so far) and write_checkpoint;
+then, with --online_rounds, the online rounds (run/online.py's run_online: collect, add to the
+replay buffer, train, save_iteration). With --init_from, read_init_checkpoint's offline
+checkpoint stands for the offline iterations. The
 configuration is one typed RunConfig (run/config.py).
 """
 
@@ -333,21 +336,12 @@ def run(cfg: RunConfig) -> int:
             )
         ctx.barrier()
     if cfg.online_rounds:
-        save = partial(
-            save_iteration, cfg, ctx, fsdp, data, train_model, optimizer, trainer, scheduler,
-            np_rng, targets, metrics,
+        online = online_phase(
+            cfg, ctx, fsdp, data, train_model, optimizer, scheduler, trainer, batches, np_rng,
+            eval_fns, targets, metrics,
         )  # fmt: skip
-        phase = OnlinePhase(
-            cfg, ctx, data.dataset, data.spec.max_ep_len, data.spec.scale, trainer, batches,
-            np_rng, eval_fns, targets,
-            train=lambda it, n: train_one_iteration(
-                cfg, ctx, trainer, it, np_rng, data.ckpt_path, n
-            ),
-            log=metrics.log if ctx.is_main else lambda *a: None,
-            save=save,
-        )  # fmt: skip
-        online_logs = run_online(phase, ckpt)
-        if online_logs is None:
+        online_logs = run_online(online, ckpt)
+        if online_logs is None:  # diverged (reported)
             ctx.close()
             return 1
         logs = online_logs or logs
@@ -824,6 +818,42 @@ def write_checkpoint(
         from .fsdp import drop_old_shards
 
         drop_old_shards(data.out_dir, states["dcp"])
+
+
+def online_phase(
+    cfg: RunConfig,
+    ctx: DistContext,
+    fsdp: bool,
+    data: RunData,
+    train_model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    trainer: Trainer,
+    batches: RankBatches,
+    np_rng: np.random.Generator,
+    eval_fns: list[Callable],
+    targets: list[float],
+    metrics: MetricsLog | None,
+) -> OnlinePhase:
+    """What run/online.py's rounds use of this run: its trainer, batches and evaluation, and
+    how an iteration is trained, logged and checkpointed here."""
+
+    def train(it: int, num_steps: int) -> dict | None:
+        return train_one_iteration(cfg, ctx, trainer, it, np_rng, data.ckpt_path, num_steps)
+
+    def log(iteration: int, step: int, logs: dict) -> None:
+        if metrics is not None:  # rank 0
+            metrics.log(iteration, step, logs)
+
+    save = partial(
+        save_iteration, cfg, ctx, fsdp, data, train_model, optimizer, trainer, scheduler, np_rng,
+        targets, metrics,
+    )  # fmt: skip
+    spec = data.spec
+    return OnlinePhase(
+        cfg, ctx, data.dataset, spec.max_ep_len, spec.scale, trainer, batches, np_rng, eval_fns,
+        targets, train=train, log=log, save=save,
+    )  # fmt: skip
 
 
 def save_iteration(
