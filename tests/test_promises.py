@@ -529,3 +529,36 @@ def test_bc_killed_mid_iteration_resumes_exactly(humanoid_data, tmp_path):
         }
     assert got["model"].keys() == want["model"].keys()
     assert all(torch.equal(got["model"][k], want["model"][k]) for k in want["model"])
+
+
+def test_accumulation_in_one_process_equals_the_whole_batch():
+    """--grad_accum_steps 2 x --batch_size 4 takes the very steps of one batch of 8 (the same
+    windows, each micro-batch's masked mean weighted by its real action tokens), in one process
+    and fast; tests/test_distributed.py checks the same across ranks."""
+    from decision_transformer.data.sampler import BatchSampler
+    from decision_transformer.data.trajectories import TrajectoryDataset
+    from decision_transformer.run.distributed import DistContext, RankBatches
+    from decision_transformer.training.seq_trainer import SequenceTrainer
+    from rollouts import rollout_paths
+
+    # Short episodes: windows are padded, so the token weighting matters.
+    data = TrajectoryDataset.from_paths(rollout_paths("hopper", episodes=6, max_steps=12))
+    finals = []
+    for batch_size, accum in ((8, 1), (4, 2)):
+        torch.manual_seed(0)
+        model = DecisionTransformer(
+            11, 3, 16, max_length=10, max_ep_len=1000, n_layer=1, n_head=1,
+            resid_pdrop=0.0, attn_pdrop=0.0, embd_pdrop=0.0,
+        )  # fmt: skip
+        sampler = BatchSampler(data, 10, 1000, 1000.0, rng=np.random.default_rng(0))
+        batches = RankBatches(sampler, 0, DistContext(), batch_size, accum, per_token=True)
+        trainer = SequenceTrainer(
+            model, torch.optim.AdamW(model.parameters(), lr=1e-2), batch_size, batches,
+            loss_fn=None, progress=False, grad_accum_steps=accum,
+        )  # fmt: skip
+        losses = [trainer.train_step() for _ in range(4)]
+        finals.append((losses, [p.detach().clone() for p in model.parameters()]))
+    (want_losses, want), (got_losses, got) = finals
+    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
