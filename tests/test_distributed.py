@@ -29,6 +29,23 @@ def data_dir(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def one_process(data_dir, tmp_path_factory):
+    """The shared reference: one process, batch 16 (the union of 2 ranks x 8), one iteration,
+    exact flags; run once per model type for every test that compares with it."""
+    runs = {}
+
+    def get(model_type: str = "dt"):
+        if model_type not in runs:
+            out = tmp_path_factory.mktemp(f"one-{model_type}") / "run"
+            flags = [*EXACT, *NO_EVAL, "--model_type", model_type, "--max_iters", "1"]
+            train(data_dir, out, *flags, "--batch_size", "16")
+            runs[model_type] = out
+        return runs[model_type]
+
+    return get
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -65,14 +82,15 @@ def max_diff(a: dict, b: dict) -> float:
 
 
 @pytest.mark.parametrize("model_type", ["dt", "bc"])
-def test_ddp_equals_one_process_on_the_union(data_dir, tmp_path, model_type):
+def test_ddp_equals_one_process_on_the_union(data_dir, tmp_path, one_process, model_type):
     """2 ranks x batch 8 == 1 process x batch 16 on the same windows; rank 0 alone differs."""
     flags = [*EXACT, *NO_EVAL, "--model_type", model_type, "--max_iters", "1"]
     proc = train(data_dir, tmp_path / "ddp", *flags, "--batch_size", "8", nproc=2)
     assert "global batch: 16 windows per optimizer step (batch_size 8 x 2 processes" in proc.stdout
-    train(data_dir, tmp_path / "one", *flags, "--batch_size", "16")
     train(data_dir, tmp_path / "half", *flags, "--batch_size", "8")
-    ddp, one, half = (weights(tmp_path / n) for n in ("ddp", "one", "half"))
+    ddp, one, half = (
+        weights(p) for p in (tmp_path / "ddp", one_process(model_type), tmp_path / "half")
+    )
     assert max_diff(ddp, one) < 1e-5
     # Unwrapped ranks (or ranks drawing the same windows) would train on half the batch.
     assert max_diff(half, one) > 1e-4
@@ -80,7 +98,7 @@ def test_ddp_equals_one_process_on_the_union(data_dir, tmp_path, model_type):
     assert json.loads(rows[-1])["training/global_batch_size"] == 16
 
 
-def test_ddp_grad_accumulation_equals_twice_the_batch(data_dir, tmp_path):
+def test_ddp_grad_accumulation_equals_twice_the_batch(data_dir, tmp_path, one_process):
     """2 ranks x 2 micro-batches of 4 == 1 process with a batch of 16 (padding differs per
     micro-batch, so this also checks the token weighting of the masked mean)."""
     flags = [*EXACT, *NO_EVAL, "--max_iters", "1"]
@@ -88,20 +106,17 @@ def test_ddp_grad_accumulation_equals_twice_the_batch(data_dir, tmp_path):
         data_dir, tmp_path / "acc", *flags, "--batch_size", "4", "--grad_accum_steps", "2", nproc=2
     )
     assert "global batch: 16" in proc.stdout
-    train(data_dir, tmp_path / "one", *flags, "--batch_size", "16")
-    assert max_diff(weights(tmp_path / "acc"), weights(tmp_path / "one")) < 1e-5
+    assert max_diff(weights(tmp_path / "acc"), weights(one_process())) < 1e-5
 
 
-def test_fsdp_trains_saves_resumes_with_2_and_1_and_evaluates(data_dir, tmp_path):
+def test_fsdp_trains_saves_resumes_with_2_and_1_and_evaluates(data_dir, tmp_path, one_process):
     out = tmp_path / "fsdp"
     flags = [*EXACT, "--fsdp", "--num_eval_episodes", "2", "--eval_envs", "2"]
     train(data_dir, out, *flags, "--max_iters", "1", "--batch_size", "8", nproc=2)
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["iteration"] == 1 and (out / ckpt["dcp"]).is_dir()
     # FSDP computes what one process computes on the union of the ranks' batches.
-    one = tmp_path / "one"
-    train(data_dir, one, *EXACT, *NO_EVAL, "--max_iters", "1", "--batch_size", "16")
-    assert max_diff(weights(out), weights(one)) < 1e-5
+    assert max_diff(weights(out), weights(one_process())) < 1e-5
 
     proc = train(
         data_dir, out, *flags, "--max_iters", "2", "--batch_size", "8", "--resume", nproc=2

@@ -250,13 +250,25 @@ def test_step_guard_stops_a_step_just_past_the_threshold(factor, stops):
 # --- the rolling key/value cache over one full-length episode ----------------------------------
 
 
+def sharpen(model):
+    """Unit-variance weights: at GPT-2's init (std 0.02) attention is near uniform and its
+    output small, so one key too many or too few in a window moves actions by ~1e-7, below any
+    tolerance (seen: a ring one slot short passed); here it moves them by ~1e-2."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+    return model
+
+
 @pytest.mark.parametrize("backbone", ["gpt2", "qwen3"])
 def test_rolling_cache_over_a_full_1000_step_episode(backbone):
     """A cached window-mode rollout of 1000 steps (3000 tokens: the ring of 3K+2 slots wraps
     ~200 times, the rotary table grows past its first size) gives, at every step, the action of
     one forward pass over the whole episode under the banded mask."""
     T = 1000
-    model = tiny(backbone, attention="window", max_ep_len=T).eval()
+    model = sharpen(tiny(backbone, attention="window", max_ep_len=T).eval())
     rng = np.random.default_rng(0)
     obs = rng.normal(size=(T + 1, 1, S)).astype(np.float32)
     rewards = rng.normal(size=(T, 1))
@@ -364,7 +376,10 @@ def test_return_to_go_step_by_step_batched(mode):
 
 def test_noise_mode_perturbs_the_first_state_by_the_seeded_draw():
     """--mode noise: the first state the model sees is the reset state plus N(0, 0.1) drawn from
-    the episode seed's generator; 'normal' sees the reset state itself."""
+    the episode seed's generator; 'normal' sees the reset state itself; both normalised by the
+    dataset's mean and std."""
+    rng = np.random.default_rng(1)
+    mean, std = rng.normal(size=11), rng.uniform(0.5, 2.0, size=11)
     firsts = {}
 
     class First(DecisionTransformer):
@@ -378,16 +393,15 @@ def test_noise_mode_perturbs_the_first_state_by_the_seeded_draw():
         m = First(11, 3, 16, max_length=3, max_ep_len=1000, n_layer=1, n_head=1).eval()
         m.seen = []
         env = make_env("hopper")
-        evaluate_episode_rtg(env, 11, 3, m, 5, 1000.0, np.zeros(11), np.ones(11), "cpu", 3.6, mode,
-                             seed=7)  # fmt: skip
+        evaluate_episode_rtg(env, 11, 3, m, 5, 1000.0, mean, std, "cpu", 3.6, mode, seed=7)
         env.close()
         firsts[mode] = m.seen[0].numpy()
     env = make_env("hopper")
     reset, _ = env.reset(seed=7)
     env.close()
-    np.testing.assert_allclose(firsts["normal"], reset, atol=1e-6)
+    np.testing.assert_allclose(firsts["normal"], (reset - mean) / std, atol=1e-5)
     noise = np.random.default_rng(7).normal(0, 0.1, reset.shape)
-    np.testing.assert_allclose(firsts["noise"], reset + noise, atol=1e-5)
+    np.testing.assert_allclose(firsts["noise"], (reset + noise - mean) / std, atol=1e-5)
 
 
 # --- bf16 runs ----------------------------------------------------------------------------------
@@ -515,3 +529,36 @@ def test_bc_killed_mid_iteration_resumes_exactly(humanoid_data, tmp_path):
         }
     assert got["model"].keys() == want["model"].keys()
     assert all(torch.equal(got["model"][k], want["model"][k]) for k in want["model"])
+
+
+def test_accumulation_in_one_process_equals_the_whole_batch():
+    """--grad_accum_steps 2 x --batch_size 4 takes the very steps of one batch of 8 (the same
+    windows, each micro-batch's masked mean weighted by its real action tokens), in one process
+    and fast; tests/test_distributed.py checks the same across ranks."""
+    from decision_transformer.data.sampler import BatchSampler
+    from decision_transformer.data.trajectories import TrajectoryDataset
+    from decision_transformer.run.distributed import DistContext, RankBatches
+    from decision_transformer.training.seq_trainer import SequenceTrainer
+    from rollouts import rollout_paths
+
+    # Short episodes: windows are padded, so the token weighting matters.
+    data = TrajectoryDataset.from_paths(rollout_paths("hopper", episodes=6, max_steps=12))
+    finals = []
+    for batch_size, accum in ((8, 1), (4, 2)):
+        torch.manual_seed(0)
+        model = DecisionTransformer(
+            11, 3, 16, max_length=10, max_ep_len=1000, n_layer=1, n_head=1,
+            resid_pdrop=0.0, attn_pdrop=0.0, embd_pdrop=0.0,
+        )  # fmt: skip
+        sampler = BatchSampler(data, 10, 1000, 1000.0, rng=np.random.default_rng(0))
+        batches = RankBatches(sampler, 0, DistContext(), batch_size, accum, per_token=True)
+        trainer = SequenceTrainer(
+            model, torch.optim.AdamW(model.parameters(), lr=1e-2), batch_size, batches,
+            loss_fn=None, progress=False, grad_accum_steps=accum,
+        )  # fmt: skip
+        losses = [trainer.train_step() for _ in range(4)]
+        finals.append((losses, [p.detach().clone() for p in model.parameters()]))
+    (want_losses, want), (got_losses, got) = finals
+    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
