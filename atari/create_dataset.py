@@ -369,9 +369,9 @@ def collect(
     if not 1 <= buffers <= NUM_CKPTS:
         raise ConfigError(f"--buffers must be in 1..{NUM_CKPTS}")
     if steps < 100:
-        raise ConfigError(f"--steps_per_buffer must be at least 100, got {steps}")
+        raise ConfigError(f"--steps_per_buffer must be positive and at least 100, got {steps}")
     if seed < 0:
-        raise ConfigError(f"--seed must be >= 0, got {seed}")
+        raise ConfigError(f"--seed >= 0 needed (ALE seeds from it), got {seed}")
     check_output_dir(out, "--out")
     env = make_env(game)
     n_actions = env.action_space.n

@@ -33,7 +33,7 @@ from decision_transformer.run.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from decision_transformer.run.config import ConfigError
+from decision_transformer.run.config import ConfigError, resolve_device
 from decision_transformer.run.errors import OneLineParser, report
 from decision_transformer.run.metrics import MetricsLog
 from decision_transformer.run.paths import check_output_dir
@@ -194,8 +194,7 @@ def resolve(args: argparse.Namespace) -> dict:
         raise ConfigError(f"--target_return must be a number, got {cfg['target_return']}")
     if not 0 < cfg["rope_theta"] < math.inf:
         raise ConfigError(f"--rope_theta must be positive, got {cfg['rope_theta']}")
-    if cfg["device"] == "auto":
-        cfg["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg["device"] = resolve_device(cfg["device"])  # the gym half's check: one line, exit 2
     if cfg["dtype"] == "auto":
         cfg["dtype"] = "bf16" if cfg["device"].startswith("cuda") else "fp32"
     if (
@@ -212,12 +211,6 @@ def resolve(args: argparse.Namespace) -> dict:
         )
     if cfg["seeds"] is not None and len(set(cfg["seeds"])) != len(cfg["seeds"]):
         raise ConfigError("--seeds lists a seed twice")
-    try:
-        torch.device(cfg["device"])
-    except RuntimeError:
-        raise ConfigError(f"--device {cfg['device']} is not a torch device") from None
-    if cfg["device"].startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda, but torch sees no GPU; use --device cpu")
     # Backbone shapes are checked here, before any data is read.
     if cfg["backbone"] == "qwen3":
         try:
