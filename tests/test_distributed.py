@@ -268,15 +268,18 @@ def test_memory_estimate_scales_with_fsdp_and_activation_checkpointing():
         assert m["total"] == sum(v for k, v in m.items() if k != "total")
 
 
-def test_bad_scale_out_flags_fail_fast(tmp_path):
+def test_bad_scale_out_flags_fail_fast(tmp_path, capsys):
+    from decision_transformer.run.experiment import main
+
     for flags, needle in (
         (["--grad_accum_steps", "0"], "--grad_accum_steps must be positive"),
         (["--model_type", "bc", "--activation_checkpointing"], "BC (--model_type bc) has none"),
     ):
-        proc = run_script("experiment.py", "--out_dir", tmp_path / "x", *TINY, *flags)
-        assert proc.returncode == 2
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and needle in lines[0], proc.stderr
+        code = main(["--out_dir", str(tmp_path / "x"), *TINY, *flags])
+        err = capsys.readouterr().err
+        assert code == 2
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], err
 
 
 @pytest.mark.parametrize("qwen", [False, True])
