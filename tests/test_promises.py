@@ -562,3 +562,47 @@ def test_accumulation_in_one_process_equals_the_whole_batch():
     np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# --- checkpoints --------------------------------------------------------------------------------
+
+
+class Payload:
+    """Unpickling this runs a shell command; torch.load(weights_only=True) must refuse it."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("reader", ["evaluate", "resume"])
+def test_a_hostile_checkpoint_is_refused_unrun(humanoid_data, tmp_path, capsys, reader):
+    from decision_transformer.run import evaluate_checkpoint
+
+    marker = tmp_path / "payload-ran"
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": Payload(marker), "config": {}}, run / "checkpoint.pt")
+    if reader == "evaluate":
+        code = evaluate_checkpoint.main(["--checkpoint", str(run)])
+    else:
+        argv = ["--env", "humanoid", "--data_dir", str(humanoid_data), "--out_dir", str(run)]
+        code = experiment.main([*argv, *TINY, "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "is not a readable checkpoint" in err[0], err
+    assert not marker.exists()
+
+
+def test_a_failed_checkpoint_write_leaves_the_old_one_and_no_temp_file(tmp_path):
+    from decision_transformer.run.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"iteration": 1})
+    with pytest.raises(Exception):  # noqa: B017 (torch.save's own error type for a lambda)
+        save_checkpoint(path, {"iteration": 2, "bad": lambda: None})
+    assert load_checkpoint(path)["iteration"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

@@ -55,6 +55,9 @@ def fsdp_resumed(data_dir, tmp_path_factory):
 
 def test_fsdp_resume_equals_an_uninterrupted_run(fsdp_resumed):
     out, one = fsdp_resumed
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    # The shards of iteration 2 only: the resumed run dropped iteration 1's.
+    assert ckpt["iteration"] == 2 and sorted(p.name for p in out.glob("dcp-*")) == ["dcp-000002"]
     assert max_diff(weights(out), weights(one)) < 1e-5
     got, want = rows(out), rows(one)
     assert [r["iteration"] for r in got] == [1, 2]
@@ -139,3 +142,28 @@ def test_ddp_killed_inside_an_iteration_resumes_exactly(data_dir, tmp_path):
     assert max_diff(weights(full), weights(cut)) == 0.0
     for g, w in zip(rows(cut), rows(full), strict=True):
         assert g["training/train_loss_mean"] == w["training/train_loss_mean"]
+
+
+def test_fsdp_run_continues_in_one_process(data_dir, fsdp_resumed, tmp_path, capsys):
+    """A 2-rank FSDP run resumed by one process (batch 8 now, from the consolidated copy), then
+    evaluated by evaluate.py."""
+    import shutil
+
+    # In the shared run's own folder (--resume refuses another --out_dir), put back afterwards.
+    out = fsdp_resumed[0]
+    shutil.copytree(out, tmp_path / "kept")
+    try:
+        flags = [*EXACT, *EVAL, "--fsdp", "--batch_size", "8", "--max_iters", "3", "--resume"]
+        assert in_process(data_dir, out, *flags) == 0
+        said = capsys.readouterr().out
+        assert "resuming with 1 processes instead of 2: the global batch is 8 instead of 16" in (
+            said
+        )
+        assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 3
+        report_path = tmp_path / "eval.json"
+        assert evaluate_checkpoint.main(["--checkpoint", str(out), "--json", str(report_path)]) == 0
+        report = json.loads(report_path.read_text())
+        assert report["iteration"] == 3 and len(report["targets"][0]["returns"]) == 4
+    finally:
+        shutil.rmtree(out)
+        shutil.copytree(tmp_path / "kept", out)

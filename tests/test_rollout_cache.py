@@ -224,9 +224,11 @@ def test_window_run_records_its_mode_and_evaluates(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["--segment_len", "3"], ["--segment_len", "9"]])
-def test_bad_segment_len_fails_fast(tmp_path, args):
+def test_bad_segment_len_fails_fast(tmp_path, capsys, args):
+    from decision_transformer.run.experiment import main
+
     attention = ["--attention", "window"] if args[1] == "3" else []
-    proc = run_script("experiment.py", "--env", "hopper", "--K", "5", *attention, *args,
-                      "--out_dir", tmp_path / "x")  # fmt: skip
-    assert proc.returncode == 2 and "--segment_len" in proc.stderr
-    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    code = main(["--env", "hopper", "--K", "5", *attention, *args, "--out_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--segment_len" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
