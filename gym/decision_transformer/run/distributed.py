@@ -191,6 +191,9 @@ class DistContext:
 
     def close(self) -> None:
         if self.world_size > 1 and dist.is_initialized():
+            # Every rank reaches here before any tears its connections down: a gloo peer whose
+            # partner already closed can abort at exit (seen once in a 2-rank FSDP resume).
+            dist.barrier()
             dist.destroy_process_group()
 
 
