@@ -68,3 +68,12 @@ def start_script(script: str, *args: str, cwd: Path = GYM_DIR) -> subprocess.Pop
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
+    """A user error as every entry point reports it: exit 2, one stderr line naming it."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and needle in lines[0], lines[0]

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from cli import GYM_DIR, TINY, run_script
+from cli import GYM_DIR, TINY, assert_one_line_error, run_script
 from rollouts import rollout_paths, write_dataset
 
 if str(GYM_DIR / "data") not in sys.path:
@@ -129,14 +129,6 @@ def train_humanoid(capsys, data_dir, out_dir, *args, how: str = "in-process"):
         capsys, "experiment.py", "--env", "humanoid", "--data_dir", data_dir, "--out_dir",
         out_dir, *TINY, *args, how=how,
     )  # fmt: skip
-
-
-def assert_one_line_error(proc, needle):
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
 
 
 FLAG_CASES = {

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli import TINY, run_script
+from cli import TINY, assert_one_line_error, run_script
 from decision_transformer.evaluation.rollout import Rollout
 from decision_transformer.models.decision_transformer import DecisionTransformer
 from decision_transformer.models.decision_transformer_qwen3 import DecisionTransformerQwen3
@@ -203,14 +203,6 @@ def test_collection_samples_the_same_with_and_without_the_cache(backbone):
     mean = play(True, None)
     assert (cached - mean).abs().max() > 1e-3  # sampled, not the mean
     assert (cached.abs() <= 1.0).all()  # squashed into the box
-
-
-def assert_one_line_error(proc, needle):
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
 
 
 BAD_FLAGS = {
