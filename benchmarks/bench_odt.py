@@ -11,24 +11,30 @@ within ~200 steps; standing for the whole episode is worth ~4940). Written as
 
 For each backbone (GPT-2 DT, Qwen3 DT) and seed: pretrain offline with ``--policy stochastic``
 (``--offline_iters`` x ``--offline_steps``), then fine-tune online from that checkpoint with
-``--init_from`` for ``--minutes`` of wall-clock time on this machine (the run is extended by
-``--chunk`` rounds at a time with ``--resume``, since ``--online_rounds`` may grow on resume, until
-the budget is spent). Both are evaluated on ``--episodes`` episodes conditioned on
-``--target`` (the exploration target is the ODT's 2x that).
+``--init_from`` until the online phase has used ``--cpu_minutes`` of CPU time (the run is
+extended by ``--chunk`` rounds at a time with ``--resume``, since ``--online_rounds`` may grow on
+resume). Both are evaluated on ``--episodes`` episodes conditioned on ``--target`` (the
+exploration target is the ODT's 2x that).
+
+The budget is CPU time, not wall time: each run is one process with one thread
+(``OMP_NUM_THREADS=1``), ``--jobs`` runs go at once (default: one per core), and a run's budget
+is the user+system time its processes used, so a machine shared with other work slows the
+benchmark without changing what each run gets. 60 CPU-minutes is 30 minutes of both cores.
 
 Prints a markdown table (best return in the pretraining data, offline DT, fine-tuned DT, env
-steps, online minutes) and writes the learning curves over env steps with plot.py. The target,
-per backbone and seed: the fine-tuned DT's mean evaluation return exceeds both the offline DT's and
-the best return in its data; the script exits 1 naming each miss.
+steps, online CPU minutes) and writes the learning curves over env steps with plot.py. The
+target, per backbone and seed: the fine-tuned DT's mean evaluation return exceeds both the
+offline DT's and the best return in its data; the script exits 1 naming each miss.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -68,10 +74,17 @@ SMOKE = {
 }
 
 
-def run(script: str, *args) -> None:
-    subprocess.run(
-        [sys.executable, script, *map(str, args)], cwd=GYM, check=True, stdout=subprocess.DEVNULL
-    )
+def run(script: str, *args) -> float:
+    """Run a gym script with one thread; returns the CPU seconds (user + system) it used."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(
+        [sys.executable, script, *map(str, args)], cwd=GYM, env=env, stdout=subprocess.DEVNULL
+    ) as proc:
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, [script, *map(str, args)])
+    return usage.ru_utime + usage.ru_stime
 
 
 def rows(out: Path) -> list[dict]:
@@ -101,7 +114,11 @@ def main() -> int:
     p.add_argument("--smoke", action="store_true", help="tiny models and budget: checks the script")
     p.add_argument("--backbones", nargs="+", default=list(SCRIPTS), choices=list(SCRIPTS))
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 (smoke: 0)")
-    p.add_argument("--minutes", type=float, default=None, help="online budget (default 30)")
+    p.add_argument(
+        "--cpu_minutes", type=float, default=None,
+        help="online budget per run in CPU minutes (default 60: 30 minutes of 2 cores)",
+    )  # fmt: skip
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at once")
     p.add_argument("--max_return", type=float, default=1000.0, help="dataset return cap")
     p.add_argument("--target", type=float, default=5000.0, help="evaluation return-to-go")
     p.add_argument("--episodes", type=int, default=None, help="eval episodes (default 20)")
@@ -109,7 +126,7 @@ def main() -> int:
     args = p.parse_args()
     c = SMOKE if args.smoke else FULL
     seeds = args.seeds or ([0] if args.smoke else [0, 1])
-    minutes = args.minutes or (0.3 if args.smoke else 30.0)
+    cpu_minutes = args.cpu_minutes or (0.3 if args.smoke else 60.0)
     episodes = args.episodes or (2 if args.smoke else 20)
     out = Path(args.out).resolve() / ("smoke" if args.smoke else "full")
     data = out / "data"
@@ -129,33 +146,37 @@ def main() -> int:
         "--online_updates", c["online_updates"], "--online_episodes", c["online_episodes"],
         "--online_eval_every", c["eval_every"],
     ]  # fmt: skip
-    results, online_dirs = [], []
-    for backbone in args.backbones:
+
+    def one(backbone: str, seed: int) -> tuple:
+        """Pretrain, then fine-tune until the CPU budget is spent; the table's row."""
         script = SCRIPTS[backbone]
-        for seed in seeds:
-            flags = [*common, *c["model"][backbone], "--seed", seed]
-            off, on = out / f"{backbone}-s{seed}-offline", out / f"{backbone}-s{seed}-online"
-            if not (off / "checkpoint.pt").exists():
-                run(script, *flags, "--out_dir", off)
-            offline_return = eval_return(rows(off)[-1], args.target)
-            start, rounds = time.time(), 0
-            # Extend the online phase chunk by chunk until the budget is spent.
-            while time.time() - start < minutes * 60:
-                rounds += c["chunk"]
-                resume = ["--resume"] if (on / "checkpoint.pt").exists() else []
-                run(script, *flags, *online, "--online_rounds", rounds,
-                    "--init_from", off / "checkpoint.pt", "--out_dir", on, *resume)  # fmt: skip
-            spent = (time.time() - start) / 60
-            final = rows(on)[-1]
-            results.append(
-                (backbone, seed, offline_return, eval_return(final, args.target),
-                 final["online/env_steps"], spent, rounds)
-            )  # fmt: skip
-            online_dirs.append(on)
-            print(f"{backbone} seed {seed}: done", flush=True)
+        flags = [*common, *c["model"][backbone], "--seed", seed]
+        off, on = out / f"{backbone}-s{seed}-offline", out / f"{backbone}-s{seed}-online"
+        if not (off / "checkpoint.pt").exists():
+            run(script, *flags, "--out_dir", off)
+        offline_return = eval_return(rows(off)[-1], args.target)
+        # What the online phase has used so far, kept beside the run so a rerun continues it.
+        budget = out / f"{backbone}-s{seed}-online-budget.json"
+        used = json.loads(budget.read_text()) if budget.exists() else {"cpu_s": 0.0, "rounds": 0}
+        spent, rounds = used["cpu_s"], used["rounds"]
+        while spent < cpu_minutes * 60:  # extend the online phase chunk by chunk
+            rounds += c["chunk"]
+            resume = ["--resume"] if (on / "checkpoint.pt").exists() else []
+            extend = ["--online_rounds", rounds, "--init_from", off / "checkpoint.pt"]
+            spent += run(script, *flags, *online, *extend, "--out_dir", on, *resume)
+            budget.write_text(json.dumps({"cpu_s": spent, "rounds": rounds}))
+        final = rows(on)[-1]
+        print(f"{backbone} seed {seed}: done", flush=True)
+        return (backbone, seed, offline_return, eval_return(final, args.target),
+                final["online/env_steps"], spent / 60, rounds)  # fmt: skip
+
+    runs = [(backbone, seed) for backbone in args.backbones for seed in seeds]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(lambda r: one(*r), runs))
+    online_dirs = [out / f"{backbone}-s{seed}-online" for backbone, seed in runs]
 
     print("\n| backbone | seed | best in data | offline DT | fine-tuned DT | env steps | rounds "
-          "| online min | > offline? | > data? |")  # fmt: skip
+          "| online CPU min | > offline? | > data? |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     missed = []
     for backbone, seed, off_r, on_r, env_steps, spent, rounds in results:
