@@ -81,6 +81,9 @@ from .selection import Selection
 
 # Flags that may differ when a run is resumed; any other difference would not be the same run.
 RESUMABLE_CHANGES = {
+    # Where the run lives is not what it is: a folder moved, copied or spelled another way (a
+    # relative path from elsewhere) resumes. Sharded checkpoints are named relative to it.
+    "out_dir",
     "max_iters",
     "device",
     "log_to_wandb",

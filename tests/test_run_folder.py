@@ -1,0 +1,55 @@
+"""A run folder is the run wherever it lives: moved, copied, or named by another spelling of the
+same path, ``--resume`` continues it exactly as in its first place."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from cli import TINY
+from decision_transformer.run import experiment
+from rollouts import write_dataset
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    write_dataset(d, "humanoid", "medium", episodes=6, max_steps=40)
+    return d
+
+
+def train(data_dir, out, *args) -> int:
+    argv = ["--env", "humanoid", "--data_dir", str(data_dir), "--out_dir", str(out), *TINY]
+    return experiment.main([*argv, "--num_eval_episodes", "0", *map(str, args)])
+
+
+def state(out) -> tuple[dict, list[float]]:
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return ckpt["model"], [r["training/train_loss_mean"] for r in rows]
+
+
+def test_a_moved_or_respelled_run_resumes_exactly(data_dir, tmp_path, monkeypatch):
+    first = tmp_path / "first"
+    assert train(data_dir, first, "--max_iters", "1") == 0
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.copytree(first, moved)
+    # The original folder by a relative path from its parent, and the copy by its absolute one.
+    monkeypatch.chdir(tmp_path)
+    assert train(data_dir, "first", "--max_iters", "2", "--resume") == 0
+    assert train(data_dir, moved, "--max_iters", "2", "--resume") == 0
+    (w_first, loss_first), (w_moved, loss_moved) = state(first), state(moved)
+    assert len(loss_first) == 2 and loss_first == loss_moved
+    for k, v in w_first.items():
+        assert torch.equal(v, w_moved[k]), k
+
+
+def test_another_flag_still_refused(data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(data_dir, out, "--max_iters", "1") == 0
+    capsys.readouterr()
+    assert train(data_dir, out, "--max_iters", "2", "--resume", "--seed", "6") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "flags differ from the checkpoint's run (seed)" in err[0], err
