@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -77,3 +79,18 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str) -> Non
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
+
+
+def run_main(main, *args) -> subprocess.CompletedProcess:
+    """A script's entry function ``main(argv)`` called in this process, its exit code and stderr
+    as run_script's: for the many refusals that need no real process (an interpreter start
+    costs ~2 s; a few real ones per entry point stay). stdout stays pytest's: experiment.py's
+    main line-buffers it, which a StringIO cannot."""
+    argv = [str(a) for a in args]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's own exit
+            code = e.code
+    return subprocess.CompletedProcess(argv, code, "", err.getvalue())

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ATARI_DIR))
 
 import create_dataset as cd  # noqa: E402
 import dqn_replay as fmt  # noqa: E402
-from cli import script_env  # noqa: E402
+from cli import run_main, script_env  # noqa: E402
 from decision_transformer.errors import DatasetError  # noqa: E402
 
 
@@ -179,39 +179,42 @@ def _copy_replay(src: Path, dst: Path) -> Path:
 
 
 def test_bad_inputs_one_line_exit_2(breakout_replay, tmp_path):
+    """The first as a user meets it, a real process; the rest through the entry functions."""
+    import run_dt_atari
+
     base = ["--num_buffers", "2", "--trajectories_per_buffer", "1"]
     # Missing files: names the path and the --collect command.
     line = one_error_line(run_atari("create_dataset.py", "--data_dir_prefix", tmp_path / "none",
                                     "--num_steps", "100", *base))  # fmt: skip
     assert "$store$_observation_ckpt.49.gz" in line and "--collect" in line
     # More steps than the data holds.
-    line = one_error_line(run_atari("create_dataset.py", "--data_dir_prefix", breakout_replay,
-                                    "--num_steps", "10000000", *base))  # fmt: skip
+    line = one_error_line(run_main(cd.main, "--data_dir_prefix", breakout_replay,
+                                   "--num_steps", "10000000", *base))  # fmt: skip
     assert "--num_steps" in line
     # Truncated observation file.
     d = _copy_replay(breakout_replay, tmp_path / "trunc")
     for ckpt in (48, 49):
         p = fmt.store_path(d, "observation", ckpt)
         p.write_bytes(p.read_bytes()[: p.stat().st_size // 10])
-    line = one_error_line(run_atari("create_dataset.py", "--data_dir_prefix", tmp_path / "trunc",
-                                    "--num_steps", "1500", *base))  # fmt: skip
+    line = one_error_line(run_main(cd.main, "--data_dir_prefix", tmp_path / "trunc",
+                                   "--num_steps", "1500", *base))  # fmt: skip
     assert "truncated" in line and "observation_ckpt.4" in line
     # Wrong dtype, and wrong shape.
     d = _copy_replay(breakout_replay, tmp_path / "dtype")
     fmt.write_array_gz(fmt.store_path(d, "observation", 48), np.zeros((1200, 84, 84), np.float32))
-    line = one_error_line(run_atari("create_dataset.py", "--data_dir_prefix", tmp_path / "dtype",
-                                    "--num_steps", "100", *base))  # fmt: skip
+    line = one_error_line(run_main(cd.main, "--data_dir_prefix", tmp_path / "dtype",
+                                   "--num_steps", "100", *base))  # fmt: skip
     assert "float32" in line
     d = _copy_replay(breakout_replay, tmp_path / "shape")
     fmt.write_array_gz(fmt.store_path(d, "observation", 48), np.zeros((1200, 80, 80), np.uint8))
-    line = one_error_line(run_atari("create_dataset.py", "--data_dir_prefix", tmp_path / "shape",
-                                    "--num_steps", "100", *base))  # fmt: skip
+    line = one_error_line(run_main(cd.main, "--data_dir_prefix", tmp_path / "shape",
+                                   "--num_steps", "100", *base))  # fmt: skip
     assert "[1200, 80, 80]" in line
     # A game ale-py has no ROM for.
-    line = one_error_line(run_atari("run_dt_atari.py", "--game", "NoSuchGame",
-                                    "--data_dir_prefix", breakout_replay))  # fmt: skip
+    line = one_error_line(run_main(run_dt_atari.main, "--game", "NoSuchGame",
+                                   "--data_dir_prefix", breakout_replay))  # fmt: skip
     assert "NoSuchGame" in line
     # Backbone shapes that cannot work, refused before the data is read.
-    line = one_error_line(run_atari("run_dt_atari.py", "--backbone", "qwen3", "--n_kv_head", "3",
-                                    "--data_dir_prefix", tmp_path / "none"))  # fmt: skip
+    line = one_error_line(run_main(run_dt_atari.main, "--backbone", "qwen3", "--n_kv_head", "3",
+                                   "--data_dir_prefix", tmp_path / "none"))  # fmt: skip
     assert "--n_kv_head" in line

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 from cli import GYM_DIR, TINY, run_script, script_env
+from decision_transformer.run import evaluate_checkpoint
 from rollouts import write_dataset
 
 # Exact-comparison runs: no dropout (ranks' dropout noise differs from one process's), a learning
@@ -140,13 +141,14 @@ def test_split_evaluation_equals_rank0_evaluation(data_dir, tmp_path):
     flags = ["--max_iters", "1", "--num_eval_episodes", "4", "--eval_envs", "2"]
     train(data_dir, out, *flags, nproc=2)
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    run_script("evaluate.py", "--checkpoint", out / "checkpoint.pt", check=True)
+    # evaluate.py's entry function, in this process (its real-process runs: test_results_tools).
+    assert evaluate_checkpoint.main(["--checkpoint", str(out / "checkpoint.pt")]) == 0
     report = json.loads((out / "eval.json").read_text())
     for res in report["targets"]:
         key = f"evaluation/target_{res['target']:g}"
         for stat in ("return_mean", "return_std", "length_mean", "length_std"):
-            # torchrun gives each rank one thread, evaluate.py runs with the machine's; some
-            # CPUs' kernels then sum in another order (~1e-8 relative on AMD EPYC).
+            # torchrun gives each rank one thread, this process has OMP_NUM_THREADS's (1 unless
+            # set); with more, some CPUs' kernels sum in another order (~1e-8 relative on EPYC).
             assert row[f"{key}_{stat}"] == pytest.approx(res[stat], rel=1e-6, abs=1e-6)
 
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from cli import TINY, run_script
+from cli import TINY, run_main, run_script
 from decision_transformer.data.pickle_io import save_paths
 from decision_transformer.run import experiment
 from rollouts import rollout_paths, write_dataset
@@ -102,14 +102,15 @@ def test_existing_run_needs_resume(data_dir, tmp_path):
         "0",
     ]
     run_script("experiment.py", *args, check=True)
-    proc = run_script("experiment.py", *args)
+    # The refusals through the entry function (a real process refuses in test_bad_input_all).
+    proc = run_main(experiment.main, *args)
     assert proc.returncode == 2 and "--resume" in proc.stderr
-    proc = run_script("experiment.py", *args, "--resume", "--K", "7")
+    proc = run_main(experiment.main, *args, "--resume", "--K", "7")
     assert proc.returncode == 2 and "K" in proc.stderr
     # More iterations extend a constant-rate run, but would stretch a cosine one already walked.
     cosine = [*args, "--out_dir", tmp_path / "c", "--lr_decay", "cosine"]
     run_script("experiment.py", *cosine, check=True)
-    proc = run_script("experiment.py", *cosine, "--resume", "--max_iters", "2")
+    proc = run_main(experiment.main, *cosine, "--resume", "--max_iters", "2")
     assert proc.returncode == 2 and "max_iters" in proc.stderr
     proc = run_script("experiment.py", *args, "--resume", "--max_iters", "2")
     assert proc.returncode == 0, proc.stderr

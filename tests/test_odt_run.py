@@ -5,15 +5,17 @@ online round then --resume, --init_from an offline run's checkpoint, and the bad
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from cli import TINY, assert_one_line_error, run_script
+from cli import TINY, assert_one_line_error, run_main, run_script
 from decision_transformer.evaluation.rollout import Rollout
 from decision_transformer.models.decision_transformer import DecisionTransformer
 from decision_transformer.models.decision_transformer_qwen3 import DecisionTransformerQwen3
+from decision_transformer.run import experiment
 from rollouts import write_dataset
 
 KILL_AT = str(Path(__file__).resolve().parent / "kill_at.py")
@@ -155,14 +157,21 @@ def test_kill_9_in_an_online_round_then_resume_equals_uninterrupted(
     same_checkpoints(out / "checkpoint.pt", ref_out / "checkpoint.pt")
 
 
-def test_init_from_an_offline_run_equals_one_run(data_dir, reference, tmp_path):
-    """Pretrain offline in one run, fine-tune online from its checkpoint in another: the same
-    numbers and weights as the run that did both."""
-    offline = tmp_path / "offline"
+@pytest.fixture(scope="module")
+def offline_run(data_dir, tmp_path_factory):
+    """The reference's offline phase alone (a stochastic GPT-2 DT, one iteration)."""
+    offline = tmp_path_factory.mktemp("offline") / "run"
     args = flags(data_dir, "gpt2")
     i = args.index("--online_rounds")
-    offline_args = args[:i] + args[i + 2 :]
-    run_script("experiment.py", *offline_args, "--out_dir", offline, check=True)
+    run_script("experiment.py", *args[:i], *args[i + 2 :], "--out_dir", offline, check=True)
+    return offline
+
+
+def test_init_from_an_offline_run_equals_one_run(data_dir, reference, offline_run, tmp_path):
+    """Pretrain offline in one run, fine-tune online from its checkpoint in another: the same
+    numbers and weights as the run that did both."""
+    args = flags(data_dir, "gpt2")
+    offline = offline_run
     online = tmp_path / "online"
     run_script(
         "experiment.py", *args, "--init_from", offline / "checkpoint.pt",
@@ -227,8 +236,23 @@ BAD_FLAGS = {
 }
 
 
+def in_process(*args) -> subprocess.CompletedProcess:
+    return run_main(experiment.main, *args)
+
+
 @pytest.mark.parametrize("case", list(BAD_FLAGS))
 def test_bad_online_flags(data_dir, tmp_path, case):
+    args, needle = BAD_FLAGS[case]
+    proc = in_process(
+        "--env", "humanoid", "--data_dir", data_dir, *TINY, "--out_dir", tmp_path / "run", *args
+    )
+    assert_one_line_error(proc, needle)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("case", ["bad_policy", "online_deterministic"])
+def test_bad_online_flags_as_a_user_meets_them(data_dir, tmp_path, case):
+    """An argparse refusal and a config refusal, from a real process."""
     args, needle = BAD_FLAGS[case]
     proc = run_script(
         "experiment.py", "--env", "humanoid", "--data_dir", data_dir, *TINY,
@@ -238,22 +262,20 @@ def test_bad_online_flags(data_dir, tmp_path, case):
     assert not (tmp_path / "run").exists()
 
 
-def test_init_from_a_checkpoint_that_does_not_fit(data_dir, tmp_path):
+def test_init_from_a_checkpoint_that_does_not_fit(data_dir, offline_run, tmp_path):
     """A deterministic checkpoint, and a stochastic one of another size: one line, exit 2."""
     base = ["--env", "humanoid", "--data_dir", str(data_dir), *TINY, "--max_iters", "1"]
     base += ["--num_eval_episodes", "0"]
     det = tmp_path / "det"
     run_script("experiment.py", *base, "--out_dir", det, check=True)
     online = ["--policy", "stochastic", "--online_rounds", "1"]
-    proc = run_script(
-        "experiment.py", *base, *online, "--init_from", det / "checkpoint.pt",
-        "--out_dir", tmp_path / "a",
-    )  # fmt: skip
+    proc = in_process(
+        *base, *online, "--init_from", det / "checkpoint.pt", "--out_dir", tmp_path / "a"
+    )
     assert_one_line_error(proc, "has a deterministic head")
-    sto = tmp_path / "sto"
-    run_script("experiment.py", *base, "--policy", "stochastic", "--out_dir", sto, check=True)
-    proc = run_script(
-        "experiment.py", *base, *online, "--init_from", sto / "checkpoint.pt",
+    # The offline run's checkpoint: a stochastic GPT-2 DT with --embed_dim 32.
+    proc = in_process(
+        *base, *online, "--init_from", offline_run / "checkpoint.pt",
         "--embed_dim", "64", "--out_dir", tmp_path / "b",
     )  # fmt: skip
     assert_one_line_error(proc, "other model flags: use experiment.py with --embed_dim 32")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from cli import TINY, run_script
+from decision_transformer.run import evaluate_checkpoint, plots
 from decision_transformer.run.metrics import read_metrics
 from PIL import Image
 from rollouts import write_dataset
@@ -272,27 +273,36 @@ def test_plot_and_table_from_run_directories(dt_run, bc_run, tmp_path):
     assert "score @3600" in rows[0] and "return @3600" in rows[0]
 
 
-def test_table_alone_writes_no_figure(dt_run):
-    proc = run_script("plot.py", dt_run, "--table", check=True)
-    assert "| dt-seq |" in proc.stdout and "curves:" not in proc.stdout
+# Below, the entry functions are called in-process (plot.py and evaluate.py run as real
+# processes above, and in test_bad_input_all's user-facing cases).
+
+
+def test_table_alone_writes_no_figure(dt_run, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a default figure would go
+    assert plots.main([str(dt_run), "--table"]) == 0
+    out = capsys.readouterr().out
+    assert "| dt-seq |" in out and "curves:" not in out
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("case", ["missing", "garbage", "not_a_run"])
-def test_bad_checkpoint_is_one_line_and_exit_2(case, tmp_path):
+def test_bad_checkpoint_is_one_line_and_exit_2(case, tmp_path, capsys):
     path = tmp_path / "checkpoint.pt"
     if case == "garbage":
         path.write_bytes(b"this is not a torch file\n" * 10)
     elif case == "not_a_run":
         torch.save({"weights": torch.zeros(3)}, path)
-    proc = evaluate("--checkpoint", path, check=False)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
+    assert evaluate_checkpoint.main(["--checkpoint", str(path)]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0]
-    assert "Traceback" not in proc.stderr and not (tmp_path / "eval.json").exists()
+    assert "Traceback" not in err and not (tmp_path / "eval.json").exists()
 
 
-def test_bad_video_path_and_bad_run_dir_exit_2(dt_run, tmp_path):
-    proc = evaluate("--checkpoint", dt_run, "--video", tmp_path / "x.avi", check=False)
-    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: --video")
-    proc = run_script("plot.py", tmp_path, check=False)
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+def test_bad_video_path_and_bad_run_dir_exit_2(dt_run, tmp_path, capsys):
+    code = evaluate_checkpoint.main(
+        ["--checkpoint", str(dt_run), "--video", str(tmp_path / "x.avi"), "--device", "cpu"]
+    )
+    assert code == 2 and capsys.readouterr().err.strip().startswith("error: --video")
+    assert plots.main([str(tmp_path)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

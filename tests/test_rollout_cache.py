@@ -17,6 +17,7 @@ from decision_transformer.evaluation.rollout import Rollout
 from decision_transformer.models.decision_transformer import DecisionTransformer
 from decision_transformer.models.decision_transformer_qwen3 import DecisionTransformerQwen3
 from decision_transformer.models.kv_cache import window_mask
+from decision_transformer.run import plots
 from rollouts import rollout_paths, write_dataset
 from torch._dynamo.testing import CompileCounter
 
@@ -200,7 +201,7 @@ def test_compiled_model_compiles_once_in_evaluation(attention, norm):
     assert counter.frame_count == (1 if attention == "full" else 0)
 
 
-def test_window_run_records_its_mode_and_evaluates(tmp_path):
+def test_window_run_records_its_mode_and_evaluates(tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()
     write_dataset(data, "hopper", "medium", episodes=6, seed=0, max_steps=80)
@@ -219,8 +220,9 @@ def test_window_run_records_its_mode_and_evaluates(tmp_path):
     expected = {k[len("evaluation/") :]: v for k, v in row.items() if k.startswith("evaluation/")}
     assert report["metrics"] == expected
     assert report["video"]["episode_return"] == report["targets"][0]["returns"][0]
-    proc = run_script("plot.py", out, "--table", check=True)
-    assert "| run | gpt2 window |" in proc.stdout  # the table says which attention was used
+    capsys.readouterr()
+    assert plots.main([str(out), "--table"]) == 0  # plot.py's entry function
+    assert "| run | gpt2 window |" in capsys.readouterr().out  # it says which attention was used
 
 
 @pytest.mark.parametrize("args", [["--segment_len", "3"], ["--segment_len", "9"]])

@@ -1,4 +1,5 @@
-"""train_humanoid_qwen_dt.py presets and experiment_qwen.py's sanity command, as subprocesses."""
+"""train_humanoid_qwen_dt.py presets (one real process, dry runs through its entry function)
+and experiment_qwen.py's sanity command as a subprocess."""
 
 import contextlib
 import json
@@ -16,6 +17,17 @@ def dry_run(*args):
         "train_humanoid_qwen_dt.py", "--dry_run", "--device", "cpu", *args, check=True
     )
     return proc.stdout, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def dry_run_here(capsys, *args):
+    """dry_run through the script's entry function, in this process (the model is built on the
+    meta device either way; only the interpreter start is saved)."""
+    import train_humanoid_qwen_dt as preset
+
+    capsys.readouterr()
+    assert preset.main(["--dry_run", "--device", "cpu", *args]) == 0
+    out = capsys.readouterr().out
+    return out, json.loads(out.strip().splitlines()[-1])
 
 
 def test_qwen3_06b_preset_mirrors_the_real_decoder():
@@ -41,22 +53,22 @@ def test_qwen3_06b_preset_mirrors_the_real_decoder():
     assert "activation_function" not in out and "mlp_ratio" not in out
 
 
-def test_2048x24_preset_is_about_1_93_billion():
-    out, info = dry_run("--preset", "2048x24")
+def test_2048x24_preset_is_about_1_93_billion(capsys):
+    out, info = dry_run_here(capsys, "--preset", "2048x24")
     assert info["backbone_params"] == 1_925_292_032
     # 5.4 x 2048 = 11059 rounded to a multiple of 256, printed as the real width; the preset
     # fixes the width, so no mlp_ratio is shown beside it.
     assert "intermediate_size: 11008" in out and "mlp_ratio" not in out
 
 
-def test_flags_override_the_preset_and_bf16_shrinks_activations():
-    _, small = dry_run("--n_layer", "2")
+def test_flags_override_the_preset_and_bf16_shrinks_activations(capsys):
+    _, small = dry_run_here(capsys, "--n_layer", "2")
     assert small["backbone_params"] == 2 * 15_730_944 + 1024  # two Qwen3-0.6B layers + final norm
-    _, bf16 = dry_run("--n_layer", "2", "--dtype", "bf16")
+    _, bf16 = dry_run_here(capsys, "--n_layer", "2", "--dtype", "bf16")
     assert bf16["memory_bytes"]["activations"] < small["memory_bytes"]["activations"]
 
 
-def test_compiled_by_default_on_cuda_only(monkeypatch):
+def test_compiled_by_default_on_cuda_only(monkeypatch, capsys):
     """The GPU preset compiles its blocks on CUDA devices inductor serves (fewer launches a
     step); on the CPU, old GPUs or without Triton it stays eager; the flag decides either way."""
     import importlib.util
@@ -64,10 +76,10 @@ def test_compiled_by_default_on_cuda_only(monkeypatch):
     import torch
     import train_humanoid_qwen_dt as preset
 
-    out, _ = dry_run()
+    out, _ = dry_run_here(capsys)
     assert "compile: False" in out.splitlines()  # this machine: CPU only
-    assert "compile: True" in dry_run("--compile")[0].splitlines()
-    assert "compile: False" in dry_run("--compile", "false")[0].splitlines()
+    assert "compile: True" in dry_run_here(capsys, "--compile")[0].splitlines()
+    assert "compile: False" in dry_run_here(capsys, "--compile", "false")[0].splitlines()
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))

@@ -15,7 +15,7 @@ from decision_transformer.data.loading import load_dataset
 from decision_transformer.data.sampler import BatchSampler
 from decision_transformer.envs import get_spec, make_env
 from decision_transformer.models.factory import build_model
-from decision_transformer.run import experiment
+from decision_transformer.run import evaluate_checkpoint, experiment
 from decision_transformer.run.config import ConfigError, RunConfig, build_parser, resolve
 from decision_transformer.run.distributed import DistContext
 from decision_transformer.run.plots import load_run, markdown_table
@@ -23,6 +23,7 @@ from decision_transformer.run.selection import Selection
 from decision_transformer.training.host_syncs import HostSyncCounter
 from decision_transformer.training.validation import VALIDATION_KEY, overfitting
 from rollouts import write_dataset
+from test_distributed import EXACT, torchrun_args
 
 EPISODES = 10
 # No rollouts: the validation error alone selects, so these runs cost seconds.
@@ -174,22 +175,30 @@ def test_validation_error_is_the_error_on_held_out_windows(data_dir, tmp_path, n
     assert logged[VALIDATION_KEY] == pytest.approx(independent_error(out, data_dir), rel=1e-4)
 
 
+# Exact arithmetic (no dropout) and an odd number of windows, for the 2-rank runs below.
+SHARED_WINDOWS = [*EXACT, "--val_episodes", "3", "--val_windows", "25", "--max_iters", "2"]
+
+
+@pytest.fixture(scope="module")
+def one_process_batch_16(data_dir, tmp_path_factory):
+    """What the DDP and the FSDP run below are each compared with."""
+    one = tmp_path_factory.mktemp("one") / "run"
+    train(data_dir, one, *SHARED_WINDOWS, "--batch_size", "16")
+    return one
+
+
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_torchrun_ranks_share_the_windows(data_dir, tmp_path, mode):
+def test_torchrun_ranks_share_the_windows(data_dir, one_process_batch_16, tmp_path, mode):
     """2 ranks x batch 8 (each measuring its share of an odd number of windows, one
     all-reduce) log the validation error of 1 process x batch 16, which trains the same
     weights; under FSDP every rank makes as many sharded forward calls, or the run would hang.
     best.pt holds full weights either way."""
-    from test_distributed import EXACT, torchrun_args
-
-    flags = [*EXACT, "--val_episodes", "3", "--val_windows", "25", "--max_iters", "2"]
     launch = torchrun_args(2)[:-1]
-    common = [*FAST, "--data_dir", data_dir, *flags]
+    common = [*FAST, "--data_dir", data_dir, *SHARED_WINDOWS]
     fsdp = ["--fsdp"] if mode == "fsdp" else []
-    two, one = tmp_path / "two", tmp_path / "one"
+    two, one = tmp_path / "two", one_process_batch_16
     run_script(*launch, "experiment.py", *common, *fsdp, "--batch_size", "8", "--out_dir", two,
                check=True, timeout=300)  # fmt: skip
-    train(data_dir, one, *flags, "--batch_size", "16")
     for a, b in zip(rows(two), rows(one), strict=True):
         assert a[VALIDATION_KEY] == pytest.approx(b[VALIDATION_KEY], rel=1e-5)
     assert load(two / "best.pt")["iteration"] == load(one / "best.pt")["iteration"]
@@ -211,7 +220,16 @@ def best_iteration(out) -> int:
     return 1 + errors.index(min(errors))  # ties keep the first
 
 
-def test_best_pt_is_the_lowest_validation_error_and_evaluates(data_dir, bumpy_run, tmp_path):
+@pytest.fixture(scope="module")
+def stopped_at_best(data_dir, bumpy_run, tmp_path_factory):
+    """The bumpy run stopped right after its best iteration, and the weights it stopped with
+    (read now: test_resume_keeps_the_best resumes this folder)."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    train(data_dir, out, *VAL, *BUMPY, "--max_iters", str(best_iteration(bumpy_run)))
+    return out, load(out / "checkpoint.pt")["model"]
+
+
+def test_best_pt_is_the_lowest_validation_error_and_evaluates(bumpy_run, stopped_at_best, tmp_path):
     best = load(bumpy_run / "best.pt")
     want = best_iteration(bumpy_run)
     assert want < 4, "the run's last iteration is its best: the test would not tell them apart"
@@ -219,9 +237,7 @@ def test_best_pt_is_the_lowest_validation_error_and_evaluates(data_dir, bumpy_ru
     assert best["selection"]["best_value"] == min(r[VALIDATION_KEY] for r in rows(bumpy_run))
     assert not same_weights(best["model"], load(bumpy_run / "checkpoint.pt")["model"])
     # best.pt holds the weights that iteration ended with: a run stopped there ends with them.
-    short = tmp_path / "short"
-    train(data_dir, short, *VAL, *BUMPY, "--max_iters", str(want))
-    assert same_weights(best["model"], load(short / "checkpoint.pt")["model"])
+    assert same_weights(best["model"], stopped_at_best[1])
 
     out_json = tmp_path / "eval.json"
     proc = run_script(
@@ -234,12 +250,12 @@ def test_best_pt_is_the_lowest_validation_error_and_evaluates(data_dir, bumpy_ru
     assert np.isfinite(report["targets"][0]["return_mean"])
 
 
-def test_resume_keeps_the_best(data_dir, bumpy_run, tmp_path):
+def test_resume_keeps_the_best(data_dir, bumpy_run, stopped_at_best):
     """Stop right after the best iteration, resume: the best is kept (a resumed run that forgot
     it would take the next iteration as best) and everything ends as in the straight run."""
     stop = best_iteration(bumpy_run)
-    out = tmp_path / "run"
-    train(data_dir, out, *VAL, *BUMPY, "--max_iters", str(stop))
+    out, _ = stopped_at_best
+    assert load(out / "checkpoint.pt")["iteration"] == stop
     train(data_dir, out, *VAL, *BUMPY, "--resume")
     a, b = load(out / "best.pt"), load(bumpy_run / "best.pt")
     assert a["iteration"] == b["iteration"] == stop
@@ -297,7 +313,7 @@ def test_falling_validation_error_does_not_warn(capsys):
 # --- without the flags, the run is the run it was ---------------------------------------------
 
 
-def test_no_validation_is_the_run_as_before(data_dir, tmp_path):
+def test_no_validation_is_the_run_as_before(data_dir, tmp_path, capsys):
     plain, zero = tmp_path / "plain", tmp_path / "zero"
     train(data_dir, plain, "--max_iters", "2")
     train(data_dir, zero, "--max_iters", "2", "--val_episodes", "0")
@@ -312,9 +328,13 @@ def test_no_validation_is_the_run_as_before(data_dir, tmp_path):
     assert "selection" not in ca and not (plain / "best.pt").exists()
     full = load_dataset(data_dir, "humanoid", "medium")
     assert torch.equal(ca["state_mean"], torch.from_numpy(full.state_mean))
-    proc = run_script("evaluate.py", "--checkpoint", plain, "--which", "best", "--device", "cpu")
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert "no best.pt" in proc.stderr
+    capsys.readouterr()
+    code = evaluate_checkpoint.main(
+        ["--checkpoint", str(plain), "--which", "best", "--device", "cpu"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "no best.pt" in err
 
 
 # --- plot.py, bad flags ----------------------------------------------------------------------
@@ -356,10 +376,12 @@ def test_bad_flags_fail_before_any_work(data_dir, args, message, capsys):
         (["--num_eval_episodes", "1", "--select_by", "return@p37"], "is not evaluated"),
     ],
 )
-def test_bad_flags_that_need_the_dataset_exit_2(data_dir, tmp_path, args, message):
-    proc = train(data_dir, tmp_path / "run", *args, check=False)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.count("\n") == 1 and message in proc.stderr
+def test_bad_flags_that_need_the_dataset_exit_2(data_dir, tmp_path, args, message, capsys):
+    argv = [*FAST, "--data_dir", str(data_dir), "--out_dir", str(tmp_path / "run"), *args]
+    code = experiment.main(argv)  # the entry function; test_bad_input_all runs real processes
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and message in err
     assert not (tmp_path / "run").exists()
 
 
