@@ -1,9 +1,9 @@
 """Atari benchmarks: the DQN-Replay reader, and (with --quality) DT vs BC on a --collect replay.
 
     python benchmarks/bench_atari.py                  # reader: ~1 min
-    python benchmarks/bench_atari.py --quality        # + Breakout: 3 trainings of <= 15 min
+    python benchmarks/bench_atari.py --quality        # + Breakout: 3 trainings of 6,000 steps
     python benchmarks/bench_atari.py --quality --games Breakout Pong --seeds 123 231
-                                                      # 2 games x 3 models x 2 seeds: ~4 h
+                                                      # 2 games x 3 models x 2 seeds
 
 Reader: one synthetic observation store of --rows frames (84x84 uint8, ~7 KB each decompressed)
 is read twice, each in its own subprocess: whole (``np.load`` of the gzip stream, what dopamine
@@ -12,8 +12,11 @@ peak is the growth of the process's max RSS. Targets: streamed peak <= 25% of th
 and streamed throughput >= 50% of it.
 
 Quality, per game (Breakout, Pong): collect a replay with the game's scripted player
-(create_dataset.py --collect), train DT (GPT), DT (Qwen3) and BC on it for --minutes each per
-seed, evaluate each at three targets (the sample's median return, its best, and a higher one).
+(create_dataset.py --collect), train DT (GPT), DT (Qwen3) and BC on it for --steps gradient steps
+each per seed, evaluate each at three targets (the sample's median return, its best, and a higher
+one). The budget is steps, not time, so a shared or slower machine changes how long the benchmark
+takes but not what it measures; --jobs trainings go at once, each with cores / jobs threads, and
+a rerun skips finished trainings and resumes interrupted ones.
 Targets, on the mean over seeds: the DT at the top target beats the dataset's median return and
 BC, and DT returns rise with the target. Each seed's mean and the spread across seeds are
 printed. Exit status 1 names every missed target.
@@ -23,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import os
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +130,8 @@ GAMES = {
 def bench_quality(
     game: str,
     work: Path,
-    minutes: float,
+    steps: int,
+    jobs: int,
     episodes: int,
     max_steps: int | None,
     seeds: list[int],
@@ -156,8 +162,8 @@ def bench_quality(
               "--num_steps", num_steps, "--trajectories_per_buffer", spec["per_visit"],
               "--context_length", "10", "--batch_size", "16",
               "--n_layer", "3", "--n_head", "4", "--embed_dim", "128", "--eval_episodes", "0",
-              "--epochs", "5", "--steps_per_epoch", "1000000", "--save_every", "25",
-              "--num_workers", "1", "--device", "cpu"]  # fmt: skip
+              "--epochs", "1", "--steps_per_epoch", steps, "--save_every", "25",
+              "--num_workers", "0", "--device", "cpu"]  # fmt: skip
     runs = {
         "DT gpt": ["--backbone", "gpt"],
         "DT qwen3": ["--backbone", "qwen3", "--n_kv_head", "2"],
@@ -170,32 +176,42 @@ def bench_quality(
     rets = ds.returns()
     median, top = float(np.median(rets)), float(rets.max())
     targets = [median, top, float(spec["above"](top))]
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+
+    def train(name: str, seed: int) -> Path:
+        """One training to --steps (resumed if a checkpoint exists); its run folder."""
+        out = work / f"{name.replace(' ', '_')}_s{seed}"
+        if (out / "checkpoint.pt").exists():
+            if load_checkpoint(out / "checkpoint.pt")["trainer"]["global_step"] >= steps:
+                return out
+            resume = ["--resume"]
+        else:
+            resume = []
+        args = [*map(str, common), *runs[name], "--seed", str(seed), "--out_dir", str(out)]
+        p = subprocess.run(
+            [sys.executable, "run_dt_atari.py", *args, *resume], cwd=ATARI, capture_output=True,
+            text=True, env={**os.environ, "OMP_NUM_THREADS": threads},
+        )  # fmt: skip
+        if p.returncode:
+            raise SystemExit(f"{name} seed {seed} failed:\n{p.stderr[-2000:]}")
+        return out
+
+    todo = [(name, seed) for name in runs for seed in seeds]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        outs = dict(zip(todo, pool.map(lambda r: train(*r), todo)))
+    torch.set_num_threads(os.cpu_count() or 1)
     results: dict[tuple[str, float], list[float]] = {}
     trained: dict[str, list[int]] = {}
-    for name, extra in runs.items():
-        for seed in seeds:
-            out = work / f"{name.replace(' ', '_')}_s{seed}"
-            if not (out / "checkpoint.pt").exists():
-                # Train for the time budget, then stop: the last checkpoint (every 25 steps).
-                try:
-                    subprocess.run(
-                        [sys.executable, "run_dt_atari.py", *map(str, common), *extra,
-                         "--seed", str(seed), "--out_dir", str(out)],
-                        cwd=ATARI, capture_output=True, timeout=minutes * 60,
-                    )  # fmt: skip
-                except subprocess.TimeoutExpired:
-                    pass
-                if not (out / "checkpoint.pt").exists():
-                    raise SystemExit(f"{name}: no checkpoint after {minutes} min; raise --minutes")
-            state = load_checkpoint(out / "checkpoint.pt")
-            trained.setdefault(name, []).append(state["trainer"]["global_step"])
-            w = state["model"]
-            model = build_model(state["config"], w["head.weight"].shape[0],
-                                w["global_pos_emb"].shape[1] - 1)  # fmt: skip
-            model.load_state_dict(w)
-            for target in targets if name != "BC" else targets[:1]:
-                r = evaluate(model, game, target, episodes, episodes, 1000, cpu, max_steps)
-                results.setdefault((name, target), []).append(float(np.mean(r)))
+    for name, seed in todo:
+        state = load_checkpoint(outs[name, seed] / "checkpoint.pt")
+        trained.setdefault(name, []).append(state["trainer"]["global_step"])
+        w = state["model"]
+        model = build_model(state["config"], w["head.weight"].shape[0],
+                            w["global_pos_emb"].shape[1] - 1)  # fmt: skip
+        model.load_state_dict(w)
+        for target in targets if name != "BC" else targets[:1]:
+            r = evaluate(model, game, target, episodes, episodes, 1000, cpu, max_steps)
+            results.setdefault((name, target), []).append(float(np.mean(r)))
     print(f"\nquality, {game}: dataset returns (clipped) median {median:.0f}, max {top:.0f}")
     print(f"| model | target | raw return, mean ± std over seeds ({episodes} episodes each) | "
           f"per seed | train steps |\n|---|---:|---:|---|---:|")  # fmt: skip
@@ -226,7 +242,8 @@ def main() -> int:
     p.add_argument("--keep", type=int, default=3_000)
     p.add_argument("--quality", action="store_true")
     p.add_argument("--work", default="runs/bench_atari")
-    p.add_argument("--minutes", type=float, default=15.0, help="training budget per model")
+    p.add_argument("--steps", type=int, default=6000, help="training budget: steps per model")
+    p.add_argument("--jobs", type=int, default=1, help="trainings at once")
     p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per target")
     p.add_argument(
         "--max_steps", type=int, default=None, help="evaluation step cap (Breakout 2000, Pong none)"
@@ -242,8 +259,8 @@ def main() -> int:
             # Breakout keeps the folder of the one-game runs; other games get their own.
             work = Path(args.work).resolve() / ("" if game == "Breakout" else game)
             work.mkdir(parents=True, exist_ok=True)
-            missed += bench_quality(game, work, args.minutes, args.episodes, args.max_steps,
-                                    args.seeds, args.replay_rows)  # fmt: skip
+            missed += bench_quality(game, work, args.steps, args.jobs, args.episodes,
+                                    args.max_steps, args.seeds, args.replay_rows)  # fmt: skip
     for m in missed:
         print(f"MISSED: {m}", file=sys.stderr)
     return 1 if missed else 0

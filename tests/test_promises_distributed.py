@@ -149,7 +149,7 @@ def test_fsdp_run_continues_in_one_process(data_dir, fsdp_resumed, tmp_path, cap
     evaluated by evaluate.py."""
     import shutil
 
-    # In the shared run's own folder (--resume refuses another --out_dir), put back afterwards.
+    # In the shared run's own folder, put back afterwards (its copy would do as well).
     out = fsdp_resumed[0]
     shutil.copytree(out, tmp_path / "kept")
     try:
