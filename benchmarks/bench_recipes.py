@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,7 +177,10 @@ def train(args, env: str, dataset: str, recipe: Recipe, model: str, seed: int, s
         "--env_targets", *TARGETS, "--seed", str(seed), "--out_dir", str(out),
         *(["--resume"] if (out / "checkpoint.pt").is_file() else []),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=GYM, capture_output=True, text=True)
+    # One thread per run, --jobs runs at once: the models are small, and a second thread on a
+    # busy core spins at its barriers (several times the CPU for the same steps).
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
+    proc = subprocess.run(cmd, cwd=GYM, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
     return ""
@@ -270,6 +275,7 @@ def main() -> int:
     p.add_argument("--iters", type=int, default=4, help="evaluations (and best.pt candidates)")
     p.add_argument("--episodes", type=int, default=20, help="evaluation episodes per target")
     p.add_argument("--val_episodes", default="0.1", help="held-out episodes (count or fraction)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at once")
     p.add_argument("--tiny", action="store_true", help="tiny models: a smoke run of the sweep")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "runs" / "recipes"))
     p.add_argument("--out_md", default=None, help="markdown table (default OUT/recipes.md)")
@@ -309,28 +315,34 @@ def main() -> int:
         plan(args, [(n, e, d, s) for n, e, d, s, _ in datasets])
         return 0
 
-    rows: list[Row] = []
+    def one(name, env, dataset, data_steps, p90, recipe_name, model, seed) -> Row:
+        recipe = RECIPES[recipe_name]
+        steps = recipe.steps(args.steps, data_steps)
+        row = Row(name, recipe_name, model, seed, steps, p90)
+        out = run_dir(args, name, recipe_name, model, seed)
+        if not finished(out, args.iters) and not args.table_only:
+            row.error = train(args, env, dataset, recipe, model, seed, steps, out)
+        if not row.error and finished(out, args.iters):
+            summarize(row, out)
+        elif not row.error:
+            row.error = "not run"
+        print(
+            f"{name} {recipe_name} {model} seed {seed}: "
+            + (row.error or f"R@max {row.returns[0]:.0f} (p90 {p90:.0f})"),
+            flush=True,
+        )
+        return row
+
     start = time.time()
-    for name, env, dataset, data_steps, p90 in datasets:
-        for recipe_name in args.recipes:
-            recipe = RECIPES[recipe_name]
-            steps = recipe.steps(args.steps, data_steps)
-            for model in args.models:
-                for seed in args.seeds:
-                    row = Row(name, recipe_name, model, seed, steps, p90)
-                    out = run_dir(args, name, recipe_name, model, seed)
-                    if not finished(out, args.iters) and not args.table_only:
-                        row.error = train(args, env, dataset, recipe, model, seed, steps, out)
-                    if not row.error and finished(out, args.iters):
-                        summarize(row, out)
-                    elif not row.error:
-                        row.error = "not run"
-                    rows.append(row)
-                    print(
-                        f"{name} {recipe_name} {model} seed {seed}: "
-                        + (row.error or f"R@max {row.returns[0]:.0f} (p90 {p90:.0f})"),
-                        flush=True,
-                    )
+    todo = [
+        (*d, recipe_name, model, seed)
+        for d in datasets
+        for recipe_name in args.recipes
+        for model in args.models
+        for seed in args.seeds
+    ]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # rows keep the sweep's order
+        rows = list(pool.map(lambda t: one(*t), todo))
 
     table = markdown(rows)
     print(table)
