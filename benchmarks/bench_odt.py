@@ -166,16 +166,17 @@ def main() -> int:
         if not (off / "checkpoint.pt").exists():
             run(script, *flags, "--out_dir", off)
         offline_return = eval_return(rows(off)[-1], args.target)
-        # What the online phase has used so far, kept beside the run so a rerun continues it.
+        # The CPU time the online phase has used so far, kept beside the run so that a rerun
+        # continues it; the rounds done are the run's own (its metrics' last iteration).
         budget = out / f"{backbone}-s{seed}-online-budget.json"
-        used = json.loads(budget.read_text()) if budget.exists() else {"cpu_s": 0.0, "rounds": 0}
-        spent, rounds = used["cpu_s"], used["rounds"]
+        spent = json.loads(budget.read_text())["cpu_s"] if budget.exists() else 0.0
+        rounds = rows(on)[-1]["iteration"] - c["offline_iters"] if budget.exists() else 0
         while spent < cpu_minutes * 60:  # extend the online phase chunk by chunk
             rounds += c["chunk"]
             resume = ["--resume"] if (on / "checkpoint.pt").exists() else []
             extend = ["--online_rounds", rounds, "--init_from", off / "checkpoint.pt"]
             spent += run(script, *flags, *online, *extend, "--out_dir", on, *resume)
-            budget.write_text(json.dumps({"cpu_s": spent, "rounds": rounds}))
+            budget.write_text(json.dumps({"cpu_s": spent}))
         final = rows(on)[-1]
         control = None
         if args.control:
