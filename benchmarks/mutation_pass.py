@@ -177,7 +177,7 @@ TESTS = {
 
 def run_tests(copy: Path, args: list[str], timeout: float) -> tuple[str, float]:
     start = time.perf_counter()
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *args]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider", *args]
     try:
         proc = subprocess.run(cmd, cwd=copy, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
