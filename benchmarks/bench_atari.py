@@ -15,8 +15,8 @@ Quality, per game (Breakout, Pong): collect a replay with the game's scripted pl
 (create_dataset.py --collect), train DT (GPT), DT (Qwen3) and BC on it for --steps gradient steps
 each per seed, evaluate each at three targets (the sample's median return, its best, and a higher
 one). The budget is steps, not time, so a shared or slower machine changes how long the benchmark
-takes but not what it measures; --jobs trainings go at once, each with cores / jobs threads, and
-a rerun skips finished trainings and resumes interrupted ones.
+takes but not what it measures; --jobs trainings go at once, each with cores / jobs threads (or
+$OMP_NUM_THREADS if set), and a rerun skips finished trainings and resumes interrupted ones.
 Targets, on the mean over seeds: the DT at the top target beats the dataset's median return and
 BC, and DT returns rise with the target. Each seed's mean and the spread across seeds are
 printed. Exit status 1 names every missed target.
@@ -176,7 +176,8 @@ def bench_quality(
     rets = ds.returns()
     median, top = float(np.median(rets)), float(rets.max())
     targets = [median, top, float(spec["above"](top))]
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    # A user's OMP_NUM_THREADS wins (e.g. 1 while another benchmark shares the machine).
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
 
     def train(name: str, seed: int) -> Path:
         """One training to --steps (resumed if a checkpoint exists); its run folder."""
@@ -199,7 +200,7 @@ def bench_quality(
     todo = [(name, seed) for name in runs for seed in seeds]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         outs = dict(zip(todo, pool.map(lambda r: train(*r), todo)))
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
     results: dict[tuple[str, float], list[float]] = {}
     trained: dict[str, list[int]] = {}
     for name, seed in todo:

@@ -178,8 +178,10 @@ def train(args, env: str, dataset: str, recipe: Recipe, model: str, seed: int, s
         *(["--resume"] if (out / "checkpoint.pt").is_file() else []),
     ]  # fmt: skip
     # One thread per run, --jobs runs at once: the models are small, and a second thread on a
-    # busy core spins at its barriers (several times the CPU for the same steps).
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))}
+    # busy core spins at its barriers (several times the CPU for the same steps). A user's
+    # OMP_NUM_THREADS wins (e.g. 1 while another benchmark shares the machine).
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // args.jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": threads}
     proc = subprocess.run(cmd, cwd=GYM, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
