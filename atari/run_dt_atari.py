@@ -36,7 +36,7 @@ from decision_transformer.run.checkpoint import (
 from decision_transformer.run.config import ConfigError, resolve_device
 from decision_transformer.run.errors import OneLineParser, report
 from decision_transformer.run.metrics import MetricsLog
-from decision_transformer.run.paths import check_output_dir
+from decision_transformer.run.paths import RunDirLock, check_output_dir
 from mingpt.evaluate_atari import evaluate
 from mingpt.model_atari import AtariDecisionTransformer, AtariDTConfig, compile_blocks
 from mingpt.trainer_atari import Trainer, TrainerConfig, WindowDataset
@@ -433,6 +433,13 @@ def evaluate_saved_run(
 
 
 def run(cfg: dict) -> int:
+    # One process trains in a run folder at a time (the gym half's lock: a second one resuming
+    # the same folder is refused in one line).
+    with RunDirLock(cfg["out_dir"]) as lock:
+        return train_run(cfg, lock)
+
+
+def train_run(cfg: dict, lock: RunDirLock) -> int:
     out = Path(cfg["out_dir"])
     ckpt_path = out / "checkpoint.pt"
     state = None
@@ -496,6 +503,7 @@ def run(cfg: dict) -> int:
     trainer = Trainer(model, dataset, tcfg, device, AUTOCAST[cfg["dtype"]])
 
     out.mkdir(parents=True, exist_ok=True)
+    lock.acquire()  # a fresh run's folder exists only now
     if state is not None:
         model.load_state_dict(state["model"])
         trainer.load_state_dict(state["trainer"])

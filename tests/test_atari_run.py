@@ -1,6 +1,6 @@
 """run_dt_atari.py as a user runs it (subprocess, real ALE Breakout, real replay files): both
 backbones and both model types, the evaluator's cached encodings, kill -9 and --resume
-continuing exactly (batched evaluation: test_atari_eval.py)."""
+continuing exactly, one process per run folder (batched evaluation: test_atari_eval.py)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ import torch
 ATARI_DIR = Path(__file__).resolve().parents[1] / "atari"
 sys.path.insert(0, str(ATARI_DIR))
 
-from cli import script_env  # noqa: E402
+from cli import assert_one_line_error, script_env  # noqa: E402
 from decision_transformer.run.checkpoint import load_checkpoint  # noqa: E402
+from decision_transformer.run.paths import PathError, RunDirLock  # noqa: E402
 
 TINY = [
     "--num_buffers", "1", "--trajectories_per_buffer", "1", "--num_steps", "300",
@@ -156,10 +157,18 @@ def test_kill_9_then_resume_continues_exactly(replay, tmp_path):
     deadline = time.time() + 120
     while not (out / "checkpoint.pt").exists() and time.time() < deadline:
         time.sleep(0.01)
+    with pytest.raises(PathError, match=f"in use by pid {proc.pid} on "):
+        RunDirLock(out).acquire()  # the training process holds its folder
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     mid = load_checkpoint(out / "checkpoint.pt")["trainer"]
     assert (mid["epoch"], mid["step"]) < (2, 0), "the run finished before it was killed"
+
+    # A resume while another process holds the folder (here this one) is refused in one line.
+    with RunDirLock(out):
+        busy = run_dt(*args, "--out_dir", out, "--resume")
+    assert_one_line_error(busy, f"is in use by pid {os.getpid()} on ")
+    assert busy.stdout == ""  # refused before it read the replay
 
     again = run_dt(*args, "--out_dir", out, "--resume")
     assert again.returncode == 0, again.stderr[-3000:]

@@ -1,14 +1,20 @@
 """A run folder is the run wherever it lives: moved, copied, or named by another spelling of the
-same path, ``--resume`` continues it exactly as in its first place."""
+same path, ``--resume`` continues it exactly as in its first place. And one process trains in it
+at a time."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
-from cli import TINY, assert_one_line_error, run_main
+from cli import GYM_DIR, TINY, assert_one_line_error, run_main, script_env
 from decision_transformer.run import experiment
 from rollouts import write_dataset
 
@@ -53,3 +59,36 @@ def test_another_flag_still_refused(data_dir, tmp_path):
     assert train(data_dir, out, "--max_iters", "1").returncode == 0
     refused = train(data_dir, out, "--max_iters", "2", "--resume", "--seed", "6")
     assert_one_line_error(refused, "flags differ from the checkpoint's run (seed)")
+
+
+def test_a_folder_in_training_is_refused_to_a_second_process_until_the_first_dies(
+    data_dir, tmp_path, capsys
+):
+    """A real training process holds its folder: a second run there (a double start, or a
+    resume while the first still trains) is refused in one line naming the holder, before it
+    loads anything. SIGKILL frees the folder: the kernel drops the lock with the process."""
+    out = tmp_path / "run"
+    argv = ["--env", "humanoid", "--data_dir", data_dir, "--out_dir", out, *TINY]
+    holder = subprocess.Popen(  # ~forever: 10^6 steps in its first iteration
+        [sys.executable, "experiment.py", *map(str, argv), "--num_eval_episodes", "0"]
+        + ["--num_steps_per_iter", "1000000"],
+        cwd=GYM_DIR, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not (out / "config.json").exists():  # open_run_dir: folder made, lock taken
+            assert holder.poll() is None, holder.stderr.read().decode()
+            assert time.time() < deadline, "the first run never opened its folder"
+            time.sleep(0.2)
+        capsys.readouterr()
+        second = train(data_dir, out, "--max_iters", "1")
+        assert_one_line_error(second, f"is in use by pid {holder.pid} on ")
+        assert capsys.readouterr().out == ""  # refused before it loaded the data
+        assert "pick another --out_dir" in second.stderr
+        assert not (out / "checkpoint.pt").exists()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    # The killed run left its folder with no checkpoint: a new run may start there at once.
+    assert train(data_dir, out, "--max_iters", "1").returncode == 0
+    assert (out / "checkpoint.pt").is_file()

@@ -76,7 +76,7 @@ from .distributed import (
 from .errors import run_cli
 from .metrics import MetricsLog
 from .online import OnlinePhase, read_init_checkpoint, run_online, target_entropy
-from .paths import check_output_dir
+from .paths import RunDirLock, check_output_dir
 from .selection import Selection
 
 # Flags that may differ when a run is resumed; any other difference would not be the same run.
@@ -294,65 +294,69 @@ def main(argv: list[str] | None = None, backbone: str = "gpt2") -> int:
 def run(cfg: RunConfig) -> int:
     ctx = setup_distributed(cfg)
     fsdp = cfg.fsdp and ctx.world_size > 1
-    data = load_data(cfg, ctx)
-    targets = resolve_targets(cfg.env_targets, data.dataset.returns, data.spec.env_targets)
-    selection = make_selection(cfg, data, targets)
-    ckpt = read_resume_checkpoint(cfg, data.ckpt_path)
-    # --init_from: an offline run's checkpoint stands for this run's offline phase.
-    init = read_init_checkpoint(cfg, data.dataset.state_mean, data.dataset.state_std, ckpt)
-    enable_tf32(cfg.device)
-    if ctx.is_main:
-        announce(cfg, ctx, fsdp, data.dataset, ckpt)
-    # The same initial weights on every rank (FSDP shards them in place; DDP would broadcast).
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np_rng = np.random.default_rng(cfg.seed)
-    model = build_policy(cfg, ctx, fsdp, data, ckpt or init)
-    train_model = wrap_model(cfg, ctx, fsdp, model)
-    optimizer, scheduler = make_optimizer(cfg, train_model)
-    start = ckpt or init
-    start_iter = restore(cfg, ctx, fsdp, data, start, train_model, optimizer, scheduler, np_rng)
-    if selection is not None and ckpt is not None and "selection" in ckpt:
-        selection.load_state_dict(ckpt["selection"])
-    metrics = open_run_dir(cfg, data, ckpt, start_iter) if ctx.is_main else None
-    batches = make_batches(cfg, ctx, data, np_rng, start_iter)
-    eval_fns = make_evaluation(cfg, ctx, fsdp, data, train_model, targets)
-    val_fn = make_validation(cfg, ctx, data)
-    trainer = make_trainer(cfg, ctx, train_model, optimizer, scheduler, batches, eval_fns, val_fn)
-    trainer.global_step = cfg.steps_after(start_iter)
-    trainer.load_extra_state(start or {})
-    logs: dict = {}
-    for it in range(start_iter, cfg.max_iters):
-        logs = train_one_iteration(cfg, ctx, trainer, it, np_rng, data.ckpt_path)
-        if logs is None:
-            ctx.close()
-            return 1
-        # Collective under FSDP (every rank gathers or writes its shards), so outside is_main.
-        state = checkpoint_states(cfg, data.out_dir, it + 1, train_model, optimizer, fsdp)
-        state.update(trainer.extra_state())
+    # One process trains in a run folder at a time: rank 0 holds its lock (see RunDirLock).
+    with RunDirLock(cfg.out_dir, enabled=ctx.is_main) as lock:
+        data = load_data(cfg, ctx)
+        targets = resolve_targets(cfg.env_targets, data.dataset.returns, data.spec.env_targets)
+        selection = make_selection(cfg, data, targets)
+        ckpt = read_resume_checkpoint(cfg, data.ckpt_path)
+        # --init_from: an offline run's checkpoint stands for this run's offline phase.
+        init = read_init_checkpoint(cfg, data.dataset.state_mean, data.dataset.state_std, ckpt)
+        enable_tf32(cfg.device)
         if ctx.is_main:
-            metrics.log(it + 1, (it + 1) * cfg.num_steps_per_iter, logs)
-            if selection is not None and selection.observe(it + 1, logs):
-                write_best(data, state, it + 1, targets, cfg, selection)
-            write_checkpoint(
-                cfg, data, state, scheduler, np_rng, it + 1, targets, metrics, selection
-            )
-        ctx.barrier()
-    if cfg.online_rounds:
-        online = online_phase(
-            cfg, ctx, fsdp, data, train_model, optimizer, scheduler, trainer, batches, np_rng,
-            eval_fns, targets, metrics,
-        )  # fmt: skip
-        online_logs = run_online(online, ckpt)
-        if online_logs is None:  # diverged (reported)
-            ctx.close()
-            return 1
-        logs = online_logs or logs
-    if ctx.is_main:
-        print_summary(data.dataset, targets, logs, selection)
-        metrics.close()
-    ctx.close()
-    return 0
+            announce(cfg, ctx, fsdp, data.dataset, ckpt)
+        # The same initial weights on every rank (FSDP shards them in place; DDP would broadcast).
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np_rng = np.random.default_rng(cfg.seed)
+        model = build_policy(cfg, ctx, fsdp, data, ckpt or init)
+        train_model = wrap_model(cfg, ctx, fsdp, model)
+        optimizer, scheduler = make_optimizer(cfg, train_model)
+        start = ckpt or init
+        start_iter = restore(cfg, ctx, fsdp, data, start, train_model, optimizer, scheduler, np_rng)
+        if selection is not None and ckpt is not None and "selection" in ckpt:
+            selection.load_state_dict(ckpt["selection"])
+        metrics = open_run_dir(cfg, data, ckpt, start_iter, lock) if ctx.is_main else None
+        batches = make_batches(cfg, ctx, data, np_rng, start_iter)
+        eval_fns = make_evaluation(cfg, ctx, fsdp, data, train_model, targets)
+        val_fn = make_validation(cfg, ctx, data)
+        trainer = make_trainer(
+            cfg, ctx, train_model, optimizer, scheduler, batches, eval_fns, val_fn
+        )
+        trainer.global_step = cfg.steps_after(start_iter)
+        trainer.load_extra_state(start or {})
+        logs: dict = {}
+        for it in range(start_iter, cfg.max_iters):
+            logs = train_one_iteration(cfg, ctx, trainer, it, np_rng, data.ckpt_path)
+            if logs is None:
+                ctx.close()
+                return 1
+            # Collective under FSDP (every rank gathers or writes its shards), so outside is_main.
+            state = checkpoint_states(cfg, data.out_dir, it + 1, train_model, optimizer, fsdp)
+            state.update(trainer.extra_state())
+            if ctx.is_main:
+                metrics.log(it + 1, (it + 1) * cfg.num_steps_per_iter, logs)
+                if selection is not None and selection.observe(it + 1, logs):
+                    write_best(data, state, it + 1, targets, cfg, selection)
+                write_checkpoint(
+                    cfg, data, state, scheduler, np_rng, it + 1, targets, metrics, selection
+                )
+            ctx.barrier()
+        if cfg.online_rounds:
+            online = online_phase(
+                cfg, ctx, fsdp, data, train_model, optimizer, scheduler, trainer, batches, np_rng,
+                eval_fns, targets, metrics,
+            )  # fmt: skip
+            online_logs = run_online(online, ckpt)
+            if online_logs is None:  # diverged (reported)
+                ctx.close()
+                return 1
+            logs = online_logs or logs
+        if ctx.is_main:
+            print_summary(data.dataset, targets, logs, selection)
+            metrics.close()
+        ctx.close()
+        return 0
 
 
 @dataclass
@@ -640,9 +644,12 @@ def restore(
     return ckpt["iteration"]
 
 
-def open_run_dir(cfg: RunConfig, data: RunData, ckpt: dict | None, start_iter: int) -> MetricsLog:
-    """Rank 0: the run folder with this run's config.json, and its metrics log."""
+def open_run_dir(
+    cfg: RunConfig, data: RunData, ckpt: dict | None, start_iter: int, lock: RunDirLock
+) -> MetricsLog:
+    """Rank 0: the run folder (locked) with this run's config.json, and its metrics log."""
     data.out_dir.mkdir(parents=True, exist_ok=True)
+    lock.acquire()  # a fresh run's folder exists only now; a resumed one's is already held
     # A run killed inside save_checkpoint leaves its temp file; checkpoint.pt is intact.
     for name in (data.ckpt_path.name, BEST_NAME):
         for stale in data.out_dir.glob(f"{name}*.tmp"):

@@ -5,9 +5,17 @@ a :class:`PathError` (a user error: one line, exit code 2)."""
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 from ..errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs there go unguarded
+    fcntl = None
+
+LOCK_NAME = ".lock"
 
 
 class PathError(UserError, ValueError):
@@ -50,3 +58,49 @@ def check_output_file(path: str | Path, flag: str, make_parent: bool = False) ->
         raise PathError(f"{flag} {path}: its folder {parent} {what}: make it first or fix the path")
     _check_base(path, flag, _nearest_existing(parent))
     return path
+
+
+class RunDirLock:
+    """One training process per run folder at a time (two resuming the same folder would both
+    write its checkpoints and metrics). :meth:`acquire` takes an exclusive ``flock`` on the
+    folder's ``.lock`` file; the kernel drops it when the process ends, even by SIGKILL, so a
+    killed run leaves no stale lock to clear by hand. Entering takes the lock if the folder
+    exists (a resumed run: refused before any long work); a fresh run calls :meth:`acquire`
+    once it has made the folder. Under torchrun only rank 0 holds it (``enabled``)."""
+
+    def __init__(self, path: str | Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled and fcntl is not None
+        self._file = None
+
+    def acquire(self) -> None:
+        if not self.enabled or self._file is not None:
+            return
+        f = open(self.path / LOCK_NAME, "a+")  # noqa: SIM115 (held open until release)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise PathError(
+                f"--out_dir {self.path} is in use by {holder}: wait for it to end or pick "
+                "another --out_dir"
+            ) from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the descriptor drops the flock
+            self._file = None
+
+    def __enter__(self) -> RunDirLock:
+        if self.path.is_dir():
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
