@@ -4,6 +4,7 @@ at a time."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import time
 import pytest
 import torch
 from cli import GYM_DIR, TINY, assert_one_line_error, run_main, script_env
-from decision_transformer.run import experiment
+from decision_transformer.run import experiment, paths
 from rollouts import write_dataset
 
 
@@ -92,3 +93,16 @@ def test_a_folder_in_training_is_refused_to_a_second_process_until_the_first_die
     # The killed run left its folder with no checkpoint: a new run may start there at once.
     assert train(data_dir, out, "--max_iters", "1").returncode == 0
     assert (out / "checkpoint.pt").is_file()
+
+
+def test_a_filesystem_without_locks_runs_unguarded_and_says_so(tmp_path, monkeypatch, capsys):
+    """Lustre without -o flock answers flock() with ENOSYS: a cluster run must still train."""
+
+    def no_flock(*_):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(paths.fcntl, "flock", no_flock)
+    with paths.RunDirLock(tmp_path) as lock:
+        assert lock._file is None
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: cannot lock {tmp_path} (Function not implemented)"), err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 from ..errors import UserError
@@ -76,7 +77,10 @@ class RunDirLock:
     def acquire(self) -> None:
         if not self.enabled or self._file is not None:
             return
-        f = open(self.path / LOCK_NAME, "a+")  # noqa: SIM115 (held open until release)
+        try:
+            f = open(self.path / LOCK_NAME, "a+")  # noqa: SIM115 (held open until release)
+        except OSError:  # an unwritable folder: check_output_dir names it as the user's error
+            return
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -87,6 +91,16 @@ class RunDirLock:
                 f"--out_dir {self.path} is in use by {holder}: wait for it to end or pick "
                 "another --out_dir"
             ) from None
+        except OSError as e:
+            # Filesystems without flock (Lustre mounted without -o flock: ENOSYS; NFS with no
+            # lock daemon: ENOLCK) must not stop a run: it goes on unguarded, and says so.
+            f.close()
+            print(
+                f"warning: cannot lock {self.path} ({e.strerror}): nothing stops a second "
+                "process from training in it",
+                file=sys.stderr,
+            )
+            return
         f.truncate(0)
         f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         f.flush()
