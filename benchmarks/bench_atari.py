@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -175,6 +176,10 @@ def bench_quality(
                            log=lambda *_: 0)  # fmt: skip
     rets = ds.returns()
     median, top = float(np.median(rets)), float(rets.max())
+    # What a model that ignores the frames can reach: the cross-entropy of the sample's action
+    # frequencies (a final training loss near it means the frames taught the model nothing).
+    freq = np.bincount(ds.actions.astype(np.int64).ravel()) / ds.actions.size
+    prior_nats = float(-(freq[freq > 0] * np.log(freq[freq > 0])).sum())
     targets = [median, top, float(spec["above"](top))]
     # A user's OMP_NUM_THREADS wins (e.g. 1 while another benchmark shares the machine).
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
@@ -203,9 +208,12 @@ def bench_quality(
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
     results: dict[tuple[str, float], list[float]] = {}
     trained: dict[str, list[int]] = {}
+    losses: dict[str, list[float]] = {}
     for name, seed in todo:
         state = load_checkpoint(outs[name, seed] / "checkpoint.pt")
         trained.setdefault(name, []).append(state["trainer"]["global_step"])
+        last = (outs[name, seed] / "metrics.jsonl").read_text().splitlines()[-1]
+        losses.setdefault(name, []).append(json.loads(last)["train/loss"])
         w = state["model"]
         model = build_model(state["config"], w["head.weight"].shape[0],
                             w["global_pos_emb"].shape[1] - 1)  # fmt: skip
@@ -213,15 +221,17 @@ def bench_quality(
         for target in targets if name != "BC" else targets[:1]:
             r = evaluate(model, game, target, episodes, episodes, 1000, cpu, max_steps)
             results.setdefault((name, target), []).append(float(np.mean(r)))
-    print(f"\nquality, {game}: dataset returns (clipped) median {median:.0f}, max {top:.0f}")
+    print(f"\nquality, {game}: dataset returns (clipped) median {median:.0f}, max {top:.0f}; "
+          f"its actions' frequencies: cross-entropy {prior_nats:.2f} nats")  # fmt: skip
     print(f"| model | target | raw return, mean ± std over seeds ({episodes} episodes each) | "
-          f"per seed | train steps |\n|---|---:|---:|---|---:|")  # fmt: skip
+          f"per seed | train steps | final train loss |\n|---|---:|---:|---|---:|---|")  # fmt: skip
     for (name, target), per_seed in results.items():
         spread = np.std(per_seed, ddof=1) if len(per_seed) > 1 else 0.0
         print(f"| {name} | {'–' if name == 'BC' else f'{target:.0f}'} | "
               f"{np.mean(per_seed):.1f} ± {spread:.1f} | "
               f"{' / '.join(f'{v:.1f}' for v in per_seed)} | "
-              f"{' / '.join(f'{s:,}' for s in trained[name])} |")  # fmt: skip
+              f"{' / '.join(f'{s:,}' for s in trained[name])} | "
+              f"{' / '.join(f'{v:.2f}' for v in losses[name])} |")  # fmt: skip
     mean = {k: float(np.mean(v)) for k, v in results.items()}
     missed = []
     for name in ("DT gpt", "DT qwen3"):
