@@ -4,6 +4,7 @@
     python benchmarks/bench_recipes.py humanoid:collected --recipes original readme --seeds 0
     python benchmarks/bench_recipes.py humanoid:collected --plan        # runs and CPU estimate
     python benchmarks/bench_recipes.py humanoid:collected --table_only  # report finished runs
+    python benchmarks/bench_recipes.py humanoid:collected --table_only --curves figs  # plot them
 
 Each DATASET is ENV:NAME, the file {data_dir}/{ENV}-{NAME}-v2.pkl (or ENV:minari:<id>); the
 script builds no data. Every run goes through the real experiment scripts with validation on
@@ -17,8 +18,11 @@ R@max >= p90, and returns rising with the target (R@max > R@p50 > R@p10).
 
 The budget: every run is at most --steps gradient steps of batch 64 (a recipe whose steps scale
 with the dataset takes fewer on small data), plus evaluation. The target, for the Qwen3 DT: some
-recipe meets both checks on every dataset, in the mean over seeds. The script prints the table,
-writes it as markdown and JSON (--out_md, --out_json), and exits 1 naming the missed target.
+recipe meets both checks on every dataset, in the mean over seeds. The script prints the table
+(first the mean ± std over seeds per dataset, recipe and model, then every seed), writes it as
+markdown and JSON (--out_md, --out_json), with --curves DIR draws each dataset's learning curves
+per DT backbone (plot.py's figure: returns per target, training and validation error, one line
+per recipe and seed), and exits 1 naming the missed target.
 
 A run already finished is read, not retrained; one interrupted is resumed (--resume), so a long
 sweep can be stopped and restarted with the same command.
@@ -84,6 +88,10 @@ RECIPES = {
         ["-lr", "1e-3", "--warmup_steps", "200", "--lr_decay", "cosine", "--K", "20"]
         + ["--dropout", "0.2", "-wd", "0.1"],
         why="the README's rate with more dropout and weight decay",
+    ),
+    "lr1e-4-K5": Recipe(
+        ["-lr", "1e-4", "--warmup_steps", "500", "--lr_decay", "cosine", "--K", "5"],
+        why="the original's rate, warmed up within the budget, at the README's K",
     ),
     "lr3e-4-K5-epochs": Recipe(
         ["-lr", "3e-4", "--warmup_steps", "500", "--lr_decay", "cosine", "--K", "5"],
@@ -219,7 +227,8 @@ def markdown(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * (len(head) - 4)]
     for r in rows:
         if r.error:
-            cells = [r.dataset, r.recipe, r.model, str(r.seed), str(r.steps), f"failed: {r.error}"]
+            what = r.error if r.error == "not run" else f"failed: {r.error}"
+            cells = [r.dataset, r.recipe, r.model, str(r.seed), str(r.steps), what]
             lines.append("| " + " | ".join(cells + [""] * (len(head) - len(cells))) + " |")
             continue
         ret = r.returns + [None] * (3 - len(r.returns))
@@ -230,6 +239,50 @@ def markdown(rows: list[Row]) -> str:
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def summary_markdown(rows: list[Row]) -> str:
+    """One line per dataset, recipe and model: the mean ± sample std over seeds, and the two
+    checks on the means (the target is judged on these)."""
+    head = ["dataset", "recipe", "model", "seeds", "R@max", "R@p50", "R@p10", "data p90"]
+    head += ["R@max ≥ p90", "rising"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
+    groups: dict[tuple[str, str, str], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.dataset, r.recipe, r.model), []).append(r)
+    for (ds, recipe, model), mine in groups.items():
+        done = [r for r in mine if not r.error]
+        if not done:
+            continue
+        returns = np.array([r.returns for r in done])  # seeds x (max, p50, p10)
+        mean = returns.mean(axis=0)
+        std = returns.std(axis=0, ddof=1) if len(done) > 1 else np.zeros(3)
+        cells = [ds, recipe, model, f"{len(done)}/{len(mine)}"]
+        cells += [f"{m:.0f} ± {s:.0f}" if len(done) > 1 else f"{m:.0f}" for m, s in zip(mean, std)]
+        cells += [fmt(done[0].p90), fmt(bool(mean[0] >= done[0].p90))]
+        cells.append("–" if model == "bc" else fmt(bool(mean[0] > mean[1] > mean[2])))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_curves(rows: list[Row], args: argparse.Namespace, folder: Path) -> list[Path]:
+    """Per dataset and DT backbone, the learning curves of every recipe and seed (plot.py's
+    figure: return per target, training and validation error)."""
+    from decision_transformer.run.plots import load_run, plot_runs
+
+    written = []
+    for ds in dict.fromkeys(r.dataset for r in rows):
+        for model in dict.fromkeys(r.model for r in rows if r.model != "bc"):
+            runs = []
+            for r in rows:
+                if (r.dataset, r.model) == (ds, model) and not r.error:
+                    run = load_run(run_dir(args, r.dataset, r.recipe, r.model, r.seed))
+                    run.label = f"{r.recipe} s{r.seed}"
+                    runs.append(run)
+            if runs:
+                name = f"{ds.replace(':', '-').replace('/', '-')}-{model}.png"
+                written.append(plot_runs(runs, folder / name, title=f"{ds}, {model} DT"))
+    return written
 
 
 def verdicts(rows: list[Row], datasets: list[str], recipes: list[str]) -> dict[str, list[str]]:
@@ -284,6 +337,9 @@ def main() -> int:
     p.add_argument("--out_json", default=None, help="JSON rows (default OUT/recipes.json)")
     p.add_argument("--plan", action="store_true", help="print runs and a CPU estimate, train none")
     p.add_argument("--table_only", action="store_true", help="report finished runs, train none")
+    p.add_argument(
+        "--curves", default=None, help="folder for learning-curve PNGs, one per dataset and DT"
+    )
     args = p.parse_args()
     args.out = Path(args.out).resolve()
     args.data_dir = str(Path(args.data_dir).resolve())
@@ -346,7 +402,7 @@ def main() -> int:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # rows keep the sweep's order
         rows = list(pool.map(lambda t: one(*t), todo))
 
-    table = markdown(rows)
+    table = summary_markdown(rows) + "\n\nPer seed:\n\n" + markdown(rows)
     print(table)
     names = [d[0] for d in datasets]
     missed = verdicts(rows, names, args.recipes) if TARGET_MODEL in args.models else {}
@@ -377,6 +433,9 @@ def main() -> int:
         + "\n"
     )
     print(f"table: {out_md}, {out_json}; {(time.time() - start) / 60:.1f} minutes")
+    if args.curves:
+        for path in write_curves(rows, args, Path(args.curves)):
+            print(f"curves: {path}")
     for recipe, where in missed.items():
         print(
             f"{recipe}: " + (f"missed on {', '.join(where)}" if where else "met on every dataset")
@@ -390,7 +449,7 @@ def main() -> int:
         return 1
     failed = [f"{r.dataset} {r.recipe} {r.model} seed {r.seed}" for r in rows if r.error]
     if failed:
-        print(f"missed target: runs failed: {'; '.join(failed)}", file=sys.stderr)
+        print(f"missed target: runs failed or not run: {'; '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 

@@ -167,10 +167,18 @@ def plot_runs(runs: list[Run], out: str | Path, title: str | None = None) -> Pat
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(4, len(runs)), frameon=False)
+    # Top band, in inches: the title's line, then the legend's rows; the panels go below it.
+    ncol = min(4, len(runs))
+    height = fig.get_figheight()
+    title_in = 0.4 if title else 0.0
+    legend_in = 0.3 * math.ceil(len(runs) / ncol) + 0.1
     if title:
-        fig.suptitle(title, y=1.02)
-    fig.tight_layout(rect=(0, 0, 1, 0.92 if nrows == 1 else 0.95))
+        fig.suptitle(title, y=1.0, va="top")
+    fig.legend(
+        handles, labels, loc="upper center", ncol=ncol, frameon=False,
+        bbox_to_anchor=(0.5, 1.0 - title_in / height),
+    )  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1, 1.0 - (title_in + legend_in) / height))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120, bbox_inches="tight")
