@@ -7,11 +7,19 @@ random policy, of the randomised PD controller (a fresh draw per episode, Humano
 the trained ARS linear policy without noise (read from ``{data_dir}/policies``, trained there
 first if missing, as ``gym/data/make_suite.py`` does). Exits non-zero, naming the behaviour, if
 one does not beat random by the margin below: the suite needs behaviours better than random.
+
+    python benchmarks/bench_suite_behaviours.py --noise_bands humanoid-ars-100k hopper-ars-100k
+
+also reads those built ARS datasets and tabulates their episodes' returns by action-noise band
+(each episode's level is set by its index, as make_suite.py drew it): where a dataset's best
+returns come from. If its top 10% lies above what every band returns on average, reaching the
+data's p90 asks a return-conditioned policy to reproduce luck rather than a behaviour.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "gym"))
 
 from decision_transformer.data import suite  # noqa: E402
-from decision_transformer.data.behaviours import RandomisedPD  # noqa: E402
+from decision_transformer.data.behaviours import RandomisedPD, graded_noise_levels  # noqa: E402
+from decision_transformer.data.loading import load_dataset  # noqa: E402
 from decision_transformer.envs import make_env  # noqa: E402
 
 MARGIN = 1.5  # a behaviour must return at least this many times the random policy's mean
@@ -45,11 +54,47 @@ def returns(env_name: str, make_act: Callable[[int], Callable], episodes: int) -
     return np.asarray(out)
 
 
+def noise_bands(data_dir: str, name: str, bands: int = 4) -> list[str]:
+    """Markdown rows: per noise band, episodes, mean / p90 return, share of the data's top 10%."""
+    description = json.loads((Path(data_dir) / f"{name}-v2.json").read_text())
+    max_noise = description["recipe"]["max_noise"]
+    env, _, dataset = name.partition("-")
+    returns = load_dataset(data_dir, env, dataset).returns
+    levels = graded_noise_levels(len(returns), max_noise)  # episode i was rolled out at levels[i]
+    top = returns >= np.percentile(returns, 90)
+    edges = np.linspace(0.0, max_noise, bands + 1)
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        band = (levels >= lo) & (levels < hi)
+        r = returns[band]
+        rows.append(
+            f"| {name} | [{lo:.3g}, {hi:.3g}) | {band.sum()} | {r.mean():.0f} | "
+            f"{np.percentile(r, 90):.0f} | {top[band].sum() / top.sum():.0%} |"
+        )
+    rows.append(
+        f"| {name} | all | {len(returns)} | {returns.mean():.0f} | "
+        f"{np.percentile(returns, 90):.0f} | 100% |"
+    )
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--data_dir", default=str(ROOT / "gym" / "data"))
+    parser.add_argument(
+        "--noise_bands", nargs="*", default=[], metavar="NAME",
+        help="built ARS datasets (e.g. humanoid-ars-100k) to tabulate by noise band",
+    )  # fmt: skip
     args = parser.parse_args()
+    for name in args.noise_bands:
+        if not (Path(args.data_dir) / f"{name}-v2.json").is_file() or "-ars-" not in name:
+            print(
+                f"error: --noise_bands {name}: not a built ARS dataset in {args.data_dir}; "
+                f"build it with: cd gym && python data/make_suite.py --name {name}",
+                file=sys.stderr,
+            )
+            return 2
 
     rows, missed = [], []
     for env_name in ("humanoid", "hopper"):
@@ -83,6 +128,11 @@ def main() -> int:
     print("|---|---|---|")
     for env_name, name, r in rows:
         print(f"| {env_name} | {name} | {r.mean():.0f} ± {r.std():.0f} |")
+    if args.noise_bands:
+        print("\n| dataset | noise std | episodes | return mean | p90 | share of the top 10% |")
+        print("|---|---|---:|---:|---:|---:|")
+        for name in args.noise_bands:
+            print("\n".join(noise_bands(args.data_dir, name)))
     if missed:
         print(f"MISSED: not {MARGIN}x the random return: {', '.join(missed)}", file=sys.stderr)
         return 1
