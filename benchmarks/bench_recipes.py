@@ -225,7 +225,12 @@ def markdown(rows: list[Row]) -> str:
         "last R@max", "data p90", "best val err", "R@max ≥ p90", "rising", "min",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * (len(head) - 4)]
+    not_run = sum(r.error == "not run" for r in rows)
     for r in rows:
+        if r.error == "not run" and not_run == len(rows):
+            pass  # nothing ran: list every row, so the table still says what was asked
+        elif r.error == "not run":
+            continue  # e.g. --table_only over more combinations than were trained
         if r.error:
             what = r.error if r.error == "not run" else f"failed: {r.error}"
             cells = [r.dataset, r.recipe, r.model, str(r.seed), str(r.steps), what]
@@ -238,6 +243,8 @@ def markdown(rows: list[Row]) -> str:
             fmt(r.meets_p90), fmt(r.rising), fmt(r.minutes, ".1f"),
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    if not_run and not_run < len(rows):
+        lines.append(f"\n{not_run} more combinations were asked for but have not run.")
     return "\n".join(lines)
 
 
@@ -292,8 +299,11 @@ def verdicts(rows: list[Row], datasets: list[str], recipes: list[str]) -> dict[s
         missed[recipe] = []
         for ds in datasets:
             mine = [r for r in rows if (r.dataset, r.recipe, r.model) == (ds, recipe, TARGET_MODEL)]
-            if not mine or any(r.error for r in mine):
-                missed[recipe].append(f"{ds} (failed)")
+            if not mine or all(r.error == "not run" for r in mine):
+                missed[recipe].append(f"{ds} (not run)")
+                continue
+            if any(r.error for r in mine):
+                missed[recipe].append(f"{ds} (failed or partly run)")
                 continue
             mean = np.mean([r.returns for r in mine], axis=0)
             if not (mean[0] >= mine[0].p90 and mean[0] > mean[1] > mean[2]):
