@@ -225,12 +225,9 @@ def markdown(rows: list[Row]) -> str:
         "last R@max", "data p90", "best val err", "R@max ≥ p90", "rising", "min",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * (len(head) - 4)]
-    not_run = sum(r.error == "not run" for r in rows)
-    for r in rows:
-        if r.error == "not run" and not_run == len(rows):
-            pass  # nothing ran: list every row, so the table still says what was asked
-        elif r.error == "not run":
-            continue  # e.g. --table_only over more combinations than were trained
+    # --table_only over more combinations than were trained lists what ran (all, if none did).
+    shown = [r for r in rows if r.error != "not run"] or rows
+    for r in shown:
         if r.error:
             what = r.error if r.error == "not run" else f"failed: {r.error}"
             cells = [r.dataset, r.recipe, r.model, str(r.seed), str(r.steps), what]
@@ -243,9 +240,16 @@ def markdown(rows: list[Row]) -> str:
             fmt(r.meets_p90), fmt(r.rising), fmt(r.minutes, ".1f"),
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    if not_run and not_run < len(rows):
-        lines.append(f"\n{not_run} more combinations were asked for but have not run.")
+    if len(shown) < len(rows):
+        unrun = len(rows) - len(shown)
+        lines.append(f"\n{unrun} more combinations were asked for but have not run.")
     return "\n".join(lines)
+
+
+def seed_mean(done: list[Row]) -> tuple[np.ndarray, bool, bool]:
+    """Mean returns over seeds (max, p50, p10) and the two checks the target is judged on."""
+    mean = np.mean([r.returns for r in done], axis=0)
+    return mean, bool(mean[0] >= done[0].p90), bool(mean[0] > mean[1] > mean[2])
 
 
 def summary_markdown(rows: list[Row]) -> str:
@@ -261,13 +265,11 @@ def summary_markdown(rows: list[Row]) -> str:
         done = [r for r in mine if not r.error]
         if not done:
             continue
-        returns = np.array([r.returns for r in done])  # seeds x (max, p50, p10)
-        mean = returns.mean(axis=0)
-        std = returns.std(axis=0, ddof=1) if len(done) > 1 else np.zeros(3)
+        mean, meets, rising = seed_mean(done)
+        std = np.std([r.returns for r in done], axis=0, ddof=1) if len(done) > 1 else np.zeros(3)
         cells = [ds, recipe, model, f"{len(done)}/{len(mine)}"]
         cells += [f"{m:.0f} ± {s:.0f}" if len(done) > 1 else f"{m:.0f}" for m, s in zip(mean, std)]
-        cells += [fmt(done[0].p90), fmt(bool(mean[0] >= done[0].p90))]
-        cells.append("–" if model == "bc" else fmt(bool(mean[0] > mean[1] > mean[2])))
+        cells += [fmt(done[0].p90), fmt(meets), "–" if model == "bc" else fmt(rising)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -305,8 +307,8 @@ def verdicts(rows: list[Row], datasets: list[str], recipes: list[str]) -> dict[s
             if any(r.error for r in mine):
                 missed[recipe].append(f"{ds} (failed or partly run)")
                 continue
-            mean = np.mean([r.returns for r in mine], axis=0)
-            if not (mean[0] >= mine[0].p90 and mean[0] > mean[1] > mean[2]):
+            _, meets, rising = seed_mean(mine)
+            if not (meets and rising):
                 missed[recipe].append(ds)
     return missed
 

@@ -54,12 +54,18 @@ def returns(env_name: str, make_act: Callable[[int], Callable], episodes: int) -
     return np.asarray(out)
 
 
-def noise_bands(data_dir: str, name: str, bands: int = 4) -> list[str]:
+def ars_recipe(data_dir: str, name: str) -> dict | None:
+    """The build recipe make_suite.py wrote beside a built ARS dataset, else None."""
+    path = Path(data_dir) / f"{name}-v2.json"
+    recipe = json.loads(path.read_text())["recipe"] if path.is_file() else {}
+    return recipe if recipe.get("behaviour") == "ars" else None
+
+
+def noise_bands(data_dir: str, name: str, recipe: dict, bands: int = 4) -> list[str]:
     """Markdown rows: per noise band, episodes, mean / p90 return, share of the data's top 10%."""
-    description = json.loads((Path(data_dir) / f"{name}-v2.json").read_text())
-    max_noise = description["recipe"]["max_noise"]
-    env, _, dataset = name.partition("-")
-    returns = load_dataset(data_dir, env, dataset).returns
+    max_noise = recipe["max_noise"]
+    env = recipe["env"]
+    returns = load_dataset(data_dir, env, name.removeprefix(f"{env}-")).returns
     levels = graded_noise_levels(len(returns), max_noise)  # episode i was rolled out at levels[i]
     top = returns >= np.percentile(returns, 90)
     edges = np.linspace(0.0, max_noise, bands + 1)
@@ -87,11 +93,12 @@ def main() -> int:
         help="built ARS datasets (e.g. humanoid-ars-100k) to tabulate by noise band",
     )  # fmt: skip
     args = parser.parse_args()
-    for name in args.noise_bands:
-        if not (Path(args.data_dir) / f"{name}-v2.json").is_file() or "-ars-" not in name:
+    recipes = {name: ars_recipe(args.data_dir, name) for name in args.noise_bands}
+    for name, recipe in recipes.items():
+        if recipe is None:
             print(
                 f"error: --noise_bands {name}: not a built ARS dataset in {args.data_dir}; "
-                f"build it with: cd gym && python data/make_suite.py --name {name}",
+                "name an ARS one built by: cd gym && python data/make_suite.py --name NAME",
                 file=sys.stderr,
             )
             return 2
@@ -131,8 +138,8 @@ def main() -> int:
     if args.noise_bands:
         print("\n| dataset | noise std | episodes | return mean | p90 | share of the top 10% |")
         print("|---|---|---:|---:|---:|---:|")
-        for name in args.noise_bands:
-            print("\n".join(noise_bands(args.data_dir, name)))
+        for name, recipe in recipes.items():
+            print("\n".join(noise_bands(args.data_dir, name, recipe)))
     if missed:
         print(f"MISSED: not {MARGIN}x the random return: {', '.join(missed)}", file=sys.stderr)
         return 1
