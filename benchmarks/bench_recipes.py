@@ -35,6 +35,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -385,6 +386,8 @@ def main() -> int:
         plan(args, [(n, e, d, s) for n, e, d, s, _ in datasets])
         return 0
 
+    print_lock = threading.Lock()
+
     def one(name, env, dataset, data_steps, p90, recipe_name, model, seed) -> Row:
         recipe = RECIPES[recipe_name]
         steps = recipe.steps(args.steps, data_steps)
@@ -396,11 +399,11 @@ def main() -> int:
             summarize(row, out)
         elif not row.error:
             row.error = "not run"
-        print(
-            f"{name} {recipe_name} {model} seed {seed}: "
-            + (row.error or f"R@max {row.returns[0]:.0f} (p90 {p90:.0f})"),
-            flush=True,
+        line = f"{name} {recipe_name} {model} seed {seed}: " + (
+            row.error or f"R@max {row.returns[0]:.0f} (p90 {p90:.0f})"
         )
+        with print_lock:  # print() writes text and newline separately; threads would interleave
+            print(line, flush=True)
         return row
 
     start = time.time()

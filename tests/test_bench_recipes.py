@@ -1,0 +1,90 @@
+"""benchmarks/bench_recipes.py on a tiny sweep through the real training scripts: the tables and
+the exit status it reports agree with the run folders it made, read here independently."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from cli import ROOT
+from decision_transformer.data.pickle_io import load_paths_file
+from rollouts import write_dataset
+
+BENCH = ROOT / "benchmarks" / "bench_recipes.py"
+SEEDS = (0, 1)
+
+
+def sweep(data_dir, out, *extra):
+    cmd = [
+        sys.executable, str(BENCH), "hopper:medium", "--data_dir", str(data_dir), "--out", str(out),
+        "--tiny", "--recipes", "readme", "--models", "qwen3", "bc", "--steps", "6", "--iters", "2",
+        "--episodes", "2", "--jobs", "2", *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("data")
+    write_dataset(data_dir, "hopper", "medium", episodes=12, seed=0)
+    out = tmp_path_factory.mktemp("sweep")
+    proc = sweep(data_dir, out, "--curves", str(out / "figures"))
+    return data_dir, out, proc
+
+
+def at_best_iteration(run_dir) -> list[float]:
+    """Returns at the targets, highest target first, in the iteration with the lowest validation
+    error (the one best.pt keeps)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    best = min(rows, key=lambda r: r["validation/action_error"])
+    targets = sorted(
+        (k for k in best if k.startswith("evaluation/target_") and k.endswith("_return_mean")),
+        key=lambda k: float(k.removeprefix("evaluation/target_").removesuffix("_return_mean")),
+        reverse=True,
+    )
+    return [best[k] for k in targets]
+
+
+def test_summary_and_exit_status_follow_the_runs(swept):
+    data_dir, out, proc = swept
+    assert proc.returncode in (0, 1), proc.stderr
+    returns = [
+        float(sum(p["rewards"])) for p in load_paths_file(data_dir / "hopper-medium-v2.pkl")
+    ]
+    p90 = np.percentile(returns, 90)
+
+    lines = {}
+    for model in ("qwen3", "bc"):
+        per_seed = np.array(
+            [at_best_iteration(out / "hopper-medium" / "readme" / f"{model}-seed{s}") for s in SEEDS]
+        )
+        assert per_seed.shape == (2, 3)
+        mean, std = per_seed.mean(0), per_seed.std(0, ddof=1)
+        cells = " | ".join(f"{m:.0f} ± {s:.0f}" for m, s in zip(mean, std))
+        line = f"| hopper:medium | readme | {model} | 2/2 | {cells} | {p90:.0f} |"
+        assert line in proc.stdout, (line, proc.stdout)
+        lines[model] = mean
+
+    # The target is judged on the Qwen3 DT's seed means: best return >= p90, rising with target.
+    mean = lines["qwen3"]
+    met = mean[0] >= p90 and mean[0] > mean[1] > mean[2]
+    assert proc.returncode == (0 if met else 1), proc.stderr
+    assert ("readme: met on every dataset" in proc.stdout) == met
+    assert ("missed target" in proc.stderr) == (not met)
+    assert (out / "figures" / "hopper-medium-qwen3.png").stat().st_size > 0
+    saved = json.loads((out / "recipes.json").read_text())
+    assert len(saved["rows"]) == 4 and all(not r["error"] for r in saved["rows"])
+
+
+def test_table_only_trains_nothing_and_counts_what_has_not_run(swept):
+    data_dir, out, _ = swept
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")}
+    proc = sweep(data_dir, out, "--table_only", "--seeds", "0", "1", "2")
+    assert proc.returncode == 1  # seed 2 has not run
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.jsonl")} == before
+    assert "2 more combinations were asked for but have not run." in proc.stdout
+    assert "| 2/3 |" in proc.stdout  # the seed mean counts the seeds that ran
+    assert "seed 2: not run" in proc.stdout
