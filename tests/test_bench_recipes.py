@@ -51,16 +51,13 @@ def at_best_iteration(run_dir) -> list[float]:
 def test_summary_and_exit_status_follow_the_runs(swept):
     data_dir, out, proc = swept
     assert proc.returncode in (0, 1), proc.stderr
-    returns = [
-        float(sum(p["rewards"])) for p in load_paths_file(data_dir / "hopper-medium-v2.pkl")
-    ]
+    returns = [float(sum(p["rewards"])) for p in load_paths_file(data_dir / "hopper-medium-v2.pkl")]
     p90 = np.percentile(returns, 90)
 
     lines = {}
     for model in ("qwen3", "bc"):
-        per_seed = np.array(
-            [at_best_iteration(out / "hopper-medium" / "readme" / f"{model}-seed{s}") for s in SEEDS]
-        )
+        runs = [out / "hopper-medium" / "readme" / f"{model}-seed{s}" for s in SEEDS]
+        per_seed = np.array([at_best_iteration(run) for run in runs])
         assert per_seed.shape == (2, 3)
         mean, std = per_seed.mean(0), per_seed.std(0, ddof=1)
         cells = " | ".join(f"{m:.0f} ± {s:.0f}" for m, s in zip(mean, std))
