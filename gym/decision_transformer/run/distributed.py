@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib
 import inspect
 import os
 from dataclasses import dataclass
@@ -68,6 +69,13 @@ class DistContext:
         if cuda:
             torch.cuda.set_device(ctx.local_rank)
         if not dist.is_initialized():
+            # torch.distributed.nn.functional takes `group.WORLD` as a default argument when
+            # first imported (DDP imports it through torch._dynamo). Imported after the group
+            # exists, its functions would hold the group until the interpreter exits, so
+            # destroy_process_group could not stop gloo's threads, and tearing them down during
+            # interpreter exit aborts a rank now and then ("terminate called without an active
+            # exception", exit -6). Imported first, it binds None.
+            importlib.import_module("torch.distributed.nn.functional")
             dist.init_process_group(
                 "nccl" if cuda else "gloo",
                 timeout=datetime.timedelta(minutes=timeout_minutes),
