@@ -98,11 +98,12 @@ def test_ddp_equals_one_process_on_the_union(data_dir, tmp_path, one_process, mo
 
 
 EXIT_THREADS = """\
-import atexit, os, runpy, sys
+import atexit, os, pathlib, runpy, sys
 def report():
     tasks = os.listdir("/proc/self/task")
     names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks)
-    print(f"rank {os.environ['RANK']} threads at exit: {names}", file=sys.stderr, flush=True)
+    rank = os.environ["RANK"]
+    pathlib.Path(__file__).with_name(f"threads-{rank}.txt").write_text(" ".join(names))
 atexit.register(report)
 sys.path.insert(0, os.getcwd())
 sys.argv[0] = "experiment.py"
@@ -111,18 +112,19 @@ runpy.run_path("experiment.py", run_name="__main__")
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads Linux's /proc")
-def test_ddp_process_group_is_gone_before_the_interpreter_exits(data_dir, tmp_path):
+@pytest.mark.parametrize("wrap", ["ddp", "fsdp"])
+def test_process_group_is_gone_before_the_interpreter_exits(data_dir, tmp_path, wrap):
     """A gloo group alive at interpreter exit is torn down with the interpreter, which aborts
     a rank now and then (exit -6 after a finished run). Each rank's native threads are listed
     at exit, after destroy_process_group: gloo's must be gone."""
     driver = tmp_path / "exit_threads.py"
     driver.write_text(EXIT_THREADS)
-    flags = [*NO_EVAL, "--model_type", "bc", "--max_iters", "1", "--batch_size", "8"]
-    proc = train(data_dir, tmp_path / "run", *flags, nproc=2, script=str(driver))
-    lines = [line for line in proc.stderr.splitlines() if "threads at exit" in line]
-    assert sorted(line.split(" threads")[0] for line in lines) == ["rank 0", "rank 1"]
-    for line in lines:
-        assert "gloo" not in line, line
+    model = ["--model_type", "bc"] if wrap == "ddp" else ["--model_type", "dt", "--fsdp"]
+    flags = [*NO_EVAL, *model, "--max_iters", "1", "--batch_size", "8"]
+    train(data_dir, tmp_path / "run", *flags, nproc=2, script=str(driver))
+    for rank in (0, 1):
+        threads = (tmp_path / f"threads-{rank}.txt").read_text().split()
+        assert threads and not any("gloo" in t for t in threads), (rank, threads)
 
 
 def test_ddp_grad_accumulation_equals_twice_the_batch(data_dir, tmp_path, one_process):

@@ -19,6 +19,7 @@ import datetime
 import importlib
 import inspect
 import os
+import sys
 from dataclasses import dataclass
 from types import MethodType
 
@@ -202,7 +203,35 @@ class DistContext:
             # Every rank reaches here before any tears its connections down: a gloo peer whose
             # partner already closed can abort at exit (seen once in a 2-rank FSDP resume).
             dist.barrier()
+            release_dtensor_caches()
             dist.destroy_process_group()
+
+
+# DTensor's caches whose entries hold a device mesh, and through it the process group:
+# (module, object in it, method that empties it).
+DTENSOR_CACHES = (
+    ("torch.distributed.tensor", "DTensor._op_dispatcher.sharding_propagator"
+     ".propagate_op_sharding", "cache_clear"),
+    ("torch._C", "_clear_DTensor_sharding_propagator_cache", "__call__"),
+    ("torch.distributed.tensor._redistribute", "clear_redistribute_planner_cache", "__call__"),
+    ("torch.distributed.tensor._redistribute", "_gen_transform_infos", "cache_clear"),
+    ("torch.distributed.tensor._collective_utils", "MeshTopoInfo.build_from_mesh", "cache_clear"),
+)  # fmt: skip
+
+
+def release_dtensor_caches() -> None:
+    """Empty DTensor's caches. After FSDP2 has run they hold the device mesh, and with it the
+    process group, for the life of the process, so destroy_process_group would leave gloo's
+    threads running into interpreter exit (see DistContext.from_env for why that matters).
+    They are torch's private caches: one a torch version lacks is skipped."""
+    if "torch.distributed.tensor" not in sys.modules:  # nothing of DTensor was ever loaded
+        return
+    for module, path, method in DTENSOR_CACHES:
+        with contextlib.suppress(ImportError, AttributeError):
+            obj = importlib.import_module(module)
+            for name in path.split("."):
+                obj = getattr(obj, name)
+            getattr(obj, method)()
 
 
 def freeze_untrained_heads(model: torch.nn.Module) -> None:

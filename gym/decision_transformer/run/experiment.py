@@ -18,6 +18,7 @@ configuration is one typed RunConfig (run/config.py).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -287,11 +288,21 @@ def main(argv: list[str] | None = None, backbone: str = "gpt2") -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# The run, top to bottom. Each phase below is called once, in this order, by run().
+# The run, top to bottom. Each phase below is called once, in this order, by run_phases().
 # ---------------------------------------------------------------------------------------------
 
 
 def run(cfg: RunConfig) -> int:
+    """One run (training, evaluation, checkpoints); its exit code."""
+    code = run_phases(cfg)
+    # FSDP2's hooks put the run's model in reference cycles that outlive run_phases' frame and
+    # hold the process group: collected here, the group is freed while the interpreter is whole
+    # (see DistContext.from_env for why that matters).
+    gc.collect()
+    return code
+
+
+def run_phases(cfg: RunConfig) -> int:
     ctx = setup_distributed(cfg)
     fsdp = cfg.fsdp and ctx.world_size > 1
     # One process trains in a run folder at a time: rank 0 holds its lock (see RunDirLock).
