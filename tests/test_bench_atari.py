@@ -16,7 +16,7 @@ from decision_transformer.run.checkpoint import load_checkpoint
 def bench(work: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "benchmarks/bench_atari.py", "--quality", "--skip_reader",
-         "--games", "Breakout", "--replay_rows", "10000", "--seeds", "5", "--steps", "3",
+         "--games", "Breakout", "--replay_rows", "5000", "--seeds", "5", "--steps", "3",
          "--episodes", "1", "--max_steps", "20", "--work", str(work), *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
