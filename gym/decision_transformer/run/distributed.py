@@ -20,6 +20,7 @@ import importlib
 import inspect
 import os
 import sys
+import time
 from dataclasses import dataclass
 from types import MethodType
 
@@ -203,8 +204,16 @@ class DistContext:
             # Every rank reaches here before any tears its connections down: a gloo peer whose
             # partner already closed can abort at exit (seen once in a 2-rank FSDP resume).
             dist.barrier()
+            gloo = dist.get_backend() == "gloo"
             release_dtensor_caches()
             dist.destroy_process_group()
+            if gloo:
+                # A gloo worker thread drops a collective's tensors after marking it done, and
+                # dropping a tensor Python made takes the GIL. Freeing the group (when the run's
+                # model goes) joins those threads with the GIL held, so a worker still dropping
+                # the barrier's tensors would deadlock it (seen: ~1 run in 20). Sleeping frees
+                # the GIL and lets them finish first.
+                time.sleep(0.1)
 
 
 # DTensor's caches whose entries hold a device mesh, and through it the process group:
