@@ -100,10 +100,14 @@ def test_ddp_equals_one_process_on_the_union(data_dir, tmp_path, one_process, mo
 EXIT_THREADS = """\
 import atexit, os, pathlib, runpy, sys
 def report():
-    tasks = os.listdir("/proc/self/task")
-    names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in tasks)
+    names = []
+    for t in os.listdir("/proc/self/task"):
+        try:
+            names.append(open(f"/proc/self/task/{t}/comm").read().strip())
+        except FileNotFoundError:  # the thread ended after it was listed
+            pass
     rank = os.environ["RANK"]
-    pathlib.Path(__file__).with_name(f"threads-{rank}.txt").write_text(" ".join(names))
+    pathlib.Path(__file__).with_name(f"threads-{rank}.txt").write_text(" ".join(sorted(names)))
 atexit.register(report)
 sys.path.insert(0, os.getcwd())
 sys.argv[0] = "experiment.py"
