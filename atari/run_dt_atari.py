@@ -27,6 +27,7 @@ from atari_env import PAPER_TARGETS, check_game
 from create_dataset import add_data_flags, create_dataset
 from decision_transformer.errors import DatasetError, UserError
 from decision_transformer.models.qwen3_transformer import Qwen3Config
+from decision_transformer.provenance import write_run_config
 from decision_transformer.run.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -509,8 +510,10 @@ def train_run(cfg: dict, lock: RunDirLock) -> int:
         trainer.load_state_dict(state["trainer"])
         set_rng_state(state["rng"], np_rng)
         print(f"resumed {out} at epoch {trainer.epoch + 1}, step {trainer.step}")
-    else:
-        (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    # A resume records (and warns of) versions other than the run's; its flags stay the run's.
+    drift = write_run_config(out / "config.json", state["config"] if state is not None else cfg)
+    if drift:
+        print(f"warning: resuming on other versions: {'; '.join(drift)}", file=sys.stderr)
     if cfg["compile"]:  # after loading: compiled blocks keep their state-dict names anyway
         compile_blocks(model)
     metrics = MetricsLog(out, cfg, wandb_id=state.get("wandb_id") if state else None)

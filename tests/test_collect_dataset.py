@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -51,10 +52,46 @@ def default_dataset(tmp_path_factory: pytest.TempPathFactory):
 
 def test_default_run_is_summarised(default_dataset):
     # Its speed (under 2 minutes on 2 cores) is printed by the run itself, not asserted here.
-    _, _, stdout, _ = default_dataset
-    assert re.search(r", \d+\.\d s$", stdout.strip())
-    for word in ("episodes 1000", "steps", "min", "mean", "90th pct", "max"):
-        assert word in stdout
+    file, paths, stdout, _ = default_dataset
+    returns = np.array([p["rewards"].sum() for p in paths])
+    steps = sum(len(p["rewards"]) for p in paths)
+    made = re.search(r"in \d+\.\d s: episodes 1000, steps (\d+), .* p90 ([\d.]+) / max", stdout)
+    assert made and int(made[1]) == steps
+    assert float(made[2]) == pytest.approx(np.percentile(returns, 90), abs=0.05)
+    assert f"numpy {np.__version__}" in stdout and f"mujoco {_version('mujoco')}" in stdout
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
+
+
+def test_default_dataset_records_what_made_it(default_dataset):
+    """Beside the file: its fingerprint (counted again here from the file itself) and the
+    versions and CPU that made it, since the same seed gives other data on another stack."""
+    file, paths, stdout, _ = default_dataset
+    record = json.loads(file.with_suffix(".json").read_text())
+    fp = record["fingerprint"]
+    returns = np.array([p["rewards"].sum() for p in paths])
+    assert fp["episodes"] == len(paths) == 1000
+    assert fp["steps"] == sum(len(p["rewards"]) for p in paths)
+    for q in (10, 50, 90):
+        assert fp["returns"][f"p{q}"] == pytest.approx(np.percentile(returns, q), abs=0.05)
+    assert fp["returns"]["max"] == pytest.approx(returns.max(), abs=0.05)
+    assert f"content {fp['content_hash']}" in stdout
+    assert record["settings"]["episodes"] == 1000 and record["settings"]["seed"] == 0
+    versions = record["versions"]
+    for dist in ("mujoco", "gymnasium", "numpy"):
+        assert versions[dist] == _version(dist)
+    assert versions["cpu"] and versions["cpu"] in Path("/proc/cpuinfo").read_text()
+
+    # The hash is of the content: one reward changed in the last place changes it.
+    from decision_transformer.provenance import content_hash
+
+    changed = [dict(p) for p in paths]
+    changed[-1]["rewards"] = np.nextafter(changed[-1]["rewards"], np.inf)
+    assert content_hash(changed) != fp["content_hash"] == content_hash(paths)
 
 
 def test_default_dataset_has_a_real_spread_of_returns(default_dataset):

@@ -6,6 +6,7 @@ real sizes are built on demand by ``gym/data/make_suite.py``.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -233,6 +234,13 @@ def test_tiny_dataset_round_trips_through_the_project_loader(tiny):
     assert steps >= 300
     assert dataset.observations.shape == (steps, 348)
     assert dataset.actions.shape == (steps, 17)
+    # Its description names what made it (the same recipe differs across mujoco versions and
+    # CPUs) and a hash of its content, printed when it is made.
+    described = suite.read_description(out, TINY)
+    assert described["versions"]["mujoco"] == importlib.metadata.version("mujoco")
+    assert f"content {described['content_hash']}, made with " in stdout
+    raw[0]["actions"] = raw[0]["actions"] * 0.5
+    assert suite.content_hash(raw) != described["content_hash"]
     assert len(dataset.returns) == len(raw)
     np.testing.assert_allclose(
         dataset.returns, [p["rewards"].astype(np.float64).sum() for p in raw], rtol=1e-6

@@ -108,17 +108,27 @@ def test_evaluate_reproduces_the_runs_last_evaluation(run, request):
     [("cuda:0", "cuda", True), ("cuda:3", "cuda:0", True), ("cpu", "cuda", False)]
     + [("cuda:0", "cpu", False), ("cpu", "cpu", False)],
 )
-def test_evaluate_uses_the_runs_tf32(monkeypatch, run_device, device, tf32):
+def test_evaluate_uses_the_runs_tf32(tf32_flags_restored, run_device, device, tf32):
     """A run trained on CUDA ran its fp32 matmuls (training and its own evaluation) in TF32;
     evaluate.py on CUDA does too, and leaves IEEE fp32 alone otherwise. (CPU only here: the
     switches are torch's global flags, which a CPU build sets and reads all the same.)"""
     from decision_transformer.run.evaluate_checkpoint import match_run_numerics
 
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     assert match_run_numerics(run_device, device) is tf32
     assert torch.backends.cuda.matmul.allow_tf32 is tf32
     assert torch.backends.cudnn.allow_tf32 is tf32
+
+
+@pytest.fixture
+def tf32_flags_restored():
+    """Puts torch's TF32 switches back as they were. Not monkeypatch: these are properties of
+    torch's backend modules, not instance attributes, and pytest 9.2's undo deletes what it
+    finds missing from the instance (AttributeError in teardown)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def test_batched_evaluation_agrees_with_the_sequential_run(dt_run, tmp_path):
@@ -306,3 +316,30 @@ def test_bad_video_path_and_bad_run_dir_exit_2(dt_run, tmp_path, capsys):
     assert code == 2 and capsys.readouterr().err.strip().startswith("error: --video")
     assert plots.main([str(tmp_path)]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_config_json_records_the_stack_and_evaluate_warns_on_another(dt_run, tmp_path):
+    """The run folder names the versions and CPU behind its numbers; evaluate.py on another
+    stack says so in one line (and still evaluates), on the same stack says nothing."""
+    import shutil
+    from importlib.metadata import version
+
+    recorded = json.loads((dt_run / "config.json").read_text())["versions"]
+    for dist in ("mujoco", "gymnasium", "numpy", "ale-py"):
+        assert recorded[dist] == version(dist)
+    assert recorded["torch"] == torch.__version__ and recorded["cpu"]
+
+    same = evaluate("--checkpoint", dt_run, "--num_eval_episodes", "1")
+    assert "warning" not in same.stderr
+
+    moved = shutil.copytree(dt_run, tmp_path / "older")
+    cfg = json.loads((moved / "config.json").read_text())
+    cfg["versions"]["mujoco"] = "3.17.0"
+    (moved / "config.json").write_text(json.dumps(cfg))
+    other = evaluate("--checkpoint", moved, "--num_eval_episodes", "1", "--json", tmp_path / "r")
+    warned = [line for line in other.stderr.splitlines() if "warning" in line]
+    assert warned == [
+        "warning: evaluating on other versions than the run's: "
+        f"mujoco 3.17.0 -> {version('mujoco')}; returns may differ from its own evaluation"
+    ]
+    assert json.loads((tmp_path / "r").read_text())["versions"]["mujoco"] == version("mujoco")

@@ -141,3 +141,29 @@ def test_cuda_rng_states_of_8_gpus_restore_on_a_host_with_2(tmp_path, monkeypatc
     assert [int(s[0]) for s in restorable_cuda_states(saved["cuda"], 3)] == [0, 1, 2]
     assert len(restorable_cuda_states(saved["cuda"], 16)) == 8
     assert restorable_cuda_states(saved["cuda"], 0) == []
+
+
+def test_resume_on_another_stack_warns_and_keeps_the_earlier_record(data_dir, reference, tmp_path):
+    """config.json names what the run ran on; a resume on other versions says so in one line
+    and keeps the record of what the earlier iterations ran on."""
+    import shutil
+    from importlib.metadata import version
+
+    out = shutil.copytree(reference["gpt2"], tmp_path / "run")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["versions"]["numpy"] == version("numpy")
+    cfg["versions"]["numpy"] = "1.26.4"
+    (out / "config.json").write_text(json.dumps(cfg))
+    # A finished run resumed: nothing left to train, but the folder is opened all the same.
+    args = [*flags(data_dir, "gpt2"), "--out_dir", str(out), "--resume"]
+    resumed = run_script("experiment.py", *args, check=True)
+    assert [x for x in resumed.stderr.splitlines() if "warning" in x] == [
+        "warning: resuming on other versions than the run's: "
+        f"numpy 1.26.4 -> {version('numpy')}; numbers may differ from a run on one stack"
+    ]
+    after = json.loads((out / "config.json").read_text())
+    assert after["versions"]["numpy"] == version("numpy") and after["seed"] == 5
+    assert [v["numpy"] for v in after["earlier_versions"]] == ["1.26.4"]
+    # A resume on the same stack adds nothing.
+    run_script("experiment.py", *args, check=True)
+    assert len(json.loads((out / "config.json").read_text())["earlier_versions"]) == 1

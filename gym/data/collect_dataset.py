@@ -20,6 +20,7 @@ local Minari dataset.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import warnings
@@ -43,6 +44,13 @@ from decision_transformer.data.humanoid_controller import (  # noqa: E402
 from decision_transformer.data.pickle_io import save_paths  # noqa: E402
 from decision_transformer.envs import ENV_SPECS, make_env  # noqa: E402
 from decision_transformer.errors import UserError  # noqa: E402
+from decision_transformer.files import atomic_open  # noqa: E402
+from decision_transformer.provenance import (  # noqa: E402
+    dataset_fingerprint,
+    describe_fingerprint,
+    describe_versions,
+    stack_versions,
+)
 from decision_transformer.run.errors import HelpFormatter, OneLineParser, run_cli  # noqa: E402
 from decision_transformer.run.paths import check_output_dir  # noqa: E402
 
@@ -137,15 +145,26 @@ def write_minari(dataset_id: str, env_id: str, paths: list[dict[str, np.ndarray]
         )
 
 
-def summarize(paths: list[dict[str, np.ndarray]], seconds: float) -> str:
-    returns = np.array([p["rewards"].sum() for p in paths])
-    lengths = np.array([len(p["rewards"]) for p in paths])
-    return (
-        f"episodes {len(paths)}, steps {lengths.sum()} (length {lengths.min()}-{lengths.max()}), "
-        f"return min {returns.min():.1f} / mean {returns.mean():.1f} / "
-        f"90th pct {np.percentile(returns, 90):.1f} / max {returns.max():.1f}, "
-        f"{seconds:.1f} s"
-    )
+def description_path(out: Path) -> Path:
+    """The JSON beside a made dataset: ``humanoid-collected-v2.pkl`` -> ``...-v2.json``."""
+    return out.with_suffix(".json")
+
+
+def write_description(out: Path, args: argparse.Namespace, fingerprint: dict) -> dict:
+    """What made ``out`` and what it holds: the command's settings, the fingerprint and the
+    versions and machine behind it (the same seed gives other data on another mujoco or CPU)."""
+    record = {
+        "file": out.name,
+        "made_by": "gym/data/collect_dataset.py",
+        "settings": {k: getattr(args, k) for k in ("env", "episodes", "seed", "noise", "knee_bend")}
+        | {"policy": args.policy},
+        "fingerprint": fingerprint,
+        "versions": stack_versions(),
+    }
+    with atomic_open(description_path(out), "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+    return record
 
 
 def collect(args: argparse.Namespace) -> int:
@@ -189,9 +208,12 @@ def collect(args: argparse.Namespace) -> int:
         offset = None if knees is None else bend * knees
         paths.append(rollout_episode(env, policy, float(level), rng, args.seed + i, offset))
     env.close()
+    # Data first, description second: a description always speaks of the file beside it.
     save_paths(paths, out)
+    record = write_description(out, args, dataset_fingerprint(paths))
     seconds = time.perf_counter() - start
-    print(f"wrote {out}: {summarize(paths, seconds)}")
+    print(f"wrote {out} in {seconds:.1f} s: {describe_fingerprint(record['fingerprint'])}")
+    print(f"made with {describe_versions(record['versions'])} ({description_path(out).name})")
     if args.minari_id:
         write_minari(args.minari_id, ENV_SPECS[args.env].gym_id, paths)
         print(f"wrote local Minari dataset {args.minari_id}")

@@ -28,6 +28,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from decision_transformer.data import suite  # noqa: E402
+from decision_transformer.provenance import describe_versions  # noqa: E402
 from decision_transformer.run.errors import (  # noqa: E402
     HelpFormatter,
     OneLineParser,
@@ -142,7 +143,8 @@ def make(args) -> int:
         record, built = suite.build(recipe, args.out, force=args.force)
         path = suite.data_file(args.out, name)
         if built:
-            print(f"wrote {path} in {record['build_seconds']:.1f} s", flush=True)
+            print(f"wrote {path} in {record['build_seconds']:.1f} s, content", end=" ")
+            print(f"{record['content_hash']}, made with {describe_versions(record['versions'])}")
         else:
             print(f"{path} is up to date (recipe {record['recipe_hash']}), skipping", flush=True)
         if args.minari:

@@ -35,14 +35,14 @@ Linear policy trained by Augmented Random Search (``train_ars``, ``LinearPolicy`
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import gymnasium
 import numpy as np
+
+from ..files import atomic_open
 
 # Normalised observations are clipped: contact-force entries sit at zero most of the time, so a
 # rare contact divides by a tiny std and would otherwise saturate every action at once.
@@ -141,16 +141,8 @@ class LinearPolicy:
 
     def save(self, path: str | os.PathLike, **meta: np.ndarray | str | float) -> None:
         """Write the policy (and ``meta``: plain arrays, strings, numbers) atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **asdict(self), **{f"meta_{k}": np.asarray(v) for k, v in meta.items()})
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with atomic_open(path) as f:
+            np.savez(f, **asdict(self), **{f"meta_{k}": np.asarray(v) for k, v in meta.items()})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> tuple[LinearPolicy, dict[str, np.ndarray]]:

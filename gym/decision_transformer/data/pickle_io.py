@@ -11,11 +11,11 @@ import codecs
 import collections
 import os
 import pickle
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..files import atomic_open
 
 # (module, name) pairs a trajectory pickle may reference. numpy moved its internals from
 # ``numpy.core`` to ``numpy._core`` in 2.0; files written by either generation must load.
@@ -66,15 +66,7 @@ def load_paths_file(path: str | os.PathLike) -> list[dict[str, np.ndarray]]:
 
 def save_paths(paths: list[dict[str, np.ndarray]], path: str | os.PathLike) -> None:
     """Write trajectories atomically (temp file + rename), so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # Protocol 5 lets numpy hand over each array's buffer as is: loading then holds one
-            # copy of the data, where protocol 4 keeps a second in the unpickler's memo.
-            pickle.dump(paths, f, protocol=5)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_open(path) as f:
+        # Protocol 5 lets numpy hand over each array's buffer as is: loading then holds one
+        # copy of the data, where protocol 4 keeps a second in the unpickler's memo.
+        pickle.dump(paths, f, protocol=5)

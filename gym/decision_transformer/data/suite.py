@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -40,6 +38,8 @@ from typing import Any
 import numpy as np
 
 from ..envs import ENV_SPECS, make_env
+from ..files import atomic_open
+from ..provenance import content_hash, stack_versions
 from .behaviours import (
     ArsConfig,
     LinearPolicy,
@@ -207,16 +207,9 @@ def is_cached(data_dir: str | Path, recipe: Recipe) -> bool:
 
 
 def _write_json(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_open(path, "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
 
 
 def ensure_policy(
@@ -313,8 +306,11 @@ def build(
         "train_with": f"--env {recipe.env} --dataset {recipe.name[len(recipe.env) + 1 :]}",
         **describe(paths),
         "build_seconds": round(time.perf_counter() - start, 1),
+        "content_hash": content_hash(paths),
         "recipe_hash": recipe.digest(),
         "recipe": asdict(recipe),
+        # The same recipe gives other data on another mujoco or CPU: what made this one.
+        "versions": stack_versions(),
     }
     if policy_meta is not None:
         record["policy"] = {

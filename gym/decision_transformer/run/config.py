@@ -400,6 +400,8 @@ class RunConfig:
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         """A config from ``to_dict``'s form (config.json, a checkpoint's, ``vars(args)``)."""
         own = {f.name for f in fields(cls) if f.name not in ("qwen", "extra")}
+        # What config.json records beside the flags (provenance.write_run_config): not config.
+        values = {k: v for k, v in values.items() if k not in ("versions", "earlier_versions")}
         qwen_names = {f.name for f in fields(Qwen3Flags)}
         qwen = None
         if qwen_names & values.keys():

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ..envs import get_spec, make_env
 from ..errors import UserError
 from ..evaluation.evaluate_episodes import StepHook
 from ..models.factory import build_model
+from ..provenance import run_versions, stack_versions, version_drift
 from .checkpoint import CheckpointError, read_checkpoint
 from .config import ConfigError, RunConfig, resolve_device, resolve_targets
 from .errors import HelpFormatter, OneLineParser
@@ -238,6 +240,16 @@ def autocast_for(cfg: RunConfig, device: str):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
+def warn_on_version_drift(run_dir: Path) -> None:
+    """One line on stderr when this evaluation runs on other versions (or another CPU/GPU) than
+    the run it reads: the same policy can then return other numbers than the run reported."""
+    recorded = run_versions(run_dir)
+    drift = version_drift(recorded) if recorded else []
+    if drift:
+        print(f"warning: evaluating on other versions than the run's: {'; '.join(drift)}; "
+              "returns may differ from its own evaluation", file=sys.stderr)  # fmt: skip
+
+
 def markdown_table(results: list[dict], has_score: bool) -> str:
     head = "| target | return | length |" + (" normalized score |" if has_score else "")
     rows = [head, "|---:|---:|---:|" + ("---:|" if has_score else "")]
@@ -261,6 +273,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         check_output_file(args.json, "--json", make_parent=True)
     ckpt_path, ckpt = load_run_checkpoint(args.checkpoint, args.which)
     cfg = eval_config(ckpt, args)  # checks the config; its device becomes this evaluation's
+    warn_on_version_drift(ckpt_path.parent)
     targets = eval_targets(ckpt, cfg, args.target_return)
     tf32 = match_run_numerics(ckpt["config"].get("device", "cpu"), cfg.device)
     model = restore_model(ckpt, cfg)
@@ -291,6 +304,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "episode_seeds": seeds,
         "reference_scores": list(ref) if ref is not None else None,
         "evaluation_seconds": time.perf_counter() - start,
+        "versions": stack_versions(),
         "targets": results,
         "metrics": metrics,
     }

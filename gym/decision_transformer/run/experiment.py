@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import math
 import os
 import random
@@ -46,6 +45,7 @@ from ..evaluation.evaluate_episodes import (
     play_one_by_one,
 )
 from ..models.factory import build_model, count_params, transformer_blocks
+from ..provenance import write_run_config
 from ..training.act_trainer import ActTrainer
 from ..training.odt_trainer import ODTTrainer
 from ..training.seq_trainer import SequenceTrainer
@@ -665,7 +665,10 @@ def open_run_dir(
     for name in (data.ckpt_path.name, BEST_NAME):
         for stale in data.out_dir.glob(f"{name}*.tmp"):
             stale.unlink()
-    (data.out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    drift = write_run_config(data.out_dir / "config.json", cfg.to_dict())
+    if drift:
+        warning = f"resuming on other versions than the run's: {'; '.join(drift)}"
+        print(f"warning: {warning}; numbers may differ from a run on one stack", file=sys.stderr)
     wandb_id = ckpt.get("wandb_id") if ckpt else None
     metrics = MetricsLog(data.out_dir, cfg.to_dict(), wandb_id=wandb_id)
     metrics.truncate(start_iter)
