@@ -13,6 +13,7 @@ observation file is streamed once keeping only the planned rows, so memory is th
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -27,6 +28,8 @@ import _paths  # noqa: F401
 import dqn_replay as fmt
 import numpy as np
 from decision_transformer.errors import DatasetError, UserError
+from decision_transformer.files import atomic_open
+from decision_transformer.provenance import describe_versions, stack_versions
 from decision_transformer.run.config import ConfigError
 from decision_transformer.run.errors import OneLineParser, report
 from decision_transformer.run.paths import check_output_dir
@@ -409,7 +412,37 @@ def collect(
     final = buf.log_final()
     log(f"wrote the final partial checkpoint {final} (add_count {buf.cursor()})")
     env.close()
+    describe_collected(d, dict(game=game, steps_per_buffer=steps, buffers=buffers, seed=seed),
+                       raw_returns, log)  # fmt: skip
     return raw_returns
+
+
+def describe_collected(d: Path, settings: dict, raw_returns: list[float], log=print) -> None:
+    """``collect.json`` beside a collected replay (dopamine's readers ignore other files): the
+    settings, a fingerprint and the versions and CPU that made it, as the gym datasets record.
+    The hash is of the arrays, not of the gzip files (whose headers hold the time written)."""
+    h = hashlib.sha256()
+    for path in sorted(d.glob("*.gz")):
+        with gzip.open(path, "rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                h.update(block)
+    returns = np.asarray(raw_returns if raw_returns else [np.nan])
+    record = {
+        "made_by": "atari/create_dataset.py --collect",
+        "settings": settings,
+        "fingerprint": {
+            "episodes": len(raw_returns),
+            "rows": settings["steps_per_buffer"] * settings["buffers"],
+            "raw_returns": {k: round(float(f(returns)), 1) for k, f in
+                            (("min", np.min), ("median", np.median), ("max", np.max))},
+            "content_hash": h.hexdigest()[:16],
+        },
+        "versions": stack_versions(),
+    }  # fmt: skip
+    with atomic_open(d / "collect.json", "w") as f:
+        json.dump(record, f, indent=2)
+    log(f"content {record['fingerprint']['content_hash']}, "
+        f"made with {describe_versions(record['versions'])} ({d / 'collect.json'})")  # fmt: skip
 
 
 def download_urls(game: str, num_buffers: int, run: str = RUN) -> list[str]:

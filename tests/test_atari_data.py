@@ -4,6 +4,7 @@ read by the streaming reader; the sampling with the original's faults fixed; bad
 from __future__ import annotations
 
 import gzip
+import json
 import subprocess
 import sys
 import textwrap
@@ -218,3 +219,28 @@ def test_bad_inputs_one_line_exit_2(breakout_replay, tmp_path):
     line = one_error_line(run_main(run_dt_atari.main, "--backbone", "qwen3", "--n_kv_head", "3",
                                    "--data_dir_prefix", tmp_path / "none"))  # fmt: skip
     assert "--n_kv_head" in line
+
+
+def test_collected_replay_records_what_made_it(breakout_replay, tmp_path):
+    """collect.json beside the replay: settings, a fingerprint of the arrays and the versions;
+    the same command again gives the same hash (the gzip files' own bytes differ: their headers
+    hold the time), and a replay of another seed another hash."""
+    from importlib.metadata import version
+
+    d = cd.replay_dir(str(breakout_replay), "Breakout")
+    record = json.loads((d / "collect.json").read_text())
+    assert record["settings"] == dict(game="Breakout", steps_per_buffer=1200, buffers=2, seed=3)
+    assert record["fingerprint"]["rows"] == 2400 and record["fingerprint"]["episodes"] >= 1
+    assert record["versions"]["ale-py"] == version("ale-py")
+    again = []
+    for seed in (3, 4):
+        out = tmp_path / f"seed{seed}"
+        proc = run_atari(
+            "create_dataset.py", "--collect", "--game", "Breakout", "--out", out,
+            "--steps_per_buffer", "1200", "--buffers", "2", "--seed", seed,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        made = json.loads((cd.replay_dir(str(out), "Breakout") / "collect.json").read_text())
+        assert f"content {made['fingerprint']['content_hash']}, made with " in proc.stdout
+        again.append(made["fingerprint"]["content_hash"])
+    assert again[0] == record["fingerprint"]["content_hash"] != again[1]

@@ -294,3 +294,36 @@ def test_readme_main_command_runs_as_written(default_dataset, tmp_path):
     assert "dataset returns: mean" in ran.stdout
     # One line per target, the dataset's best return, its median and its 10th percentile.
     assert len(re.findall(r"achieved return at target [\d.]+: [\d.]+ ± [\d.]+", ran.stdout)) == 3
+
+
+def _lock() -> dict[str, str]:
+    lines = (GYM_DIR.parent / "constraints.txt").read_text().splitlines()
+    return dict(x.split("==") for x in lines if x and not x.startswith("#"))
+
+
+def test_embedded_dataset_is_the_one_the_readme_states(default_dataset):
+    """The README's fingerprint of the embedded dataset (steps, content hash) is what the
+    documented command makes on the locked stack and the CPU family the README names. On other
+    versions or another CPU the simulator's floating point differs, so it is compared only where
+    it can be exact; the versions the README names must be the lock's everywhere."""
+    readme = (GYM_DIR.parent / "README.md").read_text()
+    bullet = " ".join(readme.split("**The embedded Humanoid dataset**")[1].split("\n- ")[0].split())
+    stated = re.search(
+        r"(\d+) episodes, ([\d,]+) steps, .*content hash `([0-9a-f]+)`, made with "
+        r"mujoco ([\w.]+) and numpy ([\w.]+) on an? ([\w ]+?), ",
+        bullet,
+    )
+    assert stated, bullet
+    episodes, steps, digest, mujoco, numpy, cpu = stated.groups()
+    lock = _lock()
+    assert (mujoco, numpy) == (lock["mujoco"], lock["numpy"]), "README names the locked stack"
+
+    here = {d: _version(d) for d in ("mujoco", "numpy", "gymnasium")}
+    if any(here[d] != lock[d] for d in here):
+        pytest.skip(f"not the locked stack ({here}): the simulator's numbers differ in digits")
+    if cpu not in Path("/proc/cpuinfo").read_text():
+        pytest.skip(f"not an {cpu}: another CPU's floating point gives another dataset")
+    file, paths, _, _ = default_dataset
+    fp = json.loads(file.with_suffix(".json").read_text())["fingerprint"]
+    assert (fp["episodes"], fp["steps"]) == (int(episodes), int(steps.replace(",", "")))
+    assert fp["content_hash"] == digest
