@@ -16,8 +16,7 @@ import sys
 from pathlib import Path
 
 import _paths  # noqa: F401
-from decision_transformer.errors import DatasetError, UserError
-from decision_transformer.run.config import ConfigError
+from decision_transformer.errors import ConfigError, DatasetError, UserError
 from run_dt_atari import evaluate_saved_run
 
 

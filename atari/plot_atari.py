@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import _paths  # noqa: F401
-from decision_transformer.run.config import ConfigError
+from decision_transformer.errors import ConfigError
 from results import eval_table, last_evaluation
 
 

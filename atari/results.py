@@ -17,7 +17,7 @@ from pathlib import Path
 
 import _paths  # noqa: F401
 from atari_env import gamer_normalized, human_normalized
-from decision_transformer.run.config import ConfigError
+from decision_transformer.errors import ConfigError
 
 # Chen et al. 2021, Table 1 (gamer-normalized, mean ± std over 3 seeds), for printing beside.
 PAPER_TABLE1 = {

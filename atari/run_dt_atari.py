@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from atari_env import PAPER_TARGETS, check_game
 from create_dataset import add_data_flags, create_dataset
-from decision_transformer.errors import DatasetError, UserError
+from decision_transformer.errors import ConfigError, DatasetError, UserError
 from decision_transformer.models.qwen3_transformer import Qwen3Config
 from decision_transformer.run.checkpoint import (
     load_checkpoint,
@@ -33,8 +33,8 @@ from decision_transformer.run.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from decision_transformer.run.config import ConfigError, resolve_device
-from decision_transformer.run.errors import OneLineParser, report
+from decision_transformer.run.cli import OneLineParser, report
+from decision_transformer.run.config import resolve_device
 from decision_transformer.run.metrics import MetricsLog
 from decision_transformer.run.paths import RunDirLock, check_output_dir
 from mingpt.evaluate_atari import evaluate

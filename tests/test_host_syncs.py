@@ -1,5 +1,5 @@
 """At most one host-device synchronisation per training step, for the Qwen3 DT, the GPT-2 DT and
-BC, counted on the CPU by recognising what would wait on CUDA (see training/host_syncs.py).
+BC, counted on the CPU by recognising what would wait on CUDA (see tests/host_syncs.py).
 
 The sampler runs its CUDA path (pinned memory, non-blocking copies) with the copies kept on the
 CPU; the one sync allowed is the trainer's single fetch of the step's numbers."""
@@ -13,8 +13,8 @@ from decision_transformer.models.decision_transformer import DecisionTransformer
 from decision_transformer.models.decision_transformer_qwen3 import DecisionTransformerQwen3
 from decision_transformer.models.mlp_bc import MLPBCModel
 from decision_transformer.training.act_trainer import ActTrainer
-from decision_transformer.training.host_syncs import HostSyncCounter
 from decision_transformer.training.seq_trainer import SequenceTrainer, masked_action_mse
+from host_syncs import HostSyncCounter
 from rollouts import rollout_paths
 
 K = 10

@@ -43,7 +43,7 @@ from decision_transformer.data.humanoid_controller import (  # noqa: E402
 from decision_transformer.data.pickle_io import save_paths  # noqa: E402
 from decision_transformer.envs import ENV_SPECS, make_env  # noqa: E402
 from decision_transformer.errors import UserError  # noqa: E402
-from decision_transformer.run.errors import HelpFormatter, OneLineParser, run_cli  # noqa: E402
+from decision_transformer.run.cli import HelpFormatter, OneLineParser, run_cli  # noqa: E402
 from decision_transformer.run.paths import check_output_dir  # noqa: E402
 
 DATASET_NAME = "collected"

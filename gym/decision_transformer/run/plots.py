@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .errors import HelpFormatter, OneLineParser, run_cli
+from .cli import HelpFormatter, OneLineParser, run_cli
 from .metrics import read_metrics
 from .paths import check_output_file
 
