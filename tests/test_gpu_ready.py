@@ -240,7 +240,7 @@ def check_fsdp_accumulation_and_evaluation(ctx, data_dir, out) -> dict:
     ref.load_state_dict(full)
     seeds = episode_seeds(cfg.seed, episodes)
     mean, std = data.dataset.state_mean, data.dataset.state_std
-    returns, lengths = evaluate_returns(one, ref, mean, std, 3000.0, seeds)
+    returns, lengths = evaluate_returns(one, ref, (mean, std), 3000.0, seeds)
     key = "evaluation/target_3000"
     return {
         "sharded_after_micro": sharded_after_micro,

@@ -114,11 +114,16 @@ def test_evaluate_uses_the_runs_tf32(monkeypatch, run_device, device, tf32):
     switches are torch's global flags, which a CPU build sets and reads all the same.)"""
     from decision_transformer.run.evaluate_checkpoint import match_run_numerics
 
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    assert match_run_numerics(run_device, device) is tf32
-    assert torch.backends.cuda.matmul.allow_tf32 is tf32
-    assert torch.backends.cudnn.allow_tf32 is tf32
+    # Saved and restored by hand: torch 2.13's cuBLAS flag object hides the attribute from
+    # monkeypatch's getattr, whose undo then fails.
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        assert match_run_numerics(run_device, device) is tf32
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32
+        assert torch.backends.cudnn.allow_tf32 is tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def test_batched_evaluation_agrees_with_the_sequential_run(dt_run, tmp_path):

@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="episodes played at once; 1 is the one-episode evaluator (default: the run's)",
     )
     a("--seed", type=int, default=None, help="evaluation seed (default: the run's --seed)")
+    add_output_flags(p)
+    return p
+
+
+def add_output_flags(p: argparse.ArgumentParser) -> None:
+    """Where results go: the video, the JSON file, the device that plays."""
+    a = p.add_argument
     a(
         "--video",
         default=None,
@@ -111,7 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write results (default RUN/eval.json, RUN/eval-best.json for best.pt)",
     )
     a("--device", default="auto", help="auto (the default: CUDA when present, else CPU), cpu, ...")
-    return p
 
 
 def _first_line(e: BaseException) -> str:
@@ -330,7 +336,7 @@ def play_targets(
         if cache_key not in played:
             with autocast_for(cfg, cfg.device):
                 played[cache_key] = evaluate_returns(
-                    cfg, model, state_mean, state_std, target, seeds, progress=True,
+                    cfg, model, (state_mean, state_std), target, seeds, progress=True,
                     on_step=recorder if i == 0 else None,
                 )  # fmt: skip
         returns, lengths = played[cache_key]

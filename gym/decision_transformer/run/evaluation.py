@@ -68,24 +68,24 @@ def summarize_returns(
 def evaluate_returns(
     cfg: RunConfig,
     model: torch.nn.Module,
-    state_mean: np.ndarray,
-    state_std: np.ndarray,
+    stats: tuple[np.ndarray, np.ndarray],
     target: float,
     seeds: list[int],
     progress: bool = False,
     on_step: StepHook | None = None,
     still_running: Callable[[bool], bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Returns and lengths of one episode per seed, batched or one by one as ``eval_envs`` says.
-    ``on_step`` watches the episode of ``seeds[0]`` (see evaluate_episodes). With
-    ``still_running`` (ranks in lockstep) episodes always go through the batched evaluator, one
-    env at a time when ``eval_envs`` is 1 (the same returns as one by one)."""
+    """Returns and lengths of one episode per seed, batched or one by one as ``eval_envs`` says;
+    ``stats`` are the state mean and std the policy normalises with. ``on_step`` watches the
+    episode of ``seeds[0]`` (see evaluate_episodes). With ``still_running`` (ranks in lockstep)
+    episodes always go through the batched evaluator, one env at a time when ``eval_envs`` is 1
+    (the same returns as one by one)."""
     episodes = EvalEpisodes(
         env=cfg.env,
         mode=cfg.mode,
         conditioned=cfg.model_type == "dt",
-        state_mean=state_mean,
-        state_std=state_std,
+        state_mean=stats[0],
+        state_std=stats[1],
         device=next(model.parameters()).device,
         target=target,
     )
@@ -121,7 +121,7 @@ class Evaluation:
         lockstep: bool = False,
     ):
         self.cfg, self.targets, self.lockstep = cfg, targets, lockstep
-        self.state_mean, self.state_std = stats
+        self.stats = stats
         self.ctx = ctx or DistContext()
         self.seeds = episode_seeds(cfg.seed, cfg.num_eval_episodes)
         self.ref = reference_scores_for(cfg)
@@ -147,8 +147,7 @@ class Evaluation:
         returns, lengths = np.zeros(0), np.zeros(0)
         if played:
             returns, lengths = evaluate_returns(
-                self.cfg, model, self.state_mean, self.state_std, target, played,
-                ctx.is_main, None, still_running,
+                self.cfg, model, self.stats, target, played, ctx.is_main, None, still_running,
             )  # fmt: skip
         returns, lengths = returns[: len(mine)], lengths[: len(mine)]
         returns, lengths = ctx.gather_episodes(returns), ctx.gather_episodes(lengths)

@@ -19,9 +19,8 @@ from ..training.validation import VALIDATION_KEY
 from .config import ConfigError, RunConfig, resolve_targets, selection_target
 from .distributed import DistContext
 from .evaluation import target_key
-from .paths import check_output_dir
+from .paths import check_output_dir, check_run_start
 from .selection import Selection
-from .state import CHECKPOINT_NAME
 
 
 @dataclass
@@ -56,14 +55,9 @@ def load_data(cfg: RunConfig, ctx: DistContext | None = None) -> RunData:
     node's local rank 0 reads (for a minari id: downloads) the dataset first and its other
     ranks after, from the store or page cache it filled."""
     spec = get_spec(cfg.env)
-    out_dir = check_output_dir(cfg.out_dir, "--out_dir")
-    ckpt_path = out_dir / CHECKPOINT_NAME
-    if cfg.resume and not ckpt_path.is_file():
-        raise ConfigError(f"--resume: no checkpoint at {ckpt_path}; drop --resume to start afresh")
-    if not cfg.resume and ckpt_path.exists():
-        raise ConfigError(
-            f"{out_dir} already holds a run: pass --resume to continue it or pick another --out_dir"
-        )
+    # Rank 0 alone tries making the folder (others would race it): it is the one that writes.
+    out_dir = check_output_dir(cfg.out_dir, "--out_dir", probe=ctx is None or ctx.is_main)
+    ckpt_path = check_run_start(out_dir, cfg.resume)
     check_dataset_available(cfg.data_dir, cfg.env, cfg.dataset)
     env = make_env(cfg.env)
     state_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]

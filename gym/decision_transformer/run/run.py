@@ -21,7 +21,6 @@ Offline iterations and online rounds are one loop: iteration ``max_iters + r`` i
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -48,9 +47,8 @@ from .inputs import RunData, load_data, make_selection
 from .metrics import MetricsLog
 from .online import OnlineRounds, target_entropy
 from .parallel import make_parallel
-from .paths import RunDirLock
+from .paths import PathError, RunDirLock, WriteError, cause, open_run_folder, writing
 from .state import (
-    BEST_NAME,
     RunState,
     check_init_fits,
     check_resumable,
@@ -109,6 +107,7 @@ class Run:
         self.validation: ValidationSet | None = None
         self.evaluation: Evaluation | None = None
         self.start_iter = 0
+        self.saved: int | None = None  # the iteration of the checkpoint on disk, if any
 
     # --- the run, top to bottom ------------------------------------------------------------
 
@@ -117,14 +116,36 @@ class Run:
         # One process trains in a run folder at a time: rank 0 holds its lock (see RunDirLock).
         with RunDirLock(self.cfg.out_dir, enabled=self.ctx.is_main) as lock:
             self.setup(lock)
-            logs: dict = {}
-            for it in range(self.start_iter, self.cfg.max_iters + self.cfg.online_rounds):
-                logs = self.iteration(it)
-                if logs is None:
-                    self.ctx.close()
-                    return 1
+            try:
+                logs = self.loop()
+            except WriteError as e:
+                if self.ctx.is_main:
+                    print(f"error: {e}; {self.kept()}", file=sys.stderr)
+                logs = None
+            if logs is None:
+                self.ctx.close()
+                return 1
             self.finish(logs)
         return 0
+
+    def loop(self) -> dict | None:
+        """Every iteration not yet done; the last one's logs, None if training diverged."""
+        logs: dict = {}
+        for it in range(self.start_iter, self.cfg.max_iters + self.cfg.online_rounds):
+            logs = self.iteration(it)
+            if logs is None:
+                return None
+            self.saved = it + 1
+        return logs
+
+    def kept(self) -> str:
+        """What a run stopped mid-way leaves to continue from."""
+        if self.saved is None:
+            return "no checkpoint was written: fix that, then start the run again"
+        return (
+            f"the last good checkpoint {self.data.ckpt_path} (iteration {self.saved}) is kept: "
+            "fix that (e.g. free disk space), then continue with --resume"
+        )
 
     def setup(self, lock: RunDirLock) -> None:
         """Everything the loop needs, the checks of every input first."""
@@ -138,6 +159,7 @@ class Run:
         self.build(selection, start)
         if start is not None:
             self.start_iter = self.state.load_state_dict(start, data.ckpt_path)
+            self.saved = self.start_iter if cfg.resume else None
             self.announce_start(start)
         if ctx.is_main:
             self.open_folder(lock)
@@ -316,15 +338,13 @@ class Run:
     def open_folder(self, lock: RunDirLock) -> None:
         """Rank 0: the run folder (locked) with this run's config.json, and its metrics log."""
         out_dir = self.data.out_dir
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lock.acquire()  # a fresh run's folder exists only now; a resumed one's is already held
-        # A run killed inside save_checkpoint leaves its temp file; checkpoint.pt is intact.
-        for name in (self.data.ckpt_path.name, BEST_NAME):
-            for stale in out_dir.glob(f"{name}*.tmp"):
-                stale.unlink()
-        (out_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
-        self.metrics = MetricsLog(out_dir, self.cfg.to_dict(), wandb_id=self.state.wandb_id)
-        self.metrics.truncate(self.start_iter)
+        open_run_folder(out_dir, lock, self.cfg.to_dict())
+        try:
+            self.metrics = MetricsLog(out_dir, self.cfg.to_dict(), wandb_id=self.state.wandb_id)
+            self.metrics.truncate(self.start_iter)
+        except OSError as e:
+            where = out_dir / "metrics.jsonl"
+            raise PathError(f"--out_dir {out_dir}: cannot write {where}: {cause(e)}") from None
         self.state.wandb_id = self.metrics.wandb_id
 
     def announce(self, data: RunData, resumed: dict | None) -> None:
@@ -381,7 +401,7 @@ class Run:
             # guard, so the one on disk (if any) is the last good one.
             kept = (
                 f"the last good checkpoint {self.data.ckpt_path} (iteration {it}) is kept"
-                if it
+                if self.saved is not None
                 else "no checkpoint was written"
             )
             print(
@@ -415,11 +435,16 @@ class Run:
         """Rank 0's metrics row and best-so-far check, then the checkpoint (every rank: FSDP
         writes shards from each)."""
         best = False
+        failed = None
         if self.ctx.is_main:
-            self.metrics.log(iteration, self.cfg.steps_after(iteration), logs)
+            try:
+                with writing(self.metrics.path):
+                    self.metrics.log(iteration, self.cfg.steps_after(iteration), logs)
+            except WriteError as e:
+                failed = e
             selection = self.state.selection
             best = select and selection is not None and selection.observe(iteration, logs)
-        self.state.save(iteration, best=best)
+        self.state.save(iteration, best=best, failed=failed)
 
 
 def print_logs(iteration: int, logs: dict) -> None:

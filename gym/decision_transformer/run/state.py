@@ -22,13 +22,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    CheckpointError,
+    changed_flags,
+    read_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import ConfigError, RunConfig
 from .parallel import Parallel
+from .paths import BEST_NAME, CHECKPOINT_NAME, WriteError, writing
 
-CHECKPOINT_NAME = "checkpoint.pt"
-# The best iteration's weights (--select_by), beside checkpoint.pt; see run/selection.py.
-BEST_NAME = "best.pt"
 # Flags that may differ when a run is resumed; any other difference would not be the same run.
 RESUMABLE_CHANGES = {
     # Where the run lives is not what it is: a folder moved, copied or spelled another way (a
@@ -130,15 +135,8 @@ def check_resumable(cfg: RunConfig, ckpt: dict) -> None:
     # A decaying schedule's length is max_iters x num_steps_per_iter: extending the run
     # would stretch the part already walked and jump the learning rate back up.
     fixed = {"max_iters"} if cfg.lr_decay != "none" else set()
-    # Only the keys the checkpoint recorded: a run older than a flag resumes with any value of it.
-    now = cfg.to_dict()
-    changed = sorted(
-        k
-        for k, v in ckpt["config"].items()
-        if (k not in RESUMABLE_CHANGES or k in fixed)
-        and now.get(k) != v
-        and k not in ("params", "backbone_params")
-    )
+    free = (RESUMABLE_CHANGES - fixed) | {"params", "backbone_params"}
+    changed = changed_flags(ckpt["config"], cfg.to_dict(), free)
     if changed:
         raise ConfigError(
             f"--resume: flags differ from the checkpoint's run ({', '.join(changed)}); "
@@ -251,16 +249,27 @@ class RunState:
             "selection": self.selection.state_dict(),
         }
 
-    def save(self, iteration: int, best: bool = False) -> None:
+    def save(self, iteration: int, best: bool = False, failed: WriteError | None = None) -> None:
         """checkpoint.pt (and with ``best`` first best.pt) after ``iteration``, atomically (see
-        run/checkpoint.py). Every rank calls it; rank 0 writes."""
-        state = self.state_dict(iteration)
-        if self.parallel.ctx.is_main:
-            if best:
-                save_checkpoint(self.out_dir / BEST_NAME, self.best_state_dict(state))
-            save_checkpoint(self.path, state)
-            self.parallel.saved(self.out_dir, state)
-        self.parallel.ctx.barrier()
+        run/checkpoint.py). Every rank calls it; rank 0 writes, and a failed write (a full disk;
+        or ``failed``, rank 0's earlier write of this iteration) is a :class:`WriteError` on
+        every rank, the previous checkpoint left as it was."""
+        ctx = self.parallel.ctx
+        with writing(self.out_dir):  # FSDP: every rank writes its shards here
+            state = self.state_dict(iteration)
+        if ctx.is_main and failed is None:
+            try:
+                if best:
+                    with writing(self.out_dir / BEST_NAME):
+                        save_checkpoint(self.out_dir / BEST_NAME, self.best_state_dict(state))
+                with writing(self.path):
+                    save_checkpoint(self.path, state)
+                self.parallel.saved(self.out_dir, state)
+            except WriteError as e:
+                failed = e
+        # Every rank waits for rank 0's write and learns whether it failed.
+        if ctx.any_rank(failed is not None, self.cfg.device):
+            raise failed or WriteError(self.path, OSError(0, "rank 0 could not write it"))
 
     def load_weights(self, model: torch.nn.Module, ckpt: dict, path: Path) -> None:
         """The checkpoint's full weights into the freshly built model (before it is wrapped)."""
