@@ -172,3 +172,46 @@ def test_a_full_disk_stops_in_one_line_keeps_the_checkpoint_and_resume_continues
     (w_cut, loss_cut), (w_whole, loss_whole) = state(out), state(whole)
     assert loss_cut == loss_whole and len(loss_cut) == 3
     assert all(torch.equal(v, w_whole[k]) for k, v in w_cut.items())
+
+
+def test_a_write_failing_mid_run_without_root_stops_in_one_line(data_dir, tmp_path, monkeypatch):
+    """The same without a small disk (no root needed): the file the 2nd checkpoint is written
+    to takes 1000 bytes and then reports ENOSPC, as a full disk does, inside torch.save."""
+    from decision_transformer.run import checkpoint
+
+    real = checkpoint._Sink.write
+    writes = {"checkpoints": 0}
+
+    class Full:
+        """The temp file, once the disk is full."""
+
+        def __init__(self, f):
+            self.flush = f.flush
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write(self, data):
+        if writes["checkpoints"] == 2 and getattr(self, "written", 0) + len(data) > 1000:
+            self.f = Full(self.f)
+        self.written = getattr(self, "written", 0) + len(data)
+        return real(self, data)
+
+    real_init = checkpoint._Sink.__init__
+
+    def init(self, f):
+        writes["checkpoints"] += 1
+        real_init(self, f)
+
+    monkeypatch.setattr(checkpoint._Sink, "write", write)
+    monkeypatch.setattr(checkpoint._Sink, "__init__", init)
+    out = tmp_path / "run"
+    proc = train(data_dir, out, "--max_iters", "3")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert "No space left on device (ENOSPC)" in line and "(iteration 1) is kept" in line
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 1
+    assert not list(out.glob("*.tmp"))
+    monkeypatch.undo()
+    assert train(data_dir, out, "--max_iters", "3", "--resume").returncode == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 3
