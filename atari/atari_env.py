@@ -13,7 +13,7 @@ from collections import deque
 import _paths  # noqa: F401
 import gymnasium as gym
 import numpy as np
-from decision_transformer.run.config import ConfigError
+from decision_transformer.errors import ConfigError
 
 # Random and human reference scores for the human-normalized score
 # 100 * (R - random) / (human - random): the table used by DQN-family papers since van Hasselt et

@@ -27,11 +27,10 @@ from pathlib import Path
 import _paths  # noqa: F401
 import dqn_replay as fmt
 import numpy as np
-from decision_transformer.errors import DatasetError, UserError
+from decision_transformer.errors import ConfigError, DatasetError, UserError
 from decision_transformer.files import atomic_open
 from decision_transformer.provenance import describe_versions, stack_versions
-from decision_transformer.run.config import ConfigError
-from decision_transformer.run.errors import OneLineParser, report
+from decision_transformer.run.cli import OneLineParser, report
 from decision_transformer.run.paths import check_output_dir
 
 NUM_CKPTS = 50  # buffers per run in DQN-Replay: checkpoints 0..49

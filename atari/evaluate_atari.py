@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import _paths  # noqa: F401
-from decision_transformer.errors import DatasetError, UserError
-from decision_transformer.run.config import ConfigError
+from decision_transformer.errors import ConfigError, DatasetError, UserError
+from decision_transformer.run.paths import check_output_file
 from run_dt_atari import evaluate_saved_run
 
 
@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--video", type=Path, default=None, help=".mp4 or .gif of episode 0")
     args = p.parse_args(argv)
     try:
+        for flag, path in (("--json", args.json), ("--video", args.video)):
+            if path is not None:  # before the evaluation, not after it
+                check_output_file(path, flag)
         return evaluate_saved_run(
             args.checkpoint,
             device=args.device,

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 import _paths  # noqa: F401
-from decision_transformer.run.config import ConfigError
+from decision_transformer.errors import ConfigError
+from decision_transformer.run.paths import PathError, check_output_file
 from results import eval_table, last_evaluation
 
 
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", action="store_true", help="print each run's last evaluation")
     args = p.parse_args(argv)
     try:
+        if args.out is not None:  # before reading any run
+            check_output_file(args.out, "--out", make_parent=True)
         runs = [load(r) for r in args.runs]
         if args.table:
             rows = []
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             print(eval_table(rows))
         if args.out is not None or not args.table:
             print(f"curves: {plot(runs, args.out or Path('curves.png'))}")
-    except ConfigError as e:
+    except (ConfigError, PathError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import _paths  # noqa: F401
 from atari_env import gamer_normalized, human_normalized
-from decision_transformer.run.config import ConfigError
+from decision_transformer.errors import ConfigError
+from decision_transformer.run.paths import PathError, check_output_file
 
 # Chen et al. 2021, Table 1 (gamer-normalized, mean ± std over 3 seeds), for printing beside.
 PAPER_TABLE1 = {
@@ -140,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the table's numbers here")
     args = p.parse_args(argv)
     try:
+        if args.json:
+            check_output_file(args.json, "--json")
         table, data = runs_table(args.runs)
-    except ConfigError as e:
+    except (ConfigError, PathError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(table)

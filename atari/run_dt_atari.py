@@ -25,19 +25,27 @@ import numpy as np
 import torch
 from atari_env import PAPER_TARGETS, check_game
 from create_dataset import add_data_flags, create_dataset
-from decision_transformer.errors import DatasetError, UserError
+from decision_transformer.errors import ConfigError, DatasetError, UserError
 from decision_transformer.models.qwen3_transformer import Qwen3Config
-from decision_transformer.provenance import write_run_config
 from decision_transformer.run.checkpoint import (
-    load_checkpoint,
+    changed_flags,
+    read_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from decision_transformer.run.config import ConfigError, resolve_device
-from decision_transformer.run.errors import OneLineParser, report
+from decision_transformer.run.cli import OneLineParser, report
+from decision_transformer.run.config import resolve_device
 from decision_transformer.run.metrics import MetricsLog
-from decision_transformer.run.paths import RunDirLock, check_output_dir
+from decision_transformer.run.paths import (
+    CHECKPOINT_NAME,
+    RunDirLock,
+    WriteError,
+    check_output_dir,
+    check_run_start,
+    open_run_folder,
+    writing,
+)
 from mingpt.evaluate_atari import evaluate
 from mingpt.model_atari import AtariDecisionTransformer, AtariDTConfig, compile_blocks
 from mingpt.trainer_atari import Trainer, TrainerConfig, WindowDataset
@@ -233,7 +241,9 @@ def resolve(args: argparse.Namespace) -> dict:
         )
     if cfg["out_dir"] is None:
         cfg["out_dir"] = f"runs/{cfg['game']}-{cfg['model_type']}-{cfg['backbone']}-s{cfg['seed']}"
-    check_output_dir(cfg["out_dir"], "--out_dir")
+    check_output_dir(cfg["out_dir"], "--out_dir", probe=True)
+    if cfg["cache_dir"] and not cfg["no_cache"]:  # where the sampled replay is cached
+        check_output_dir(cfg["cache_dir"], "--cache_dir")
     # For gym's MetricsLog (wandb group name).
     cfg["env"], cfg["dataset"] = cfg["game"], "dqn-replay"
     return cfg
@@ -440,29 +450,27 @@ def run(cfg: dict) -> int:
         return train_run(cfg, lock)
 
 
-def train_run(cfg: dict, lock: RunDirLock) -> int:
-    out = Path(cfg["out_dir"])
-    ckpt_path = out / "checkpoint.pt"
-    state = None
-    if cfg["resume"]:
-        if not ckpt_path.is_file():
-            raise ConfigError(f"--resume: no {ckpt_path}; start the run without --resume")
-        state = load_checkpoint(ckpt_path)
-        saved = state["config"]
-        changed = [k for k in saved if k not in RESUME_FREE | DERIVED and saved[k] != cfg.get(k)]
-        if changed:
-            raise ConfigError(
-                "--resume with changed flags: "
-                + ", ".join(f"{k} {saved[k]} -> {cfg.get(k)}" for k in changed)
-            )
-    elif ckpt_path.exists():
-        raise ConfigError(f"{out} already holds a run; pass --resume or another --out_dir")
-    n_actions = check_game(cfg["game"])  # a game without a ROM fails before reading data
+def read_resume(cfg: dict) -> dict | None:
+    """The run's own checkpoint (--resume; its flags compared), None for a fresh run; the gym
+    half's folder rules and checkpoint reader."""
+    ckpt_path = check_run_start(cfg["out_dir"], cfg["resume"])
+    if not cfg["resume"]:
+        return None
+    state = read_checkpoint(
+        ckpt_path, ("model", "trainer", "rng", "config"), "start the run without --resume"
+    )
+    saved = state["config"]
+    changed = changed_flags(saved, cfg, RESUME_FREE | DERIVED)
+    if changed:
+        raise ConfigError(
+            "--resume with changed flags: "
+            + ", ".join(f"{k} {saved[k]} -> {cfg.get(k)}" for k in changed)
+        )
+    return state
 
-    random.seed(cfg["seed"])
-    np.random.seed(cfg["seed"])
-    torch.manual_seed(cfg["seed"])
-    np_rng = np.random.default_rng(cfg["seed"])
+
+def load_windows(cfg: dict, n_actions: int) -> tuple:
+    """The sampled replay and its training windows, checked against the game."""
     data = create_dataset(
         cfg["num_buffers"],
         cfg["num_steps"],
@@ -484,13 +492,10 @@ def train_run(cfg: dict, lock: RunDirLock) -> int:
         raise DatasetError(
             f"no sampled trajectory is {cfg['context_length']} steps long; lower --context_length"
         )
-    target = cfg["target_return"]
-    if target is None:  # resolve() made sure a DT has one; BC is not conditioned on it
-        target = PAPER_TARGETS.get(cfg["game"], 0.0)
-    cfg["eval_target"] = float(target)
+    return data, dataset
 
-    device = torch.device(cfg["device"])
-    model = build_model(cfg, n_actions, int(data.timesteps.max())).to(device)
+
+def make_trainer(cfg: dict, model, dataset, device: torch.device) -> Trainer:
     tcfg = TrainerConfig(
         epochs=cfg["epochs"],
         batch_size=cfg["batch_size"],
@@ -501,19 +506,34 @@ def train_run(cfg: dict, lock: RunDirLock) -> int:
         seed=cfg["seed"],
         steps_per_epoch=cfg["steps_per_epoch"],
     )
-    trainer = Trainer(model, dataset, tcfg, device, AUTOCAST[cfg["dtype"]])
+    return Trainer(model, dataset, tcfg, device, AUTOCAST[cfg["dtype"]])
 
-    out.mkdir(parents=True, exist_ok=True)
-    lock.acquire()  # a fresh run's folder exists only now
+
+def train_run(cfg: dict, lock: RunDirLock) -> int:
+    out = Path(cfg["out_dir"])
+    state = read_resume(cfg)
+    n_actions = check_game(cfg["game"])  # a game without a ROM fails before reading data
+
+    random.seed(cfg["seed"])
+    np.random.seed(cfg["seed"])
+    torch.manual_seed(cfg["seed"])
+    np_rng = np.random.default_rng(cfg["seed"])
+    data, dataset = load_windows(cfg, n_actions)
+    target = cfg["target_return"]
+    if target is None:  # resolve() made sure a DT has one; BC is not conditioned on it
+        target = PAPER_TARGETS.get(cfg["game"], 0.0)
+    cfg["eval_target"] = float(target)
+
+    device = torch.device(cfg["device"])
+    model = build_model(cfg, n_actions, int(data.timesteps.max())).to(device)
+    trainer = make_trainer(cfg, model, dataset, device)
+    # A resume writes the run's own config again, to record (and warn of) another stack.
+    open_run_folder(out, lock, state["config"] if state is not None else cfg)
     if state is not None:
         model.load_state_dict(state["model"])
         trainer.load_state_dict(state["trainer"])
         set_rng_state(state["rng"], np_rng)
         print(f"resumed {out} at epoch {trainer.epoch + 1}, step {trainer.step}")
-    # A resume records (and warns of) versions other than the run's; its flags stay the run's.
-    drift = write_run_config(out / "config.json", state["config"] if state is not None else cfg)
-    if drift:
-        print(f"warning: resuming on other versions: {'; '.join(drift)}", file=sys.stderr)
     if cfg["compile"]:  # after loading: compiled blocks keep their state-dict names anyway
         compile_blocks(model)
     metrics = MetricsLog(out, cfg, wandb_id=state.get("wandb_id") if state else None)
@@ -523,18 +543,39 @@ def train_run(cfg: dict, lock: RunDirLock) -> int:
         f"{cfg['game']} {cfg['model_type']} ({cfg['backbone']}, {n_params / 1e6:.2f}M params): "
         f"{len(data)} transitions, {len(dataset)} windows, {trainer.steps_in_epoch()} steps/epoch"
     )
+    saved = {"epoch": trainer.epoch if state is not None else None}
+    try:
+        train_epochs(cfg, model, trainer, metrics, np_rng, saved)
+    except WriteError as e:
+        kept = (
+            f"the last good checkpoint {out / CHECKPOINT_NAME} (epoch {saved['epoch']}) is kept: "
+            "fix that (e.g. free disk space), then continue with --resume"
+            if saved["epoch"] is not None
+            else "no checkpoint was written: fix that, then start the run again"
+        )
+        print(f"error: {e}; {kept}", file=sys.stderr)
+        return 1
+    metrics.close()
+    return 0
+
+
+def train_epochs(cfg: dict, model, trainer: Trainer, metrics: MetricsLog, np_rng, saved) -> None:
+    """The epochs not yet done, each evaluated, logged and checkpointed (also every
+    --save_every steps); ``saved['epoch']`` follows the checkpoint on disk."""
+    ckpt_path = Path(cfg["out_dir"]) / CHECKPOINT_NAME
+    device = torch.device(cfg["device"])
 
     def save(tr: Trainer) -> None:
-        save_checkpoint(
-            ckpt_path,
-            {
-                "model": model.state_dict(),
-                "trainer": tr.state_dict(),
-                "rng": rng_state(np_rng),
-                "config": cfg,
-                "wandb_id": metrics.wandb_id,
-            },
-        )
+        state = {
+            "model": model.state_dict(),
+            "trainer": tr.state_dict(),
+            "rng": rng_state(np_rng),
+            "config": cfg,
+            "wandb_id": metrics.wandb_id,
+        }
+        with writing(ckpt_path):
+            save_checkpoint(ckpt_path, state)
+        saved["epoch"] = tr.epoch
 
     def every(tr: Trainer) -> None:
         if tr.step % cfg["save_every"] == 0:
@@ -549,10 +590,9 @@ def train_run(cfg: dict, lock: RunDirLock) -> int:
             res = evaluate_model(model, cfg, device)
             logs.update(eval_logs(res))
             print(eval_table([dict(res, run=f"epoch {trainer.epoch}")]))
-        metrics.log(trainer.epoch, trainer.global_step, logs)
+        with writing(metrics.path):
+            metrics.log(trainer.epoch, trainer.global_step, logs)
         save(trainer)
-    metrics.close()
-    return 0
 
 
 if __name__ == "__main__":

@@ -117,9 +117,10 @@ def memory_worker(out: Path) -> None:
     import numpy as np
     import torch
     from decision_transformer.models.factory import build_model
-    from decision_transformer.run import experiment as ex
     from decision_transformer.run.config import build_parser, resolve
-    from decision_transformer.run.distributed import DistContext, freeze_untrained_heads
+    from decision_transformer.run.distributed import DistContext
+    from decision_transformer.run.evaluation import Evaluation
+    from decision_transformer.run.parallel import FSDP
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.fsdp import FSDPModule
 
@@ -133,23 +134,26 @@ def memory_worker(out: Path) -> None:
         torch.manual_seed(0)
         return build_model(cfg.model_config(), S, A, 1000, -0.4, 0.4)
 
-    model = build()
-    freeze_untrained_heads(model)
-    model = ctx.wrap(model, fsdp=True)
+    parallel = FSDP(cfg, ctx)
+    model = parallel.wrap(build())
     mean, std = np.zeros(S), np.ones(S)
-    fn = ex.make_eval_fn(cfg, mean, std, 3000.0, ctx=ctx, lockstep=True)
+    sharded = Evaluation(cfg, (mean, std), [3000.0], ctx, lockstep=True)
     model.eval()
+
+    def sharded_evaluation() -> None:  # what the run does: the sharded model itself
+        with parallel.evaluating(model):
+            sharded(model)
 
     def full_copy() -> None:  # as before: the gathered full weights in a second full model
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
         copy = build()
         copy.load_state_dict(full)
-        ex.make_eval_fn(cfg, mean, std, 3000.0, ctx=ctx)(copy)
+        Evaluation(cfg, (mean, std), [3000.0], ctx)(copy)
 
     result = {}
     # Each phase runs once unmeasured first: envs, kernels and caches are set up by then.
     for name, phase in (
-        ("evaluation, sharded model", lambda: ex.evaluate_all([fn], True, model)),
+        ("evaluation, sharded model", sharded_evaluation),
         ("evaluation, full copy (before)", full_copy),
     ):
         phase()

@@ -14,7 +14,7 @@ extracted with ``git archive`` and run in a subprocess, so both are measured in 
   TorchDispatchMode); "kernels" leaves out the ones that only make views. With ``--cpu_compiled``
   also the launches under regional compilation, what train_humanoid_qwen_dt.py runs by default
   on CUDA. Target: those launches <= 60% of the baseline's eager ops.
-* host syncs per training step (``training/host_syncs.py``: item/bool, tolist, cpu, nonzero,
+* host syncs per training step (``tests/host_syncs.py``: item/bool, tolist, cpu, nonzero,
   boolean-mask indexing, blocking or pageable host-to-device copies, the sampler running its CUDA
   path with the copies kept on the CPU), the optimizer's step left out. Target: <= 1.
 * the step guard's cost per step (this tree only): weight-norm reads per step over a real
@@ -36,6 +36,7 @@ for ``qwen3-0.6b``.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import subprocess
@@ -78,9 +79,9 @@ BF16_PEAK_TFLOPS = {
 
 
 def load_host_syncs():
-    """training/host_syncs.py of this tree as a stand-alone module (it needs torch only), so the
+    """tests/host_syncs.py of this tree as a stand-alone module (it needs torch only), so the
     baseline tree, which lacks it, is counted by the same counter."""
-    path = ROOT / "gym/decision_transformer/training/host_syncs.py"
+    path = ROOT / "tests/host_syncs.py"
     spec = importlib.util.spec_from_file_location("bench_host_syncs", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -150,11 +151,8 @@ def guard_cost(model: torch.nn.Module, make_dataset) -> dict | None:
         trainer = SequenceTrainer(
             small,
             torch.optim.AdamW(small.parameters(), lr=1e-4),
-            batch_size=4,
-            get_batch=sampler,
-            loss_fn=None,
-            progress=False,
-            weight_check_interval=interval,
+            get_batch=functools.partial(sampler, 4),
+            options=trainer_module.TrainerOptions(progress=False, weight_check_interval=interval),
         )
         reads = []
         trainer_module.weight_norm = lambda p, reads=reads: reads.append(1) or real_norm(p)
@@ -183,6 +181,7 @@ def count_tree(compiled: bool = False) -> dict:
     from decision_transformer.data.sampler import BatchSampler
     from decision_transformer.models.decision_transformer_qwen3 import DecisionTransformerQwen3
     from decision_transformer.training import seq_trainer
+    from decision_transformer.training.trainer import TrainerOptions
     from torch.utils._python_dispatch import TorchDispatchMode
 
     torch.set_num_threads(1)
@@ -235,7 +234,7 @@ def count_tree(compiled: bool = False) -> dict:
         # instead: its kernels for one block (forward and backward; every layer reuses them) plus
         # the block's matmuls, which stay library calls. Ops outside the blocks stay eager.
         import torch._inductor.metrics as metrics
-        from decision_transformer.run.experiment import compile_regions
+        from decision_transformer.run.parallel import compile_regions
 
         one_layer, _ = count(1)
         per_block = len(ops) - len(one_layer)
@@ -261,11 +260,8 @@ def count_tree(compiled: bool = False) -> dict:
     trainer = seq_trainer.SequenceTrainer(
         small,
         optimizer,
-        batch_size=8,
-        get_batch=sampler,
-        loss_fn=lambda s_hat, a_hat, r_hat, s, a, r: torch.mean((a_hat - a) ** 2),
-        autocast_dtype=torch.bfloat16,
-        progress=False,
+        get_batch=functools.partial(sampler, 8),
+        options=TrainerOptions(autocast_dtype=torch.bfloat16, progress=False),
     )
     step = optimizer.step
     syncs = []
@@ -415,8 +411,11 @@ def cuda_run(
     from decision_transformer.data.sampler import BatchSampler
     from decision_transformer.models.factory import ModelConfig, build_model, count_params
     from decision_transformer.models.memory import estimate_training_memory
-    from decision_transformer.run.experiment import compile_regions, enable_tf32, use_fused_adamw
+    from decision_transformer.run.evaluation import enable_tf32
+    from decision_transformer.run.parallel import compile_regions
+    from decision_transformer.run.run import use_fused_adamw
     from decision_transformer.training.seq_trainer import SequenceTrainer
+    from decision_transformer.training.trainer import TrainerOptions
     from train_humanoid_qwen_dt import PRESETS
 
     cfg = ModelConfig(
@@ -439,11 +438,8 @@ def cuda_run(
     trainer = SequenceTrainer(
         model,
         optimizer,
-        batch_size,
-        sampler,
-        loss_fn=None,
-        autocast_dtype=torch.bfloat16,
-        progress=False,
+        functools.partial(sampler, batch_size),
+        options=TrainerOptions(autocast_dtype=torch.bfloat16, progress=False),
     )
     model.train()
     for _ in range(3 if not compiled else 6):  # warm-up (and compiles: padded and unpadded)

@@ -11,6 +11,7 @@ sequential evaluation on Humanoid-v5.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from decision_transformer.evaluation.evaluate_episodes import (  # noqa: E402
 )
 from decision_transformer.models.decision_transformer import DecisionTransformer  # noqa: E402
 from decision_transformer.training.seq_trainer import SequenceTrainer  # noqa: E402
+from decision_transformer.training.trainer import TrainerOptions  # noqa: E402
 
 S, A, EP_LEN = 348, 17, 1000  # Humanoid-v5 shapes
 
@@ -162,11 +164,10 @@ def bench_train_step(ds, repeats):
     trainer = SequenceTrainer(
         model,
         opt,
-        64,
-        sampler,
+        functools.partial(sampler, 64),
         lambda *x: torch.mean((x[1] - x[4]) ** 2),
         scheduler=sched,
-        progress=False,
+        options=TrainerOptions(progress=False),
     )
     batch = sampler(64)
 

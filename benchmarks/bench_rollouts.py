@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gym"))
 
 from decision_transformer.envs import get_spec, make_env, make_vector_env  # noqa: E402
 from decision_transformer.evaluation.evaluate_episodes import (  # noqa: E402
-    _run_chunk,
     evaluate_episode_rtg,
+    run_chunk,
 )
 from decision_transformer.evaluation.rollout import Rollout  # noqa: E402
 from decision_transformer.models.factory import build_model  # noqa: E402
@@ -133,7 +133,7 @@ def batched(env_name: str, model, n_envs: int, steps: int, mean, std) -> tuple[f
     try:
         ModelClock.lap()
         start = time.process_time()
-        _, lengths = _run_chunk(
+        _, lengths = run_chunk(
             envs, model, list(range(n_envs)), steps, spec.scale, mean, std,
             torch.device("cpu"), spec.env_targets[0] / spec.scale, "normal", True, None,
         )  # fmt: skip

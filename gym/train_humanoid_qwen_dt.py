@@ -37,8 +37,8 @@ from decision_transformer.models.memory import (
     estimate_evaluation_memory,
     estimate_training_memory,
 )
+from decision_transformer.run.cli import run_cli
 from decision_transformer.run.config import ConfigError, RunConfig, build_parser, resolve
-from decision_transformer.run.errors import run_cli
 from decision_transformer.run.experiment import run
 
 PRESETS: dict[str, dict] = {

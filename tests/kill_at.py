@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gym"))
 
-from decision_transformer.run import checkpoint, experiment  # noqa: E402
+from decision_transformer.run import checkpoint, evaluation, experiment  # noqa: E402
 from decision_transformer.training.trainer import Trainer  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def main() -> int:
     if moment == "step":
         Trainer.optimize_step = counting(Trainer.optimize_step, n)
     elif moment == "eval":
-        experiment.evaluate_returns = counting(experiment.evaluate_returns, n)
+        evaluation.evaluate_returns = counting(evaluation.evaluate_returns, n)
     elif moment == "checkpoint":
         # fsync runs once per checkpoint, between writing the temp file and renaming it.
         checkpoint.os.fsync = counting(os.fsync, n)

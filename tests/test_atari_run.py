@@ -190,3 +190,18 @@ def test_kill_9_then_resume_continues_exactly(replay, tmp_path):
     bad = run_dt(*args[:-2], "--eval_episodes", "0", "--batch_size", "8", "--out_dir", out,
                  "--resume")  # fmt: skip
     assert bad.returncode == 2 and "batch_size" in bad.stderr
+
+
+def test_path_flags_are_refused_before_any_work(tmp_path):
+    """--cache_dir naming a file (where the sampled replay would be cached) and an --out_dir
+    that cannot be made are refused in one line before the replay is read (there is none)."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    missing = tmp_path / "no-replay-here"
+    common = [*TINY, "--data_dir_prefix", missing, "--epochs", "1"]
+    proc = run_dt(*common, "--cache_dir", a_file, "--out_dir", tmp_path / "run")
+    assert_one_line_error(proc, f"--cache_dir {a_file} is a file, not a folder")
+    long_name = tmp_path / "parent" / ("x" * 300)
+    proc = run_dt(*common, "--out_dir", long_name)
+    assert_one_line_error(proc, "cannot create it: File name too long (ENAMETOOLONG)")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "parent").exists()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from decision_transformer.run.config import ConfigError, build_parser, resolve, resolve_targets
-from decision_transformer.run.experiment import lr_factor
+from decision_transformer.run.run import lr_factor
 
 ORIGINAL_DEFAULTS = dict(
     env="hopper",

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,8 +150,9 @@ def test_ddp_grad_accumulation_equals_twice_the_batch(data_dir, tmp_path, one_pr
 
 def test_nan_on_one_rank_stops_both_at_the_same_step(data_dir, tmp_path):
     out = tmp_path / "nan"
-    launch = torchrun_args(2)
-    env = {**script_env(), "DT_TEST_NAN_AT": "1:7"}  # rank 1, optimizer step 7 (iteration 2)
+    # tests/nan_at.py poisons rank 1's batch at optimizer step 7 (iteration 2).
+    launch = [*torchrun_args(2, str(Path(__file__).resolve().parent / "nan_at.py")), "1:7"]
+    env = script_env()
     args = ["--env", "humanoid", "--data_dir", str(data_dir), "--out_dir", str(out), *TINY]
     # The timeout is the bound: a rank waiting in an all-reduce would hang until it.
     proc = subprocess.run(

@@ -66,31 +66,25 @@ class SpyBatches:
         return self.batches(*args, **kwargs)
 
 
-def build_run(cfg, ctx, data, eval_fns: bool = True):
-    """The run's phases up to the trainer, as run() calls them."""
-    import numpy as np
-    from decision_transformer.run import experiment as ex
+def build_run(cfg, ctx, data, evaluate: bool = True):
+    """The run built as Run.setup builds it (its model, trainer, batches and evaluation) on the
+    inputs ``data``, in the world ``ctx``."""
+    from decision_transformer.run.run import Run
 
-    fsdp = cfg.fsdp and ctx.world_size > 1
-    cfg.world_size = ctx.world_size
-    torch.manual_seed(cfg.seed)
-    np_rng = np.random.default_rng(cfg.seed)
-    model = ex.build_policy(cfg, ctx, fsdp, data, None)
-    train_model = ex.wrap_model(cfg, ctx, fsdp, model)
-    optimizer, scheduler = ex.make_optimizer(cfg, train_model)
-    batches = ex.make_batches(cfg, ctx, data, np_rng, 0)
-    targets = [3000.0]
-    fns = ex.make_evaluation(cfg, ctx, fsdp, data, train_model, targets) if eval_fns else []
-    trainer = ex.make_trainer(cfg, ctx, train_model, optimizer, scheduler, batches, fns)
-    return train_model, trainer, batches
+    run = Run(cfg, ctx)
+    run.data, run.targets = data, [3000.0]
+    run.build()
+    if not evaluate:
+        run.evaluation = None
+    return run
 
 
 def check_mesh(ctx, data_dir, out) -> dict:
-    from decision_transformer.run import experiment as ex
     from decision_transformer.run.fsdp import describe_mesh
+    from decision_transformer.run.parallel import make_parallel
 
     cfg = make_cfg(data_dir, str(out / "mesh"), "--fsdp", "--n_layer", "1")
-    model = ex.wrap_model(cfg, ctx, True, ex.RunData.build_model(DATA[0], cfg))
+    model = make_parallel(cfg, ctx).wrap(DATA[0].build_model(cfg))
     p = next(model.parameters())
     return {
         "local_world_size": ctx.local_world_size,
@@ -103,11 +97,11 @@ def check_mesh(ctx, data_dir, out) -> dict:
 def check_local_rank_first(ctx, data_dir, out) -> dict:
     """Item 5: the node's local rank 0 loads first (it takes its time and leaves a mark the
     others must find), and a failure there releases the others instead of hanging them."""
-    from decision_transformer.run import experiment as ex
+    from decision_transformer.run import inputs
 
     marker = out / f"node{ctx.rank // ctx.local_world_size}.loaded"
     seen: dict = {}
-    real = ex.load_dataset
+    real = inputs.load_dataset
 
     def load_dataset(*args, **kwargs):
         if ctx.local_rank == 0:
@@ -117,11 +111,11 @@ def check_local_rank_first(ctx, data_dir, out) -> dict:
             seen["marker"] = marker.exists()
         return real(*args, **kwargs)
 
-    ex.load_dataset = load_dataset
+    inputs.load_dataset = load_dataset
     try:
-        data = ex.load_data(make_cfg(data_dir, str(out / "load")), ctx)
+        data = inputs.load_data(make_cfg(data_dir, str(out / "load")), ctx)
     finally:
-        ex.load_dataset = real
+        inputs.load_dataset = real
     DATA.append(data)
     failed = False
     try:
@@ -136,22 +130,21 @@ def check_local_rank_first(ctx, data_dir, out) -> dict:
 def check_ddp_build(ctx, data_dir, out) -> dict:
     """Item 6: DDP ranks other than 0 build on the meta device and get rank 0's weights."""
     from decision_transformer.models.factory import build_model
-    from decision_transformer.run import experiment as ex
     from decision_transformer.run.distributed import unwrap
+    from decision_transformer.run.inputs import RunData
 
     data = DATA[0]
     cfg = make_cfg(data_dir, str(out / "ddp"), "--n_layer", "2")
     built: list[str] = []
 
-    class Recording(ex.RunData):
+    class Recording(RunData):
         def build_model(self, cfg):
             model = super().build_model(cfg)
             built.append(next(model.parameters()).device.type)
             return model
 
     rec = Recording(**{f: getattr(data, f) for f in data.__dataclass_fields__})
-    torch.manual_seed(cfg.seed)
-    model = ex.wrap_model(cfg, ctx, False, ex.build_policy(cfg, ctx, False, rec, None))
+    model = build_run(cfg, ctx, rec).model
     torch.manual_seed(cfg.seed)  # what one process builds from the seed
     one = build_model(
         cfg.model_config(), data.state_dim, data.act_dim, data.spec.max_ep_len,
@@ -162,8 +155,11 @@ def check_ddp_build(ctx, data_dir, out) -> dict:
 
 def check_ddp_bf16_grads(ctx, data_dir, out) -> dict:
     """Item 7: --ddp_bf16_grads all-reduces bf16-rounded gradients; the default does not."""
+    from dataclasses import replace
+
     from decision_transformer.models.factory import build_model
     from decision_transformer.run.distributed import freeze_untrained_heads
+    from decision_transformer.run.parallel import DDP
 
     data = DATA[0]
     cfg = make_cfg(data_dir, str(out / "bf16g"), "--n_layer", "1")
@@ -172,7 +168,7 @@ def check_ddp_bf16_grads(ctx, data_dir, out) -> dict:
         torch.manual_seed(0)
         model = build_model(cfg.model_config(), data.state_dim, data.act_dim, 100, -1.0, 1.0)
         freeze_untrained_heads(model)
-        ddp = ctx.wrap(model, bf16_grads=compressed)
+        ddp = DDP(replace(cfg, ddp_bf16_grads=compressed), ctx).distribute(model)
         g = torch.Generator().manual_seed(10 + ctx.rank)  # different data on each rank
         s, a = torch.randn(4, 5, data.state_dim, generator=g), torch.randn(4, 5, 17, generator=g)
         r, t = torch.randn(4, 5, 1, generator=g), torch.randint(0, 100, (4, 5), generator=g)
@@ -186,10 +182,12 @@ def check_ddp_bf16_grads(ctx, data_dir, out) -> dict:
 def check_fsdp_accumulation_and_evaluation(ctx, data_dir, out) -> dict:
     """Items 1 and 2: an FSDP run with accumulation (2 micro-steps) and its evaluation after
     each iteration, against one process with the whole batch and a full model."""
+    from dataclasses import replace
+
     import numpy as np
     from decision_transformer.models.factory import transformer_blocks
-    from decision_transformer.run import experiment as ex
     from decision_transformer.run.distributed import DistContext
+    from decision_transformer.run.evaluation import episode_seeds, evaluate_returns
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.tensor import DTensor
 
@@ -200,7 +198,8 @@ def check_fsdp_accumulation_and_evaluation(ctx, data_dir, out) -> dict:
         data_dir, str(out / "acc"), *flags, "--fsdp", "--batch_size", "4", "--grad_accum_steps",
         "2", "--num_steps_per_iter", "2",
     )  # fmt: skip
-    model, trainer, batches = build_run(cfg, ctx, data)
+    run = build_run(cfg, ctx, data)
+    model, trainer, batches = run.model, run.trainer, run.batches
     blocks = transformer_blocks(model)
     sharded_after_micro: list[bool] = []
 
@@ -222,7 +221,8 @@ def check_fsdp_accumulation_and_evaluation(ctx, data_dir, out) -> dict:
         next(b.children()).register_forward_pre_hook(count_gathered)
     logs, calls = [], []
     for i in range(2):
-        logs.append(trainer.train_iteration(2, iter_num=i + 1))
+        # What Run.iteration does: train, then assess (validation, evaluation).
+        logs.append(run.assess(trainer.train_iteration(2, iter_num=i + 1), evaluate=True))
         calls.append(len(gathered) - sum(calls))
     resharded = all(isinstance(p, DTensor) for p in model.parameters())
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
@@ -230,16 +230,17 @@ def check_fsdp_accumulation_and_evaluation(ctx, data_dir, out) -> dict:
     # One process, the global batch (16 or 32), a plain model: the same windows and weights.
     global_batch = str(4 * ctx.world_size * 2)
     one = make_cfg(data_dir, str(out / "one"), *flags, "--batch_size", global_batch)
-    one.num_steps_per_iter = 2
-    ref, ref_trainer, _ = build_run(one, DistContext(), data, eval_fns=False)
+    one = replace(one, num_steps_per_iter=2, world_size=1)
+    ref_run = build_run(one, DistContext(), data, evaluate=False)
+    ref, ref_trainer = ref_run.model, ref_run.trainer
     for i in range(2):
         ref_trainer.train_iteration(2, iter_num=i + 1)
     diff = max((full[k] - v).abs().max().item() for k, v in ref.state_dict().items())
     # The sharded evaluation against the full model with the very same weights, in one process.
     ref.load_state_dict(full)
-    seeds = ex.episode_seeds(cfg.seed, episodes)
+    seeds = episode_seeds(cfg.seed, episodes)
     mean, std = data.dataset.state_mean, data.dataset.state_std
-    returns, lengths = ex.evaluate_returns(one, ref, mean, std, 3000.0, seeds)
+    returns, lengths = evaluate_returns(one, ref, (mean, std), 3000.0, seeds)
     key = "evaluation/target_3000"
     return {
         "sharded_after_micro": sharded_after_micro,
@@ -262,7 +263,7 @@ def check_bf16_fsdp_vs_ddp(ctx, data_dir, out) -> dict:
     for mode in ("ddp", "fsdp"):
         extra = ["--fsdp"] if mode == "fsdp" else []
         cfg = make_cfg(data_dir, str(out / mode), *flags, *extra, backbone="qwen3")
-        _, trainer, _ = build_run(cfg, ctx, data, eval_fns=False)
+        trainer = build_run(cfg, ctx, data, evaluate=False).trainer
         trainer.model.train()
         losses[mode] = [trainer.train_step() for _ in range(4)]
     return losses

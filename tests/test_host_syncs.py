@@ -1,8 +1,10 @@
 """At most one host-device synchronisation per training step, for the Qwen3 DT, the GPT-2 DT and
-BC, counted on the CPU by recognising what would wait on CUDA (see training/host_syncs.py).
+BC, counted on the CPU by recognising what would wait on CUDA (see tests/host_syncs.py).
 
 The sampler runs its CUDA path (pinned memory, non-blocking copies) with the copies kept on the
 CPU; the one sync allowed is the trainer's single fetch of the step's numbers."""
+
+import functools
 
 import numpy as np
 import pytest
@@ -13,8 +15,9 @@ from decision_transformer.models.decision_transformer import DecisionTransformer
 from decision_transformer.models.decision_transformer_qwen3 import DecisionTransformerQwen3
 from decision_transformer.models.mlp_bc import MLPBCModel
 from decision_transformer.training.act_trainer import ActTrainer
-from decision_transformer.training.host_syncs import HostSyncCounter
 from decision_transformer.training.seq_trainer import SequenceTrainer, masked_action_mse
+from decision_transformer.training.trainer import TrainerOptions
+from host_syncs import HostSyncCounter
 from rollouts import rollout_paths
 
 K = 10
@@ -47,11 +50,9 @@ def make_trainer(kind: str, dataset, sampler_device: str, autocast=None):
     return trainer_cls(
         model,
         torch.optim.AdamW(model.parameters(), lr=1e-4),
-        batch_size=4,
-        get_batch=sampler,
+        get_batch=functools.partial(sampler, 4),
         loss_fn=lambda s_hat, a_hat, r_hat, s, a, r: torch.mean((a_hat - a) ** 2),
-        autocast_dtype=autocast,
-        progress=False,
+        options=TrainerOptions(autocast_dtype=autocast, progress=False),
     )
 
 
@@ -61,10 +62,10 @@ def make_trainer(kind: str, dataset, sampler_device: str, autocast=None):
 def test_one_host_sync_per_training_step(kind, autocast, dataset):
     trainer = make_trainer(kind, dataset, "cuda", autocast)
     padded = []
-    sampler = trainer.get_batch
+    sampler, (b,) = trainer.get_batch.func, trainer.get_batch.args  # BatchSampler, batch size
     whole = np.flatnonzero(dataset.lengths >= K)[:1]  # an episode that fills a window
 
-    def get_batch(b):
+    def get_batch():
         # Every other batch starts at step 0 of a long episode: no padding anywhere.
         if len(padded) % 2:
             batch = sampler(b)

@@ -19,7 +19,7 @@ from decision_transformer.evaluation.rollout import Rollout
 from decision_transformer.models.decision_transformer import DecisionTransformer
 from decision_transformer.models.decision_transformer_qwen3 import DecisionTransformerQwen3
 from decision_transformer.models.factory import transformer_blocks
-from decision_transformer.run import experiment
+from decision_transformer.run import experiment, inputs, parallel
 from decision_transformer.run.distributed import apply_activation_checkpointing
 from decision_transformer.training import trainer as trainer_module
 from decision_transformer.training.seq_trainer import masked_action_mse
@@ -109,7 +109,7 @@ def test_activation_checkpointing_flag_recomputes_in_a_real_run(
     """experiment.py --activation_checkpointing: each optimizer step runs every block's forward
     twice (forward, then again in backward), and the run ends where one without it ends."""
     seen = {}
-    real = experiment.apply_activation_checkpointing
+    real = parallel.apply_activation_checkpointing
 
     def spy(model):
         seen["wrapped"] = real(model)
@@ -117,7 +117,7 @@ def test_activation_checkpointing_flag_recomputes_in_a_real_run(
         seen["per_forward"] = sum(len(leaf_layers(b)) for b in transformer_blocks(model))
         return seen["wrapped"]
 
-    monkeypatch.setattr(experiment, "apply_activation_checkpointing", spy)
+    monkeypatch.setattr(parallel, "apply_activation_checkpointing", spy)
     flags = ["--n_layer", "2", "--num_eval_episodes", "0"]
     got = train_in_process(humanoid_data, tmp_path / "ac", *flags, "--activation_checkpointing")
     steps = 2 * 5  # TINY: 2 iterations of 5 steps
@@ -165,19 +165,19 @@ def test_compile_flag_compiles_each_block_and_nothing_else(
     """experiment.py --compile: every training forward of every block runs compiled code, one
     graph serves both layers (regional compilation), and the model around them stays eager."""
     models = []
-    real_wrap = experiment.wrap_model
+    real_wrap = parallel.Parallel.wrap
 
     def keep(*args):
         out = real_wrap(*args)
         models.append(out)
         return out
 
-    experiment.wrap_model = keep
+    parallel.Parallel.wrap = keep
     try:
         flags = ["--n_layer", "2", "--num_eval_episodes", "0", "--dropout", "0"]
         ckpt = train_in_process(humanoid_data, tmp_path / "c", *flags, "--compile")
     finally:
-        experiment.wrap_model = real_wrap
+        parallel.Parallel.wrap = real_wrap
     (model,) = models
     blocks = transformer_blocks(model)
     assert len(blocks) == 2 and all(b._compiled_call_impl is not None for b in blocks)
@@ -186,14 +186,14 @@ def test_compile_flag_compiles_each_block_and_nothing_else(
     assert counting_compile.runs == 2 * 2 * 5  # layers x iterations x steps
     # The checkpoint loads into an eager model: no compile wrapper in its names.
     assert not any("_orig_mod" in k for k in ckpt["model"])
-    assert ckpt["model"].keys() == experiment.unwrap(model).state_dict().keys()
+    assert ckpt["model"].keys() == parallel.unwrap(model).state_dict().keys()
 
 
 def test_compile_regions_compiles_bc_whole(counting_compile):
     from decision_transformer.models.mlp_bc import MLPBCModel
 
     model = MLPBCModel(S, A, 16, n_layer=2, max_length=K)
-    experiment.compile_regions(model)
+    parallel.compile_regions(model)
     states = torch.randn(3, K, S)
     model(states, None, None)
     model(states, None, None)
@@ -228,10 +228,14 @@ def test_step_guard_stops_a_step_just_past_the_threshold(factor, stops):
 
     class Tiny(trainer_module.Trainer):
         def train_step(self):
-            x, y = self.get_batch(self.batch_size)
-            return self.optimize(torch.mean((self.model(x) - y) ** 2))
+            x, y = self.get_batch()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = torch.mean((self.model(x) - y) ** 2)
+            loss.backward()
+            return self.optimize_step(loss.detach().float())
 
-    tr = Tiny(model, opt, 8, get_batch, loss_fn=None, progress=False)
+    options = trainer_module.TrainerOptions(progress=False)
+    tr = Tiny(model, opt, functools.partial(get_batch, 8), options=options)
     tr.train_iteration(2, iter_num=1)  # lr 0: weights unchanged, the norm is recorded
 
     def scaled_step(*a, **k):
@@ -412,7 +416,7 @@ def test_bf16_run_computes_in_bf16(humanoid_data, tmp_path, monkeypatch, model_t
     """--dtype bf16 trains and evaluates the GPT-2 DT and BC with their matmuls in bf16 (autocast)
     while the weights stay fp32; the losses differ from an fp32 run's, as bf16 rounding does."""
     dtypes = set()
-    real_build = experiment.RunData.build_model
+    real_build = inputs.RunData.build_model
 
     def build(self, cfg):
         model = real_build(self, cfg)
@@ -422,7 +426,7 @@ def test_bf16_run_computes_in_bf16(humanoid_data, tmp_path, monkeypatch, model_t
                 m.register_forward_hook(lambda mod, i, out: dtypes.add(out.dtype))
         return model
 
-    monkeypatch.setattr(experiment.RunData, "build_model", build)
+    monkeypatch.setattr(inputs.RunData, "build_model", build)
     flags = ["--model_type", model_type, "--max_iters", "1"]
     ck = train_in_process(humanoid_data, tmp_path / "bf16", *flags, "--dtype", "bf16")
     assert ck["config"]["dtype"] == "bf16" and dtypes == {torch.bfloat16}
@@ -457,10 +461,12 @@ def test_one_host_sync_per_step_with_rank_batches_and_accumulation(kind, one_pro
     from decision_transformer.data.sampler import BatchSampler
     from decision_transformer.data.trajectories import TrajectoryDataset
     from decision_transformer.models.mlp_bc import MLPBCModel
-    from decision_transformer.run.distributed import DistContext, RankBatches
+    from decision_transformer.run.batches import RankBatches
+    from decision_transformer.run.distributed import DistContext
     from decision_transformer.training.act_trainer import ActTrainer
-    from decision_transformer.training.host_syncs import HostSyncCounter
     from decision_transformer.training.seq_trainer import SequenceTrainer
+    from decision_transformer.training.trainer import TrainerOptions
+    from host_syncs import HostSyncCounter
     from rollouts import rollout_paths
 
     data = TrajectoryDataset.from_paths(rollout_paths("hopper", episodes=4, max_steps=40))
@@ -479,9 +485,9 @@ def test_one_host_sync_per_step_with_rank_batches_and_accumulation(kind, one_pro
     object.__setattr__(ctx, "all_reduce_sum", lambda t: reduced.append(1) or real_reduce(t))
     cls = ActTrainer if kind == "bc" else SequenceTrainer
     trainer = cls(
-        model, torch.optim.AdamW(model.parameters(), lr=1e-4), 4, batches,
+        model, torch.optim.AdamW(model.parameters(), lr=1e-4), batches,
         loss_fn=lambda s_hat, a_hat, r_hat, s, a, r: torch.mean((a_hat - a) ** 2),
-        progress=False, grad_accum_steps=2, ctx=ctx,
+        options=TrainerOptions(progress=False, grad_accum_steps=2), ctx=ctx,
     )  # fmt: skip
     step = trainer.optimizer.step
     with HostSyncCounter(fake_cuda=True) as counter:
@@ -538,8 +544,10 @@ def test_accumulation_in_one_process_equals_the_whole_batch():
     and fast; tests/test_distributed.py checks the same across ranks."""
     from decision_transformer.data.sampler import BatchSampler
     from decision_transformer.data.trajectories import TrajectoryDataset
-    from decision_transformer.run.distributed import DistContext, RankBatches
+    from decision_transformer.run.batches import RankBatches
+    from decision_transformer.run.distributed import DistContext
     from decision_transformer.training.seq_trainer import SequenceTrainer
+    from decision_transformer.training.trainer import TrainerOptions
     from rollouts import rollout_paths
 
     # Short episodes: windows are padded, so the token weighting matters.
@@ -554,8 +562,8 @@ def test_accumulation_in_one_process_equals_the_whole_batch():
         sampler = BatchSampler(data, 10, 1000, 1000.0, rng=np.random.default_rng(0))
         batches = RankBatches(sampler, 0, DistContext(), batch_size, accum, per_token=True)
         trainer = SequenceTrainer(
-            model, torch.optim.AdamW(model.parameters(), lr=1e-2), batch_size, batches,
-            loss_fn=None, progress=False, grad_accum_steps=accum,
+            model, torch.optim.AdamW(model.parameters(), lr=1e-2), batches,
+            options=TrainerOptions(progress=False, grad_accum_steps=accum),
         )  # fmt: skip
         losses = [trainer.train_step() for _ in range(4)]
         finals.append((losses, [p.detach().clone() for p in model.parameters()]))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from decision_transformer.models.decision_transformer import DecisionTransformer
 from decision_transformer.models.decision_transformer_qwen3 import DecisionTransformerQwen3
-from decision_transformer.run.experiment import compile_regions
+from decision_transformer.run.parallel import compile_regions
 from decision_transformer.training.seq_trainer import masked_action_mse
 
 S, A, K = 5, 3, 4

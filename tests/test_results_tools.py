@@ -108,27 +108,22 @@ def test_evaluate_reproduces_the_runs_last_evaluation(run, request):
     [("cuda:0", "cuda", True), ("cuda:3", "cuda:0", True), ("cpu", "cuda", False)]
     + [("cuda:0", "cpu", False), ("cpu", "cpu", False)],
 )
-def test_evaluate_uses_the_runs_tf32(tf32_flags_restored, run_device, device, tf32):
+def test_evaluate_uses_the_runs_tf32(run_device, device, tf32):
     """A run trained on CUDA ran its fp32 matmuls (training and its own evaluation) in TF32;
     evaluate.py on CUDA does too, and leaves IEEE fp32 alone otherwise. (CPU only here: the
     switches are torch's global flags, which a CPU build sets and reads all the same.)"""
     from decision_transformer.run.evaluate_checkpoint import match_run_numerics
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    assert match_run_numerics(run_device, device) is tf32
-    assert torch.backends.cuda.matmul.allow_tf32 is tf32
-    assert torch.backends.cudnn.allow_tf32 is tf32
-
-
-@pytest.fixture
-def tf32_flags_restored():
-    """Puts torch's TF32 switches back as they were. Not monkeypatch: these are properties of
-    torch's backend modules, not instance attributes, and pytest 9.2's undo deletes what it
-    finds missing from the instance (AttributeError in teardown)."""
+    # Saved and restored by hand: torch 2.13's cuBLAS flag object hides the attribute from
+    # monkeypatch's getattr, whose undo then fails.
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        assert match_run_numerics(run_device, device) is tf32
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32
+        assert torch.backends.cudnn.allow_tf32 is tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def test_batched_evaluation_agrees_with_the_sequential_run(dt_run, tmp_path):

@@ -106,3 +106,112 @@ def test_a_filesystem_without_locks_runs_unguarded_and_says_so(tmp_path, monkeyp
         assert lock._file is None
     err = capsys.readouterr().err
     assert err.startswith(f"warning: cannot lock {tmp_path} (Function not implemented)"), err
+
+
+# --- what the filesystem does to the run folder ------------------------------------------------
+
+
+def test_an_out_dir_that_cannot_be_created_is_refused_before_the_data_is_read(
+    data_dir, tmp_path, monkeypatch
+):
+    """A name too long for the filesystem passes every check that does not try (the place is
+    writable): the run makes the folder and removes it again before reading any data."""
+    from decision_transformer.run import inputs
+
+    def never(*args, **kwargs):
+        raise AssertionError("the dataset was read")
+
+    monkeypatch.setattr(inputs, "load_dataset", never)
+    out = tmp_path / "parent" / ("x" * 300)
+    proc = train(data_dir, out)
+    assert_one_line_error(proc, "cannot create it: File name too long (ENAMETOOLONG)")
+    assert "--out_dir" in proc.stderr and not (tmp_path / "parent").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1.2 MB filesystem (tmpfs; needs root): room for one tiny run's checkpoint
+    (~0.8 MB) but not for the next one beside it. ``grow()`` frees space (a bigger disk)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
+
+    def grow():
+        subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
+
+    try:
+        yield disk, grow
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_stops_in_one_line_keeps_the_checkpoint_and_resume_continues(
+    data_dir, tmp_path, small_disk
+):
+    disk, grow = small_disk
+    out = disk / "run"
+    proc = train(data_dir, out, "--max_iters", "3")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"cannot write {out / 'checkpoint.pt'}: No space left on device (ENOSPC)" in lines[0]
+    assert f"{out / 'checkpoint.pt'} (iteration 1) is kept" in lines[0] and "--resume" in lines[0]
+    # The old checkpoint is whole and no temp file is left behind.
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 1
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".lock", "checkpoint.pt", "config.json", "metrics.jsonl",
+    ]  # fmt: skip
+    grow()
+    assert train(data_dir, out, "--max_iters", "3", "--resume").returncode == 0
+    whole = tmp_path / "whole"
+    assert train(data_dir, whole, "--max_iters", "3").returncode == 0
+    (w_cut, loss_cut), (w_whole, loss_whole) = state(out), state(whole)
+    assert loss_cut == loss_whole and len(loss_cut) == 3
+    assert all(torch.equal(v, w_whole[k]) for k, v in w_cut.items())
+
+
+def test_a_write_failing_mid_run_without_root_stops_in_one_line(data_dir, tmp_path, monkeypatch):
+    """The same without a small disk (no root needed): the file the 2nd checkpoint is written
+    to takes 1000 bytes and then reports ENOSPC, as a full disk does, inside torch.save."""
+    from decision_transformer.run import checkpoint
+
+    real = checkpoint._Sink.write
+    writes = {"checkpoints": 0}
+
+    class Full:
+        """The temp file, once the disk is full."""
+
+        def __init__(self, f):
+            self.flush = f.flush
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write(self, data):
+        if writes["checkpoints"] == 2 and getattr(self, "written", 0) + len(data) > 1000:
+            self.f = Full(self.f)
+        self.written = getattr(self, "written", 0) + len(data)
+        return real(self, data)
+
+    real_init = checkpoint._Sink.__init__
+
+    def init(self, f):
+        writes["checkpoints"] += 1
+        real_init(self, f)
+
+    monkeypatch.setattr(checkpoint._Sink, "write", write)
+    monkeypatch.setattr(checkpoint._Sink, "__init__", init)
+    out = tmp_path / "run"
+    proc = train(data_dir, out, "--max_iters", "3")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert "No space left on device (ENOSPC)" in line and "(iteration 1) is kept" in line
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 1
+    assert not list(out.glob("*.tmp"))
+    monkeypatch.undo()
+    assert train(data_dir, out, "--max_iters", "3", "--resume").returncode == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 3

@@ -9,21 +9,25 @@ import shutil
 import pytest
 import torch
 from cli import TINY, run_script
-from decision_transformer.run import experiment
+from decision_transformer.run import experiment, state
 from decision_transformer.run.config import build_parser, resolve
+from decision_transformer.run.run import print_logs
 from decision_transformer.training import trainer as trainer_module
-from decision_transformer.training.trainer import NonFiniteError, Trainer
+from decision_transformer.training.trainer import NonFiniteError, Trainer, TrainerOptions
 from rollouts import write_dataset
 
 STEPS = 5  # per iteration, as in TINY
 
 
 class TinyTrainer(Trainer):
-    """A linear regression through the real Trainer.optimize / train_iteration."""
+    """A linear regression through the real Trainer.optimize_step / train_iteration."""
 
     def train_step(self) -> float:
-        x, y = self.get_batch(self.batch_size)
-        return self.optimize(torch.mean((self.model(x) - y) ** 2))
+        x, y = self.get_batch(8)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = torch.mean((self.model(x) - y) ** 2)
+        loss.backward()
+        return self.optimize_step(loss.detach().float())
 
 
 def tiny_trainer(**kw) -> TinyTrainer:
@@ -36,7 +40,7 @@ def tiny_trainer(**kw) -> TinyTrainer:
         return x, x[:, :2] * 0.5
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    return TinyTrainer(model, opt, 8, get_batch, loss_fn=None, **kw)
+    return TinyTrainer(model, opt, get_batch, options=TrainerOptions(**kw))
 
 
 def weights(model) -> dict:
@@ -127,7 +131,7 @@ def test_blow_up_between_checks_is_caught_before_the_iteration_ends(bad_step):
 def test_progress_lines_when_no_bar(capsys):
     # Under pytest stderr is no terminal, so no bar: lines must replace it.
     trainer = tiny_trainer(progress=True, progress_interval=0.0)
-    trainer.train_iteration(3, iter_num=7, print_logs=True)
+    print_logs(7, trainer.train_iteration(3, iter_num=7))
     out = capsys.readouterr().out
     lines = [x for x in out.splitlines() if x.startswith("iteration 7: step")]
     assert len(lines) == 3 and lines[-1].startswith("iteration 7: step 3/3, loss ")
@@ -165,7 +169,7 @@ def run_in_process(data_dir, out, harm=None, harm_step=None, interval=None) -> i
         "0",
     ]
     cfg = resolve(build_parser().parse_args(argv), "gpt2")
-    real_save, real_optimize = experiment.save_checkpoint, Trainer.optimize_step
+    real_save, real_optimize = state.save_checkpoint, Trainer.optimize_step
 
     def save(path, payload):
         real_save(path, payload)
@@ -180,7 +184,7 @@ def run_in_process(data_dir, out, harm=None, harm_step=None, interval=None) -> i
         return real_optimize(self, loss)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(experiment, "save_checkpoint", save)
+        mp.setattr(state, "save_checkpoint", save)
         mp.setattr(Trainer, "optimize_step", optimize)
         if interval is not None:
             mp.setattr(trainer_module, "WEIGHT_CHECK_INTERVAL", interval)

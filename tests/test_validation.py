@@ -17,11 +17,12 @@ from decision_transformer.envs import get_spec, make_env
 from decision_transformer.models.factory import build_model
 from decision_transformer.run import evaluate_checkpoint, experiment
 from decision_transformer.run.config import ConfigError, RunConfig, build_parser, resolve
-from decision_transformer.run.distributed import DistContext
+from decision_transformer.run.evaluation import target_key
 from decision_transformer.run.plots import load_run, markdown_table
+from decision_transformer.run.run import Run
 from decision_transformer.run.selection import Selection
-from decision_transformer.training.host_syncs import HostSyncCounter
 from decision_transformer.training.validation import VALIDATION_KEY, overfitting
+from host_syncs import HostSyncCounter
 from rollouts import write_dataset
 from test_distributed import EXACT, torchrun_args
 
@@ -67,7 +68,8 @@ def run_config(data_dir, *args) -> RunConfig:
 
 def test_held_out_episodes_never_train_nor_normalise(data_dir, monkeypatch):
     cfg = run_config(data_dir, *VAL)
-    data = experiment.load_data(cfg)
+    run = Run(cfg)
+    data, _ = run.load_inputs()
     train_eps, val_eps = data.train_episodes, data.val_episodes
     assert len(val_eps) == 3 and len(train_eps) == EPISODES - 3
     assert not set(train_eps) & set(val_eps)
@@ -80,7 +82,7 @@ def test_held_out_episodes_never_train_nor_normalise(data_dir, monkeypatch):
         return ep, si
 
     monkeypatch.setattr(BatchSampler, "draw", recording)
-    batches = experiment.make_batches(cfg, DistContext(), data, np.random.default_rng(0), 0)
+    batches = run.make_batches(np.random.default_rng(0))
     for _ in range(100):
         batches()
     seen = set(np.concatenate(drawn).tolist())
@@ -103,8 +105,9 @@ def test_fraction_counts_and_one_host_sync(data_dir):
     assert len(split_episodes(0.25, EPISODES, 0)[1]) == 2  # round(2.5) to even: 2
     assert len(split_episodes(0.01, EPISODES, 0)[1]) == 1  # a fraction holds out at least one
     cfg = run_config(data_dir, *VAL)
-    data = experiment.load_data(cfg)
-    fn = experiment.make_validation(cfg, DistContext(), data)
+    run = Run(cfg)
+    data, _ = run.load_inputs()
+    fn = run.make_validation()
     model = data.build_model(cfg).eval()
     with HostSyncCounter() as syncs:
         fn(model)
@@ -273,7 +276,7 @@ def test_select_by_return_at_a_target(data_dir, tmp_path):
     )  # fmt: skip
     best = load(out / "best.pt")
     p50 = float(np.percentile(load_dataset(data_dir, "humanoid", "medium").returns, 50))
-    key = f"evaluation/{experiment.target_key(round(p50, 1))}_return_mean"
+    key = f"evaluation/{target_key(round(p50, 1))}_return_mean"
     returns = [r[key] for r in rows(out)]
     assert best["iteration"] == 1 + returns.index(max(returns))
     assert not any(VALIDATION_KEY in r for r in rows(out))

@@ -51,7 +51,7 @@ from decision_transformer.provenance import (  # noqa: E402
     describe_versions,
     stack_versions,
 )
-from decision_transformer.run.errors import HelpFormatter, OneLineParser, run_cli  # noqa: E402
+from decision_transformer.run.cli import HelpFormatter, OneLineParser, run_cli  # noqa: E402
 from decision_transformer.run.paths import check_output_dir  # noqa: E402
 
 DATASET_NAME = "collected"

@@ -35,7 +35,7 @@ from decision_transformer.data.minari_io import (  # noqa: E402
 )
 from decision_transformer.data.pickle_io import save_paths  # noqa: E402
 from decision_transformer.errors import UserError, one_line  # noqa: E402
-from decision_transformer.run.errors import HelpFormatter, OneLineParser, report  # noqa: E402
+from decision_transformer.run.cli import HelpFormatter, OneLineParser, report  # noqa: E402
 from decision_transformer.run.paths import check_output_dir  # noqa: E402
 
 D4RL_ENVS = ("hopper", "halfcheetah", "walker2d", "ant")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from decision_transformer.data import suite  # noqa: E402
 from decision_transformer.provenance import describe_versions  # noqa: E402
-from decision_transformer.run.errors import (  # noqa: E402
+from decision_transformer.run.cli import (  # noqa: E402
     HelpFormatter,
     OneLineParser,
     UserError,

@@ -4,7 +4,7 @@ them (data/, training/, models/ as well as run/ and the scripts).
 A user error (bad flag, missing or unreadable file, a dataset that cannot be trained on) is an
 exception deriving from :class:`UserError` whose message names the problem and the fix on one
 line; the command-line wrapper that turns it into ``error: ...`` and exit code 2 is
-:mod:`decision_transformer.run.errors`.
+:mod:`decision_transformer.run.cli`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ from __future__ import annotations
 class UserError(Exception):
     """Base of the project's user-error types (ConfigError, DatasetError, CheckpointError, ...):
     the message names the problem and the fix, on one line."""
+
+
+class ConfigError(UserError, ValueError):
+    """A bad flag or flag combination, reported before any work starts."""
 
 
 class DatasetError(UserError, ValueError):

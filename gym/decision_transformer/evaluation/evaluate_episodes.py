@@ -133,7 +133,6 @@ def evaluate_batched(
     on_step: StepHook | None = None,
     on_chunk: Callable[[int], None] | None = None,
     use_cache: bool = True,
-    env_kwargs: dict | None = None,
     still_running: Callable[[bool], bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Play one episode per seed, ``num_envs`` at a time, with one model call per env step.
@@ -142,7 +141,7 @@ def evaluate_batched(
     ``conditioned=False`` evaluates a policy that ignores returns (BC). ``on_chunk(n)`` is told
     each time ``n`` more episodes are done (for progress bars). Returns per-episode returns and
     lengths, in seed order. ``use_cache=False`` recomputes every step (a DT's own check and
-    benchmark baseline); ``env_kwargs`` go to the env constructor.
+    benchmark baseline).
 
     ``still_running(running)`` is asked after every step whether to go on, told whether this
     call still has an episode running: processes that share one sharded model pass one that
@@ -154,10 +153,10 @@ def evaluate_batched(
     returns, lengths = [], []
     # One vector env serves every chunk: building Humanoid's envs costs ~0.1 s each, more than a
     # short episode's stepping. A last, partial chunk leaves its spare envs idle.
-    envs = make_vector_env(env_name, min(num_envs, len(seeds)), **(env_kwargs or {}))
+    envs = make_vector_env(env_name, min(num_envs, len(seeds)))
     try:
         for chunk in range(0, len(seeds), envs.num_envs):
-            r, n = _run_chunk(
+            r, n = run_chunk(
                 envs,
                 model,
                 seeds[chunk : chunk + envs.num_envs],
@@ -182,7 +181,7 @@ def evaluate_batched(
     return np.concatenate(returns), np.concatenate(lengths)
 
 
-def _run_chunk(
+def run_chunk(
     envs,
     model,
     seeds,
@@ -250,38 +249,6 @@ def _run_chunk(
                 }
             )
     return ep_return[:real], ep_len[:real]
-
-
-@torch.no_grad()
-def collect_batched(
-    episodes: EvalEpisodes,
-    model,
-    seeds: list[int],
-    num_envs: int,
-    generator: torch.Generator,
-) -> tuple[list[dict], np.ndarray, np.ndarray]:
-    """Data collection: one episode per seed, ``num_envs`` at a time, through the evaluators'
-    rollout core (one model call per step, the DT's key/value cache), actions sampled from the
-    stochastic head with ``generator`` and conditioned on ``episodes.target``. Returns the
-    episodes as dataset-format dicts (raw observations, played actions, rewards, terminals;
-    'noise' mode's perturbed first observation as the model saw it), returns and lengths."""
-    e, spec = episodes, get_spec(episodes.env)
-    model.eval()
-    paths: list[dict] = []
-    returns, lengths = [], []
-    envs = make_vector_env(e.env, min(num_envs, len(seeds)))
-    try:
-        for chunk in range(0, len(seeds), envs.num_envs):
-            r, n = _run_chunk(
-                envs, model, seeds[chunk : chunk + envs.num_envs], spec.max_ep_len, spec.scale,
-                e.state_mean, e.state_std, torch.device(e.device), e.target / spec.scale, e.mode,
-                e.conditioned, None, True, generator=generator, paths=paths,
-            )  # fmt: skip
-            returns.append(r)
-            lengths.append(n)
-    finally:
-        envs.close()
-    return paths, np.concatenate(returns), np.concatenate(lengths)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
@@ -17,19 +18,44 @@ class CheckpointError(UserError, ValueError):
     """The checkpoint is missing, unreadable or not one experiment.py wrote."""
 
 
+class _Sink:
+    """The file torch.save writes to, keeping the OSError of a failed write: torch reports a full
+    disk as its own RuntimeError ("unexpected pos ..."), which says nothing of the cause."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     """Write to a temp file in the same folder, fsync, then rename: a kill at any moment leaves
-    either the old checkpoint or the new one, never a torn file."""
+    either the old checkpoint or the new one, never a torn file. A failed write (a full disk:
+    ENOSPC) raises its OSError, after removing the temp file; the old checkpoint stays."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            sink = _Sink(f)
+            try:
+                torch.save(payload, sink)
+            except RuntimeError:
+                if sink.error is None:
+                    raise
+                raise sink.error from None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
@@ -59,6 +85,13 @@ def read_checkpoint(
             f"{path} is not a checkpoint written by experiment.py (no {', '.join(missing)}); {fix}"
         )
     return ckpt
+
+
+def changed_flags(saved: dict, now: dict, free: set[str]) -> list[str]:
+    """The flags a checkpoint's run recorded (``saved``) that differ now, those in ``free``
+    aside: a resumed run with any of them changed would not be the same run. Only the keys the
+    checkpoint recorded count, so a run older than a flag resumes with any value of it."""
+    return sorted(k for k, v in saved.items() if k not in free and now.get(k) != v)
 
 
 def rng_state(np_rng: np.random.Generator) -> dict:

@@ -17,25 +17,24 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..envs import ENV_SPECS, parse_env_name
-from ..errors import UserError
-from ..models.factory import ModelConfig
-from .errors import HelpFormatter, OneLineParser
+from ..envs import ENV_SPECS, get_spec, make_env, parse_env_name
+from ..errors import ConfigError
+from ..models.factory import ModelConfig, build_model, count_params
+from .checkpoint import CheckpointError, read_checkpoint
+from .cli import HelpFormatter, OneLineParser
+from .distributed import DistContext
 
 SCALE_OUT_GROUP = "precision, memory and several processes (torchrun)"
 QWEN_GROUP = "Qwen3 backbone"
 ONLINE_GROUP = "online fine-tuning (Online Decision Transformer, Zheng et al. 2022)"
 VALIDATION_GROUP = "validation and model selection"
-
-
-class ConfigError(UserError, ValueError):
-    """A bad flag or flag combination, reported before any work starts."""
 
 
 def str2bool(value: str) -> bool:
@@ -107,7 +106,7 @@ def _is_flag(f: Field) -> bool:
     return "help" in f.metadata
 
 
-@dataclass
+@dataclass(frozen=True)
 class Qwen3Flags:
     """The Qwen3 backbone's flags (experiment_qwen.py, train_humanoid_qwen_dt.py)."""
 
@@ -146,9 +145,10 @@ class Qwen3Flags:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
-    """One training run's configuration (see the module docstring for how it is stored)."""
+    """One training run's configuration (see the module docstring for how it is stored). Frozen:
+    :func:`resolve` settles every field before the run starts, and nothing changes it after."""
 
     # --- the flags of experiment.py, in their command-line order ---
     env: str = flag(
@@ -389,7 +389,7 @@ class RunConfig:
     qwen: Qwen3Flags | None = None
     # --- flags a script adds of its own (train_humanoid_qwen_dt.py: preset, dry_run, nproc) ---
     extra: dict[str, Any] = field(default_factory=dict)
-    # --- derived by resolve() and run(); None in runs that predate them ---
+    # --- derived by resolve(); None in runs that predate them ---
     backbone: str | None = None  # gpt2 or qwen3 for the DT, mlp for BC
     world_size: int = 1  # processes that trained the run
     global_batch_size: int | None = None  # batch_size x world_size x grad_accum_steps
@@ -493,9 +493,18 @@ def resolve_targets(specs: list, returns, default: tuple[float, ...]) -> list[fl
     return out
 
 
+class _Draft(RunConfig):
+    """The config while :func:`resolve` fills it in (the one place a config is written)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+
 def resolve(args: argparse.Namespace, backbone: str) -> RunConfig:
-    """Validate flags and fill derived ones; returns the run's config (what config.json holds)."""
-    cfg = RunConfig.from_dict(vars(args))
+    """Validate flags and fill every derived field; returns the run's final config (what
+    config.json holds): the device this process trains on, the world torchrun describes, the
+    parameter counts, and with --init_from the offline phase's length."""
+    cfg = _Draft.from_dict(vars(args))
     cfg.backbone = backbone if cfg.model_type == "dt" else "mlp"
     _resolve_env_and_dataset(cfg)
     _check_ranges(cfg)
@@ -509,7 +518,51 @@ def resolve(args: argparse.Namespace, backbone: str) -> RunConfig:
     if cfg.out_dir is None:
         name = cfg.dataset.replace("minari:", "minari-").replace("/", "-")
         cfg.out_dir = f"runs/{cfg.env}-{name}-{cfg.model_type}-{cfg.backbone}-seed{cfg.seed}"
-    return cfg
+    _settle_world(cfg)
+    _settle_init_from(cfg)
+    cfg.params, cfg.backbone_params = count_model_params(cfg)
+    return RunConfig(**{f.name: getattr(cfg, f.name) for f in fields(RunConfig)})
+
+
+def _settle_world(cfg: RunConfig) -> None:
+    """The processes torchrun starts (one without it): this rank's device and the global batch."""
+    world = DistContext.described()
+    cfg.device = world.device(cfg.device)
+    cfg.world_size = world.world_size
+    cfg.global_batch_size = cfg.batch_size * world.world_size * cfg.grad_accum_steps
+
+
+def _settle_init_from(cfg: RunConfig) -> None:
+    """--init_from: the run takes over the checkpoint's ``max_iters`` and ``num_steps_per_iter``
+    (its offline phase is that run's); on --resume, from the run's own checkpoint, which
+    recorded them. (The rest of the checkpoint is checked when the run reads it.)"""
+    if not cfg.init_from:
+        return
+    if cfg.resume:
+        path = Path(cfg.out_dir) / "checkpoint.pt"
+        if not path.is_file():
+            return  # the run reports the missing checkpoint
+        fix = "drop --resume to start afresh (in an empty --out_dir)"
+    else:
+        path, fix = Path(cfg.init_from), "pass the checkpoint.pt of a finished offline run"
+    saved = read_checkpoint(path, ("config",), fix, mmap=True)["config"]
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"--init_from: {path} has no run config; {fix}")
+    src = RunConfig.from_dict(saved)
+    cfg.max_iters, cfg.num_steps_per_iter = src.max_iters, src.num_steps_per_iter
+
+
+def count_model_params(cfg: RunConfig) -> tuple[int, int]:
+    """All parameters of the run's model and those of its transformer, counted on the meta
+    device (shapes only: nothing is allocated)."""
+    env = make_env(cfg.env)
+    state_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    low, high = env.action_space.low, env.action_space.high
+    env.close()
+    max_ep_len = get_spec(cfg.env).max_ep_len
+    with torch.device("meta"):
+        model = build_model(cfg.model_config(), state_dim, act_dim, max_ep_len, low, high)
+    return count_params(model)
 
 
 def _resolve_env_and_dataset(cfg: RunConfig) -> None:
@@ -596,8 +649,8 @@ def _check_attention(cfg: RunConfig) -> None:
 
 def _check_heads(cfg: RunConfig, backbone: str) -> None:
     if backbone == "qwen3":
+        cfg.qwen = replace(cfg.qwen, n_kv_head=cfg.qwen.n_kv_head or cfg.n_head)
         q = cfg.qwen
-        q.n_kv_head = q.n_kv_head or cfg.n_head
         if cfg.n_head % q.n_kv_head:
             raise ConfigError(
                 f"--n_head {cfg.n_head} is not a multiple of --n_kv_head {q.n_kv_head}: "

@@ -1,15 +1,9 @@
-"""Several processes training one model (``torchrun``): roles, wrapping, batches, reductions.
+"""Several processes training one model (``torchrun``): roles, reductions, model surgery.
 
 A plain ``python experiment.py`` is a world of one and every helper here is then a no-op. Under
-``torchrun`` every rank trains (DDP by default, FSDP2 with ``--fsdp``), every rank evaluates its
-share of the episodes, and rank 0 alone logs and writes checkpoints.
-
-Batches are a pure function of ``(seed, step)``: each optimizer step draws the indices of the
-whole global batch (``batch_size x world_size x grad_accum_steps`` windows) from a generator
-seeded by ``(seed, step)``, and rank r / micro-step m builds only its slice. So ranks never draw
-the same windows, ``--resume`` is exact without saving any sampler state, and a run with one
-process and the global batch sees the very windows a multi-process run sees (the tests rely on
-it).
+``torchrun`` every rank trains (DDP by default, FSDP2 with ``--fsdp``: see run/parallel.py),
+every rank evaluates its share of the episodes, and rank 0 alone logs and writes checkpoints.
+How each step's batch is cut across ranks is run/batches.py.
 """
 
 from __future__ import annotations
@@ -17,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import importlib
-import inspect
 import os
 import sys
 import time
@@ -29,17 +22,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.checkpoint import checkpoint
 
-from ..data.sampler import BatchSampler
 from ..models.factory import transformer_blocks
 
 # Heads the original DT defines but its action loss never reaches. They are frozen (see
 # freeze_untrained_heads), so DDP never waits for their gradients, which is what
 # find_unused_parameters=True would otherwise search the graph for on every step.
 UNTRAINED_PARAMS = ("predict_state.", "predict_return.")
-
-# Test-only hook: "RANK:STEP" makes that rank's batch at that optimizer step NaN (tests use it to
-# check that a non-finite loss on one rank stops every rank). Never set it in real runs.
-NAN_TEST_ENV = "DT_TEST_NAN_AT"
 
 
 @dataclass(frozen=True)
@@ -54,19 +42,27 @@ class DistContext:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, device: str, timeout_minutes: float = 60.0) -> DistContext:
-        """Join the process group ``torchrun`` describes in the environment (a world of one
-        without it). The device is chosen before the group starts, so NCCL binds each rank to
-        its own GPU; the timeout bounds how long ranks wait for rank 0's checkpoint write."""
+    def described(cls) -> DistContext:
+        """The world ``torchrun`` describes in the environment, without joining it (what
+        resolve() records in the config before any process group exists)."""
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size == 1:
             return cls()
-        ctx = cls(
+        return cls(
             int(os.environ["RANK"]),
             world_size,
             int(os.environ.get("LOCAL_RANK", "0")),
             int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size))),
         )
+
+    @classmethod
+    def from_env(cls, device: str, timeout_minutes: float = 60.0) -> DistContext:
+        """Join the process group ``torchrun`` describes in the environment (a world of one
+        without it). The device is chosen before the group starts, so NCCL binds each rank to
+        its own GPU; the timeout bounds how long ranks wait for rank 0's checkpoint write."""
+        ctx = cls.described()
+        if ctx.world_size == 1:
+            return ctx
         cuda = device.startswith("cuda")
         if cuda:
             torch.cuda.set_device(ctx.local_rank)
@@ -89,60 +85,6 @@ class DistContext:
         if self.world_size > 1 and device.startswith("cuda"):
             return f"cuda:{self.local_rank}"
         return device
-
-    def wrap(
-        self,
-        model: torch.nn.Module,
-        fsdp: bool = False,
-        bf16: bool = False,
-        device: str = "cpu",
-        bf16_grads: bool = False,
-    ):
-        """DDP (or FSDP2 with ``fsdp``, which moves the model to ``device`` block by block)
-        around ``model``; the model itself in a world of one. DDP starts every rank from rank
-        0's weights and buffers (the other ranks may hold uninitialised storage: see
-        experiment.build_policy); ``bf16_grads`` all-reduces its gradients in bf16."""
-        if self.world_size == 1:
-            return model
-        if fsdp:
-            from .fsdp import shard_model
-
-            return shard_model(model, bf16, torch.device(device).type, self.local_world_size)
-        device = next(model.parameters()).device
-        ddp = torch.nn.parallel.DistributedDataParallel
-        # Buffers (action bounds, RoPE tables) are equal on every rank and never change: no
-        # broadcast before each forward. Newer torch renamed the flag (and deprecated the old);
-        # the new one still broadcasts them once at construction, which ranks built on the meta
-        # device rely on (the old one skipped that, so it is given only when the new is absent).
-        sync_flag = (
-            "forward_sync_buffers"
-            if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
-            else "broadcast_buffers"
-        )
-        wrapped = ddp(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            gradient_as_bucket_view=True,
-            **{sync_flag: False},
-        )
-        if sync_flag == "broadcast_buffers":
-            for buffer in model.buffers():
-                dist.broadcast(buffer, 0)
-        if bf16_grads:
-            from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import (
-                bf16_compress_hook,
-            )
-
-            # Each gradient bucket is cast to bf16, all-reduced, divided by the world size and
-            # cast back: half the bytes on the wire, gradients rounded to 8 mantissa bits.
-            # (DDP refuses this hook by its name unless NCCL runs on CUDA; gloo reduces bf16
-            # too, so on CPU it is registered under another name.)
-            def bf16_grads_hook(state, bucket):
-                return bf16_compress_hook(state, bucket)
-
-            hook = bf16_compress_hook if device.type == "cuda" else bf16_grads_hook
-            wrapped.register_comm_hook(dist.group.WORLD, hook)
-        return wrapped
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum ``t`` over ranks in place (the trainer sums [loss, non-finite flag] in one call)."""
@@ -173,12 +115,6 @@ class DistContext:
         finally:
             if first:
                 self.barrier()
-
-    def all_reduce_min(self, t: torch.Tensor) -> torch.Tensor:
-        """Minimum over ranks (e.g. of an ``ok`` flag as float: every rank decides alike)."""
-        if self.world_size > 1:
-            dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        return t
 
     def gather_episodes(self, values: np.ndarray) -> np.ndarray:
         """Concatenate every rank's per-episode values in rank order (each rank passes its
@@ -275,58 +211,3 @@ def apply_activation_checkpointing(model: torch.nn.Module) -> int:
 
         block.forward = MethodType(forward, block)
     return len(blocks)
-
-
-class RankBatches:
-    """``get_batch`` for the trainer: each call is the next micro-batch of this rank.
-
-    Call ``c`` (counted from the run's start) belongs to optimizer step ``c // accum`` and
-    micro-step ``c % accum``; the step's global draw is sliced at position
-    ``(rank * accum + micro) * batch_size``. ``weight`` (read after each call) is this
-    micro-batch's share of the step's real action tokens times ``world_size * accum``: scaling
-    the micro-batch's masked-mean loss by it makes the averaged gradient that of the global
-    batch's masked mean, whatever the padding in each slice.
-    """
-
-    def __init__(
-        self,
-        sampler: BatchSampler,
-        seed: int,
-        ctx: DistContext,
-        batch_size: int,
-        accum: int,
-        per_token: bool,
-    ):
-        self.sampler, self.seed, self.ctx = sampler, seed, ctx
-        self.batch_size, self.accum, self.per_token = batch_size, accum, per_token
-        self.calls = 0
-        self.weight = 1.0
-        self._drawn: tuple | None = None
-        rank_step = os.environ.get(NAN_TEST_ENV)
-        self.nan_at = tuple(map(int, rank_step.split(":"))) if rank_step else None
-
-    @property
-    def global_batch(self) -> int:
-        return self.batch_size * self.ctx.world_size * self.accum
-
-    def start_at(self, step: int) -> None:
-        """Continue from optimizer step ``step`` (on resume)."""
-        self.calls = step * self.accum
-
-    def __call__(self, batch_size: int | None = None, max_len: int | None = None):
-        step, micro = divmod(self.calls, self.accum)
-        self.calls += 1
-        if self._drawn is None or self._drawn[0] != step:  # once per step, not per micro-step
-            self.sampler.rng = np.random.default_rng([self.seed, step])
-            ep, si = self.sampler.draw(self.global_batch)
-            real = np.minimum(self.sampler.segment_len, self.sampler.ds.lengths[ep] - si)
-            self._drawn = (step, ep, si, real)
-        _, ep, si, real = self._drawn
-        lo = (self.ctx.rank * self.accum + micro) * self.batch_size
-        mine = slice(lo, lo + self.batch_size)
-        if self.per_token:
-            self.weight = float(real[mine].sum()) * self.ctx.world_size * self.accum / real.sum()
-        batch = self.sampler.build(ep[mine], si[mine], max_len or self.sampler.segment_len)
-        if self.nan_at == (self.ctx.rank, step):
-            batch[0].fill_(float("nan"))
-        return batch

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,12 +26,11 @@ from ..errors import UserError
 from ..evaluation.evaluate_episodes import StepHook
 from ..models.factory import build_model
 from ..provenance import run_versions, stack_versions, version_drift
-from .checkpoint import CheckpointError, read_checkpoint
+from .checkpoint import CheckpointError
+from .cli import HelpFormatter, OneLineParser
+from .cli import report as report_error
 from .config import ConfigError, RunConfig, resolve_device, resolve_targets
-from .errors import HelpFormatter, OneLineParser
-from .errors import report as report_error
-from .experiment import (
-    compile_regions,
+from .evaluation import (
     enable_tf32,
     episode_seeds,
     evaluate_returns,
@@ -38,9 +38,10 @@ from .experiment import (
     summarize_returns,
     target_key,
 )
+from .parallel import compile_regions
 from .paths import check_output_file
+from .state import BEST_NAME, CHECKPOINT_NAME, load_full_weights, read_run_checkpoint
 
-REQUIRED_KEYS = ("model", "config", "state_mean", "state_std")
 # What evaluation itself reads from the config; build_model reads the model's own flags.
 CONFIG_KEYS = ("env", "dataset", "model_type", "mode", "seed", "num_eval_episodes", "eval_envs")
 
@@ -92,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="episodes played at once; 1 is the one-episode evaluator (default: the run's)",
     )
     a("--seed", type=int, default=None, help="evaluation seed (default: the run's --seed)")
+    add_output_flags(p)
+    return p
+
+
+def add_output_flags(p: argparse.ArgumentParser) -> None:
+    """Where results go: the video, the JSON file, the device that plays."""
+    a = p.add_argument
     a(
         "--video",
         default=None,
@@ -112,7 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write results (default RUN/eval.json, RUN/eval-best.json for best.pt)",
     )
     a("--device", default="auto", help="auto (the default: CUDA when present, else CPU), cpu, ...")
-    return p
 
 
 def _first_line(e: BaseException) -> str:
@@ -121,7 +128,7 @@ def _first_line(e: BaseException) -> str:
     return line if len(line) <= 160 else line[:157] + "..."
 
 
-FILES = {"last": "checkpoint.pt", "best": "best.pt"}
+FILES = {"last": CHECKPOINT_NAME, "best": BEST_NAME}
 
 
 def load_run_checkpoint(path: str | Path, which: str | None = None) -> tuple[Path, dict]:
@@ -137,8 +144,7 @@ def load_run_checkpoint(path: str | Path, which: str | None = None) -> tuple[Pat
             f"no best.pt in {path.parent}: the run kept none (it had neither --val_episodes nor "
             "--select_by); evaluate --which last"
         )
-    fix = "point --checkpoint at the checkpoint.pt of a run experiment.py wrote"
-    ckpt = read_checkpoint(path, tuple(k for k in REQUIRED_KEYS if k != "model"), fix)
+    ckpt = read_run_checkpoint(path, "evaluate")
     if "model" in ckpt:
         return path, ckpt
     if "dcp" in ckpt:  # an FSDP run's checkpoint without the consolidated copy
@@ -147,7 +153,10 @@ def load_run_checkpoint(path: str | Path, which: str | None = None) -> tuple[Pat
             "--consolidate_checkpoint false): resume the run once under torchrun with --fsdp "
             "--consolidate_checkpoint true to write full weights, then evaluate that"
         )
-    raise CheckpointError(f"{path} is not a checkpoint written by experiment.py (no model); {fix}")
+    raise CheckpointError(
+        f"{path} is not a checkpoint written by experiment.py (no model); point --checkpoint at "
+        "the checkpoint.pt of a run experiment.py wrote"
+    )
 
 
 def eval_config(ckpt: dict, args: argparse.Namespace) -> RunConfig:
@@ -161,18 +170,19 @@ def eval_config(ckpt: dict, args: argparse.Namespace) -> RunConfig:
         get_spec(cfg.env)
     except ValueError as e:
         raise CheckpointError(f"the checkpoint's env: {e}") from None
-    for flag in ("num_eval_episodes", "eval_envs", "seed"):
-        value = getattr(args, flag)
-        if value is not None:
-            setattr(cfg, flag, value)
+    overrides = {
+        flag: getattr(args, flag)
+        for flag in ("num_eval_episodes", "eval_envs", "seed")
+        if getattr(args, flag) is not None
+    }
+    cfg = replace(cfg, **overrides)
     for flag in ("num_eval_episodes", "eval_envs"):
         if getattr(cfg, flag) <= 0:
             hint = "" if getattr(args, flag) is not None else f" (the run's): pass --{flag} N"
             raise ConfigError(f"--{flag} must be positive, got {getattr(cfg, flag)}{hint}")
     if cfg.seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {cfg.seed}")
-    cfg.device = resolve_device(args.device)
-    return cfg
+    return replace(cfg, device=resolve_device(args.device))
 
 
 def eval_targets(ckpt: dict, cfg: RunConfig, requested: list[float] | None) -> list[float]:
@@ -205,12 +215,7 @@ def restore_model(ckpt: dict, cfg: RunConfig) -> torch.nn.Module:
         model = build_model(cfg.model_config(), state_dim, act_dim, spec.max_ep_len, low, high)
     except (ImportError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"cannot rebuild the run's model: {_first_line(e)}") from None
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"the weights do not fit the model the checkpoint's config describes: {_first_line(e)}"
-        ) from None
+    load_full_weights(model, ckpt)
     model = model.to(cfg.device).eval()
     if cfg.compile:
         # Training evaluated the compiled model; compiled kernels round differently.
@@ -345,7 +350,7 @@ def play_targets(
         if cache_key not in played:
             with autocast_for(cfg, cfg.device):
                 played[cache_key] = evaluate_returns(
-                    cfg, model, state_mean, state_std, target, seeds, progress=True,
+                    cfg, model, (state_mean, state_std), target, seeds, progress=True,
                     on_step=recorder if i == 0 else None,
                 )  # fmt: skip
         returns, lengths = played[cache_key]

@@ -24,24 +24,18 @@ every rank (and each optimizer step's global batch is cut from one draw, as offl
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from ..data.replay_buffer import TrajectoryReplayBuffer
-from ..evaluation.evaluate_episodes import EvalEpisodes, collect_batched
+from ..evaluation.collect import collect_batched
+from ..evaluation.evaluate_episodes import EvalEpisodes
 from ..models.policy_heads import default_target_entropy, unit_box_entropy_to_env
-from .checkpoint import CheckpointError, read_checkpoint, seed_iteration
-from .config import ConfigError, RunConfig
-from .distributed import DistContext, RankBatches, unwrap
-
-# What --init_from reads from an offline run's checkpoint.
-INIT_KEYS = (
-    "model", "optimizer", "scheduler", "rng", "iteration", "config", "state_mean", "state_std",
-)  # fmt: skip
+from .batches import RankBatches
+from .checkpoint import seed_iteration
+from .config import RunConfig
+from .distributed import DistContext, unwrap
 
 
 def target_entropy(cfg: RunConfig, action_scale: torch.Tensor) -> float:
@@ -50,80 +44,6 @@ def target_entropy(cfg: RunConfig, action_scale: torch.Tensor) -> float:
     if cfg.target_entropy is None:
         return default_target_entropy(action_scale.cpu())
     return unit_box_entropy_to_env(cfg.target_entropy, action_scale.cpu())
-
-
-def read_init_checkpoint(cfg: RunConfig, state_mean, state_std, resumed: dict | None):
-    """``--init_from``: the offline checkpoint to start from, checked to fit this run (None
-    without the flag, or on --resume, which continues from the run's own checkpoint). The run
-    takes over the checkpoint's ``max_iters`` and ``num_steps_per_iter``: its offline phase is
-    that run's."""
-    if not cfg.init_from:
-        return None
-    if resumed is not None:
-        saved = RunConfig.from_dict(resumed["config"])
-        cfg.max_iters, cfg.num_steps_per_iter = saved.max_iters, saved.num_steps_per_iter
-        return None
-    fix = "pass the checkpoint.pt of a finished offline run"
-    ckpt = read_checkpoint(cfg.init_from, INIT_KEYS, fix, mmap=True)
-    if not isinstance(ckpt["config"], dict):
-        raise CheckpointError(f"--init_from: {cfg.init_from} has no run config; {fix}")
-    if "online" in ckpt:
-        raise ConfigError(
-            f"--init_from: {cfg.init_from} is an online run's checkpoint: continue that run "
-            "with --resume in its own --out_dir"
-        )
-    src = RunConfig.from_dict(ckpt["config"])
-    if src.policy != "stochastic":
-        raise ConfigError(
-            f"--init_from: {cfg.init_from} has a {src.policy} head; the online phase needs "
-            "one pretrained with --policy stochastic"
-        )
-    mine, theirs = cfg.model_config(), src.model_config()
-    # Dropout may differ (not a weight); everything else shapes or defines the model.
-    differ = [
-        k
-        for k in mine.__dataclass_fields__
-        if k != "dropout" and getattr(mine, k) != getattr(theirs, k)
-    ]
-    if differ:
-        flags = ", ".join(f"--{k} {getattr(theirs, k)}" for k in differ if k != "backbone")
-        script = "experiment_qwen.py" if theirs.backbone == "qwen3" else "experiment.py"
-        raise ConfigError(
-            f"--init_from: {cfg.init_from} was trained with other model flags: use {script} "
-            f"with {flags or 'its backbone'}"
-        )
-    if not (
-        np.array_equal(ckpt["state_mean"].numpy(), state_mean)
-        and np.array_equal(ckpt["state_std"].numpy(), state_std)
-    ):
-        raise ConfigError(
-            f"--init_from: {cfg.init_from} was trained on another dataset (other state "
-            f"statistics): use its --env/--dataset ({src.env} {src.dataset})"
-        )
-    cfg.max_iters, cfg.num_steps_per_iter = src.max_iters, src.num_steps_per_iter
-    return ckpt
-
-
-@dataclass
-class OnlinePhase:
-    """What the online rounds use of the run (built by run/experiment.py)."""
-
-    cfg: RunConfig
-    ctx: DistContext
-    dataset: object  # the offline TrajectoryDataset
-    max_ep_len: int
-    scale: float
-    trainer: object  # training/odt_trainer.ODTTrainer
-    batches: RankBatches
-    np_rng: np.random.Generator
-    eval_fns: list[Callable]
-    targets: list[float]
-    # train(iteration, steps) -> logs, or None when training diverged (reported already)
-    train: Callable[[int, int], dict | None]
-    # log(iteration, step, logs): rank 0's metrics row
-    log: Callable[[int, int, dict], None]
-    # save(iteration, extra checkpoint entries): the checkpoint after an iteration
-    save: Callable[[int, dict], None]
 
 
 def online_rtg(cfg: RunConfig, targets: list[float]) -> float:
@@ -151,65 +71,75 @@ def gather_paths(ctx: DistContext, paths: list[dict]) -> list[dict]:
     return [p for part in parts for p in part]
 
 
-def run_online(o: OnlinePhase, ckpt: dict | None) -> dict | None:
-    """The online rounds not yet done; the last round's logs (None if training diverged)."""
-    cfg, ctx = o.cfg, o.ctx
-    buffer = TrajectoryReplayBuffer.from_dataset(o.dataset, cfg.buffer_size, cfg.mode)
-    state = (ckpt or {}).get("online")
-    first, env_steps = 0, 0
-    if state is not None:  # resuming inside the online phase
-        buffer.load_state_dict(state["buffer"])
-        first, env_steps = int(state["round"]), int(state["env_steps"])
-    rtg = online_rtg(cfg, o.targets)
-    logs: dict = {}
-    for r in range(first, cfg.online_rounds):
-        it = cfg.max_iters + r
-        seed_iteration(cfg.seed, ctx.rank, it, o.np_rng)
-        mine = ctx.share(round_seeds(cfg, it))
+class OnlineRounds:
+    """The online phase's own state (replay buffer, rounds done, env steps) and its collection
+    step; the run's loop calls :meth:`collect` at the start of each online iteration, then trains
+    on the batches it points at the buffer. ``dataset``: the offline TrajectoryDataset."""
+
+    def __init__(self, cfg: RunConfig, ctx: DistContext, dataset, spec, targets: list[float]):
+        self.cfg, self.ctx, self.dataset, self.spec = cfg, ctx, dataset, spec
+        self.buffer = TrajectoryReplayBuffer.from_dataset(dataset, cfg.buffer_size, cfg.mode)
+        self.rounds, self.env_steps = 0, 0
+        self.rtg = online_rtg(cfg, targets)
+
+    def state_dict(self) -> dict:
+        buffer = self.buffer.state_dict()
+        return {"round": self.rounds, "env_steps": self.env_steps, "buffer": buffer}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resuming inside the online phase."""
+        self.buffer.load_state_dict(state["buffer"])
+        self.rounds, self.env_steps = int(state["round"]), int(state["env_steps"])
+
+    def evaluates(self, iteration: int) -> bool:
+        """Whether iteration ``iteration`` (0-based) of the run, an online round, is evaluated:
+        every --online_eval_every rounds and the last."""
+        r = iteration - self.cfg.max_iters
+        return (r + 1) % self.cfg.online_eval_every == 0 or r + 1 == self.cfg.online_rounds
+
+    def collect(self, iteration: int, model: torch.nn.Module, batches: RankBatches, np_rng) -> dict:
+        """Round ``iteration - max_iters``: play this rank's share of its episodes with the
+        stochastic policy, add every rank's to the buffer, point ``batches`` at the buffer.
+        Returns the round's logs."""
+        cfg, ctx = self.cfg, self.ctx
+        seed_iteration(cfg.seed, ctx.rank, iteration, np_rng)
+        mine = ctx.share(round_seeds(cfg, iteration))
         paths: list[dict] = []
         if mine:
-            model = unwrap(o.trainer.model)
+            d = self.dataset
             episodes = EvalEpisodes(
-                cfg.env, cfg.mode, True, o.dataset.state_mean, o.dataset.state_std,
-                cfg.device, rtg,
-            )  # fmt: skip
-            gen = exploration_generator(cfg, ctx.rank, it)
-            paths, _, _ = collect_batched(episodes, model, mine, cfg.eval_envs, gen)
+                cfg.env, cfg.mode, True, d.state_mean, d.state_std, cfg.device, self.rtg
+            )
+            gen = exploration_generator(cfg, ctx.rank, iteration)
+            paths, _, _ = collect_batched(episodes, unwrap(model), mine, cfg.eval_envs, gen)
         paths = gather_paths(ctx, paths)
         returns = np.array([float(p["rewards"].sum(dtype=np.float64)) for p in paths])
         lengths = np.array([len(p["rewards"]) for p in paths])
-        buffer.add(paths)
-        env_steps += int(lengths.sum())
-        o.batches.sampler = buffer.sampler(
-            cfg.K, o.max_ep_len, o.scale, cfg.device, segment_len=cfg.segment_len
+        self.buffer.add(paths)
+        self.env_steps += int(lengths.sum())
+        self.rounds = iteration - cfg.max_iters + 1
+        sampler = self.buffer.sampler(
+            cfg.K, self.spec.max_ep_len, self.spec.scale, cfg.device, segment_len=cfg.segment_len
         )
-        o.batches._drawn = None
-        evaluate = (r + 1) % cfg.online_eval_every == 0 or r + 1 == cfg.online_rounds
-        o.trainer.eval_fns = o.eval_fns if evaluate else []
-        logs = o.train(it, cfg.online_updates)
-        if logs is None:
-            return None
-        logs.update(
-            {
-                "online/round": r + 1,
-                "online/env_steps": env_steps,
-                "online/collected_return_mean": float(returns.mean()),
-                "online/collected_return_max": float(returns.max()),
-                "online/collected_length_mean": float(lengths.mean()),
-                "online/buffer_trajectories": len(buffer),
-                "online/buffer_return_max": float(buffer.returns.max()),
-                "online/rtg": rtg,
-            }
+        batches.use_sampler(sampler)
+        return {
+            "online/round": self.rounds,
+            "online/env_steps": self.env_steps,
+            "online/collected_return_mean": float(returns.mean()),
+            "online/collected_return_max": float(returns.max()),
+            "online/collected_length_mean": float(lengths.mean()),
+            "online/buffer_trajectories": len(self.buffer),
+            "online/buffer_return_max": float(self.buffer.returns.max()),
+            "online/rtg": self.rtg,
+        }
+
+    def report(self, logs: dict) -> str:
+        """The line rank 0 prints after a round."""
+        cfg = self.cfg
+        return (
+            f"online round {self.rounds}/{cfg.online_rounds}: {self.env_steps} env steps, "
+            f"collected return {logs['online/collected_return_mean']:.1f} (max "
+            f"{logs['online/collected_return_max']:.1f}), temperature "
+            f"{logs.get('training/temperature', float('nan')):.4g}, entropy "
+            f"{logs.get('training/entropy', float('nan')):.4g}"
         )
-        if ctx.is_main:
-            print(
-                f"online round {r + 1}/{cfg.online_rounds}: {env_steps} env steps, collected "
-                f"return {returns.mean():.1f} (max {returns.max():.1f}), temperature "
-                f"{logs.get('training/temperature', float('nan')):.4g}, entropy "
-                f"{logs.get('training/entropy', float('nan')):.4g}",
-                flush=True,
-            )
-        o.log(it + 1, o.trainer.global_step, logs)
-        online = {"round": r + 1, "env_steps": env_steps, "buffer": buffer.state_dict()}
-        o.save(it + 1, {"online": online})
-    return logs

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .errors import HelpFormatter, OneLineParser, run_cli
+from .cli import HelpFormatter, OneLineParser, run_cli
 from .metrics import read_metrics
 from .paths import check_output_file
 
@@ -125,45 +125,8 @@ def plot_runs(runs: list[Run], out: str | Path, title: str | None = None) -> Pat
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (kind, target) in zip(axes.flat, panels):
         for i, run in enumerate(runs):
-            color = colors[i % len(colors)]
-            # Markers keep runs of a single iteration visible as points.
-            style = dict(color=color, label=run.label, marker="o", markersize=3)
-            if kind == "return":
-                steps, mean = run.series(f"evaluation/target_{target}_return_mean")
-                _, std = run.series(f"evaluation/target_{target}_return_std")
-                ax.plot(steps, mean, **style)
-                if len(std) == len(mean):
-                    lo = [m - s for m, s in zip(mean, std)]
-                    hi = [m + s for m, s in zip(mean, std)]
-                    ax.fill_between(steps, lo, hi, color=color, alpha=0.15, linewidth=0)
-            elif kind == "score":
-                ax.plot(*run.series(f"evaluation/target_{target}_normalized_score"), **style)
-            else:
-                ax.plot(*run.series(TRAIN_LOSS), **style)
-                # The held-out episodes' error, dashed in the run's colour: a gap that opens
-                # while the training loss keeps falling is overfitting.
-                steps, val = run.series(VAL_ERROR)
-                if val:
-                    ax.plot(steps, val, **{**style, "linestyle": "--", "label": None})
-        if kind == "return":
-            ax.set_title(f"return, target {target}")
-            ax.set_ylabel("episode return (mean ± std)")
-        elif kind == "score":
-            ax.set_title(f"normalized score, target {target}")
-            ax.set_ylabel("normalized score")
-        else:
-            validated = any(r.series(VAL_ERROR)[0] for r in runs)
-            ax.set_title(
-                "training (solid) / validation (dashed) loss" if validated else "training loss"
-            )
-            stochastic = any(r.config.get("policy") == "stochastic" for r in runs)
-            ax.set_ylabel("NLL - temperature x entropy" if stochastic else "action MSE")
-            losses = [v for r in runs for k in (TRAIN_LOSS, VAL_ERROR) for v in r.series(k)[1]]
-            # Log scale only pays off once the loss has fallen by an order of magnitude.
-            if losses and min(losses) > 0 and max(losses) / min(losses) > 10:
-                ax.set_yscale("log")
-        ax.set_xlabel("training step" if runs[0].x == "step" else "online env steps")
-        ax.grid(alpha=0.3)
+            _draw_run(ax, run, kind, target, colors[i % len(colors)])
+        _label_panel(ax, runs, kind, target)
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     handles, labels = axes.flat[0].get_legend_handles_labels()
@@ -184,6 +147,52 @@ def plot_runs(runs: list[Run], out: str | Path, title: str | None = None) -> Pat
     fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+def _draw_run(ax, run: Run, kind: str, target: str | None, color: str) -> None:
+    """One run's curve on a panel: a target's return (mean, a band of ± std), its normalized
+    score, or the training loss (the validation error dashed beside it)."""
+    # Markers keep runs of a single iteration visible as points.
+    style = dict(color=color, label=run.label, marker="o", markersize=3)
+    if kind == "return":
+        steps, mean = run.series(f"evaluation/target_{target}_return_mean")
+        _, std = run.series(f"evaluation/target_{target}_return_std")
+        ax.plot(steps, mean, **style)
+        if len(std) == len(mean):
+            lo = [m - s for m, s in zip(mean, std)]
+            hi = [m + s for m, s in zip(mean, std)]
+            ax.fill_between(steps, lo, hi, color=color, alpha=0.15, linewidth=0)
+    elif kind == "score":
+        ax.plot(*run.series(f"evaluation/target_{target}_normalized_score"), **style)
+    else:
+        ax.plot(*run.series(TRAIN_LOSS), **style)
+        # The held-out episodes' error, dashed in the run's colour: a gap that opens
+        # while the training loss keeps falling is overfitting.
+        steps, val = run.series(VAL_ERROR)
+        if val:
+            ax.plot(steps, val, **{**style, "linestyle": "--", "label": None})
+
+
+def _label_panel(ax, runs: list[Run], kind: str, target: str | None) -> None:
+    if kind == "return":
+        ax.set_title(f"return, target {target}")
+        ax.set_ylabel("episode return (mean ± std)")
+    elif kind == "score":
+        ax.set_title(f"normalized score, target {target}")
+        ax.set_ylabel("normalized score")
+    else:
+        validated = any(r.series(VAL_ERROR)[0] for r in runs)
+        ax.set_title(
+            "training (solid) / validation (dashed) loss" if validated else "training loss"
+        )
+        stochastic = any(r.config.get("policy") == "stochastic" for r in runs)
+        ax.set_ylabel("NLL - temperature x entropy" if stochastic else "action MSE")
+        losses = [v for r in runs for k in (TRAIN_LOSS, VAL_ERROR) for v in r.series(k)[1]]
+        # Log scale only pays off once the loss has fallen by an order of magnitude.
+        if losses and min(losses) > 0 and max(losses) / min(losses) > 10:
+            ax.set_yscale("log")
+    ax.set_xlabel("training step" if runs[0].x == "step" else "online env steps")
+    ax.grid(alpha=0.3)
 
 
 def _final_best(values: list[float]) -> str:

@@ -9,7 +9,7 @@ class ActTrainer(Trainer):
     """Behaviour cloning: predict the window's last action from its states."""
 
     def compute_loss(self) -> torch.Tensor:
-        states, actions, rewards, dones, rtg, _, attention_mask = self.get_batch(self.batch_size)
+        states, actions, rewards, dones, rtg, _, attention_mask = self.get_batch()
         with self.autocast():
             state_preds, action_preds, reward_preds = self.model(
                 states, actions, rewards, attention_mask=attention_mask, target_return=rtg[:, 0]

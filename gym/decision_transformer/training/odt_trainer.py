@@ -36,7 +36,7 @@ class ODTTrainer(SequenceTrainer):
         self._sums: dict[str, torch.Tensor] = {}
 
     def compute_loss(self) -> torch.Tensor:
-        batch = self.get_batch(self.batch_size)
+        batch = self.get_batch()
         states, actions, rewards, dones, rtg, timesteps, attention_mask = batch
         model_mask = attention_mask if getattr(batch, "padded", True) else None
         with self.autocast():

@@ -25,7 +25,7 @@ class SequenceTrainer(Trainer):
     ``loss_fn`` argument serves :class:`ActTrainer` only."""
 
     def compute_loss(self) -> torch.Tensor:
-        batch = self.get_batch(self.batch_size)
+        batch = self.get_batch()
         states, actions, rewards, dones, rtg, timesteps, attention_mask = batch
         # The sampler knows in numpy whether any window is padded; None tells the model there is
         # no padding, so it never has to ask the device (see data/sampler.py Batch).

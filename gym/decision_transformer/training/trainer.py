@@ -1,4 +1,6 @@
-"""The training loop shared by every model: steps, schedule, evaluation, and the original's logs."""
+"""The training loop shared by every model: guarded optimizer steps, the schedule, and the
+original's training logs. Evaluation and validation are phases of the run (run/run.py), not of
+the trainer: the trainer trains steps."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,9 +39,6 @@ class NonFiniteError(RuntimeError):
         self.step = step
 
 
-NonFiniteLossError = NonFiniteError  # the earlier name
-
-
 def weight_norm(params: list[torch.Tensor]) -> torch.Tensor:
     """Global L2 norm of the weights, in fp32 on the device: no host sync."""
     return torch.nn.utils.get_total_norm([p.detach() for p in params])
@@ -50,47 +50,52 @@ def weights_blown_up(norm: float, previous: float | None) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class TrainerOptions:
+    """How the trainer steps: numerics, clipping, accumulation, progress output, guard."""
+
+    autocast_dtype: torch.dtype | None = None
+    grad_clip: float = 0.25
+    # Several micro-batches per optimizer step, gradients reduced on the last.
+    grad_accum_steps: int = 1
+    progress: bool = True  # a bar (terminal) or a line every progress_interval seconds
+    progress_interval: float = PROGRESS_INTERVAL
+    weight_check_interval: int | None = None  # None: WEIGHT_CHECK_INTERVAL
+
+
 class Trainer:
+    """``get_batch()`` is the next micro-batch (a RankBatches, or any callable of no argument);
+    ``ctx`` (run/distributed.DistContext) sums each step's numbers across ranks so that every
+    rank takes the same decision."""
+
     def __init__(
         self,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
-        batch_size: int,
         get_batch: Callable,
-        loss_fn: Callable,
+        loss_fn: Callable | None = None,
         scheduler=None,
-        eval_fns: list[Callable] | None = None,
-        autocast_dtype: torch.dtype | None = None,
-        grad_clip: float = 0.25,
-        progress: bool = True,
-        progress_interval: float = PROGRESS_INTERVAL,
-        grad_accum_steps: int = 1,
+        options: TrainerOptions | None = None,
         ctx=None,
-        weight_check_interval: int | None = None,
-        val_fn: Callable | None = None,
     ):
         self.model = model
         self.optimizer = optimizer
-        self.batch_size = batch_size
         self.get_batch = get_batch
         self.loss_fn = loss_fn
         self.scheduler = scheduler
-        self.eval_fns = eval_fns or []
-        # Held-out episodes' error (training/validation.py), logged beside the training one.
-        self.val_fn = val_fn
-        self.autocast_dtype = autocast_dtype
-        self.grad_clip = grad_clip
-        self.progress = progress
-        self.progress_interval = progress_interval
-        # Several micro-batches per optimizer step; ``ctx`` (run/distributed.DistContext) sums
-        # the step's stats across ranks so that every rank takes the same decision.
-        self.grad_accum_steps = grad_accum_steps
+        opts = options or TrainerOptions()
+        self.options = opts
+        self.autocast_dtype = opts.autocast_dtype
+        self.grad_clip = opts.grad_clip
+        self.progress = opts.progress
+        self.progress_interval = opts.progress_interval
+        self.grad_accum_steps = opts.grad_accum_steps
         self.ctx = ctx
         # Global L2 norm of the weights at the last check, and after how many optimizer steps
         # that check was (None until the first step of this process).
         self.last_weight_norm: float | None = None
         self.last_checked_step: int | None = None
-        self.weight_check_interval = weight_check_interval or WEIGHT_CHECK_INTERVAL
+        self.weight_check_interval = opts.weight_check_interval or WEIGHT_CHECK_INTERVAL
         self.global_step = 0  # optimizer steps applied, across iterations (set on resume)
         self.diagnostics: dict[str, float] = {}
         self.start_time = time.time()
@@ -101,12 +106,27 @@ class Trainer:
         device_type = next(self.model.parameters()).device.type
         return torch.autocast(device_type, dtype=self.autocast_dtype)
 
-    def train_iteration(self, num_steps: int, iter_num: int = 0, print_logs: bool = False) -> dict:
-        train_losses = []
-        last_lr = self.optimizer.param_groups[0]["lr"]
-        logs: dict[str, float] = {}
+    def train_iteration(self, num_steps: int, iter_num: int = 0) -> dict:
+        """``num_steps`` guarded optimizer steps; the iteration's training logs (time, loss,
+        learning rate, the subclass's diagnostics). The model is left in train mode."""
         train_start = time.time()
         self.model.train()
+        losses, last_lr = self.run_steps(num_steps, iter_num, train_start)
+        # The check before a checkpoint: the last step's update has not been looked at yet.
+        self.check_weights(float(full_tensor(weight_norm(list(self.model.parameters())))))
+        return {
+            "time/training": time.time() - train_start,
+            "training/train_loss_mean": float(np.mean(losses)),
+            "training/train_loss_std": float(np.std(losses)),
+            # The rate the last step used: what a schedule is doing shows in the logged curves.
+            "training/learning_rate": last_lr,
+            **self.diagnostics,
+        }
+
+    def run_steps(self, num_steps: int, iter_num: int, start: float) -> tuple[list, float]:
+        """The steps with their progress output; their losses and the last learning rate."""
+        losses = []
+        last_lr = self.optimizer.param_groups[0]["lr"]
         # disable=None: a bar on terminals, none in redirected logs (SLURM, CI), which the
         # per-iteration printout serves better than carriage-return spam.
         steps = tqdm(
@@ -121,7 +141,7 @@ class Trainer:
         last_line = time.time()
         for step in steps:
             loss = self.train_step()
-            train_losses.append(loss)
+            losses.append(loss)
             last_lr = self.optimizer.param_groups[0]["lr"]
             if self.scheduler is not None:
                 self.scheduler.step()
@@ -129,39 +149,14 @@ class Trainer:
                 steps.set_postfix(loss=f"{loss:.4f}")
             if lines and time.time() - last_line >= self.progress_interval:
                 last_line = time.time()
-                rate = (step + 1) / (last_line - train_start)
+                rate = (step + 1) / (last_line - start)
                 eta = (num_steps - step - 1) / rate
                 print(
                     f"iteration {iter_num}: step {step + 1}/{num_steps}, loss {loss:.4g}, "
                     f"{rate:.3g} steps/s, ETA {format_seconds(eta)}",
                     flush=True,
                 )
-        # The check before a checkpoint: the last step's update has not been looked at yet.
-        self.check_weights(float(full_tensor(weight_norm(list(self.model.parameters())))))
-        logs["time/training"] = time.time() - train_start
-
-        eval_start = time.time()
-        self.model.eval()
-        with self.autocast():
-            if self.val_fn is not None:
-                logs.update(self.val_fn(self.model))
-            for eval_fn in self.eval_fns:
-                for k, v in eval_fn(self.model).items():
-                    logs[f"evaluation/{k}"] = v
-        logs["time/total"] = time.time() - self.start_time
-        logs["time/evaluation"] = time.time() - eval_start
-        logs["training/train_loss_mean"] = float(np.mean(train_losses))
-        logs["training/train_loss_std"] = float(np.std(train_losses))
-        # The rate the last step used: what a schedule is doing shows in the logged curves.
-        logs["training/learning_rate"] = last_lr
-        logs.update(self.diagnostics)
-
-        if print_logs:
-            print("=" * 80)
-            print(f"Iteration {iter_num}")
-            for k, v in logs.items():
-                print(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}")
-        return logs
+        return losses, last_lr
 
     def compute_loss(self) -> torch.Tensor:
         """One micro-batch's loss (draws its batch through ``get_batch``)."""
@@ -237,12 +232,6 @@ class Trainer:
 
     def load_extra_state(self, ckpt: dict) -> None:
         """Restore :meth:`extra_state` from a checkpoint that holds it."""
-
-    def optimize(self, loss: torch.Tensor) -> float:
-        """Backward, clip, step for a single loss (the step without accumulation)."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        return self.optimize_step(loss.detach().float())
 
     def weight_check_due(self) -> bool:
         """Whether this step checks the weights: the first step of the process, then every

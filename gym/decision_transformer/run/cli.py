@@ -1,15 +1,15 @@
-"""The one error path of every command-line entry point.
+"""The command line of every entry point: its parser and its one error path.
 
 A user error (bad flag, missing or unreadable file, a dataset that cannot be trained on) is an
 exception deriving from :class:`decision_transformer.errors.UserError` (at the bottom of the
-package, so every layer can raise one); :func:`cli_main` turns it into one line on stderr,
+package, so every layer can raise one); :func:`run_cli` turns it into one line on stderr,
 ``error: <problem>: <fix>``, and exit code 2, with no traceback. Anything else is a bug in this
 code and keeps its traceback. Argument-parser errors take the same one-line form
-(:class:`OneLineParser`).
+(:class:`OneLineParser`), and :class:`HelpFormatter` shows each flag's default once.
 
-    from decision_transformer.run.errors import cli_main
+    from decision_transformer.run.cli import run_cli
     if __name__ == "__main__":
-        cli_main(main)
+        sys.exit(run_cli(main))
 """
 
 from __future__ import annotations
@@ -35,11 +35,6 @@ def run_cli(main: Callable[..., int | None], *args, **kwargs) -> int:
         return main(*args, **kwargs) or 0
     except UserError as err:
         return report(err)
-
-
-def cli_main(main: Callable[[], int | None]) -> NoReturn:
-    """Entry-point wrapper: exit with ``main()``'s code, or 2 after one line for a user error."""
-    sys.exit(run_cli(main))
 
 
 class OneLineParser(argparse.ArgumentParser):
