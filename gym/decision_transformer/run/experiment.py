@@ -48,6 +48,7 @@ from ..evaluation.evaluate_episodes import (
 from ..models.factory import build_model, count_params, transformer_blocks
 from ..training.act_trainer import ActTrainer
 from ..training.odt_trainer import ODTTrainer
+from ..training.optimizers import build_optimizer
 from ..training.seq_trainer import SequenceTrainer
 from ..training.trainer import PROGRESS_INTERVAL, NonFiniteError, Trainer
 from ..training.validation import VALIDATION_KEY, ValidationSet
@@ -612,9 +613,10 @@ def wrap_model(
 
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module):
-    """AdamW and its warmup (then constant or cosine) learning-rate schedule."""
+    """The --optimizer (AdamW or LAMB) and its warmup (then constant or cosine) schedule."""
     # None (not False) elsewhere: torch's default choice of AdamW kernel, as before.
-    optimizer = torch.optim.AdamW(
+    optimizer = build_optimizer(
+        cfg.optimizer,
         model.parameters(),
         lr=cfg.learning_rate,
         weight_decay=cfg.weight_decay,
