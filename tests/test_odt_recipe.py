@@ -145,6 +145,7 @@ def test_old_runs_config_and_weights_still_load():
         (["--eval_context", "6"], "--eval_context must be between 1 and --K 5"),
         (["--model_type", "bc", "--eval_context", "2"], "--eval_context is the DT's"),
         (["--model_type", "bc", "--no_timestep_embedding"], "--no_timestep_embedding is the DT's"),
+        (["--optimizer", "lamb", "--fsdp"], "--optimizer lamb runs without --fsdp"),
     ],
 )
 def test_recipe_flags_refused(flags, needle):

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.replay_buffer import TrajectoryReplayBuffer
+from ..envs import default_online_rtg
 from ..evaluation.evaluate_episodes import EvalEpisodes, collect_batched
 from ..models.policy_heads import default_target_entropy, unit_box_entropy_to_env
 from .checkpoint import CheckpointError, read_checkpoint, seed_iteration
@@ -83,7 +84,7 @@ def read_init_checkpoint(cfg: RunConfig, state_mean, state_std, resumed: dict | 
     differ = [
         k
         for k in mine.__dataclass_fields__
-        if k != "dropout" and getattr(mine, k) != getattr(theirs, k)
+        if k not in ("dropout", "eval_context") and getattr(mine, k) != getattr(theirs, k)
     ]
     if differ:
         flags = ", ".join(f"--{k} {getattr(theirs, k)}" for k in differ if k != "backbone")
@@ -91,6 +92,11 @@ def read_init_checkpoint(cfg: RunConfig, state_mean, state_std, resumed: dict | 
         raise ConfigError(
             f"--init_from: {cfg.init_from} was trained with other model flags: use {script} "
             f"with {flags or 'its backbone'}"
+        )
+    if src.optimizer != cfg.optimizer:  # its optimizer state is what the online phase continues
+        raise ConfigError(
+            f"--init_from: {cfg.init_from} was trained with --optimizer {src.optimizer}: use it "
+            "here too"
         )
     if not (
         np.array_equal(ckpt["state_mean"].numpy(), state_mean)
@@ -127,7 +133,7 @@ class OnlinePhase:
 
 
 def online_rtg(cfg: RunConfig, targets: list[float]) -> float:
-    return cfg.online_rtg if cfg.online_rtg is not None else 2.0 * max(targets)
+    return cfg.online_rtg if cfg.online_rtg is not None else default_online_rtg(cfg.env, targets)
 
 
 def round_seeds(cfg: RunConfig, iteration: int) -> list[int]:
