@@ -185,8 +185,8 @@ class RunConfig:
     )
     no_timestep_embedding: bool = flag(
         False,
-        "DT: no timestep embedding, so time enters only through the tokens' order (the ODT "
-        "reference's default, ordering=0). Default: the original's learned embedding",
+        "DT: no timestep embedding, so time enters only through the tokens' order (as the ODT "
+        "reference's ordering=0). Default: the original's learned embedding",
         action="store_true",
     )
     segment_len: int | None = flag(  # resolved: never None
