@@ -281,13 +281,18 @@ def test_init_from_a_checkpoint_that_does_not_fit(data_dir, offline_run, tmp_pat
         "--embed_dim", "64", "--out_dir", tmp_path / "b",
     )  # fmt: skip
     assert_one_line_error(proc, "other model flags: use experiment.py with --embed_dim 32")
+    proc = in_process(
+        *base, *online, "--init_from", offline_run / "checkpoint.pt",
+        "--no_timestep_embedding", "--out_dir", tmp_path / "d",
+    )  # fmt: skip
+    assert_one_line_error(proc, "use experiment.py without --no_timestep_embedding")
     # Its AdamW state cannot continue as LAMB's.
     proc = in_process(
         *base, *online, "--init_from", offline_run / "checkpoint.pt",
         "--optimizer", "lamb", "--out_dir", tmp_path / "c",
     )  # fmt: skip
     assert_one_line_error(proc, "was trained with --optimizer adamw: use it here too")
-    assert not any((tmp_path / x).exists() for x in "abc")
+    assert not any((tmp_path / x).exists() for x in "abcd")
 
 
 def test_torchrun_ranks_share_collection_and_one_buffer(data_dir, tmp_path):

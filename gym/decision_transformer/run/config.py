@@ -475,6 +475,25 @@ class RunConfig:
         )
 
 
+# ModelConfig fields set by a flag that turns them off.
+_NEGATED = {"qk_norm": "--no_qk_norm", "timestep_embedding": "--no_timestep_embedding"}
+
+
+def model_flags_fix(names: list[str], model: ModelConfig) -> str:
+    """How to ask for ``model``'s values of the ModelConfig fields ``names`` on the command line,
+    e.g. ``with --embed_dim 32 and without --no_timestep_embedding``."""
+    given, dropped = [], []
+    for name in names:
+        value = getattr(model, name)
+        if name in _NEGATED:
+            (dropped if value else given).append(_NEGATED[name])
+        elif name != "backbone":
+            given.append(f"--{name} {value}")
+    parts = [f"with {', '.join(given)}"] if given else []
+    parts += [f"without {', '.join(dropped)}"] if dropped else []
+    return " and ".join(parts) or "with its backbone"
+
+
 def _add_flags(parser: argparse.ArgumentParser, cls: type, groups: dict) -> None:
     for f in fields(cls):
         if not _is_flag(f):

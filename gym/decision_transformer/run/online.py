@@ -36,7 +36,7 @@ from ..envs import default_online_rtg
 from ..evaluation.evaluate_episodes import EvalEpisodes, collect_batched
 from ..models.policy_heads import default_target_entropy, unit_box_entropy_to_env
 from .checkpoint import CheckpointError, read_checkpoint, seed_iteration
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, model_flags_fix
 from .distributed import DistContext, RankBatches, unwrap
 
 # What --init_from reads from an offline run's checkpoint.
@@ -87,11 +87,10 @@ def read_init_checkpoint(cfg: RunConfig, state_mean, state_std, resumed: dict | 
         if k not in ("dropout", "eval_context") and getattr(mine, k) != getattr(theirs, k)
     ]
     if differ:
-        flags = ", ".join(f"--{k} {getattr(theirs, k)}" for k in differ if k != "backbone")
         script = "experiment_qwen.py" if theirs.backbone == "qwen3" else "experiment.py"
         raise ConfigError(
             f"--init_from: {cfg.init_from} was trained with other model flags: use {script} "
-            f"with {flags or 'its backbone'}"
+            f"{model_flags_fix(differ, theirs)}"
         )
     if src.optimizer != cfg.optimizer:  # its optimizer state is what the online phase continues
         raise ConfigError(
