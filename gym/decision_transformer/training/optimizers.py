@@ -17,8 +17,9 @@ follows that variant's update exactly:
 5. ``w -= lr * update``.
 
 No library fit: timm's Lamb is this algorithm but timm needs torchvision, which pins torch to
-its own version (installing it replaces this project's torch); pytorch-optimizer's and
-torch-optimizer's Lamb skip the bias correction and clamp ``||w||`` at 10. The test
+its own version (``pip install timm`` here would replace torch 2.13 with another release and
+its CUDA wheels); pytorch-optimizer's Lamb (as read) has no bias correction and clamps ``||w||``
+at 10, another update; torch-optimizer has had no release since 2021. The test
 (tests/test_optimizers.py) checks :class:`Lamb` against the steps above written out separately.
 """
 
