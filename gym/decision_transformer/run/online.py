@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.replay_buffer import TrajectoryReplayBuffer
+from ..envs import default_online_rtg
 from ..evaluation.collect import collect_batched
 from ..evaluation.evaluate_episodes import EvalEpisodes
 from ..models.policy_heads import default_target_entropy, unit_box_entropy_to_env
@@ -47,7 +48,7 @@ def target_entropy(cfg: RunConfig, action_scale: torch.Tensor) -> float:
 
 
 def online_rtg(cfg: RunConfig, targets: list[float]) -> float:
-    return cfg.online_rtg if cfg.online_rtg is not None else 2.0 * max(targets)
+    return cfg.online_rtg if cfg.online_rtg is not None else default_online_rtg(cfg.env, targets)
 
 
 def round_seeds(cfg: RunConfig, iteration: int) -> list[int]:

@@ -35,6 +35,7 @@ from ..data.holdout import held_out_count, validation_batches
 from ..data.sampler import BatchSampler
 from ..training.act_trainer import ActTrainer
 from ..training.odt_trainer import ODTTrainer
+from ..training.optimizers import build_optimizer
 from ..training.seq_trainer import SequenceTrainer
 from ..training.trainer import PROGRESS_INTERVAL, NonFiniteError, Trainer, TrainerOptions
 from ..training.validation import ValidationSet
@@ -75,9 +76,10 @@ def use_fused_adamw(model: torch.nn.Module) -> bool:
 
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module):
-    """AdamW and its warmup (then constant or cosine) learning-rate schedule."""
+    """The --optimizer (AdamW or LAMB) and its warmup (then constant or cosine) schedule."""
     # None (not False) elsewhere: torch's default choice of AdamW kernel, as before.
-    optimizer = torch.optim.AdamW(
+    optimizer = build_optimizer(
+        cfg.optimizer,
         model.parameters(),
         lr=cfg.learning_rate,
         weight_decay=cfg.weight_decay,
