@@ -321,9 +321,19 @@ class RunConfig:
         10, "evaluate every this many online rounds (and after the last)", group=ONLINE_GROUP,
         type=int,
     )  # fmt: skip
+    online_warmup_steps: int = flag(
+        0,
+        "the online phase's learning-rate schedule (never --lr_decay's cosine): linear warmup "
+        "over its first N updates, then constant at --learning_rate. 0: the run's --warmup_steps "
+        "continued, then constant (the ODT reference's one schedule over both phases)",
+        group=ONLINE_GROUP,
+        type=int,
+        metavar="N",
+    )
     buffer_size: int = flag(
         1000,
-        "replay buffer capacity in trajectories: the best offline ones first, then FIFO",
+        "replay buffer capacity in trajectories: the best offline ones first (of those offline "
+        "training draws from: --val_episodes held out, --pct_traj applied), then FIFO",
         group=ONLINE_GROUP,
         type=int,
     )
@@ -360,7 +370,9 @@ class RunConfig:
         None,
         "keep the best iteration's weights as best.pt beside checkpoint.pt: val_error (lowest "
         "validation error) or return@TARGET (highest mean return at TARGET, one of "
-        "--env_targets, e.g. return@max). Default: val_error with --val_episodes, else no best.pt",
+        "--env_targets, e.g. return@max). With --online_rounds only return@TARGET, which ranks "
+        "the offline iterations and every evaluated online round together. Default: val_error "
+        "with --val_episodes (offline runs), else no best.pt",
         group=VALIDATION_GROUP,
         type=selection_spec,
     )
@@ -656,13 +668,20 @@ def _check_validation(cfg: RunConfig) -> None:
         raise ConfigError(f"--val_episodes must be >= 0, got {cfg.val_episodes}")
     if cfg.val_windows <= 0:
         raise ConfigError(f"--val_windows must be positive, got {cfg.val_windows}")
-    # No default best.pt when FSDP gathers no full weights: validation is logged only.
+    # No default best.pt when FSDP gathers no full weights, nor in a run with online rounds
+    # (val_error cannot rank them, see run/selection.py): validation is logged only.
     if (
         cfg.select_by is None
         and cfg.val_episodes
+        and not cfg.online_rounds
         and not (cfg.fsdp and not cfg.consolidate_checkpoint)
     ):
         cfg.select_by = "val_error"
+    if cfg.select_by == "val_error" and cfg.online_rounds:
+        raise ConfigError(
+            "--select_by val_error cannot rank online rounds (they train on their own episodes, "
+            "not the held-out split's complement): select by return@TARGET, or drop --select_by"
+        )
     if cfg.select_by == "val_error" and not cfg.val_episodes:
         raise ConfigError(
             "--select_by val_error needs held-out episodes: add --val_episodes N (or a "
@@ -759,6 +778,8 @@ def _check_online(cfg: RunConfig) -> None:
     for name in ("online_episodes", "online_updates", "online_eval_every", "buffer_size"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.online_warmup_steps < 0:
+        raise ConfigError(f"--online_warmup_steps must be >= 0, got {cfg.online_warmup_steps}")
     for name in ("init_temperature", "temperature_lr"):
         if not getattr(cfg, name) > 0:
             raise ConfigError(f"--{name} must be positive, got {getattr(cfg, name)}")

@@ -10,7 +10,8 @@ are read by :func:`read_run_checkpoint`, which checks them for what each use nee
                               optimizer_format "fqn"; with
                               --consolidate_checkpoint false only "dcp", the sharded folder)
     temperature, temperature_optimizer   the stochastic head's entropy temperature (ODT)
-    selection                 best.pt's criterion and best value so far (offline iterations)
+    selection                 best.pt's criterion and best value so far (offline iterations
+                              and online rounds)
     online                    the online phase: round, env steps and replay buffer
     scheduler, rng, iteration the schedule, every generator, iterations done
     state_mean, state_std, config, eval_targets, wandb_id   what evaluate.py and wandb need
@@ -234,7 +235,7 @@ class RunState:
         state.update(self.trainer.extra_state())
         if iteration > self.cfg.max_iters:  # an online round
             state["online"] = self.online.state_dict()
-        elif self.selection is not None:  # only runs that validate or select carry the key
+        if self.selection is not None:  # only runs that validate or select carry the key
             state["selection"] = self.selection.state_dict()
         state.update(
             scheduler=self.scheduler.state_dict(),
