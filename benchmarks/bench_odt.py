@@ -1,8 +1,9 @@
 """Does online fine-tuning (the Online Decision Transformer) take a DT past its data on Humanoid?
 
-    python benchmarks/bench_odt.py                      # the full run: 4 x (pretrain + 60 CPU-min)
+    python benchmarks/bench_odt.py                      # the full run: 6 x (pretrain + 60 CPU-min)
     python benchmarks/bench_odt.py --smoke              # a tiny end-to-end check of the script
     python benchmarks/bench_odt.py --control            # + offline runs given as many updates
+    python benchmarks/bench_odt.py --recipe project reference   # + the ODT reference's recipe
 
 The dataset: the embedded ``humanoid-collected`` recipe (``gym/data/collect_dataset.py``, the
 balance controller with rising action noise and knee bending, 1000 episodes) restricted to its
@@ -27,10 +28,22 @@ pretraining continued offline for at least as many gradient updates as the onlin
 (whole iterations of ``--offline_steps``), evaluated the same way. Its return is the table's
 last column, for information (not a target).
 
-Prints a markdown table (best return in the pretraining data, offline DT, fine-tuned DT, env
-steps, online CPU minutes) and writes the learning curves over env steps with plot.py. The
-target, per backbone and seed: the fine-tuned DT's mean evaluation return exceeds both the
-offline DT's and the best return in its data; the script exits 1 naming each miss.
+``--recipe reference`` adds an arm with the ODT reference's recipe as docs/reference.md lists it
+(LAMB with weight decay 5e-4, lr 1e-4 warmed up over 10,000 steps then constant through the
+online phase, batch 256, 512 wide x 4 layers x 4 heads, K 20, no timestep embedding, acting on
+the last 5 steps, 300 updates and 1 episode per round, a buffer of 1000), GPT-2 backbone only
+(the reference's); same dataset, targets, offline length, evaluation and CPU budget as the
+project's arm (``--recipe project``, the default), so the two differ by the recipe alone. Its runs
+are named ``reference-<backbone>-s<seed>-...``.
+
+Seeds default to 0 1 2. Prints a markdown table per run (best return in the pretraining data,
+offline DT, fine-tuned DT and the control, each as the evaluation's mean ± its standard deviation
+over episodes, env steps, online CPU minutes), then one per recipe and backbone over the seeds:
+mean ± standard deviation (over seeds, ddof 1) of the same final evaluations, the fine-tuned DT's
+gain over the offline DT and over the control, and the mean episode spread of its evaluations.
+It writes the learning curves over env steps with plot.py. The target, per recipe, backbone and
+seed: the fine-tuned DT's mean evaluation return exceeds both the offline DT's and the best
+return in its data; the script exits 1 naming each miss.
 """
 
 from __future__ import annotations
@@ -64,6 +77,27 @@ FULL = {
     "online_episodes": 4,
     "eval_every": 10,
     "chunk": 10,
+}
+# The ODT reference's recipe (docs/reference.md, "The reference's ODT recipe"): what replaces
+# the project's flags, given after them (argparse keeps a flag's last value).
+REFERENCE = {
+    "train": (
+        "--optimizer lamb --weight_decay 5e-4 --learning_rate 1e-4 --warmup_steps 10000 "
+        "--lr_decay none --online_warmup_steps 0 --batch_size 256 --K 20 --dropout 0.1 "
+        "--no_timestep_embedding --eval_context 5"
+    ).split(),
+    "model": "--embed_dim 512 --n_layer 4 --n_head 4".split(),
+    "online": "--online_updates 300 --online_episodes 1 --buffer_size 1000".split(),
+}
+# The smoke run keeps the recipe's switches at toy sizes.
+REFERENCE_SMOKE = {
+    "train": (
+        "--optimizer lamb --weight_decay 5e-4 --learning_rate 1e-4 --warmup_steps 20 "
+        "--lr_decay none --online_warmup_steps 0 --batch_size 16 --K 5 --dropout 0.1 "
+        "--no_timestep_embedding --eval_context 2"
+    ).split(),
+    "model": "--embed_dim 32 --n_layer 1 --n_head 1".split(),
+    "online": "--online_updates 5 --online_episodes 1 --buffer_size 1000".split(),
 }
 SMOKE = {
     "model": {
@@ -111,15 +145,30 @@ def make_dataset(data: Path, episodes: int, max_return: float) -> np.ndarray:
     return np.array([float(p["rewards"].sum()) for p in load_paths_file(low)])
 
 
-def eval_return(row: dict, target: float) -> float:
-    return row[f"evaluation/target_{target:g}_return_mean"]
+def eval_return(row: dict, target: float) -> tuple[float, float]:
+    """The evaluation's mean return at ``target`` and its standard deviation over episodes."""
+    key = f"evaluation/target_{target:g}_return"
+    return row[f"{key}_mean"], row[f"{key}_std"]
+
+
+def spread(values: list[float]) -> str:
+    """``mean ± std`` over seeds (ddof 1); a single seed has no spread to state."""
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return f"{v.mean():.0f} (one seed)"
+    return f"{v.mean():.0f} ± {v.std(ddof=1):.0f}"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny models and budget: checks the script")
     p.add_argument("--backbones", nargs="+", default=list(SCRIPTS), choices=list(SCRIPTS))
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 (smoke: 0)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (smoke: 0)")
+    p.add_argument(
+        "--recipe", nargs="+", default=["project"], choices=["project", "reference"],
+        help="project: this project's flags (below); reference: the ODT reference's recipe "
+        "(docs/reference.md), GPT-2 only. Default: project",
+    )  # fmt: skip
     p.add_argument(
         "--cpu_minutes", type=float, default=None,
         help="online budget per run in CPU minutes (default 60: 30 minutes of 2 cores)",
@@ -135,8 +184,11 @@ def main() -> int:
     p.add_argument("--episodes", type=int, default=None, help="eval episodes (default 20)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "runs" / "odt"))
     args = p.parse_args()
+    if "reference" in args.recipe and "gpt2" not in args.backbones:
+        p.error("--recipe reference runs the GPT-2 backbone: add gpt2 to --backbones")
     c = SMOKE if args.smoke else FULL
-    seeds = args.seeds or ([0] if args.smoke else [0, 1])
+    ref = REFERENCE_SMOKE if args.smoke else REFERENCE
+    seeds = args.seeds or ([0] if args.smoke else [0, 1, 2])
     cpu_minutes = args.cpu_minutes or (0.3 if args.smoke else 60.0)
     episodes = args.episodes or (2 if args.smoke else 20)
     out = Path(args.out).resolve() / ("smoke" if args.smoke else "full")
@@ -158,65 +210,107 @@ def main() -> int:
         "--online_eval_every", c["eval_every"],
     ]  # fmt: skip
 
-    def one(backbone: str, seed: int) -> tuple:
+    def one(recipe: str, backbone: str, seed: int) -> tuple:
         """Pretrain, then fine-tune until the CPU budget is spent; the table's row."""
         script = SCRIPTS[backbone]
         flags = [*common, *c["model"][backbone], "--seed", seed]
-        off, on = out / f"{backbone}-s{seed}-offline", out / f"{backbone}-s{seed}-online"
+        online_flags = online
+        if recipe == "reference":
+            flags = [*flags, *ref["train"], *ref["model"]]
+            online_flags = [*online, *ref["online"]]
+        # The flag's last value, the one the run takes.
+        at = len(online_flags) - 1 - online_flags[::-1].index("--online_updates")
+        updates_per_round = int(online_flags[at + 1])
+        name = f"{backbone}-s{seed}" if recipe == "project" else f"{recipe}-{backbone}-s{seed}"
+        off, on = out / f"{name}-offline", out / f"{name}-online"
         if not (off / "checkpoint.pt").exists():
             run(script, *flags, "--out_dir", off)
         offline_return = eval_return(rows(off)[-1], args.target)
         # The CPU time the online phase has used so far, kept beside the run so that a rerun
         # continues it; the rounds done are the run's own (its metrics' last iteration).
-        budget = out / f"{backbone}-s{seed}-online-budget.json"
+        budget = out / f"{name}-online-budget.json"
         spent = json.loads(budget.read_text())["cpu_s"] if budget.exists() else 0.0
         rounds = rows(on)[-1]["iteration"] - c["offline_iters"] if budget.exists() else 0
         while spent < cpu_minutes * 60:  # extend the online phase chunk by chunk
             rounds += c["chunk"]
             resume = ["--resume"] if (on / "checkpoint.pt").exists() else []
             extend = ["--online_rounds", rounds, "--init_from", off / "checkpoint.pt"]
-            spent += run(script, *flags, *online, *extend, "--out_dir", on, *resume)
+            spent += run(script, *flags, *online_flags, *extend, "--out_dir", on, *resume)
             budget.write_text(json.dumps({"cpu_s": spent}))
         final = rows(on)[-1]
         control = None
         if args.control:
             # The same pretraining run, continued offline for at least the online phase's
             # gradient updates (whole iterations): what the extra updates alone are worth.
-            updates = (final["iteration"] - c["offline_iters"]) * c["online_updates"]
+            updates = (final["iteration"] - c["offline_iters"]) * updates_per_round
             iters = c["offline_iters"] + -(-updates // c["offline_steps"])
-            more = out / f"{backbone}-s{seed}-offline-more"
+            more = out / f"{name}-offline-more"
             if not (more / "checkpoint.pt").exists() or rows(more)[-1]["iteration"] < iters:
                 resume = ["--resume"] if (more / "checkpoint.pt").exists() else []
                 flags = [*flags, "--max_iters", iters]  # the last --max_iters wins
                 run(script, *flags, "--out_dir", more, *resume)
             control = eval_return(rows(more)[-1], args.target)
-        print(f"{backbone} seed {seed}: done", flush=True)
-        return (backbone, seed, offline_return, eval_return(final, args.target),
-                final["online/env_steps"], spent / 60, rounds, control)  # fmt: skip
+        print(f"{recipe} {backbone} seed {seed}: done", flush=True)
+        return (recipe, backbone, seed, offline_return, eval_return(final, args.target),
+                final["online/env_steps"], spent / 60, rounds, control, on)  # fmt: skip
 
-    runs = [(backbone, seed) for backbone in args.backbones for seed in seeds]
+    runs = [
+        (recipe, backbone, seed)
+        for recipe in args.recipe
+        for backbone in args.backbones
+        if recipe == "project" or backbone == "gpt2"
+        for seed in seeds
+    ]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(lambda r: one(*r), runs))
-    online_dirs = [out / f"{backbone}-s{seed}-online" for backbone, seed in runs]
 
-    print("\n| backbone | seed | best in data | offline DT | fine-tuned DT | env steps | rounds "
-          "| online CPU min | > offline? | > data? | offline, as many updates |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
+    def pm(r: tuple[float, float] | None) -> str:
+        return "-" if r is None else f"{r[0]:.0f} ± {r[1]:.0f}"
+
+    print("\nPer run: the final evaluation's mean return ± its standard deviation over episodes.")
+    print("\n| recipe | backbone | seed | best in data | offline DT | fine-tuned DT "
+          "| env steps | rounds | online CPU min | > offline? | > data? "
+          "| offline, as many updates |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
     missed = []
-    for backbone, seed, off_r, on_r, env_steps, spent, rounds, control in results:
-        beats_off, beats_data = on_r > off_r, on_r > best
+    for recipe, backbone, seed, off_r, on_r, env_steps, spent, rounds, control, _ in results:
+        beats_off, beats_data = on_r[0] > off_r[0], on_r[0] > best
         print(
-            f"| {backbone} | {seed} | {best:.0f} | {off_r:.0f} | {on_r:.0f} | {env_steps:,} | "
-            f"{rounds} | {spent:.1f} | {'yes' if beats_off else 'no'} | "
-            f"{'yes' if beats_data else 'no'} | {'-' if control is None else f'{control:.0f}'} |"
+            f"| {recipe} | {backbone} | {seed} | {best:.0f} | {pm(off_r)} | {pm(on_r)} | "
+            f"{env_steps:,} | {rounds} | {spent:.1f} | {'yes' if beats_off else 'no'} | "
+            f"{'yes' if beats_data else 'no'} | {pm(control)} |"
         )
         if not (beats_off and beats_data):
             missed.append(
-                f"{backbone} seed {seed}: fine-tuned {on_r:.0f} vs offline {off_r:.0f} and best "
-                f"data return {best:.0f}"
+                f"{recipe} {backbone} seed {seed}: fine-tuned {on_r[0]:.0f} vs offline "
+                f"{off_r[0]:.0f} and best data return {best:.0f}"
+            )
+
+    print(
+        "\nOver seeds: mean ± standard deviation (ddof 1) of the final evaluations' means; "
+        "episode spread: the mean over seeds of the fine-tuned DT's standard deviation over "
+        "episodes."
+    )
+    print("\n| recipe | backbone | seeds | offline DT | fine-tuned DT | fine-tuned - offline "
+          "| offline, as many updates | fine-tuned - that | episode spread |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for recipe in args.recipe:
+        for backbone in args.backbones:
+            group = [r for r in results if r[0] == recipe and r[1] == backbone]
+            if not group:
+                continue
+            off = [r[3][0] for r in group]
+            fine = [r[4][0] for r in group]
+            controls = [r[8][0] for r in group if r[8] is not None]
+            gain_control = spread([f - k for f, k in zip(fine, controls)]) if controls else "-"
+            print(
+                f"| {recipe} | {backbone} | {len(group)} | {spread(off)} | {spread(fine)} | "
+                f"{spread([f - o for f, o in zip(fine, off)])} | "
+                f"{spread(controls) if controls else '-'} | {gain_control} | "
+                f"{np.mean([r[4][1] for r in group]):.0f} |"
             )
     curves = out / "odt_curves.png"
-    run("plot.py", *online_dirs, "--x", "env_steps", "--out", curves)
+    run("plot.py", *[r[-1] for r in results], "--x", "env_steps", "--out", curves)
     print(f"\nlearning curves over env steps: {curves}")
     for m in missed:
         print(f"MISSED: {m}", file=sys.stderr)

@@ -50,15 +50,15 @@ MUTANTS = [
     Mutant(
         "rollout-window-off-by-one",
         ROLLOUT,
-        "max(0, t + 1 - self.K)",
-        "max(0, t - self.K)",
-        equivalent="get_actions keeps the last K steps of what it is given",
+        "max(0, t + 1 - self.context)",
+        "max(0, t - self.context)",
+        equivalent="at the default context (K) get_actions keeps the last K steps it is given",
     ),
     Mutant(
         "rollout-cache-too-long",
         ROLLOUT,
-        "(self.window_mode or t < self.K)",
-        "(self.window_mode or t <= self.K)",
+        "(self.window_mode or t < self.context)",
+        "(self.window_mode or t <= self.context)",
     ),  # fmt: skip
     Mutant(
         "rollout-prev-action",

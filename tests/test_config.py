@@ -1,5 +1,7 @@
 """Flag parsing: the original's flags and defaults, and this project's additions."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -92,9 +94,13 @@ def test_device_auto_follows_cuda_availability():
 def test_learning_rate_schedules():
     warm = [lr_factor(s, warmup=10, total=110, decay="cosine") for s in range(10)]
     assert warm == pytest.approx([(s + 1) / 10 for s in range(10)])
-    cosine = [lr_factor(s, warmup=10, total=110, decay="cosine") for s in range(10, 111)]
-    assert cosine[0] == 1.0 and cosine[50] == pytest.approx(0.55) and cosine[-1] == 0.1
+    # The offline steps 10..109 walk the cosine towards a tenth, reached at step 110 = total.
+    cosine = [lr_factor(s, warmup=10, total=110, decay="cosine") for s in range(10, 110)]
+    assert cosine[0] == 1.0 and cosine[50] == pytest.approx(0.55)
+    assert cosine[-1] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 99 / 100)))
     assert all(a >= b for a, b in zip(cosine, cosine[1:]))
-    assert lr_factor(10_000, warmup=10, total=110, decay="cosine") == 0.1
+    # Steps from total on are online updates: their own schedule (warmup done: the peak).
+    assert lr_factor(110, warmup=10, total=110, decay="cosine") == 1.0
+    assert lr_factor(10_000, warmup=10, total=110, decay="cosine") == 1.0
     assert {lr_factor(s, warmup=10, total=110, decay="none") for s in range(9, 200)} == {1.0}
     assert build_parser().parse_args([]).lr_decay == "none"

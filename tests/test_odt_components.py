@@ -5,6 +5,8 @@ over episodes played in a real MuJoCo env, and the buffer's state against a file
 back the way checkpoints are.
 """
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -69,6 +71,48 @@ def test_gaussian_log_prob_finite_on_the_edge_and_on_padding():
         d16 = head32(h32, SCALE.float(), BIAS.float())
     assert d16.loc.dtype == torch.float32
     assert torch.isfinite(d16.log_prob(HIGH.float().expand(2, A))).all()
+
+
+def confident_head(hidden=64):
+    """A head whose means sit at |loc| 1-4 with log-std near its floor (std ~ e^-5): a policy
+    that has learned its actions, where bf16 rounding of loc is the size of the std."""
+    torch.manual_seed(0)
+    head = SquashedGaussianHead(hidden, A)
+    with torch.no_grad():
+        head.mu.weight.mul_(0.3)
+        head.mu.bias.copy_(torch.tensor([2.5, -2.5, 3.0]))
+        head.log_std.weight.mul_(0.01)
+        head.log_std.bias.fill_(-8.0)  # tanh(-8) ~ -1: log-std just above -5
+    return head
+
+
+@pytest.mark.parametrize("how", ["autocast", "bf16_weights"])
+def test_gaussian_head_computes_in_fp32_under_bf16(how):
+    """Under a bf16 autocast, or with bf16 weights (FSDP's compute dtype), loc, log-std and the
+    data's NLL agree with an fp64 computation from the same weights and inputs, as closely as
+    fp32 allows: a head whose linears ran in bf16 is off by ~1 nat per action dimension."""
+    head = confident_head()
+    h = torch.randn(8, 5, 64)
+    if how == "bf16_weights":
+        head, h = head.to(torch.bfloat16), h.to(torch.bfloat16)
+    # The fp64 reference from the very same weights and inputs (bf16 upcasts exactly).
+    ref = copy.deepcopy(head).double()(h.double(), SCALE, BIAS)
+    loc = ref.loc
+    assert 1.0 <= loc.abs().min() and loc.abs().max() <= 4.5
+    assert torch.allclose(ref.log_std, torch.full_like(ref.log_std, -5.0), atol=0.01)
+    # The data's actions: the reference's draws one std around its mean, stored in fp32.
+    z = torch.randn(loc.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    actions = (torch.tanh(loc + z * ref.log_std.exp()) * SCALE + BIAS).float()
+    if how == "autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            dist = head(h, SCALE.float(), BIAS.float())
+    else:
+        dist = head(h, SCALE.float(), BIAS.float())
+    assert dist.loc.dtype == torch.float32 and dist.log_std.dtype == torch.float32
+    torch.testing.assert_close(dist.loc.double(), loc, rtol=0, atol=1e-5)
+    torch.testing.assert_close(dist.log_std.double(), ref.log_std, rtol=0, atol=1e-5)
+    nll, want = -dist.log_prob(actions), -ref.log_prob(actions.double())
+    torch.testing.assert_close(nll.double(), want, rtol=0, atol=1e-2)
 
 
 def test_gaussian_entropy_estimate_matches_torch_distributions():

@@ -113,6 +113,8 @@ def test_online_run(reference, backbone):
     steps = [r["online/env_steps"] for r in online]
     diffs = np.diff([0, *steps])
     assert all(d == EPISODES * r["online/collected_length_mean"] for d, r in zip(diffs, online))
+    # Humanoid has no ODT exploration return: the rule's 2 x the largest target (6000).
+    assert all(r["online/rtg"] == 12000.0 for r in online)
     # Evaluated on rounds 2 and 3 (every 2nd, and the last), not on round 1.
     assert ["evaluation/target_6000_return_mean" in r for r in online] == [False, True, True]
     # The temperature is learned by the dual step: with the entropy below its target (-act_dim
@@ -279,7 +281,18 @@ def test_init_from_a_checkpoint_that_does_not_fit(data_dir, offline_run, tmp_pat
         "--embed_dim", "64", "--out_dir", tmp_path / "b",
     )  # fmt: skip
     assert_one_line_error(proc, "other model flags: use experiment.py with --embed_dim 32")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    proc = in_process(
+        *base, *online, "--init_from", offline_run / "checkpoint.pt",
+        "--no_timestep_embedding", "--out_dir", tmp_path / "d",
+    )  # fmt: skip
+    assert_one_line_error(proc, "use experiment.py without --no_timestep_embedding")
+    # Its AdamW state cannot continue as LAMB's.
+    proc = in_process(
+        *base, *online, "--init_from", offline_run / "checkpoint.pt",
+        "--optimizer", "lamb", "--out_dir", tmp_path / "c",
+    )  # fmt: skip
+    assert_one_line_error(proc, "was trained with --optimizer adamw: use it here too")
+    assert not any((tmp_path / x).exists() for x in "abcd")
 
 
 def test_torchrun_ranks_share_collection_and_one_buffer(data_dir, tmp_path):

@@ -19,7 +19,24 @@ MODELS = {
         "experiment_qwen.py",
         ["--n_head", "2", "--n_kv_head", "1", "--dtype", "bf16", "--dropout", "0.1"],
     ),
+    # The ODT reference's recipe (docs/reference.md): LAMB's moments and step counts must
+    # survive the kill, as AdamW's do.
+    "odt_recipe": (
+        "experiment.py",
+        [
+            "--optimizer",
+            "lamb",
+            "--weight_decay",
+            "5e-4",
+            "--no_timestep_embedding",
+            "--eval_context",
+            "2",
+            "--policy",
+            "stochastic",
+        ],
+    ),  # fmt: skip
 }
+BACKBONE = {"gpt2": "gpt2", "qwen3": "qwen3", "odt_recipe": "gpt2"}
 # (moment, n, backbone): the 8th optimizer step is inside iteration 2 (5 steps each); the 3rd
 # evaluation call is iteration 2's first target; the 2nd checkpoint is iteration 2's, so
 # iteration 2's metrics row is already written when the kill comes (the truncate path).
@@ -27,7 +44,10 @@ MODELS = {
 # file), whatever the model; the backbone decides what state there is to restore (weights,
 # optimizer, bf16 autocast), whatever the moment. So every moment is killed once, and the kill
 # inside an optimizer step, where the most state is in flight, on both backbones.
-CASES = [("step", 8, "gpt2"), ("step", 8, "qwen3"), ("eval", 3, "gpt2"), ("checkpoint", 2, "qwen3")]
+CASES = [
+    ("step", 8, "gpt2"), ("step", 8, "qwen3"), ("eval", 3, "gpt2"), ("checkpoint", 2, "qwen3"),
+    ("step", 8, "odt_recipe"),
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +96,7 @@ def test_kill_9_then_resume_equals_uninterrupted(
     script, _ = MODELS[backbone]
     out = tmp_path / "run"
     args = [*flags(data_dir, backbone), "--out_dir", str(out)]
-    killed = run_script(KILL_AT, moment, n, backbone, *args)
+    killed = run_script(KILL_AT, moment, n, BACKBONE[backbone], *args)
     assert killed.returncode == -9, killed.stderr[-2000:]
     kept = torch.load(out / "checkpoint.pt", weights_only=True)["iteration"]
     assert kept == 1  # every moment above falls in iteration 2

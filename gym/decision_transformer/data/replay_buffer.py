@@ -81,13 +81,20 @@ class TrajectoryReplayBuffer:
 
     @classmethod
     def from_dataset(
-        cls, dataset: TrajectoryDataset, capacity: int = DEFAULT_CAPACITY, mode: str = "normal"
+        cls,
+        dataset: TrajectoryDataset,
+        capacity: int = DEFAULT_CAPACITY,
+        mode: str = "normal",
+        episodes: np.ndarray | None = None,
     ) -> TrajectoryReplayBuffer:
         """The ``capacity`` offline trajectories of highest return (all of them if fewer), worst
-        first. ``dataset`` is the one the model trains on (its rewards already rewritten for
-        ``mode='delayed'``); its state statistics become the buffer's."""
+        first, chosen among ``episodes`` (indices into ``dataset``; None: all of them), the ones
+        offline training draws from. ``dataset`` is the one the model trains on (its rewards
+        already rewritten for ``mode='delayed'``); its state statistics become the buffer's."""
         buf = cls(capacity, dataset.state_mean, dataset.state_std, dataset.act_dim, mode)
-        best = np.argsort(dataset.returns, kind="stable")[-buf.capacity :]  # ascending return
+        pool = np.arange(len(dataset.lengths)) if episodes is None else np.sort(episodes)
+        # Ascending return, ties by index (the order a stable sort of all episodes gives).
+        best = pool[np.argsort(dataset.returns[pool], kind="stable")][-buf.capacity :]
         buf._source = dataset
         buf._set_content(*_episodes_of(dataset, best), dataset.lengths[best].copy())
         buf.offline_episodes = best.astype(np.int64)

@@ -14,6 +14,10 @@ How the model is called:
 * a DT in ``full`` attention: the cache while the window is still filling (``t < K``), then the
   original recomputation of the last ``K`` steps once it slides;
 * anything else (BC): ``get_actions`` on the last ``K`` steps.
+
+A DT whose ``eval_context`` N is shorter than its K (the ODT's ``eval_context_length``) acts on
+the last N steps only, in either attention: the cache while ``t < N``, then the recomputation
+of the last N steps (left-padded to K and masked by the model, as the ODT's reference does).
 """
 
 from __future__ import annotations
@@ -50,7 +54,12 @@ class Rollout:
         self.mean = torch.as_tensor(state_mean, device=device, dtype=torch.float32)
         self.std = torch.as_tensor(state_std, device=device, dtype=torch.float32)
         self.K = model.max_length or max_ep_len
-        self.window_mode = getattr(model, "attention", "full") == "window"
+        # The steps the model acts on: its eval_context (a DT's; K unless set), else K.
+        self.context = getattr(model, "eval_context", None) or self.K
+        # Window attention over all K steps acts on the whole history through the cache.
+        self.window_mode = (
+            getattr(model, "attention", "full") == "window" and self.context == self.K
+        )
         cached = use_cache and conditioned and hasattr(model, "act_step") and model.max_length
         self.cache = model.new_rollout_cache(n) if cached else None
         # Row i of step t is written once and never moved; the model reads slices of these.
@@ -76,7 +85,7 @@ class Rollout:
     def act(self) -> torch.Tensor:
         """The actions ``[n, act_dim]`` for the current step, kept in the history."""
         t, model = self.t, self.model
-        if self.cache is not None and (self.window_mode or t < self.K):
+        if self.cache is not None and (self.window_mode or t < self.context):
             prev = self.actions[:, t - 1] if t else self.actions[:, 0]
             act = model.act_step(
                 self.cache, self.states[:, t], prev, self.rtg[:, t, None], t, **self.sample
@@ -84,9 +93,9 @@ class Rollout:
         else:
             if self.cache is not None:
                 self.cache = None  # full attention and the window slid: recompute from now on
-            # The model sees at most its last K steps (in window attention, without the cache,
-            # the whole history, which get_actions takes as is).
-            lo = 0 if self.window_mode else max(0, t + 1 - self.K)
+            # The model sees at most its last K (eval_context) steps (in window attention,
+            # without the cache, the whole history, which get_actions takes as is).
+            lo = 0 if self.window_mode else max(0, t + 1 - self.context)
             act = model.get_actions(
                 self.states[:, lo : t + 1],
                 self.actions[:, lo : t + 1],

@@ -32,11 +32,15 @@ class DecisionTransformer(TrajectoryModel):
         action_high=1.0,
         attention: str = "full",
         policy: str = "deterministic",
+        timestep_embedding: bool = True,
+        eval_context: int | None = None,
         **backbone_kwargs,
     ):
         super().__init__(state_dim, act_dim, max_length, action_low, action_high)
         if attention not in ("full", "window") or (attention == "window" and not max_length):
             raise ValueError(f"attention must be 'full' or 'window' with a max_length: {attention}")
+        if eval_context is not None and not (max_length and 1 <= eval_context <= max_length):
+            raise ValueError(f"eval_context must be in [1, max_length], not {eval_context}")
         self.hidden_size = hidden_size
         self.action_tanh = action_tanh
         self.policy = policy  # deterministic (the original) or stochastic (the ODT's Gaussian)
@@ -44,8 +48,13 @@ class DecisionTransformer(TrajectoryModel):
         self.attention = attention
         window = max_length if attention == "window" else None
         self.transformer = self.build_backbone(hidden_size, window=window, **backbone_kwargs)
+        # Steps of history the policy acts on (get_actions, act_step, evaluation/rollout.py):
+        # the last eval_context of the K it trains on (the ODT's eval_context_length).
+        self.eval_context = eval_context or max_length
 
-        self.embed_timestep = nn.Embedding(max_ep_len, hidden_size)
+        # Without it (the ODT reference's default, ``ordering=0``) the model has no parameter
+        # for it and nothing is added: time is only what the tokens' order tells attention.
+        self.embed_timestep = nn.Embedding(max_ep_len, hidden_size) if timestep_embedding else None
         self.embed_return = nn.Linear(1, hidden_size)
         self.embed_state = nn.Linear(state_dim, hidden_size)
         self.embed_action = nn.Linear(act_dim, hidden_size)
@@ -77,7 +86,7 @@ class DecisionTransformer(TrajectoryModel):
         likelihood; through forward, so DDP sees the gradients flow)."""
         B, T = states.shape[:2]
 
-        time_emb = self.embed_timestep(timesteps)
+        time_emb = self.time_embedding(timesteps)
         state_emb = self.embed_state(states) + time_emb
         action_emb = self.embed_action(actions) + time_emb
         return_emb = self.embed_return(returns_to_go) + time_emb
@@ -96,6 +105,10 @@ class DecisionTransformer(TrajectoryModel):
         dist = self.predict_action(x[:, :, 1], self.action_scale, self.action_bias)
         return state_preds, dist if return_dist else dist.mean_action, return_preds
 
+    def time_embedding(self, timesteps: torch.Tensor) -> torch.Tensor | float:
+        """What each token of a timestep gets added: its embedding, or 0 without one."""
+        return 0.0 if self.embed_timestep is None else self.embed_timestep(timesteps)
+
     @torch.no_grad()
     def get_actions(
         self,
@@ -111,12 +124,20 @@ class DecisionTransformer(TrajectoryModel):
         the mean action, or with a ``generator`` (data collection) a sample of the stochastic
         head drawn from it (the deterministic head has nothing to draw: its action).
 
-        In ``full`` attention the model sees the last ``max_length`` steps, left-padded (the
-        original). In ``window`` attention it sees the whole history under the banded mask: a
-        token's context reaches further back through each layer, so cutting the history would
-        change the result; :meth:`act_step` gives the same actions at a constant cost per step.
+        In ``full`` attention the model sees the last ``eval_context`` steps (``max_length``
+        unless set), left-padded to ``max_length`` and masked (the original; the ODT's
+        ``eval_context_length``). In ``window`` attention it sees the whole history under the
+        banded mask: a token's context reaches further back through each layer, so cutting the
+        history would change the result; :meth:`act_step` gives the same actions at a constant
+        cost per step. A window model with a shorter ``eval_context`` sees only that many steps.
         """
         pad = 0
+        if self.eval_context is not None and self.eval_context < self.max_length:
+            n = self.eval_context
+            history = (states, actions, returns_to_go, timesteps)
+            states, actions, returns_to_go, timesteps = (
+                None if x is None else x[:, -n:] for x in history
+            )
         if self.attention != "window":
             states, pad = self.window(states)
             actions, _ = self.window(actions)
@@ -158,13 +179,14 @@ class DecisionTransformer(TrajectoryModel):
         """The actions ``[N, act_dim]`` at step ``t`` of ``N`` episodes, feeding only this step's
         new tokens: ``prev_action [N, act_dim]`` (a_{t-1}, ignored at t = 0), ``return_to_go
         [N, 1]`` and ``state [N, state_dim]`` (normalised). Equals :meth:`get_actions` on the
-        whole history in ``window`` attention, and while ``t < max_length`` in ``full``; with a
-        ``generator``, samples as :meth:`get_actions` does (the same draws)."""
+        whole history in ``window`` attention acting on all ``max_length`` steps, and otherwise
+        while ``t < eval_context``, before anything leaves the context; with a ``generator``,
+        samples as :meth:`get_actions` does (the same draws)."""
         if cache.steps != t:
             raise ValueError(f"the cache is at step {cache.steps}, not {t}: feed every step once")
         N = state.shape[0]
         ts = torch.tensor([max(t - 1, 0), t], device=state.device)
-        time_prev, time_now = self.embed_timestep(ts)
+        time_prev, time_now = (0.0, 0.0) if self.embed_timestep is None else self.embed_timestep(ts)
         action_emb = self.embed_action(prev_action.float()) + time_prev
         return_emb = self.embed_return(return_to_go.float()) + time_now
         state_emb = self.embed_state(state.float()) + time_now

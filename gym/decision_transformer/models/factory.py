@@ -35,6 +35,10 @@ class ModelConfig:
     qk_norm: bool = True
     # DT only: the action head (models/policy_heads.py); runs before --policy are deterministic.
     policy: str = "deterministic"
+    # DT only: runs before --no_timestep_embedding have one; --eval_context (None: K) is how
+    # many of the last K steps the policy acts on (not a weight: any value loads any weights).
+    timestep_embedding: bool = True
+    eval_context: int | None = None
 
 
 def build_model(
@@ -58,6 +62,8 @@ def build_model(
         )
     common["attention"] = cfg.attention
     common["policy"] = cfg.policy
+    common["timestep_embedding"] = cfg.timestep_embedding
+    common["eval_context"] = cfg.eval_context
     if cfg.backbone == "qwen3":
         from .decision_transformer_qwen3 import DecisionTransformerQwen3
 

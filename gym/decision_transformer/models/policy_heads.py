@@ -190,11 +190,23 @@ class SquashedGaussianHead(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, h: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> SquashedGaussian:
-        loc = self.mu(h)  # [..., A]
-        # tanh lands in [-1, 1]; stretch it onto [min, max].
-        unit = torch.tanh(self.log_std(h))
-        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (unit + 1.0)
+        # The linears and everything after them in (at least) fp32, whatever autocast or the
+        # weights' dtype: a bf16 loc is off by ~0.004-0.03 at |loc| 1-4, the size of the
+        # smallest std (e^-5), so a confident policy's NLL would be mostly rounding noise.
+        # Inputs and weights are upcast, not re-rounded: gradients still reach bf16 weights.
+        dtype = torch.promote_types(h.dtype, torch.float32)
+        with torch.autocast(h.device.type, enabled=False):
+            h = h.to(dtype)
+            loc = _linear(self.mu, h, dtype)  # [..., A]
+            # tanh lands in [-1, 1]; stretch it onto [min, max].
+            unit = torch.tanh(_linear(self.log_std, h, dtype))
+            log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (unit + 1.0)
         return SquashedGaussian(loc, log_std, scale, bias)
+
+
+def _linear(layer: nn.Linear, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``layer(h)`` computed in ``dtype`` (the weights upcast for the call only)."""
+    return F.linear(h, layer.weight.to(dtype), layer.bias.to(dtype))
 
 
 def make_policy_head(

@@ -175,6 +175,20 @@ class RunConfig:
         "sees its own timestep and the K-1 before it, evaluated with a rolling key/value cache",
         choices=["full", "window"],
     )
+    eval_context: int | None = flag(
+        None,
+        "DT: act on only the last N of the K context steps in evaluation and online "
+        "collection, as the ODT's eval_context_length (its recipe: 5); training still uses K. "
+        "Default: K",
+        type=int,
+        metavar="N",
+    )
+    no_timestep_embedding: bool = flag(
+        False,
+        "DT: no timestep embedding, so time enters only through the tokens' order (as the ODT "
+        "reference's ordering=0). Default: the original's learned embedding",
+        action="store_true",
+    )
     segment_len: int | None = flag(  # resolved: never None
         None,
         "timesteps per training segment with --attention window (>= K; default K)",
@@ -194,8 +208,20 @@ class RunConfig:
     n_head: int = flag(1, "attention (query) heads", type=int)
     activation_function: str = flag("relu", "GPT-2 MLP activation (relu, gelu_new, ...)")
     dropout: float = flag(0.1, "dropout probability, in [0, 1)", type=float)
-    learning_rate: float = flag(1e-4, "AdamW peak learning rate", "-lr", type=float)
-    weight_decay: float = flag(1e-4, "AdamW weight decay", "-wd", type=float)
+    learning_rate: float = flag(1e-4, "peak learning rate", "-lr", type=float)
+    weight_decay: float = flag(
+        1e-4,
+        "weight decay: AdamW's decoupled decay, or LAMB's, added to its update before the "
+        "trust ratio (the ODT's recipe: 5e-4 with --optimizer lamb)",
+        "-wd",
+        type=float,
+    )
+    optimizer: str = flag(
+        "adamw",
+        "adamw, or lamb: the ODT reference's NVLAMB (Adam moments with bias correction, each "
+        "tensor's step scaled by |w| / |update|; training/optimizers.py). Both use eps 1e-8",
+        choices=["adamw", "lamb"],
+    )
     warmup_steps: int = flag(10000, "linear learning-rate warmup steps", type=int)
     lr_decay: str = flag(
         "none",
@@ -281,8 +307,9 @@ class RunConfig:
     )
     online_rtg: float | None = flag(
         None,
-        "return-to-go that collection is conditioned on (default: 2x the largest evaluation "
-        "target, the ODT's ratio)",
+        "return-to-go that collection is conditioned on (default: the ODT's own value where it "
+        "has one, Hopper 7200 (its reference code) and HalfCheetah 12000 (its paper); elsewhere "
+        "2x the largest evaluation target, a rule from the reference's 7200 = 2 x 3600)",
         group=ONLINE_GROUP,
         type=float,
     )
@@ -294,9 +321,19 @@ class RunConfig:
         10, "evaluate every this many online rounds (and after the last)", group=ONLINE_GROUP,
         type=int,
     )  # fmt: skip
+    online_warmup_steps: int = flag(
+        0,
+        "the online phase's learning-rate schedule (never --lr_decay's cosine): linear warmup "
+        "over its first N updates, then constant at --learning_rate. 0: the run's --warmup_steps "
+        "continued, then constant (the ODT reference's one schedule over both phases)",
+        group=ONLINE_GROUP,
+        type=int,
+        metavar="N",
+    )
     buffer_size: int = flag(
         1000,
-        "replay buffer capacity in trajectories: the best offline ones first, then FIFO",
+        "replay buffer capacity in trajectories: the best offline ones first (of those offline "
+        "training draws from: --val_episodes held out, --pct_traj applied), then FIFO",
         group=ONLINE_GROUP,
         type=int,
     )
@@ -333,7 +370,9 @@ class RunConfig:
         None,
         "keep the best iteration's weights as best.pt beside checkpoint.pt: val_error (lowest "
         "validation error) or return@TARGET (highest mean return at TARGET, one of "
-        "--env_targets, e.g. return@max). Default: val_error with --val_episodes, else no best.pt",
+        "--env_targets, e.g. return@max). With --online_rounds only return@TARGET, which ranks "
+        "the offline iterations and every evaluated online round together. Default: val_error "
+        "with --val_episodes (offline runs), else no best.pt",
         group=VALIDATION_GROUP,
         type=selection_spec,
     )
@@ -445,7 +484,28 @@ class RunConfig:
             rope_theta=qwen.rope_theta,
             qk_norm=not qwen.no_qk_norm,
             policy=self.policy,
+            timestep_embedding=not self.no_timestep_embedding,
+            eval_context=self.eval_context,
         )
+
+
+# ModelConfig fields set by a flag that turns them off.
+_NEGATED = {"qk_norm": "--no_qk_norm", "timestep_embedding": "--no_timestep_embedding"}
+
+
+def model_flags_fix(names: list[str], model: ModelConfig) -> str:
+    """How to ask for ``model``'s values of the ModelConfig fields ``names`` on the command line,
+    e.g. ``with --embed_dim 32 and without --no_timestep_embedding``."""
+    given, dropped = [], []
+    for name in names:
+        value = getattr(model, name)
+        if name in _NEGATED:
+            (dropped if value else given).append(_NEGATED[name])
+        elif name != "backbone":
+            given.append(f"--{name} {value}")
+    parts = [f"with {', '.join(given)}"] if given else []
+    parts += [f"without {', '.join(dropped)}"] if dropped else []
+    return " and ".join(parts) or "with its backbone"
 
 
 def _add_flags(parser: argparse.ArgumentParser, cls: type, groups: dict) -> None:
@@ -598,6 +658,9 @@ def _check_optimization(cfg: RunConfig) -> None:
         raise ConfigError(f"--weight_decay must be >= 0, got {cfg.weight_decay}")
     if not 0 <= cfg.dropout < 1:
         raise ConfigError(f"--dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.optimizer == "lamb" and cfg.fsdp:
+        # Its trust ratio needs each tensor's whole norm; sharded LAMB is not tested.
+        raise ConfigError("--optimizer lamb runs without --fsdp (single process or DDP)")
 
 
 def _check_validation(cfg: RunConfig) -> None:
@@ -607,13 +670,20 @@ def _check_validation(cfg: RunConfig) -> None:
         raise ConfigError(f"--val_episodes must be >= 0, got {cfg.val_episodes}")
     if cfg.val_windows <= 0:
         raise ConfigError(f"--val_windows must be positive, got {cfg.val_windows}")
-    # No default best.pt when FSDP gathers no full weights: validation is logged only.
+    # No default best.pt when FSDP gathers no full weights, nor in a run with online rounds
+    # (val_error cannot rank them, see run/selection.py): validation is logged only.
     if (
         cfg.select_by is None
         and cfg.val_episodes
+        and not cfg.online_rounds
         and not (cfg.fsdp and not cfg.consolidate_checkpoint)
     ):
         cfg.select_by = "val_error"
+    if cfg.select_by == "val_error" and cfg.online_rounds:
+        raise ConfigError(
+            "--select_by val_error cannot rank online rounds (they train on their own episodes, "
+            "not the held-out split's complement): select by return@TARGET, or drop --select_by"
+        )
     if cfg.select_by == "val_error" and not cfg.val_episodes:
         raise ConfigError(
             "--select_by val_error needs held-out episodes: add --val_episodes N (or a "
@@ -639,6 +709,14 @@ def _check_attention(cfg: RunConfig) -> None:
     if cfg.segment_len < cfg.K:
         raise ConfigError(
             f"--segment_len {cfg.segment_len} is shorter than --K {cfg.K}: use at least K"
+        )
+    if cfg.eval_context is not None and cfg.model_type != "dt":
+        raise ConfigError("--eval_context is the DT's: drop it for --model_type bc")
+    if cfg.no_timestep_embedding and cfg.model_type != "dt":
+        raise ConfigError("--no_timestep_embedding is the DT's: drop it for --model_type bc")
+    if cfg.eval_context is not None and not 1 <= cfg.eval_context <= cfg.K:
+        raise ConfigError(
+            f"--eval_context must be between 1 and --K {cfg.K}, got {cfg.eval_context}"
         )
     if cfg.attention == "full" and cfg.segment_len != cfg.K:
         raise ConfigError(
@@ -702,6 +780,8 @@ def _check_online(cfg: RunConfig) -> None:
     for name in ("online_episodes", "online_updates", "online_eval_every", "buffer_size"):
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.online_warmup_steps < 0:
+        raise ConfigError(f"--online_warmup_steps must be >= 0, got {cfg.online_warmup_steps}")
     for name in ("init_temperature", "temperature_lr"):
         if not getattr(cfg, name) > 0:
             raise ConfigError(f"--{name} must be positive, got {getattr(cfg, name)}")

@@ -6,11 +6,18 @@ After the offline iterations (or from ``--init_from``'s checkpoint), round ``r``
 1. collect ``--online_episodes`` episodes with the stochastic policy, sampled, conditioned on
    ``--online_rtg``, through the evaluators' batched rollout core (several envs, one model call
    per step, the DT's rolling key/value cache in ``--attention window``);
-2. add them to the replay buffer (``data/replay_buffer.py``: the best offline trajectories
-   first, FIFO; returns-to-go relabelled with the returns achieved);
+2. add them to the replay buffer (``data/replay_buffer.py``: first the best offline
+   trajectories among those offline training draws from, i.e. without the --val_episodes
+   held out and within --pct_traj; then FIFO; returns-to-go relabelled with the returns
+   achieved);
 3. take ``--online_updates`` guarded gradient steps on windows drawn from the buffer;
-4. evaluate (every ``--online_eval_every`` rounds and after the last), log a metrics row and
-   write the checkpoint, which holds the buffer, the round and the env steps.
+4. evaluate (every ``--online_eval_every`` rounds and after the last), log a metrics row,
+   update best.pt's selection (``--select_by return@TARGET``: an evaluated round competes with
+   every iteration before it) and write the checkpoint, which holds the buffer, the round, the
+   env steps and the selection.
+
+The learning rate of the online updates follows the online phase's own schedule (run/run.py
+``lr_factor``): the reference's linear warmup then constant, never the offline cosine.
 
 Everything random in a round is a function of ``(seed, rank, iteration)``: collection's env
 seeds and its sampling generator, and (through the trainer) the batches and dropout. With the
@@ -29,6 +36,8 @@ import torch
 import torch.distributed as dist
 
 from ..data.replay_buffer import TrajectoryReplayBuffer
+from ..data.sampler import top_trajectories
+from ..envs import default_online_rtg
 from ..evaluation.collect import collect_batched
 from ..evaluation.evaluate_episodes import EvalEpisodes
 from ..models.policy_heads import default_target_entropy, unit_box_entropy_to_env
@@ -47,7 +56,7 @@ def target_entropy(cfg: RunConfig, action_scale: torch.Tensor) -> float:
 
 
 def online_rtg(cfg: RunConfig, targets: list[float]) -> float:
-    return cfg.online_rtg if cfg.online_rtg is not None else 2.0 * max(targets)
+    return cfg.online_rtg if cfg.online_rtg is not None else default_online_rtg(cfg.env, targets)
 
 
 def round_seeds(cfg: RunConfig, iteration: int) -> list[int]:
@@ -74,11 +83,25 @@ def gather_paths(ctx: DistContext, paths: list[dict]) -> list[dict]:
 class OnlineRounds:
     """The online phase's own state (replay buffer, rounds done, env steps) and its collection
     step; the run's loop calls :meth:`collect` at the start of each online iteration, then trains
-    on the batches it points at the buffer. ``dataset``: the offline TrajectoryDataset."""
+    on the batches it points at the buffer. ``dataset``: the offline TrajectoryDataset;
+    ``train_episodes``: those not held out by --val_episodes (None: all of them)."""
 
-    def __init__(self, cfg: RunConfig, ctx: DistContext, dataset, spec, targets: list[float]):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        ctx: DistContext,
+        dataset,
+        spec,
+        targets: list[float],
+        train_episodes: np.ndarray | None = None,
+    ):
         self.cfg, self.ctx, self.dataset, self.spec = cfg, ctx, dataset, spec
-        self.buffer = TrajectoryReplayBuffer.from_dataset(dataset, cfg.buffer_size, cfg.mode)
+        # The buffer starts from what offline training draws from: the training episodes, cut
+        # to --pct_traj, never the held-out ones validation/action_error is measured on.
+        offline = top_trajectories(dataset, cfg.pct_traj, train_episodes)
+        self.buffer = TrajectoryReplayBuffer.from_dataset(
+            dataset, cfg.buffer_size, cfg.mode, episodes=offline
+        )
         self.rounds, self.env_steps = 0, 0
         self.rtg = online_rtg(cfg, targets)
 

@@ -35,6 +35,7 @@ from ..data.holdout import held_out_count, validation_batches
 from ..data.sampler import BatchSampler
 from ..training.act_trainer import ActTrainer
 from ..training.odt_trainer import ODTTrainer
+from ..training.optimizers import build_optimizer
 from ..training.seq_trainer import SequenceTrainer
 from ..training.trainer import PROGRESS_INTERVAL, NonFiniteError, Trainer, TrainerOptions
 from ..training.validation import ValidationSet
@@ -56,10 +57,20 @@ from .state import (
 )
 
 
-def lr_factor(step: int, warmup: int, total: int, decay: str) -> float:
-    """Learning-rate multiplier after ``step`` optimiser steps: linear warmup, then constant or a
-    cosine down to a tenth at ``total`` (annealing averages out action noise a constant rate
-    keeps chasing)."""
+def lr_factor(step: int, warmup: int, total: int, decay: str, online_warmup: int = 0) -> float:
+    """Learning-rate multiplier after ``step`` optimiser steps. Offline (``step < total``, the
+    offline phase's steps): linear warmup over ``warmup``, then constant or a cosine down to a
+    tenth at ``total`` (annealing averages out action noise a constant rate keeps chasing).
+
+    The online phase (steps from ``total`` on) has its own schedule, the ODT reference's linear
+    warmup then constant, never the cosine (which has ended there): with ``online_warmup`` N
+    > 0, a warmup over the first N online steps, then the peak; with 0, the run's own warmup
+    continued (the reference's one schedule over both phases: the peak once ``warmup`` steps
+    are done). A function of the step count alone, so a resumed run continues it exactly."""
+    if step >= total:
+        if online_warmup:
+            return min((step - total + 1) / online_warmup, 1.0)
+        decay = "none"
     if step < warmup:
         return (step + 1) / warmup
     if decay == "none" or total <= warmup:
@@ -75,16 +86,23 @@ def use_fused_adamw(model: torch.nn.Module) -> bool:
 
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module):
-    """AdamW and its warmup (then constant or cosine) learning-rate schedule."""
+    """The --optimizer (AdamW or LAMB) and its warmup (then constant or cosine) schedule."""
     # None (not False) elsewhere: torch's default choice of AdamW kernel, as before.
-    optimizer = torch.optim.AdamW(
+    optimizer = build_optimizer(
+        cfg.optimizer,
         model.parameters(),
         lr=cfg.learning_rate,
         weight_decay=cfg.weight_decay,
         fused=use_fused_adamw(model) or None,
     )
     total = cfg.max_iters * cfg.num_steps_per_iter
-    schedule = partial(lr_factor, warmup=cfg.warmup_steps, total=total, decay=cfg.lr_decay)
+    schedule = partial(
+        lr_factor,
+        warmup=cfg.warmup_steps,
+        total=total,
+        decay=cfg.lr_decay,
+        online_warmup=cfg.online_warmup_steps,
+    )
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
@@ -184,7 +202,7 @@ class Run:
         logs.update(collected)
         if online and self.ctx.is_main:
             print(self.online.report(logs), flush=True)
-        self.record(it + 1, logs, select=not online)
+        self.record(it + 1, logs, online)
         return logs
 
     def finish(self, logs: dict) -> None:
@@ -277,7 +295,9 @@ class Run:
             lockstep = self.parallel.lockstep
             self.evaluation = Evaluation(cfg, stats, self.targets, ctx, lockstep)
         if cfg.online_rounds:
-            self.online = OnlineRounds(cfg, ctx, data.dataset, data.spec, self.targets)
+            self.online = OnlineRounds(
+                cfg, ctx, data.dataset, data.spec, self.targets, data.train_episodes
+            )
             state.online = self.online
 
     def make_batches(self, np_rng: np.random.Generator) -> RankBatches:
@@ -357,7 +377,7 @@ class Run:
             print(
                 f"validation: {held_out_count(cfg.val_episodes, len(dataset.lengths))} episodes "
                 f"held out (--val_episodes {cfg.val_episodes}), {cfg.val_windows} fixed windows; "
-                f"best.pt by {cfg.select_by}"
+                f"best.pt by {cfg.select_by or 'nothing (no --select_by)'}"
             )
         elif cfg.select_by:
             print(f"best.pt by {cfg.select_by}")
@@ -431,9 +451,9 @@ class Run:
         logs.update(trained)
         return logs
 
-    def record(self, iteration: int, logs: dict, select: bool) -> None:
-        """Rank 0's metrics row and best-so-far check, then the checkpoint (every rank: FSDP
-        writes shards from each)."""
+    def record(self, iteration: int, logs: dict, online: bool) -> None:
+        """Rank 0's metrics row and best-so-far check (an ``online`` round competes when it was
+        evaluated), then the checkpoint (every rank: FSDP writes shards from each)."""
         best = False
         failed = None
         if self.ctx.is_main:
@@ -443,7 +463,7 @@ class Run:
             except WriteError as e:
                 failed = e
             selection = self.state.selection
-            best = select and selection is not None and selection.observe(iteration, logs)
+            best = selection is not None and selection.observe(iteration, logs, online)
         self.state.save(iteration, best=best, failed=failed)
 
 

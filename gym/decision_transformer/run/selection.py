@@ -2,8 +2,18 @@
 
 ``--select_by val_error`` keeps the iteration with the lowest validation action error,
 ``return@TARGET`` the one with the highest mean evaluation return at TARGET; ties keep the
-earlier iteration. The best value so far and the recent (training, validation) errors travel in
-checkpoint.pt under ``"selection"``, so a resumed run chooses exactly as one that never stopped.
+earlier iteration.
+
+In a run with online rounds (``--online_rounds``), ``return@TARGET`` ranks the offline
+iterations and every evaluated online round together (with ``--init_from``, the rounds only: the
+offline run keeps its own best.pt); rounds without an evaluation (``--online_eval_every``) are
+no candidates. ``val_error`` is refused there: online rounds train on the policy's own episodes,
+and the error on held-out offline episodes no longer measures what they improve; without
+``--select_by`` an online run keeps no best.pt (``--val_episodes`` still logs the error).
+
+The best value so far and the recent (training, validation) errors travel in every
+checkpoint.pt (online rounds' too) under ``"selection"``, so a resumed run chooses exactly as
+one that never stopped.
 
 best.pt is written (atomically) before the checkpoint.pt of the same iteration: a run killed
 between the two resumes from the previous checkpoint, replays the iteration (resume is exact) and
@@ -33,18 +43,20 @@ class Selection:
     # (training error, validation error) of the last iterations, for the overfitting warning.
     history: list[list[float]] = field(default_factory=list)
 
-    def observe(self, iteration: int, logs: dict) -> bool:
+    def observe(self, iteration: int, logs: dict, online: bool = False) -> bool:
         """Record ``iteration``'s logs; True when it is the new best (best.pt to write). Prints
-        the overfitting warning (stderr, one line) when a streak begins."""
+        the overfitting warning (stderr, one line) when a streak begins, offline only: an
+        ``online`` round trains on its own episodes, so its validation error says nothing of
+        overfitting. An online round not evaluated (--online_eval_every) is no candidate."""
         better = False
-        if self.criterion:
+        if self.criterion and (not online or self.key in logs):
             value = float(logs[self.key])
             better = self.best_value is None or (
                 value < self.best_value if self.lower_is_better else value > self.best_value
             )
             if better:
                 self.best_value, self.best_iteration = value, iteration
-        if VALIDATION_KEY in logs:
+        if VALIDATION_KEY in logs and not online:
             self.history = [*self.history, [logs[TRAIN_KEY], logs[VALIDATION_KEY]]]
             self.history = self.history[-(OVERFIT_PATIENCE + 2) :]
             if overfitting_starts([tuple(h) for h in self.history]):

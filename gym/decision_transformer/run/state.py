@@ -5,11 +5,13 @@ checkpoint.pt is ``RunState.state_dict()``; ``--resume`` and ``--init_from`` giv
 are read by :func:`read_run_checkpoint`, which checks them for what each use needs (``--resume``,
 ``--init_from``, evaluate.py). The keys are those every earlier version wrote:
 
-    model, optimizer          full weights and AdamW state (an FSDP run: optimizer keyed by
-                              parameter name, optimizer_format "fqn"; with
+    model, optimizer          full weights and the --optimizer's state (AdamW's or LAMB's;
+                              an FSDP run: optimizer keyed by parameter name,
+                              optimizer_format "fqn"; with
                               --consolidate_checkpoint false only "dcp", the sharded folder)
     temperature, temperature_optimizer   the stochastic head's entropy temperature (ODT)
-    selection                 best.pt's criterion and best value so far (offline iterations)
+    selection                 best.pt's criterion and best value so far (offline iterations
+                              and online rounds)
     online                    the online phase: round, env steps and replay buffer
     scheduler, rng, iteration the schedule, every generator, iterations done
     state_mean, state_std, config, eval_targets, wandb_id   what evaluate.py and wandb need
@@ -30,7 +32,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, model_flags_fix
 from .parallel import Parallel
 from .paths import BEST_NAME, CHECKPOINT_NAME, WriteError, writing
 
@@ -163,18 +165,23 @@ def check_init_fits(cfg: RunConfig, ckpt: dict, state_mean, state_std) -> None:
             "one pretrained with --policy stochastic"
         )
     mine, theirs = cfg.model_config(), src.model_config()
-    # Dropout may differ (not a weight); everything else shapes or defines the model.
+    # Dropout and the context acting uses may differ (neither is a weight); everything else
+    # shapes or defines the model.
     differ = [
         k
         for k in mine.__dataclass_fields__
-        if k != "dropout" and getattr(mine, k) != getattr(theirs, k)
+        if k not in ("dropout", "eval_context") and getattr(mine, k) != getattr(theirs, k)
     ]
     if differ:
-        flags = ", ".join(f"--{k} {getattr(theirs, k)}" for k in differ if k != "backbone")
         script = "experiment_qwen.py" if theirs.backbone == "qwen3" else "experiment.py"
         raise ConfigError(
             f"--init_from: {cfg.init_from} was trained with other model flags: use {script} "
-            f"with {flags or 'its backbone'}"
+            f"{model_flags_fix(differ, theirs)}"
+        )
+    if src.optimizer != cfg.optimizer:  # its optimizer state is what the online phase continues
+        raise ConfigError(
+            f"--init_from: {cfg.init_from} was trained with --optimizer {src.optimizer}: use it "
+            "here too"
         )
     if not (
         np.array_equal(ckpt["state_mean"].numpy(), state_mean)
@@ -228,7 +235,7 @@ class RunState:
         state.update(self.trainer.extra_state())
         if iteration > self.cfg.max_iters:  # an online round
             state["online"] = self.online.state_dict()
-        elif self.selection is not None:  # only runs that validate or select carry the key
+        if self.selection is not None:  # only runs that validate or select carry the key
             state["selection"] = self.selection.state_dict()
         state.update(
             scheduler=self.scheduler.state_dict(),
@@ -290,7 +297,8 @@ class RunState:
         fused = all(p.is_cuda for p in self.model.parameters()) or None  # as the optimizer's
         try:
             for group in ckpt.get("optimizer", {}).get("param_groups", []):
-                group["fused"] = fused  # a CPU run's checkpoint on CUDA too
+                if "fused" in group:  # AdamW's (LAMB has no kernel choice)
+                    group["fused"] = fused  # a CPU run's checkpoint on CUDA too
             self.parallel.load(ckpt, self.out_dir, self.model, self.optimizer)
             self.scheduler.load_state_dict(ckpt["scheduler"])
             set_rng_state(ckpt["rng"], self.np_rng)
