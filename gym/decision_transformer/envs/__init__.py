@@ -35,9 +35,9 @@ ENV_SPECS: dict[str, EnvSpec] = {
         # The ODT reference code's own values (facebookresearch/online-dt, main.py, whose
         # default env is hopper-medium-v2): --eval_rtg 3600, --online_rtg 7200.
         EnvSpec("hopper", "Hopper-v5", 1000, 1000.0, (3600.0, 1800.0), 7200.0),
-        # The ODT paper's HalfCheetah exploration return, 12000, twice its evaluation return
-        # 6000 (issue 32 quotes the paper; the reference code carries Hopper's only). The rule
-        # would give 24000 here: this project evaluates at the DT paper's 12000 too.
+        # The ODT paper's HalfCheetah exploration return as quoted to us, 12000, twice its
+        # evaluation return 6000 (not yet checked against the paper's appendix; the reference
+        # code carries Hopper's only). The rule would give 24000: we evaluate at 12000 too.
         EnvSpec("halfcheetah", "HalfCheetah-v5", 1000, 1000.0, (12000.0, 6000.0), 12000.0),
         EnvSpec("walker2d", "Walker2d-v5", 1000, 1000.0, (5000.0, 2500.0)),
         EnvSpec("ant", "Ant-v5", 1000, 1000.0, (6000.0, 3600.0)),
