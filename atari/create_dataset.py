@@ -417,9 +417,10 @@ def collect(
 
 
 def describe_collected(d: Path, settings: dict, raw_returns: list[float], log=print) -> None:
-    """``collect.json`` beside a collected replay (dopamine's readers ignore other files): the
-    settings, a fingerprint and the versions and CPU that made it, as the gym datasets record.
-    The hash is of the arrays, not of the gzip files (whose headers hold the time written)."""
+    """``collect.json`` in the run folder above ``replay_logs`` (which keeps dopamine's files
+    alone): the settings, a fingerprint and the versions and CPU that made it, as the gym
+    datasets record. The hash is of the arrays, not of the gzip files (whose headers hold the
+    time written)."""
     h = hashlib.sha256()
     for path in sorted(d.glob("*.gz")):
         with gzip.open(path, "rb") as f:
@@ -438,10 +439,11 @@ def describe_collected(d: Path, settings: dict, raw_returns: list[float], log=pr
         },
         "versions": stack_versions(),
     }  # fmt: skip
-    with atomic_open(d / "collect.json", "w") as f:
+    with atomic_open(d.parent / "collect.json", "w") as f:
         json.dump(record, f, indent=2)
+    where = d.parent / "collect.json"
     log(f"content {record['fingerprint']['content_hash']}, "
-        f"made with {describe_versions(record['versions'])} ({d / 'collect.json'})")  # fmt: skip
+        f"made with {describe_versions(record['versions'])} ({where})")  # fmt: skip
 
 
 def download_urls(game: str, num_buffers: int, run: str = RUN) -> list[str]:

@@ -222,13 +222,14 @@ def test_bad_inputs_one_line_exit_2(breakout_replay, tmp_path):
 
 
 def test_collected_replay_records_what_made_it(breakout_replay, tmp_path):
-    """collect.json beside the replay: settings, a fingerprint of the arrays and the versions;
-    the same command again gives the same hash (the gzip files' own bytes differ: their headers
+    """collect.json in the run folder above the replay: settings, a fingerprint of the arrays
+    and the versions; the same command again gives the same hash (the gzip files' own bytes differ: their headers
     hold the time), and a replay of another seed another hash."""
     from importlib.metadata import version
 
     d = cd.replay_dir(str(breakout_replay), "Breakout")
-    record = json.loads((d / "collect.json").read_text())
+    assert not (d / "collect.json").exists()  # replay_logs holds dopamine's files alone
+    record = json.loads((d.parent / "collect.json").read_text())
     assert record["settings"] == dict(game="Breakout", steps_per_buffer=1200, buffers=2, seed=3)
     assert record["fingerprint"]["rows"] == 2400 and record["fingerprint"]["episodes"] >= 1
     assert record["versions"]["ale-py"] == version("ale-py")
@@ -240,7 +241,7 @@ def test_collected_replay_records_what_made_it(breakout_replay, tmp_path):
             "--steps_per_buffer", "1200", "--buffers", "2", "--seed", seed,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
-        made = json.loads((cd.replay_dir(str(out), "Breakout") / "collect.json").read_text())
+        made = json.loads((cd.replay_dir(str(out), "Breakout").parent / "collect.json").read_text())
         assert f"content {made['fingerprint']['content_hash']}, made with " in proc.stdout
         again.append(made["fingerprint"]["content_hash"])
     assert again[0] == record["fingerprint"]["content_hash"] != again[1]
