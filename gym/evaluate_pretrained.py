@@ -1,0 +1,15 @@
+"""Evaluate a model folder (or Hub repo id) as training evaluates; see ``--help``.
+
+python evaluate_pretrained.py FOLDER_OR_REPO_ID [--num_eval_episodes N] [--seed S]
+"""
+
+import os
+
+# Offscreen MuJoCo rendering on machines with no display; set before mujoco is imported.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from decision_transformer.run.errors import cli_main  # noqa: E402
+from decision_transformer.run.export import evaluate_main  # noqa: E402
+
+if __name__ == "__main__":
+    cli_main(evaluate_main)
