@@ -23,6 +23,7 @@ from decision_transformer.models.pretrained import (
 )
 from decision_transformer.run import evaluate_checkpoint, experiment
 from decision_transformer.run import export as export_mod
+from decision_transformer.run.config import RunConfig
 from rollouts import rollout_paths, write_dataset
 
 transformers = pytest.importorskip("transformers")
@@ -207,28 +208,19 @@ def evaluation_episode(cfg, model, mean, std, target, seed):
     return np.asarray(states[:-1]), np.asarray(actions), np.asarray(rewards)
 
 
-@pytest.mark.parametrize("env", ["humanoid", "hopper"])
-def test_exported_gpt2_dt_acts_the_same_in_transformers(runs, env, tmp_path, one_thread):
-    out = tmp_path / "model"
-    assert export(runs[env], out, "--num_eval_episodes", "0").returncode == 0
-    model, cfg, ckpt = run_model(runs[env])
-    hf = transformers.DecisionTransformerModel.from_pretrained(out).eval()
-    acting = from_pretrained(out).pretrained_config.acting
-    mean, std = ckpt["state_mean"].numpy(), ckpt["state_std"].numpy()
-    if env == "humanoid":
-        assert (hf.config.state_dim, hf.config.act_dim) == (348, 17)
-        assert acting.action_high == [0.4] * 17
-    K = cfg.K
-    # A batch of real windows.
+def window_parity(model, hf, env, mean, std, K, to_box) -> float:
+    """Max |action difference| between the project's model and transformers' on real windows."""
     worst = 0.0
     for s, a, rtg, ts in real_windows(env, mean, std, K):
         ours = model.get_action(*(torch.as_tensor(x).float() for x in (s, a)), None,
                                 torch.as_tensor(rtg).float(), torch.as_tensor(ts))  # fmt: skip
-        theirs = unit_to_box(hf_action(hf, s, a, rtg, ts, K), acting)
-        worst = max(worst, (ours - theirs).abs().max().item())
-    assert worst <= TOL, worst
-    # A whole evaluation episode: the evaluator's actions, and transformers' on its histories.
-    target = float(ckpt["eval_targets"][0])
+        worst = max(worst, (ours - to_box(hf_action(hf, s, a, rtg, ts, K))).abs().max().item())
+    return worst
+
+
+def episode_parity(cfg, model, mean, std, target, hf, K, to_box) -> tuple[int, float]:
+    """A whole evaluation episode played by training's evaluator with the project's model, and
+    the largest |difference| between its actions and transformers' on the same histories."""
     states, actions, rewards = evaluation_episode(cfg, model, mean, std, target, seed=7)
     # In the evaluator's precision: Humanoid has dimensions of std 1e-6 (constant in the data),
     # where float64 and float32 normalizations differ by whole units.
@@ -240,12 +232,28 @@ def test_exported_gpt2_dt_acts_the_same_in_transformers(runs, env, tmp_path, one
     worst = 0.0
     for t in range(len(actions)):
         prev = np.concatenate([actions[:t], np.zeros((1, actions.shape[1]))])  # a_t unknown: 0
-        theirs = unit_to_box(
-            hf_action(hf, norm[: t + 1], prev, rtg[: t + 1], np.arange(t + 1), K), acting
-        )
-        worst = max(worst, np.abs(theirs.numpy() - actions[t]).max())
-    assert len(actions) > K and worst <= TOL, (len(actions), worst)
-    print(f"{env}: {len(actions)}-step episode, max |action diff| {worst:.2e}")
+        theirs = to_box(hf_action(hf, norm[: t + 1], prev, rtg[: t + 1], np.arange(t + 1), K))
+        worst = max(worst, float(np.abs(theirs.numpy() - actions[t]).max()))
+    return len(actions), worst
+
+
+@pytest.mark.parametrize("env", ["humanoid", "hopper"])
+def test_exported_gpt2_dt_acts_the_same_in_transformers(runs, env, tmp_path, one_thread):
+    out = tmp_path / "model"
+    assert export(runs[env], out, "--num_eval_episodes", "0").returncode == 0
+    model, cfg, ckpt = run_model(runs[env])  # the run's own model, as evaluate.py builds it
+    hf = transformers.DecisionTransformerModel.from_pretrained(out).eval()
+    acting = from_pretrained(out).pretrained_config.acting
+    mean, std = ckpt["state_mean"].numpy(), ckpt["state_std"].numpy()
+    if env == "humanoid":
+        assert (hf.config.state_dim, hf.config.act_dim) == (348, 17)
+        assert acting.action_high == [0.4] * 17
+    to_box = lambda a: unit_to_box(a, acting)  # noqa: E731
+    windows = window_parity(model, hf, env, mean, std, cfg.K, to_box)
+    target = float(ckpt["eval_targets"][0])
+    steps, episode = episode_parity(cfg, model, mean, std, target, hf, cfg.K, to_box)
+    print(f"export {env}: windows {windows:.2e}, {steps}-step episode {episode:.2e}")
+    assert windows <= TOL and episode <= TOL and steps > cfg.K
 
 
 def transformers_folder(tmp_path, state_dim, act_dim, binary=False, seed=0):
@@ -265,29 +273,33 @@ def transformers_folder(tmp_path, state_dim, act_dim, binary=False, seed=0):
     return hf, folder
 
 
-@pytest.mark.parametrize("binary", [False, True], ids=["safetensors", "pytorch_model.bin"])
-def test_a_transformers_folder_imports_and_acts_the_same(data_dir, tmp_path, binary, one_thread):
-    hf, folder = transformers_folder(tmp_path, 11, 3, binary)
+@pytest.mark.parametrize(
+    "env, binary",
+    [("humanoid", False), ("hopper", False), ("hopper", True)],
+    ids=["humanoid", "hopper", "hopper-pytorch_model.bin"],
+)
+def test_a_transformers_folder_imports_and_acts_the_same(data_dir, tmp_path, env, binary,
+                                                        one_thread):  # fmt: skip
+    state_dim, act_dim = {"humanoid": (348, 17), "hopper": (11, 3)}[env]
+    hf, folder = transformers_folder(tmp_path, state_dim, act_dim, binary)
     out = tmp_path / "imported"
-    proc = export(folder, out, "--from_transformers", "--env", "hopper", "--dataset", "medium",
+    proc = export(folder, out, "--from_transformers", "--env", env, "--dataset", "medium",
                   "--data_dir", data_dir, "--K", "8", "--num_eval_episodes", "2")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     model = from_pretrained(out)
     acting = model.pretrained_config.acting
-    assert acting.action_low == [-1.0] * 3  # transformers' tanh output is the action
-    ds = json.loads((out / "config.json").read_text())
-    assert ds["evaluation"]["episodes_per_target"] == 2
-    worst = 0.0
-    mean, std = np.asarray(acting.state_mean), np.asarray(acting.state_std)
-    for s, a, rtg, ts in real_windows("hopper", mean, std, 8):
-        ours = model.get_action(*(torch.as_tensor(x).float() for x in (s, a)), None,
-                                torch.as_tensor(rtg).float(), torch.as_tensor(ts))  # fmt: skip
-        worst = max(worst, (ours - hf_action(hf, s, a, rtg, ts, 8)).abs().max().item())
-    assert worst <= TOL, worst
-    # and back: the imported model exported again is transformers' model again
+    assert acting.action_low == [-1.0] * act_dim  # transformers' tanh output is the action
+    assert json.loads((out / "config.json").read_text())["evaluation"]["episodes_per_target"] == 2
+    mean, std = np.float32(acting.state_mean), np.float32(acting.state_std)
+    windows = window_parity(model, hf, env, mean, std, 8, lambda a: a)
+    cfg = RunConfig(env=env, eval_envs=2)
+    target = acting.targets[0]
+    steps, episode = episode_parity(cfg, model, mean, std, target, hf, 8, lambda a: a)
+    print(f"import {env}: windows {windows:.2e}, {steps}-step episode {episode:.2e}")
+    assert windows <= TOL and episode <= TOL and steps > 8
+    # and back: the imported model, exported, is transformers' model again
     back = transformers.DecisionTransformerModel.from_pretrained(out).eval()
-    s, a, rtg, ts = real_windows("hopper", mean, std, 8, n=1)[0]
-    assert (hf_action(back, s, a, rtg, ts, 8) - hf_action(hf, s, a, rtg, ts, 8)).abs().max() <= TOL
+    assert window_parity(model, back, env, mean, std, 8, lambda a: a) <= TOL
 
 
 def test_a_transformers_folder_asks_for_what_it_lacks(tmp_path):
