@@ -56,6 +56,7 @@ def runs(data_dir, tmp_path_factory):
         "humanoid": train(data_dir, root / "humanoid", "humanoid", "gpt2", "--n_head", "2"),
         "hopper": train(data_dir, root / "hopper", "hopper", "gpt2", "--val_episodes", "2"),
         "qwen3": train(data_dir, root / "qwen3", "hopper", "qwen3", "--n_kv_head", "1"),
+        "bc": train(data_dir, root / "bc", "hopper", "gpt2", "--model_type", "bc"),
     }
 
 
@@ -100,14 +101,15 @@ def test_a_run_of_the_base_code_exports_and_loads(tmp_path):
     assert "normalized score" in card and "evaluate_pretrained.py" in card
 
 
-def test_exported_qwen3_reproduces_evaluate_py_exactly(runs, tmp_path):
+@pytest.mark.parametrize("run, arch", [("qwen3", "qwen3_dt"), ("bc", "mlp_bc")])
+def test_exported_model_reproduces_evaluate_py_exactly(runs, tmp_path, run, arch):
     """The card's numbers are evaluate.py's on the run's checkpoint, and evaluate_pretrained.py's
     on the folder, bit for bit on the CPU."""
-    out = tmp_path / "qwen"
-    assert export(runs["qwen3"], out, "--num_eval_episodes", "3", "--seed", "4").returncode == 0
+    out = tmp_path / run
+    assert export(runs[run], out, "--num_eval_episodes", "3", "--seed", "4").returncode == 0
     card_eval = json.loads((out / "config.json").read_text())["evaluation"]
     args = evaluate_checkpoint.build_parser().parse_args(
-        ["--checkpoint", str(runs["qwen3"]), "--num_eval_episodes", "3", "--seed", "4"]
+        ["--checkpoint", str(runs[run]), "--num_eval_episodes", "3", "--seed", "4"]
     )
     report = evaluate_checkpoint.evaluate(args)
     assert [r["returns"] for r in card_eval["targets"]] == [r["returns"] for r in report["targets"]]
@@ -118,8 +120,8 @@ def test_exported_qwen3_reproduces_evaluate_py_exactly(runs, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads(again.read_text())["targets"] == card_eval["targets"]
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["architecture"] == "qwen3_dt" and cfg["num_key_value_heads"] == 1
+    assert json.loads((out / "config.json").read_text())["architecture"] == arch
+    assert from_pretrained(out, architecture=arch).pretrained_config.architecture == arch
 
 
 def test_loading_imports_no_training_code(runs, tmp_path):
@@ -307,6 +309,8 @@ def test_a_transformers_folder_asks_for_what_it_lacks(tmp_path):
     out = tmp_path / "imported"
     proc = export(folder, out, "--from_transformers", "--env", "hopper", "--K", "20")
     assert_one_line_error(proc, "pass --dataset")
+    proc = export(folder, out, "--from_transformers", "--env", "hopper", "--dataset", "medium")
+    assert_one_line_error(proc, "pass --K")
     proc = export(folder, out, "--from_transformers", "--env", "humanoid", "--dataset", "medium",
                   "--K", "20")  # fmt: skip
     assert_one_line_error(proc, "11 observations and 3 actions, humanoid has 348 and 17")
