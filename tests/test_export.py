@@ -55,7 +55,9 @@ def runs(data_dir, tmp_path_factory):
         # K 5, 2 heads: the window slides within the short episodes and heads are split.
         "humanoid": train(data_dir, root / "humanoid", "humanoid", "gpt2", "--n_head", "2"),
         "hopper": train(data_dir, root / "hopper", "hopper", "gpt2", "--val_episodes", "2"),
-        "qwen3": train(data_dir, root / "qwen3", "hopper", "qwen3", "--n_kv_head", "1"),
+        "qwen3": train(
+            data_dir, root / "qwen3", "hopper", "qwen3", "--n_head", "2", "--n_kv_head", "1"
+        ),  # fmt: skip
         "bc": train(data_dir, root / "bc", "hopper", "gpt2", "--model_type", "bc"),
     }
 
@@ -122,6 +124,43 @@ def test_exported_model_reproduces_evaluate_py_exactly(runs, tmp_path, run, arch
     assert json.loads(again.read_text())["targets"] == card_eval["targets"]
     assert json.loads((out / "config.json").read_text())["architecture"] == arch
     assert from_pretrained(out, architecture=arch).pretrained_config.architecture == arch
+
+
+def test_a_qwen3_model_of_the_folders_fields_stands_in_for_its_backbone(runs, tmp_path):
+    """The Qwen3Config the folder states builds a transformers Qwen3Model whose weights map onto
+    the exported backbone key for key (QWEN3_KEY_MAP), shapes equal, and --init_backbone's loader
+    takes that model's folder."""
+    from decision_transformer.models.decision_transformer_qwen3 import (
+        load_backbone_from_pretrained,
+    )
+    from decision_transformer.models.pretrained import QWEN3_KEY_MAP
+    from safetensors.torch import load_file
+
+    out = tmp_path / "qwen"
+    assert export(runs["qwen3"], out, "--num_eval_episodes", "0").returncode == 0
+    model = from_pretrained(out)
+    qwen = transformers.Qwen3Model(
+        transformers.Qwen3Config(
+            vocab_size=7, **model.pretrained_config.model.qwen3_backbone_config()
+        )
+    )
+    assert qwen.config.num_key_value_heads == 1 and qwen.config.num_attention_heads == 2
+    ours = load_file(out / "model.safetensors")
+    n = model.pretrained_config.model.num_hidden_layers
+    mapped = {
+        theirs.format(i=i): mine.format(i=i)
+        for theirs, mine in QWEN3_KEY_MAP.items()
+        for i in range(n)
+    }
+    hf_state = {k: v for k, v in qwen.state_dict().items() if not k.startswith("embed_tokens")}
+    assert set(hf_state) == set(mapped)
+    assert {k for k in ours if k.startswith("transformer.")} == set(mapped.values())
+    for theirs, mine in mapped.items():
+        assert hf_state[theirs].shape == ours[mine].shape, theirs
+    qwen.save_pretrained(tmp_path / "qwen3_backbone")
+    load_backbone_from_pretrained(model, tmp_path / "qwen3_backbone")
+    for theirs, mine in mapped.items():
+        assert torch.equal(model.state_dict()[mine], hf_state[theirs]), theirs
 
 
 def test_loading_imports_no_training_code(runs, tmp_path):

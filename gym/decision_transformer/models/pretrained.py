@@ -174,6 +174,44 @@ class Qwen3DTConfig:
     def transformers_fields(self) -> dict[str, Any]:
         return {"model_type": "decision_transformer_qwen3"}
 
+    def qwen3_backbone_config(self) -> dict[str, Any]:
+        """The ``transformers.Qwen3Config`` keyword arguments of a ``Qwen3Model`` that stands in
+        for this backbone (``--init_backbone`` loads such a model's layers; see
+        :data:`QWEN3_KEY_MAP`). The vocabulary is not the DT's: any size will do."""
+        return {
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "intermediate_size": self.intermediate_size,
+            "rope_theta": self.rope_theta,
+            "rms_norm_eps": self.rms_norm_eps,
+        }
+
+
+# transformers Qwen3Model (or Qwen3ForCausalLM, less its "model." prefix) -> this Qwen3 DT: the
+# decoder layers and the final norm carry over name for name; the token embedding and LM head
+# have no counterpart (the DT embeds returns, states and actions itself), and QK-norm weights
+# exist only with qk_norm. Everything else (embed_timestep/return/state/action, embed_ln, the
+# prediction heads) is the DT's own.
+QWEN3_KEY_MAP = {
+    "layers.{i}.input_layernorm.weight": "transformer.layers.{i}.input_layernorm.weight",
+    "layers.{i}.self_attn.q_proj.weight": "transformer.layers.{i}.self_attn.q_proj.weight",
+    "layers.{i}.self_attn.k_proj.weight": "transformer.layers.{i}.self_attn.k_proj.weight",
+    "layers.{i}.self_attn.v_proj.weight": "transformer.layers.{i}.self_attn.v_proj.weight",
+    "layers.{i}.self_attn.o_proj.weight": "transformer.layers.{i}.self_attn.o_proj.weight",
+    "layers.{i}.self_attn.q_norm.weight": "transformer.layers.{i}.self_attn.q_norm.weight",
+    "layers.{i}.self_attn.k_norm.weight": "transformer.layers.{i}.self_attn.k_norm.weight",
+    "layers.{i}.post_attention_layernorm.weight": (
+        "transformer.layers.{i}.post_attention_layernorm.weight"
+    ),
+    "layers.{i}.mlp.gate_proj.weight": "transformer.layers.{i}.mlp.gate_proj.weight",
+    "layers.{i}.mlp.up_proj.weight": "transformer.layers.{i}.mlp.up_proj.weight",
+    "layers.{i}.mlp.down_proj.weight": "transformer.layers.{i}.mlp.down_proj.weight",
+    "norm.weight": "transformer.norm.weight",
+}
+
 
 @dataclass
 class MLPBCConfig:
