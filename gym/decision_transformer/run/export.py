@@ -343,8 +343,8 @@ def model_card(folder: FolderConfig, name: str, reproduce: str | None) -> str:
             f"{ev['episodes_per_target']} episodes per target, env seeds {shown} (evaluation "
             f"seed {ev['seed']}), {ev['eval_envs']} envs at once, on {ev['device']}."
             + (
-                f" Normalized score: 100 x (return - {ev['reference_scores'][0]:g}) / "
-                f"({ev['reference_scores'][1]:g} - {ev['reference_scores'][0]:g})."
+                " Normalized score: 100 x (return - lo) / (hi - lo), with the reference returns "
+                f"lo = {ev['reference_scores'][0]:g} and hi = {ev['reference_scores'][1]:g}."
                 if has_score
                 else " No reference returns for this env: no normalized score."
             ),
