@@ -331,6 +331,11 @@ class FolderConfig:
                 f"({FORMAT_VERSION}): update this project to load it"
             )
         arch = d.get("architecture")
+        if arch == "atari_dt":
+            raise PretrainedError(
+                f"{where} holds an Atari DT: load it with atari/pretrained_atari.py "
+                "(from_pretrained_atari) or evaluate it with atari/evaluate_atari.py"
+            )
         if arch not in ARCH_CONFIGS:
             raise PretrainedError(
                 f"{where}: unknown architecture {arch!r}; this code loads {', '.join(ARCH_CONFIGS)}"
