@@ -461,6 +461,24 @@ def test_an_unreachable_repo_id_fails_fast_in_one_line(tmp_path):
     )
 
 
+def test_evaluate_py_takes_a_model_folder(good_folder, tmp_path):
+    """evaluate.py --checkpoint FOLDER plays the folder as evaluate.py plays the run it came
+    from (the same returns), renders its video, and leaves the folder as it was."""
+    before = files_of(good_folder)
+    flags = ["--num_eval_episodes", "2", "--eval_envs", "2", "--seed", "1"]
+    folder_json, run_json, gif = tmp_path / "f.json", tmp_path / "r.json", tmp_path / "ep.gif"
+    proc = run_script("evaluate.py", "--checkpoint", good_folder, *flags, "--json", folder_json,
+                      "--video", gif)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_script("evaluate.py", "--checkpoint", BASE_RUN, *flags, "--json", run_json)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ours = [r["returns"] for r in json.loads(folder_json.read_text())["targets"]]
+    theirs = [r["returns"] for r in json.loads(run_json.read_text())["targets"]]
+    assert ours == theirs
+    assert gif.stat().st_size > 0 and json.loads(folder_json.read_text())["video"]["frames"] > 1
+    assert files_of(good_folder) == before
+
+
 # ---------------------------------------------------------------------------------------------
 # Sharing
 # ---------------------------------------------------------------------------------------------

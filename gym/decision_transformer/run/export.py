@@ -25,6 +25,7 @@ from ..errors import UserError, one_line
 from ..models.pretrained import (
     CARD_NAME,
     CONFIG_NAME,
+    FORMAT_NAME,
     GPT2_DT,
     MLP_BC,
     QWEN3_DT,
@@ -241,9 +242,12 @@ def evaluate_folder(
     seed: int,
     eval_envs: int,
     targets: list[float] | None = None,
+    recorder=None,
 ) -> dict:
     """Play the folder's model through training's evaluator (same seeds, same numbers as
-    evaluate.py on the run's checkpoint, on the CPU); what config.json's ``evaluation`` holds."""
+    evaluate.py on the run's checkpoint, on the CPU); what config.json's ``evaluation`` holds.
+    ``recorder`` (evaluation/video.py's EpisodeRecorder) watches the first target's first
+    episode."""
     from .experiment import episode_seeds, evaluate_returns, summarize_returns
 
     a = folder.acting
@@ -258,7 +262,8 @@ def evaluate_folder(
     for target in targets or a.targets:
         key = target if a.conditioned else None  # BC never sees the target: play once
         if key not in played:
-            played[key] = evaluate_returns(cfg, model, mean, std, target, seeds)
+            watch = recorder if not played else None
+            played[key] = evaluate_returns(cfg, model, mean, std, target, seeds, on_step=watch)
         returns, lengths = played[key]
         summary = summarize_returns(target, returns, lengths, ref)
         prefix = len(f"target_{target:g}_")
@@ -653,6 +658,11 @@ def build_eval_parser() -> argparse.ArgumentParser:
     a("--target_return", type=float, nargs="+", default=None,
       help="returns to condition on (default: the folder's targets)")  # fmt: skip
     a("--json", default=None, metavar="PATH", help="also write the results here")
+    a("--video", default=None, metavar="PATH",
+      help="render the first episode to PATH (.mp4/.gif; default: no video)")  # fmt: skip
+    a("--video_quality", default="auto", choices=["auto", "fast", "full"],
+      help="fast drops multisampling, shadows, reflections; auto: fast on software GL")  # fmt: skip
+    a("--device", default="cpu", help="cpu, cuda, auto, ...")
     return p
 
 
@@ -662,19 +672,71 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from .config import resolve_device
+    from .evaluate_checkpoint import check_video_arg
+    from .paths import check_output_file
+
     _check_eval(args.num_eval_episodes, args.seed, args.eval_envs)
     if args.num_eval_episodes == 0:
         raise ConfigError("--num_eval_episodes must be positive to evaluate")
-    model = from_pretrained(args.model)
+    if args.video is not None:
+        check_video_arg(args.video)
+    if args.json is not None:
+        check_output_file(args.json, "--json", make_parent=True)
+    device = resolve_device(args.device)
+    model = from_pretrained(args.model, device=device)
+    folder = model.pretrained_config
+    recorder = None
+    if args.video is not None:
+        from ..evaluation.video import EpisodeRecorder
+
+        recorder = EpisodeRecorder(seed=args.seed * 100_000)  # episode_seeds' first
     report = evaluate_folder(
-        model, model.pretrained_config, args.num_eval_episodes, args.seed, args.eval_envs,
-        args.target_return,
+        model, folder, args.num_eval_episodes, args.seed, args.eval_envs, args.target_return,
+        recorder,
     )  # fmt: skip
     for r in report["targets"]:
         print(
             f"target {r['target']:g}: return {r['return_mean']:.4f} ± {r['return_std']:.4f}, "
             f"length {r['length_mean']:.1f}"
         )
+    if recorder is not None:
+        from ..evaluation.video import render_episode
+
+        a = folder.acting
+        target = report["targets"][0]["target"] if a.conditioned else None
+        title = f"{a.env} {folder.architecture}" + (f"  target {target:g}" if target else "")
+        report["video"] = render_episode(
+            a.env, recorder, args.video, target, mode=a.mode, title=title,
+            max_steps=a.max_ep_len, quality=args.video_quality,
+        )  # fmt: skip
+        print(f"video: {args.video}, {report['video']['frames']} frames")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"results: {args.json}")
     return 0
+
+
+def is_model_source(path: str) -> bool:
+    """What evaluate.py hands to evaluate_pretrained.py: a model folder (its config.json names
+    this format), or something that is no local path and reads as a Hub repo id."""
+    p = Path(path)
+    if p.is_dir():
+        config = p / CONFIG_NAME
+        try:
+            return config.is_file() and json.loads(config.read_text()).get("format") == FORMAT_NAME
+        except (OSError, ValueError, AttributeError):
+            return False
+    return not p.exists() and path.count("/") == 1 and not path.startswith((".", "/", "~"))
+
+
+def evaluate_py_argv(argv: list[str]) -> list[str] | None:
+    """evaluate.py's flags for evaluate_pretrained.py when ``--checkpoint`` names a model folder
+    or Hub repo id; None when it names a run (evaluate.py's own path)."""
+    if "--checkpoint" not in argv[:-1]:
+        return None
+    i = argv.index("--checkpoint")
+    source = argv[i + 1]
+    if not is_model_source(source):
+        return None
+    return [source, *argv[:i], *argv[i + 2 :]]
