@@ -51,14 +51,17 @@ def train(data_dir, out, env, backbone="gpt2", *args):
 @pytest.fixture(scope="module")
 def runs(data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
+    # bf16 on the CPU: evaluation runs under autocast, the folder's must too.
+    qwen = ["--n_head", "2", "--n_kv_head", "1", "--dtype", "bf16"]
+    # The ODT's stochastic head in window attention: no transformers counterpart.
+    odt = ["--policy", "stochastic", "--attention", "window"]
     return {
         # K 5, 2 heads: the window slides within the short episodes and heads are split.
         "humanoid": train(data_dir, root / "humanoid", "humanoid", "gpt2", "--n_head", "2"),
         "hopper": train(data_dir, root / "hopper", "hopper", "gpt2", "--val_episodes", "2"),
-        "qwen3": train(
-            data_dir, root / "qwen3", "hopper", "qwen3", "--n_head", "2", "--n_kv_head", "1"
-        ),  # fmt: skip
+        "qwen3": train(data_dir, root / "qwen3", "hopper", "qwen3", *qwen),
         "bc": train(data_dir, root / "bc", "hopper", "gpt2", "--model_type", "bc"),
+        "odt": train(data_dir, root / "odt", "hopper", "gpt2", *odt),
     }
 
 
@@ -103,7 +106,7 @@ def test_a_run_of_the_base_code_exports_and_loads(tmp_path):
     assert "normalized score" in card and "evaluate_pretrained.py" in card
 
 
-@pytest.mark.parametrize("run, arch", [("qwen3", "qwen3_dt"), ("bc", "mlp_bc")])
+@pytest.mark.parametrize("run, arch", [("qwen3", "qwen3_dt"), ("bc", "mlp_bc"), ("odt", "gpt2_dt")])
 def test_exported_model_reproduces_evaluate_py_exactly(runs, tmp_path, run, arch):
     """The card's numbers are evaluate.py's on the run's checkpoint, and evaluate_pretrained.py's
     on the folder, bit for bit on the CPU."""
@@ -123,6 +126,8 @@ def test_exported_model_reproduces_evaluate_py_exactly(runs, tmp_path, run, arch
     assert proc.returncode == 0, proc.stderr
     assert json.loads(again.read_text())["targets"] == card_eval["targets"]
     assert json.loads((out / "config.json").read_text())["architecture"] == arch
+    # none of these three loads in transformers (Qwen3, MLP, the ODT's head): not its library
+    assert (out / "README.md").read_text().startswith("---\nlibrary_name: pytorch\n")
     assert from_pretrained(out, architecture=arch).pretrained_config.architecture == arch
 
 

@@ -274,6 +274,9 @@ class ActingConfig:
     targets: list[float]
     conditioned: bool = True  # False for BC: it never sees a return
     mode: str = "normal"  # normal, delayed (returns on the last reward) or noise
+    # bf16: the run evaluated under bf16 autocast (its weights are fp32 all the same); evaluating
+    # the same way gives the run's numbers
+    dtype: str = "fp32"
     action_mapping: str = ACTION_MAPPING
     acts_on: str = "the mean action (the stochastic head's too)"
 

@@ -8,6 +8,7 @@ a failure at any point leaves no half-written folder and never touches an existi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -177,6 +178,7 @@ def folder_from_checkpoint(
         targets=targets or run_targets(ckpt, cfg),
         conditioned=cfg.model_type == "dt",
         mode=cfg.mode,
+        dtype="bf16" if cfg.dtype == "bf16" else "fp32",
     )
     provenance = {
         "source": "run checkpoint",
@@ -257,13 +259,20 @@ def evaluate_folder(
     cfg.model_type = "dt" if a.conditioned else "bc"
     seeds = episode_seeds(seed, num_episodes)
     mean, std = np.asarray(a.state_mean, np.float32), np.asarray(a.state_std, np.float32)
+    device = next(model.parameters()).device
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if a.dtype == "bf16"
+        else contextlib.nullcontext()
+    )
     results, played = [], {}
     start = time.perf_counter()
     for target in targets or a.targets:
         key = target if a.conditioned else None  # BC never sees the target: play once
         if key not in played:
             watch = recorder if not played else None
-            played[key] = evaluate_returns(cfg, model, mean, std, target, seeds, on_step=watch)
+            with autocast:
+                played[key] = evaluate_returns(cfg, model, mean, std, target, seeds, on_step=watch)
         returns, lengths = played[key]
         summary = summarize_returns(target, returns, lengths, ref)
         prefix = len(f"target_{target:g}_")
@@ -280,7 +289,8 @@ def evaluate_folder(
         "seed": seed,
         "episode_seeds": seeds,
         "eval_envs": eval_envs,
-        "device": str(next(model.parameters()).device),
+        "device": str(device),
+        "dtype": a.dtype,
         "reference_scores": list(ref) if ref is not None else None,
         "seconds": round(time.perf_counter() - start, 2),
         "targets": results,
@@ -346,7 +356,8 @@ def model_card(folder: FolderConfig, name: str, reproduce: str | None) -> str:
         lines += [
             "",
             f"{ev['episodes_per_target']} episodes per target, env seeds {shown} (evaluation "
-            f"seed {ev['seed']}), {ev['eval_envs']} envs at once, on {ev['device']}."
+            f"seed {ev['seed']}), {ev['eval_envs']} envs at once, on {ev['device']}"
+            + (" under bf16 autocast, as the run evaluated." if ev.get("dtype") == "bf16" else ".")
             + (
                 " Normalized score: 100 x (return - lo) / (hi - lo), with the reference returns "
                 f"lo = {ev['reference_scores'][0]:g} and hi = {ev['reference_scores'][1]:g}."
