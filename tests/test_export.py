@@ -106,6 +106,32 @@ def test_a_run_of_the_base_code_exports_and_loads(tmp_path):
     assert "normalized score" in card and "evaluate_pretrained.py" in card
 
 
+def test_a_folder_carries_no_local_paths_and_the_runs_versions(runs, data_dir, tmp_path):
+    """What goes to the Hub names no folder of this machine (the run's --out_dir, --data_dir or
+    the export's --out as absolute paths) and records the stack the run trained on."""
+    out = tmp_path / "shared" / "hopper-dt"
+    out.parent.mkdir()
+    assert export(runs["hopper"], out.resolve(), "--num_eval_episodes", "1").returncode == 0
+    text = (out / "config.json").read_text() + (out / "README.md").read_text()
+    for local in (runs["hopper"], data_dir, tmp_path):
+        assert str(Path(local).resolve()) not in text and str(local) not in text, local
+    flags = json.loads((out / "config.json").read_text())["provenance"]["run_config"]
+    assert flags["out_dir"] == Path(runs["hopper"]).name and flags["data_dir"] == data_dir.name
+    recorded = json.loads((Path(runs["hopper"]) / "config.json").read_text())["versions"]
+    versions = json.loads((out / "config.json").read_text())["provenance"]["versions"]
+    assert versions == {"recorded_by": "run", **recorded}
+    line = next(x for x in (out / "README.md").read_text().splitlines() if "Trained on:" in x)
+    assert f"torch {recorded['torch']}, mujoco {recorded['mujoco']}" in line
+
+
+def test_a_run_without_versions_gets_the_exports_said_as_such(tmp_path):
+    out = tmp_path / "model"
+    assert export(BASE_RUN, out, "--num_eval_episodes", "0").returncode == 0
+    versions = json.loads((out / "config.json").read_text())["provenance"]["versions"]
+    assert versions["recorded_by"].startswith("export") and versions["torch"] == torch.__version__
+    assert "Versions as of the export" in (out / "README.md").read_text()
+
+
 @pytest.mark.parametrize("run, arch", [("qwen3", "qwen3_dt"), ("bc", "mlp_bc"), ("odt", "gpt2_dt")])
 def test_exported_model_reproduces_evaluate_py_exactly(runs, tmp_path, run, arch):
     """The card's numbers are evaluate.py's on the run's checkpoint, and evaluate_pretrained.py's

@@ -94,6 +94,12 @@ def test_an_exported_atari_dt_plays_the_runs_games_exactly(runs, tmp_path, backb
     assert ours == theirs and len(ours[1]) > 4
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: pytorch\n") and "evaluate_atari.py" in card
+    # Nothing of this machine's folders travels; the stack the run trained on does.
+    for local in (runs[backbone].parent, tmp_path):
+        assert str(local) not in (out / "config.json").read_text() + card, local
+    recorded = json.loads((runs[backbone] / "config.json").read_text())["versions"]
+    assert folder["provenance"]["versions"] == {"recorded_by": "run", **recorded}
+    assert f"torch {recorded['torch']}" in card.split("Trained on:")[1]
 
 
 def test_evaluate_atari_takes_a_folder_and_leaves_it(runs, tmp_path):
