@@ -24,6 +24,7 @@ from decision_transformer.models.pretrained import (
 from decision_transformer.run import evaluate_checkpoint, evaluation, experiment
 from decision_transformer.run import export as export_mod
 from decision_transformer.run.config import RunConfig
+from decision_transformer.run.metrics import read_metrics
 from rollouts import rollout_paths, write_dataset
 
 transformers = pytest.importorskip("transformers")
@@ -122,6 +123,46 @@ def test_a_folder_carries_no_local_paths_and_the_runs_versions(runs, data_dir, t
     assert versions == {"recorded_by": "run", **recorded}
     line = next(x for x in (out / "README.md").read_text().splitlines() if "Trained on:" in x)
     assert f"torch {recorded['torch']}, mujoco {recorded['mujoco']}" in line
+
+
+@pytest.mark.parametrize(
+    "run, which", [("hopper", "best"), ("humanoid", "last"), ("qwen3", "last")]
+)
+def test_training_ends_with_a_model_folder_of_its_own_evaluation(runs, tmp_path, run, which):
+    """experiment.py writes RUN/model at the end (best.pt's weights when kept) whose card holds
+    the run's evaluation of those weights, not played again: evaluating the folder with the
+    card's command gives the same numbers, bit for bit on the CPU."""
+    folder = Path(runs[run]) / "model"
+    cfg = json.loads((folder / "config.json").read_text())
+    ckpt = torch.load(Path(runs[run]) / f"{'best' if which == 'best' else 'checkpoint'}.pt",
+                      weights_only=True)  # fmt: skip
+    assert cfg["provenance"]["checkpoint"] == which
+    model = from_pretrained(folder)
+    for k, v in ckpt["model"].items():
+        assert torch.equal(model.state_dict()[k].to(v.dtype), v), k
+    ev = cfg["evaluation"]
+    row = next(r for r in read_metrics(runs[run]) if r["iteration"] == ckpt["iteration"])
+    assert ev["measured_by"].startswith(f"the run, at iteration {ckpt['iteration']}")
+    for t in ev["targets"]:
+        assert t["return_mean"] == row[f"evaluation/target_{t['target']:g}_return_mean"]
+    again = tmp_path / "again.json"
+    proc = run_main(
+        export_mod.evaluate_main, folder, "--num_eval_episodes", str(ev["episodes_per_target"]),
+        "--seed", str(ev["seed"]), "--eval_envs", str(ev["eval_envs"]), "--json", again,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    replayed = json.loads(again.read_text())["targets"]
+    assert [r["return_mean"] for r in replayed] == [t["return_mean"] for t in ev["targets"]]
+    assert (
+        f"python evaluate_pretrained.py model --num_eval_episodes {ev['episodes_per_target']}"
+        in (folder / "README.md").read_text()
+    )
+
+
+def test_export_false_writes_no_model_folder(data_dir, tmp_path):
+    out = train(data_dir, tmp_path / "run", "hopper", "gpt2", "--export", "false",
+                "--max_iters", "1")  # fmt: skip
+    assert (out / "checkpoint.pt").is_file() and not (out / "model").exists()
 
 
 def test_a_run_without_versions_gets_the_exports_said_as_such(tmp_path):

@@ -232,6 +232,12 @@ class RunConfig:
         "continue the run in --out_dir from its checkpoint.pt, exactly where it stopped",
         action="store_true",
     )
+    export: bool = flag(
+        True,
+        "at the end, write the model (best.pt's if the run kept one, else the last) as a model "
+        "folder in {out_dir}/model, its card with the run's own last evaluation of it",
+        type=str2bool,
+    )
     eval_envs: int = flag(
         16,
         "episodes played at once in a vector env with one batched model call per step; "

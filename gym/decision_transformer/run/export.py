@@ -353,7 +353,7 @@ def model_card(folder: FolderConfig, name: str, reproduce: str | None) -> str:
         for r in ev["targets"]:
             row = (
                 f"| {r['target']:g} | {r['return_mean']:.1f} ± {r['return_std']:.1f} | "
-                f"{r['length_mean']:.1f} ± {r['length_std']:.1f} | {len(r['returns'])} |"
+                f"{r['length_mean']:.1f} ± {r['length_std']:.1f} | {ev['episodes_per_target']} |"
             )
             if has_score:
                 row += f" {r.get('normalized_score', float('nan')):.1f} |"
@@ -364,6 +364,7 @@ def model_card(folder: FolderConfig, name: str, reproduce: str | None) -> str:
             "",
             f"{ev['episodes_per_target']} episodes per target, env seeds {shown} (evaluation "
             f"seed {ev['seed']}), {ev['eval_envs']} envs at once, on {ev['device']}"
+            + (f", measured by {ev['measured_by']}" if ev.get("measured_by") else "")
             + (" under bf16 autocast, as the run evaluated." if ev.get("dtype") == "bf16" else ".")
             + (
                 " Normalized score: 100 x (return - lo) / (hi - lo), with the reference returns "
@@ -375,7 +376,10 @@ def model_card(folder: FolderConfig, name: str, reproduce: str | None) -> str:
         if reproduce:
             lines += ["", "Reproduce (from `gym/`):", "", "```bash", reproduce, "```"]
     else:
-        lines.append("Not evaluated at export (`--num_eval_episodes 0`).")
+        lines.append(
+            "Not evaluated at export: `python evaluate_pretrained.py FOLDER --num_eval_episodes N` "
+            "measures it."
+        )
     lines += [
         "",
         "## Use",
@@ -453,26 +457,80 @@ def write_folder(
     out: Path,
     evaluate: dict | None,
     reproduce: str | None,
+    evaluation: dict | None = None,
+    replace_old: bool = False,
 ) -> Path:
     """Save into a temporary sibling of ``out``, reload from there, evaluate the reloaded model
-    (so the card's numbers are the folder's), then rename into place."""
+    (so the card's numbers are the folder's), then rename into place. ``evaluation``: numbers
+    already measured on these weights (the run's own), recorded instead of playing again.
+    ``replace_old``: an existing ``out`` (a run's earlier auto-export) is swapped out whole."""
     tmp = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         save_pretrained(model, folder, tmp)
         loaded = from_pretrained(tmp)
-        if evaluate is not None and evaluate["num_episodes"] > 0:
+        if evaluation is not None:
+            folder.evaluation = evaluation
+        elif evaluate is not None and evaluate["num_episodes"] > 0:
             folder.evaluation = evaluate_folder(
                 loaded, folder, evaluate["num_episodes"], evaluate["seed"], evaluate["eval_envs"]
             )
+        if folder.evaluation is not None:
             (tmp / CONFIG_NAME).write_text(json.dumps(folder.to_dict(), indent=2) + "\n")
         (tmp / CARD_NAME).write_text(model_card(folder, out.name, reproduce))
-        if out.exists():
+        old = None
+        if out.exists() and replace_old and any(out.iterdir()):
+            old = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.old."))
+            os.replace(out, old / out.name)
+        elif out.exists():
             out.rmdir()  # empty, checked before any work
         os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def evaluation_from_metrics(run_dir: Path, ckpt: dict, folder: FolderConfig) -> dict | None:
+    """The run's own evaluation of the checkpoint's weights (its metrics.jsonl row of the
+    checkpoint's iteration), in the form :func:`evaluate_folder` gives; None when that
+    iteration was not evaluated. The same seeds and evaluator: evaluating the folder again
+    gives these numbers (bit for bit on the CPU)."""
+    from .evaluation import episode_seeds
+    from .metrics import read_metrics
+
+    try:
+        rows = read_metrics(run_dir)
+    except (OSError, ValueError, KeyError):
+        return None
+    row = next((r for r in rows if r.get("iteration") == ckpt.get("iteration")), None)
+    flags = folder.provenance.get("run_config") or {}
+    episodes = flags.get("num_eval_episodes") or 0
+    if row is None or episodes <= 0:
+        return None
+    targets = []
+    for target in folder.acting.targets:
+        prefix = f"evaluation/target_{target:g}_"
+        if f"{prefix}return_mean" not in row:
+            return None
+        numbers = ("return_mean", "return_std", "length_mean", "length_std", "normalized_score")
+        targets.append(
+            {"target": float(target), **{k: row[prefix + k] for k in numbers if prefix + k in row}}
+        )
+    ref = reference_scores(folder.acting.env, folder.provenance.get("dataset") or "")
+    seed = flags.get("seed", 0)
+    return {
+        "measured_by": f"the run, at iteration {row['iteration']} (metrics.jsonl)",
+        "episodes_per_target": episodes,
+        "seed": seed,
+        "episode_seeds": episode_seeds(seed, episodes),
+        "eval_envs": flags.get("eval_envs", 1),
+        "device": flags.get("device", "cpu"),
+        "dtype": folder.acting.dtype,
+        "reference_scores": list(ref) if ref is not None else None,
+        "targets": targets,
+    }
 
 
 def export_run(
@@ -483,9 +541,12 @@ def export_run(
     seed: int | None = None,
     eval_envs: int | None = None,
     target_return: list[float] | None = None,
+    reuse_run_evaluation: bool = False,
 ) -> Path:
-    """``run_dir``'s best or last checkpoint as a model folder at ``out``."""
-    out = check_out_dir(out)
+    """``run_dir``'s best or last checkpoint as a model folder at ``out``. With
+    ``reuse_run_evaluation`` (the end of training) the card takes the run's own evaluation of
+    those weights instead of playing again, and an earlier folder at ``out`` is replaced."""
+    out = Path(out) if reuse_run_evaluation else check_out_dir(out)
     ckpt = read_run(run_dir, which)
     model, folder = folder_from_checkpoint(
         ckpt, str(run_dir), which, target_return, run_versions_or_now(run_dir)
@@ -502,6 +563,9 @@ def export_run(
         f"--seed {seed} --eval_envs {eval_envs}"
     )
     evaluate = {"num_episodes": episodes, "seed": seed, "eval_envs": eval_envs}
+    if reuse_run_evaluation:
+        measured = evaluation_from_metrics(Path(run_dir), ckpt, folder)
+        return write_folder(model, folder, out, None, reproduce, measured, replace_old=True)
     return write_folder(model, folder, out, evaluate, reproduce)
 
 

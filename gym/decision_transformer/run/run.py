@@ -33,6 +33,7 @@ import torch
 
 from ..data.holdout import held_out_count, validation_batches
 from ..data.sampler import BatchSampler
+from ..errors import UserError, one_line
 from ..training.act_trainer import ActTrainer
 from ..training.odt_trainer import ODTTrainer
 from ..training.seq_trainer import SequenceTrainer
@@ -43,11 +44,12 @@ from .checkpoint import seed_iteration
 from .config import ConfigError, RunConfig, resolve_targets
 from .distributed import DistContext
 from .evaluation import Evaluation, enable_tf32, target_key
+from .export import export_run
 from .inputs import RunData, load_data, make_selection
 from .metrics import MetricsLog
 from .online import OnlineRounds, target_entropy
 from .parallel import make_parallel
-from .paths import PathError, RunDirLock, WriteError, cause, open_run_folder, writing
+from .paths import BEST_NAME, PathError, RunDirLock, WriteError, cause, open_run_folder, writing
 from .state import (
     RunState,
     check_init_fits,
@@ -191,7 +193,24 @@ class Run:
         if self.ctx.is_main:
             print_summary(self.data.dataset, self.targets, logs, self.state.selection)
             self.metrics.close()
+            if self.cfg.export:
+                self.export_model()
         self.ctx.close()
+
+    def export_model(self) -> None:
+        """The run's model as a model folder in ``{out_dir}/model`` (run/export.py): best.pt's
+        weights when the run kept a best, else the last; its card takes the run's own
+        evaluation of them. A run whose checkpoint cannot be exported (e.g. sharded weights
+        only) still succeeded: one line says so and how to export later."""
+        out_dir = self.data.out_dir
+        which = "best" if (out_dir / BEST_NAME).is_file() else "last"
+        try:
+            folder = export_run(out_dir, out_dir / "model", which, reuse_run_evaluation=True)
+        except UserError as e:
+            print(f"warning: no model folder written ({one_line(e)}); export the run later "
+                  "with export.py", file=sys.stderr)  # fmt: skip
+            return
+        print(f"model folder ({which} checkpoint): {folder}")
 
     # --- setup -----------------------------------------------------------------------------
 
