@@ -165,6 +165,58 @@ def test_export_false_writes_no_model_folder(data_dir, tmp_path):
     assert (out / "checkpoint.pt").is_file() and not (out / "model").exists()
 
 
+def test_init_from_a_model_folder_fine_tunes_its_weights_with_its_statistics(
+    runs, data_dir, tmp_path
+):
+    """--init_from FOLDER: the run starts from the folder's weights (a vanishing learning rate
+    keeps them) and normalises with the folder's state mean/std, not the dataset's."""
+    folder = Path(runs["hopper"]) / "model"
+    acting = json.loads((folder / "config.json").read_text())["acting"]
+    out = train(data_dir, tmp_path / "ft", "hopper", "gpt2", "--init_from", folder,
+                "--max_iters", "1", "--learning_rate", "1e-12", "--export", "false")  # fmt: skip
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["iteration"] == 1 and ckpt["config"]["max_iters"] == 1
+    for key in ("state_mean", "state_std"):
+        assert np.array_equal(ckpt[key].numpy(), np.float32(acting[key])), key
+    base = from_pretrained(folder).state_dict()
+    worst = max((ckpt["model"][k].float() - v.float()).abs().max().item() for k, v in base.items())
+    assert worst < 1e-6
+    # The dataset's own statistics (a run on all of it) differ: the folder's run held episodes out.
+    whole = torch.load(Path(runs["qwen3"]) / "checkpoint.pt", weights_only=True)["state_mean"]
+    assert not np.array_equal(whole.numpy(), ckpt["state_mean"].numpy())
+
+
+def test_init_from_a_model_folder_fine_tunes_online(runs, data_dir, tmp_path):
+    folder = Path(runs["odt"]) / "model"
+    odt = ["--policy", "stochastic", "--attention", "window"]
+    out = train(data_dir, tmp_path / "online", "hopper", "gpt2", *odt, "--init_from", folder,
+                "--max_iters", "1", "--online_rounds", "1", "--online_episodes", "1",
+                "--online_updates", "2", "--export", "false")  # fmt: skip
+    rows = read_metrics(out)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert len(rows) == 2 and ckpt["online"]
+    acting = json.loads((folder / "config.json").read_text())["acting"]
+    assert np.array_equal(ckpt["state_mean"].numpy(), np.float32(acting["state_mean"]))
+
+
+@pytest.mark.parametrize(
+    "run, flags, needle",
+    [
+        ("bc", [], "holds a mlp_bc model"),
+        ("hopper", ["--embed_dim", "16"], "--hidden_size 32 (not 16)"),
+        ("humanoid", [], "plays humanoid"),
+    ],
+)
+def test_init_from_a_folder_that_does_not_fit_is_one_line(runs, data_dir, tmp_path, run, flags,
+                                                           needle):  # fmt: skip
+    out = tmp_path / "bad"
+    argv = ["--env", "hopper", "--data_dir", data_dir, "--out_dir", out, *TINY, *flags,
+            "--init_from", Path(runs[run]) / "model"]  # fmt: skip
+    proc = run_main(experiment.main, *argv)
+    assert_one_line_error(proc, needle)
+    assert not (out / "checkpoint.pt").exists()
+
+
 def test_a_run_without_versions_gets_the_exports_said_as_such(tmp_path):
     out = tmp_path / "model"
     assert export(BASE_RUN, out, "--num_eval_episodes", "0").returncode == 0

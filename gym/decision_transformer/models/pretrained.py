@@ -570,6 +570,20 @@ def from_pretrained(
     return model.to(device).eval()
 
 
+def is_model_source(path: str) -> bool:
+    """A model folder (its config.json names this format), or something that is no local path
+    and reads as a Hub repo id: what evaluate.py and --init_from take instead of a run's
+    checkpoint."""
+    p = Path(path)
+    if p.is_dir():
+        config = p / CONFIG_NAME
+        try:
+            return config.is_file() and json.loads(config.read_text()).get("format") == FORMAT_NAME
+        except (OSError, ValueError, AttributeError):
+            return False
+    return not p.exists() and path.count("/") == 1 and not path.startswith((".", "/", "~"))
+
+
 def unit_to_box(unit_actions: np.ndarray | torch.Tensor, acting: ActingConfig):
     """transformers' DecisionTransformerModel actions (tanh, in [-1, 1]) mapped onto the env's
     box as this project's model maps them (``ACTION_MAPPING``)."""

@@ -27,7 +27,6 @@ from ..errors import ConfigError, UserError, one_line
 from ..models.pretrained import (
     CARD_NAME,
     CONFIG_NAME,
-    FORMAT_NAME,
     GPT2_DT,
     MLP_BC,
     QWEN3_DT,
@@ -39,6 +38,7 @@ from ..models.pretrained import (
     Qwen3DTConfig,
     build_from_config,
     from_pretrained,
+    is_model_source,
     load_state,
     read_transformers_folder,
     save_pretrained,
@@ -109,6 +109,47 @@ def architecture_config(cfg: RunConfig, state_dim: int, act_dim: int, max_ep_len
         attention=cfg.attention,
         policy=cfg.policy,
     )
+
+
+# Fields that do not shape the weights: a fine-tuning run may choose its own.
+UNSHAPING_FIELDS = {"dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"}
+
+
+def init_from_folder(
+    cfg: RunConfig, source: str, state_dim: int, act_dim: int, max_ep_len: int
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """--init_from FOLDER|REPO_ID: the weights of the model folder (or Hub repo) and the state
+    mean/std it acts with, checked to be the model these flags build for this env."""
+    try:
+        model = from_pretrained(source)
+    except UserError as e:
+        raise ConfigError(f"--init_from: {one_line(e, 200)}") from None
+    folder = model.pretrained_config
+    if folder.acting.env != cfg.env:
+        raise ConfigError(
+            f"--init_from: {source} plays {folder.acting.env}, this run {cfg.env}: pass --env "
+            f"{folder.acting.env}"
+        )
+    arch, mine = architecture_config(cfg, state_dim, act_dim, max_ep_len)
+    if folder.architecture != arch:
+        raise ConfigError(
+            f"--init_from: {source} holds a {folder.architecture} model, these flags build a "
+            f"{arch}: use the script and --model_type of that architecture"
+        )
+    theirs = folder.model
+    differ = [
+        f"--{k} {getattr(theirs, k)} (not {getattr(mine, k)})"
+        for k in type(mine).__dataclass_fields__
+        if k not in UNSHAPING_FIELDS and getattr(mine, k) != getattr(theirs, k)
+    ]
+    if differ:
+        raise ConfigError(
+            f"--init_from: {source} is another model than these flags build: its "
+            f"{', '.join(differ[:4])}; pass its model flags"
+        )
+    mean = np.asarray(folder.acting.state_mean, dtype=np.float32)
+    std = np.asarray(folder.acting.state_std, dtype=np.float32)
+    return model.state_dict(), mean, std
 
 
 def env_facts(env_name: str) -> tuple[int, int, np.ndarray, np.ndarray]:
@@ -804,19 +845,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         print(f"results: {args.json}")
     return 0
-
-
-def is_model_source(path: str) -> bool:
-    """What evaluate.py hands to evaluate_pretrained.py: a model folder (its config.json names
-    this format), or something that is no local path and reads as a Hub repo id."""
-    p = Path(path)
-    if p.is_dir():
-        config = p / CONFIG_NAME
-        try:
-            return config.is_file() and json.loads(config.read_text()).get("format") == FORMAT_NAME
-        except (OSError, ValueError, AttributeError):
-            return False
-    return not p.exists() and path.count("/") == 1 and not path.startswith((".", "/", "~"))
 
 
 def evaluate_py_argv(argv: list[str]) -> list[str] | None:
