@@ -581,7 +581,13 @@ def is_model_source(path: str) -> bool:
             return config.is_file() and json.loads(config.read_text()).get("format") == FORMAT_NAME
         except (OSError, ValueError, AttributeError):
             return False
-    return not p.exists() and path.count("/") == 1 and not path.startswith((".", "/", "~"))
+    # A missing checkpoint file (runs/x.pt) is reported as missing, not looked up on the Hub.
+    return (
+        not p.exists()
+        and path.count("/") == 1
+        and not path.startswith((".", "/", "~"))
+        and p.suffix not in (".pt", ".pth", ".bin", ".safetensors")
+    )
 
 
 def unit_to_box(unit_actions: np.ndarray | torch.Tensor, acting: ActingConfig):
