@@ -186,6 +186,26 @@ def test_init_from_a_model_folder_fine_tunes_its_weights_with_its_statistics(
     assert not np.array_equal(whole.numpy(), ckpt["state_mean"].numpy())
 
 
+def test_a_fine_tuning_run_resumes_with_the_folders_statistics_and_re_exports(
+    runs, data_dir, tmp_path
+):
+    folder = Path(runs["hopper"]) / "model"
+    acting = json.loads((folder / "config.json").read_text())["acting"]
+    out = tmp_path / "ft"
+    train(data_dir, out, "hopper", "gpt2", "--init_from", folder, "--max_iters", "1")
+    first = (out / "model" / "model.safetensors").read_bytes()
+    train(data_dir, out, "hopper", "gpt2", "--init_from", folder, "--max_iters", "2", "--resume")
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ckpt["iteration"] == 2
+    assert np.array_equal(ckpt["state_mean"].numpy(), np.float32(acting["state_mean"]))
+    exported = json.loads((out / "model" / "config.json").read_text())
+    assert (
+        exported["provenance"]["iteration"] == 2 and exported["provenance"]["checkpoint"] == "last"
+    )
+    assert (out / "model" / "model.safetensors").read_bytes() != first
+    assert not [p for p in out.iterdir() if p.name.startswith(".model")]  # no temporaries left
+
+
 def test_init_from_a_model_folder_fine_tunes_online(runs, data_dir, tmp_path):
     folder = Path(runs["odt"]) / "model"
     odt = ["--policy", "stochastic", "--attention", "window"]
