@@ -23,19 +23,38 @@ from run_dt_atari import evaluate_saved_run
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--checkpoint", required=True, type=Path, help="run directory or its .pt")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="run directory or its .pt, a model folder or a Hub repo id",
+    )
     p.add_argument("--eval_episodes", type=int, default=None, help="default: the run's")
     p.add_argument("--target_return", type=float, default=None, help="default: the run's")
     p.add_argument("--eval_envs", type=int, default=None, help="environments played at once")
     p.add_argument("--eval_max_steps", type=int, default=None, help="default: the run's")
     p.add_argument("--device", default="auto")
-    p.add_argument("--json", type=Path, default=None, help="default: RUN/eval.json")
+    p.add_argument(
+        "--json", type=Path, default=None, help="default: RUN/eval.json (none for a model folder)"
+    )
     p.add_argument("--video", type=Path, default=None, help=".mp4 or .gif of episode 0")
     args = p.parse_args(argv)
     try:
         for flag, path in (("--json", args.json), ("--video", args.video)):
             if path is not None:  # before the evaluation, not after it
                 check_output_file(path, flag)
+        from pretrained_atari import evaluate_saved_folder, is_model_folder
+
+        # A model folder export_atari.py wrote, or a Hub repo id holding one (no such path here).
+        if is_model_folder(args.checkpoint) or (
+            not args.checkpoint.exists() and str(args.checkpoint).count("/") == 1
+            and not str(args.checkpoint).startswith((".", "/"))
+        ):  # fmt: skip
+            return evaluate_saved_folder(
+                args.checkpoint, device=args.device, episodes=args.eval_episodes,
+                target=args.target_return, eval_envs=args.eval_envs,
+                max_steps=args.eval_max_steps, json_path=args.json, video=args.video,
+            )  # fmt: skip
         return evaluate_saved_run(
             args.checkpoint,
             device=args.device,

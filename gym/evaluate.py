@@ -16,4 +16,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 from decision_transformer.run.evaluate_checkpoint import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # A model folder (export.py) or Hub repo id goes to evaluate_pretrained.py's evaluation.
+    from decision_transformer.run.export import evaluate_main, evaluate_py_argv
+
+    folder_argv = evaluate_py_argv(sys.argv[1:])
+    sys.exit(main() if folder_argv is None else evaluate_main(folder_argv))

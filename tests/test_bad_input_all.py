@@ -326,6 +326,11 @@ def test_atari_create_dataset(place, capsys, args, needle):
         ("gym", "data/collect_dataset.py", ["--out", "{d}/afile"], "is a file, not a folder"),
         ("atari", "run_dt_atari.py", ["--epochs", "x"], "argument --epochs: invalid int value"),
         ("atari", "create_dataset.py", ["--num_buffers", "x"], "argument --num_buffers: invalid"),
+        ("gym", "export.py", ["{d}/norun", "--out", "{d}/m"], "no run folder at"),
+        ("gym", "export.py", ["{d}/run", "--out", "{d}/afile"], "is not an empty folder"),
+        ("gym", "evaluate_pretrained.py", ["{d}/nomodel"], "no model folder at"),
+        ("gym", "push_to_hub.py", ["{d}/nomodel", "me/dt"], "no folder at"),
+        ("atari", "export_atari.py", ["{d}/norun", "--out", "{d}/m"], "no run folder at"),
     ],
 )
 def test_as_users_run_them(place, cwd, script, args, needle):

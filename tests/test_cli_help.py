@@ -7,7 +7,7 @@ import argparse
 import re
 
 import pytest
-from decision_transformer.run import evaluate_checkpoint, plots
+from decision_transformer.run import evaluate_checkpoint, export, hub, plots
 from decision_transformer.run.config import build_parser, resolve
 
 PARSERS = {
@@ -15,6 +15,9 @@ PARSERS = {
     "experiment_qwen": lambda: build_parser(qwen=True),
     "evaluate": evaluate_checkpoint.build_parser,
     "plot": plots.build_parser,
+    "export": export.build_parser,
+    "evaluate_pretrained": export.build_eval_parser,
+    "push_to_hub": hub.build_parser,
 }
 
 

@@ -147,6 +147,27 @@ def run_versions(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     return _read_json(Path(run_dir) / "config.json").get("versions")
 
 
+def run_versions_or_now(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """What a run trained on (its config.json's ``versions``, ``recorded_by: run``) or, for runs
+    from before those were recorded, what this process runs on, said as such: what an exported
+    model folder records."""
+    recorded = run_versions(run_dir)
+    if recorded:
+        return {"recorded_by": "run", **recorded}
+    return {"recorded_by": "export (the run recorded none)", **stack_versions()}
+
+
+def public_path(value: str | None) -> str | None:
+    """A local path as it may be shared (a model folder on the Hub): its last part when it is
+    absolute, starts with ~ or . or names something here, so no home directory or machine layout
+    travels; anything else (a Hub repo id, ``owner/name``) as it is."""
+    if not value or not isinstance(value, str):
+        return value
+    p = Path(value).expanduser()
+    local = p.is_absolute() or value.startswith(("~", ".")) or p.exists()
+    return (p.name or str(p)) if local else value
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text())

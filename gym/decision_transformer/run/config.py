@@ -27,6 +27,7 @@ import torch
 from ..envs import ENV_SPECS, get_spec, make_env, parse_env_name
 from ..errors import ConfigError
 from ..models.factory import ModelConfig, build_model, count_params
+from ..models.pretrained import is_model_source
 from .checkpoint import CheckpointError, read_checkpoint
 from .cli import HelpFormatter, OneLineParser
 from .distributed import DistContext
@@ -258,6 +259,12 @@ class RunConfig:
         "continue the run in --out_dir from its checkpoint.pt, exactly where it stopped",
         action="store_true",
     )
+    export: bool = flag(
+        True,
+        "at the end, write the model (best.pt's if the run kept one, else the last) as a model "
+        "folder in {out_dir}/model, its card with the run's own last evaluation of it",
+        type=str2bool,
+    )
     eval_envs: int = flag(
         16,
         "episodes played at once in a vector env with one batched model call per step; "
@@ -301,9 +308,11 @@ class RunConfig:
         None,
         "start the online phase from an offline run's checkpoint.pt (--policy stochastic, same "
         "model flags and dataset): its weights, optimizer and schedule; --max_iters and "
-        "--num_steps_per_iter become that run's (default: this run's own offline phase)",
+        "--num_steps_per_iter become that run's (default: this run's own offline phase). "
+        "Or fine-tune a model folder (export.py) or Hub repo id, offline and/or online: its "
+        "weights and state mean/std, a fresh optimizer, this run's --max_iters",
         group=ONLINE_GROUP,
-        metavar="CKPT",
+        metavar="CKPT|FOLDER|REPO_ID",
     )
     online_rtg: float | None = flag(
         None,
@@ -596,8 +605,8 @@ def _settle_init_from(cfg: RunConfig) -> None:
     """--init_from: the run takes over the checkpoint's ``max_iters`` and ``num_steps_per_iter``
     (its offline phase is that run's); on --resume, from the run's own checkpoint, which
     recorded them. (The rest of the checkpoint is checked when the run reads it.)"""
-    if not cfg.init_from:
-        return
+    if not cfg.init_from or is_model_source(cfg.init_from):
+        return  # a model folder is weights only: this run's own phases and schedule
     if cfg.resume:
         path = Path(cfg.out_dir) / "checkpoint.pt"
         if not path.is_file():
@@ -775,7 +784,7 @@ def _check_online(cfg: RunConfig) -> None:
         raise ConfigError(
             "--online_rounds runs under DDP (collection plays the whole model): drop --fsdp"
         )
-    if cfg.init_from and not cfg.online_rounds:
+    if cfg.init_from and not cfg.online_rounds and not is_model_source(cfg.init_from):
         raise ConfigError("--init_from starts an online phase: add --online_rounds N (N >= 1)")
     for name in ("online_episodes", "online_updates", "online_eval_every", "buffer_size"):
         if getattr(cfg, name) <= 0:

@@ -26,6 +26,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
@@ -33,6 +34,8 @@ import torch
 
 from ..data.holdout import held_out_count, validation_batches
 from ..data.sampler import BatchSampler
+from ..errors import UserError, one_line
+from ..models.pretrained import is_model_source
 from ..training.act_trainer import ActTrainer
 from ..training.odt_trainer import ODTTrainer
 from ..training.optimizers import build_optimizer
@@ -44,11 +47,12 @@ from .checkpoint import seed_iteration
 from .config import ConfigError, RunConfig, resolve_targets
 from .distributed import DistContext
 from .evaluation import Evaluation, enable_tf32, target_key
+from .export import export_run, init_from_folder
 from .inputs import RunData, load_data, make_selection
 from .metrics import MetricsLog
 from .online import OnlineRounds, target_entropy
 from .parallel import make_parallel
-from .paths import PathError, RunDirLock, WriteError, cause, open_run_folder, writing
+from .paths import BEST_NAME, PathError, RunDirLock, WriteError, cause, open_run_folder, writing
 from .state import (
     RunState,
     check_init_fits,
@@ -126,6 +130,7 @@ class Run:
         self.evaluation: Evaluation | None = None
         self.start_iter = 0
         self.saved: int | None = None  # the iteration of the checkpoint on disk, if any
+        self.init_weights: dict | None = None  # --init_from FOLDER|REPO_ID's
 
     # --- the run, top to bottom ------------------------------------------------------------
 
@@ -209,7 +214,24 @@ class Run:
         if self.ctx.is_main:
             print_summary(self.data.dataset, self.targets, logs, self.state.selection)
             self.metrics.close()
+            if self.cfg.export:
+                self.export_model()
         self.ctx.close()
+
+    def export_model(self) -> None:
+        """The run's model as a model folder in ``{out_dir}/model`` (run/export.py): best.pt's
+        weights when the run kept a best, else the last; its card takes the run's own
+        evaluation of them. A run whose checkpoint cannot be exported (e.g. sharded weights
+        only) still succeeded: one line says so and how to export later."""
+        out_dir = self.data.out_dir
+        which = "best" if (out_dir / BEST_NAME).is_file() else "last"
+        try:
+            folder = export_run(out_dir, out_dir / "model", which, reuse_run_evaluation=True)
+        except UserError as e:
+            print(f"warning: no model folder written ({one_line(e)}); export the run later "
+                  "with export.py", file=sys.stderr)  # fmt: skip
+            return
+        print(f"model folder ({which} checkpoint): {folder}")
 
     # --- setup -----------------------------------------------------------------------------
 
@@ -227,6 +249,10 @@ class Run:
             return None
         ckpt = read_run_checkpoint(self.data.ckpt_path, "resume")
         check_resumable(self.cfg, ckpt)
+        if self.cfg.init_from and is_model_source(self.cfg.init_from):
+            # Fine-tuning a model folder normalises with its statistics, which the checkpoint
+            # recorded: no network on resume, and the same numbers as before the stop.
+            self.use_state_stats(ckpt["state_mean"].numpy(), ckpt["state_std"].numpy())
         return ckpt
 
     def read_init(self) -> dict | None:
@@ -235,10 +261,28 @@ class Run:
         cfg = self.cfg
         if not cfg.init_from or cfg.resume:
             return None
+        if is_model_source(cfg.init_from):  # weights and statistics only: iteration 0
+            ds = self.data.dataset
+            weights, mean, std = init_from_folder(
+                cfg, cfg.init_from, ds.state_dim, ds.actions.shape[1], self.data.spec.max_ep_len
+            )
+            self.init_weights = weights
+            self.use_state_stats(mean, std)
+            return None
         ckpt = read_run_checkpoint(cfg.init_from, "init")
         dataset = self.data.dataset
         check_init_fits(cfg, ckpt, dataset.state_mean, dataset.state_std)
         return ckpt
+
+    def use_state_stats(self, mean: np.ndarray, std: np.ndarray) -> None:
+        """Normalise states (training batches, validation, evaluation, collection) with these
+        statistics rather than the dataset's: those a fine-tuned model folder was trained with."""
+        if mean.shape != self.data.dataset.state_mean.shape or std.shape != mean.shape:
+            raise ConfigError(
+                f"--init_from: state statistics of shape {mean.shape} for {self.cfg.env}'s "
+                f"{self.data.dataset.state_mean.shape}: not a model for this env"
+            )
+        self.data.dataset = replace(self.data.dataset, state_mean=mean, state_std=std)
 
     def build(self, selection=None, start: dict | None = None) -> None:
         """The run's state (run/state.py), model (with ``start``'s weights) and everything that
@@ -274,6 +318,8 @@ class Run:
                 raise ConfigError(f"--init_backbone: {e}") from None
         if start is not None:
             self.state.load_weights(model, start, data.ckpt_path)
+        elif self.init_weights is not None:
+            model.load_state_dict(self.init_weights)  # checked to be this model's
         model = self.parallel.place(model)
         if self.ctx.is_main:
             print(

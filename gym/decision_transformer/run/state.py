@@ -47,6 +47,7 @@ RESUMABLE_CHANGES = {
     "num_eval_episodes",
     "eval_envs",
     "resume",
+    "export",  # what happens after the run, not the run
     "compile",
     "data_dir",
     "env_targets",
