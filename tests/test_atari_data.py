@@ -223,8 +223,8 @@ def test_bad_inputs_one_line_exit_2(breakout_replay, tmp_path):
 
 def test_collected_replay_records_what_made_it(breakout_replay, tmp_path):
     """collect.json in the run folder above the replay: settings, a fingerprint of the arrays
-    and the versions; the same command again gives the same hash (the gzip files' own bytes differ: their headers
-    hold the time), and a replay of another seed another hash."""
+    and the versions; the same command again gives the same hash (the gzip files' own bytes
+    differ: their headers hold the time), and a replay of another seed another hash."""
     from importlib.metadata import version
 
     d = cd.replay_dir(str(breakout_replay), "Breakout")
