@@ -54,8 +54,10 @@ def runs(data_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     # bf16 on the CPU: evaluation runs under autocast, the folder's must too.
     qwen = ["--n_head", "2", "--n_kv_head", "1", "--dtype", "bf16"]
-    # The ODT's stochastic head in window attention: no transformers counterpart.
-    odt = ["--policy", "stochastic", "--attention", "window"]
+    # The ODT's stochastic head in window attention, with the reference's ordering (no timestep
+    # embedding) acting on 3 of its 5 steps: no transformers counterpart.
+    odt = ["--policy", "stochastic", "--attention", "window", "--no_timestep_embedding"]
+    odt += ["--eval_context", "3"]
     return {
         # K 5, 2 heads: the window slides within the short episodes and heads are split.
         "humanoid": train(data_dir, root / "humanoid", "humanoid", "gpt2", "--n_head", "2"),

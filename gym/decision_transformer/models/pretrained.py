@@ -83,6 +83,10 @@ class GPT2DTConfig:
     context_length: int = 20  # K: timesteps the model sees
     attention: str = "full"
     policy: str = "deterministic"
+    # --no_timestep_embedding (the ODT's ordering) and --eval_context (how many of the K steps
+    # it acts on); folders written before these fields have the embedding and act on all K.
+    timestep_embedding: bool = True
+    eval_context: int | None = None
 
     def build(self, action_low, action_high) -> TrajectoryModel:
         return DecisionTransformer(
@@ -104,6 +108,8 @@ class GPT2DTConfig:
             attn_pdrop=self.attn_pdrop,
             embd_pdrop=self.embd_pdrop,
             layer_norm_epsilon=self.layer_norm_epsilon,
+            timestep_embedding=self.timestep_embedding,
+            eval_context=self.eval_context,
         )
 
     def transformers_fields(self) -> dict[str, Any]:
@@ -145,6 +151,8 @@ class Qwen3DTConfig:
     attention: str = "full"
     policy: str = "deterministic"
     action_tanh: bool = True
+    timestep_embedding: bool = True  # as GPT2DTConfig's
+    eval_context: int | None = None
 
     def build(self, action_low, action_high) -> TrajectoryModel:
         from .decision_transformer_qwen3 import DecisionTransformerQwen3
@@ -169,6 +177,8 @@ class Qwen3DTConfig:
             rms_norm_eps=self.rms_norm_eps,
             qk_norm=self.qk_norm,
             dropout=self.dropout,
+            timestep_embedding=self.timestep_embedding,
+            eval_context=self.eval_context,
         )
 
     def transformers_fields(self) -> dict[str, Any]:

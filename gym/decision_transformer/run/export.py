@@ -92,6 +92,8 @@ def architecture_config(cfg: RunConfig, state_dim: int, act_dim: int, max_ep_len
             context_length=cfg.K,
             attention=cfg.attention,
             policy=cfg.policy,
+            timestep_embedding=mc.timestep_embedding,
+            eval_context=mc.eval_context,
         )
     return GPT2_DT, GPT2DTConfig(
         state_dim=state_dim,
@@ -108,11 +110,13 @@ def architecture_config(cfg: RunConfig, state_dim: int, act_dim: int, max_ep_len
         context_length=cfg.K,
         attention=cfg.attention,
         policy=cfg.policy,
+        timestep_embedding=mc.timestep_embedding,
+        eval_context=mc.eval_context,
     )
 
 
 # Fields that do not shape the weights: a fine-tuning run may choose its own.
-UNSHAPING_FIELDS = {"dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"}
+UNSHAPING_FIELDS = {"dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "eval_context"}
 
 
 def init_from_folder(
@@ -465,13 +469,16 @@ def model_card(folder: FolderConfig, name: str, reproduce: str | None) -> str:
 
 def transformers_compatible(folder: FolderConfig) -> bool:
     """transformers' DecisionTransformerModel plays the GPT-2 DT with the deterministic head in
-    full attention (it has no stochastic head and no banded mask)."""
+    full attention, with a timestep embedding, on all K steps (it has no stochastic head, no
+    banded mask and no shorter acting context)."""
     m = folder.model
     return (
         folder.architecture == GPT2_DT
         and m.policy == "deterministic"
         and m.attention == "full"
         and m.action_tanh
+        and m.timestep_embedding  # transformers' DT always adds one
+        and m.eval_context in (None, m.context_length)
     )
 
 
