@@ -210,7 +210,7 @@ def test_a_fine_tuning_run_resumes_with_the_folders_statistics_and_re_exports(
 
 def test_init_from_a_model_folder_fine_tunes_online(runs, data_dir, tmp_path):
     folder = Path(runs["odt"]) / "model"
-    odt = ["--policy", "stochastic", "--attention", "window"]
+    odt = ["--policy", "stochastic", "--attention", "window", "--no_timestep_embedding"]
     out = train(data_dir, tmp_path / "online", "hopper", "gpt2", *odt, "--init_from", folder,
                 "--max_iters", "1", "--online_rounds", "1", "--online_episodes", "1",
                 "--online_updates", "2", "--export", "false")  # fmt: skip
@@ -227,6 +227,7 @@ def test_init_from_a_model_folder_fine_tunes_online(runs, data_dir, tmp_path):
         ("bc", [], "holds a mlp_bc model"),
         ("hopper", ["--embed_dim", "16"], "--hidden_size 32 (not 16)"),
         ("humanoid", [], "plays humanoid"),
+        ("odt", ["--policy", "stochastic", "--attention", "window"], "--no_timestep_embedding;"),
     ],
 )
 def test_init_from_a_folder_that_does_not_fit_is_one_line(runs, data_dir, tmp_path, run, flags,

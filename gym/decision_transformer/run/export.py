@@ -115,6 +115,12 @@ def architecture_config(cfg: RunConfig, state_dim: int, act_dim: int, max_ep_len
     )
 
 
+def _spell_difference(field: str, theirs: object, mine: object) -> str:
+    if field == "timestep_embedding":  # a negated flag: say what to type
+        return "--no_timestep_embedding" if not theirs else "no --no_timestep_embedding"
+    return f"--{field} {theirs} (not {mine})"
+
+
 # Fields that do not shape the weights: a fine-tuning run may choose its own.
 UNSHAPING_FIELDS = {"dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "eval_context"}
 
@@ -142,7 +148,7 @@ def init_from_folder(
         )
     theirs = folder.model
     differ = [
-        f"--{k} {getattr(theirs, k)} (not {getattr(mine, k)})"
+        _spell_difference(k, getattr(theirs, k), getattr(mine, k))
         for k in type(mine).__dataclass_fields__
         if k not in UNSHAPING_FIELDS and getattr(mine, k) != getattr(theirs, k)
     ]
