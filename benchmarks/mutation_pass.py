@@ -107,7 +107,7 @@ MUTANTS = [
         "bad = ~(torch.isfinite(loss) & torch.isfinite(gnorm))",
         "bad = ~torch.isfinite(loss)",
     ),  # fmt: skip
-    Mutant("guard-no-weight-check", TRAINER, "        self.check_weights(wnorm_v)\n", ""),
+    Mutant("guard-no-weight-check", TRAINER, "            self.check_weights(wnorm_v[0])\n", ""),
     Mutant("guard-no-memory", TRAINER, "        self.last_weight_norm = norm\n", ""),
     Mutant("guard-step-count", TRAINER, "        self.global_step = step\n", ""),
     Mutant("guard-accum-scale", TRAINER, '"weight", 1.0) / accum', '"weight", 1.0) * accum'),
