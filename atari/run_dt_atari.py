@@ -429,15 +429,9 @@ def evaluate_saved_run(
     print(eval_table([dict(res, run=path.parent.name)]))
     json_path = json_path or path.parent / "eval.json"
     if video is not None:
-        from video_atari import render_episode
+        from video_atari import render_traced_episode
 
-        actions = [a for ep, _, a in sorted(trace) if ep == 0]
-        naive = cfg["model_type"] == "naive"
-        res["video"] = render_episode(
-            cfg["game"], cfg["seed"], actions, video, None if naive else cfg["eval_target"],
-            expected_return=res["returns"][0],
-        )  # fmt: skip
-        print(f"video of episode 0 ({res['video']['frames']} frames): {video}")
+        res["video"] = render_traced_episode(cfg, trace, res["returns"], video)
     json_path.write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {json_path}")
     return 0

@@ -38,6 +38,16 @@ def _panel(screen: np.ndarray, seen: np.ndarray, lines: list[str], font) -> np.n
     return np.asarray(image)
 
 
+def render_traced_episode(cfg: dict, trace: list, returns: list[float], path: str | Path) -> dict:
+    """Episode 0 of an evaluation that kept its ``trace`` ((episode, step, action) rows), rendered
+    to ``path``: the evaluation's seed, target and actions, checked against its first return."""
+    actions = [a for ep, _, a in sorted(trace) if ep == 0]
+    target = None if cfg["model_type"] == "naive" else cfg["eval_target"]
+    video = render_episode(cfg["game"], cfg["seed"], actions, path, target, returns[0])
+    print(f"video of episode 0 ({video['frames']} frames): {path}")
+    return video
+
+
 def render_episode(
     game: str,
     seed: int,

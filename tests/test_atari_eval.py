@@ -70,6 +70,9 @@ def test_evaluating_a_checkpoint_reproduces_the_last_evaluation(replay, tmp_path
     assert res["gamer_normalized"] == last["eval/gamer_normalized"]
     assert "| run | target |" in proc.stdout and "| 90 | 3 |" in proc.stdout  # the table
 
+    assert res["video"]["return"] == res["returns"][0]  # episode 0 replayed, not another
+    assert "warning" not in proc.stderr
+
     # The video: one frame per step plus the reset state, and the frames change.
     from PIL import Image, ImageChops
 
