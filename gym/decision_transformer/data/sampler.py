@@ -90,6 +90,11 @@ class BatchSampler:
         si = (self.rng.random(batch_size) * self.ds.lengths[ep]).astype(np.int64)
         return ep, si
 
+    def loss_terms(self, ep: np.ndarray, si: np.ndarray) -> np.ndarray:
+        """The real steps of each segment ``draw`` gave: what its masked-mean loss averages
+        over, up to the constant action size."""
+        return np.minimum(self.segment_len, self.ds.lengths[ep] - si)
+
     def build(self, ep: np.ndarray, si: np.ndarray, K: int):
         """The padded windows of ``K`` steps starting at step ``si`` of episodes ``ep``."""
         ds = self.ds

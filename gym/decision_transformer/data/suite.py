@@ -12,7 +12,9 @@ is made):
   episode (no action noise: the draw is the spread);
 - ``humanoid-ars``: Humanoid-v5, a linear policy trained here by ARS, rolled out with graded
   per-episode action noise;
-- ``hopper-ars``: Hopper-v5, the same for Hopper.
+- ``hopper-ars``: Hopper-v5, the same for Hopper;
+- ``walker2d-ars``, ``halfcheetah-ars``, ``ant-ars``: Walker2d-v5, HalfCheetah-v5, Ant-v5, the
+  same recipe (the bodies a multi-task run, ``--tasks``, trains one model over).
 
 Episode ``i`` resets with seed ``seed + i`` and draws its randomness from
 ``default_rng([seed, i])``, so a smaller dataset is a prefix of a larger one with the same seed.
@@ -62,6 +64,9 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "humanoid-pd": ("humanoid", "pd"),
     "humanoid-ars": ("humanoid", "ars"),
     "hopper-ars": ("hopper", "ars"),
+    "walker2d-ars": ("walker2d", "ars"),
+    "halfcheetah-ars": ("halfcheetah", "ars"),
+    "ant-ars": ("ant", "ars"),
 }
 
 # How each env's ARS policy is trained: a few minutes of one CPU core (see README_suite.md).
@@ -78,9 +83,38 @@ ARS_CONFIGS: dict[str, ArsConfig] = {
         survival_shift=1.0,
         horizon=400,
     ),
+    # Hopper's recipe for the other bodies. Walker2d and Ant earn a healthy bonus per step as
+    # Hopper does, shifted out for the same reason; HalfCheetah has none (it never falls).
+    "walker2d": ArsConfig(
+        iterations=60,
+        directions=8,
+        top=4,
+        step_size=0.02,
+        exploration=0.025,
+        survival_shift=1.0,
+        horizon=400,
+    ),
+    "halfcheetah": ArsConfig(
+        iterations=60, directions=8, top=4, step_size=0.02, exploration=0.025, horizon=400
+    ),
+    "ant": ArsConfig(
+        iterations=60,
+        directions=8,
+        top=4,
+        step_size=0.02,
+        exploration=0.025,
+        survival_shift=1.0,
+        horizon=400,
+    ),
 }
 # Largest per-episode action-noise std of the ARS datasets; episodes spread evenly below it.
-ARS_MAX_NOISE: dict[str, float] = {"humanoid": 0.3, "hopper": 0.5}
+ARS_MAX_NOISE: dict[str, float] = {
+    "humanoid": 0.3,
+    "hopper": 0.5,
+    "walker2d": 0.5,
+    "halfcheetah": 0.5,
+    "ant": 0.3,
+}
 
 _NAME = re.compile(r"^(?P<family>[a-z0-9]+-[a-z0-9]+)-(?P<steps>\d+(?:k|m)?)$")
 

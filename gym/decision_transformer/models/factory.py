@@ -113,3 +113,18 @@ def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     backbone = getattr(model, "transformer", None)
     blocks = getattr(backbone, "layers", None) or getattr(backbone, "h", None)
     return list(blocks) if blocks is not None else []
+
+
+def build_multitask_model(cfg: ModelConfig, shapes: list) -> torch.nn.Module:
+    """The DT of ``cfg`` over several tasks (models/multitask.py): one backbone, each of
+    ``shapes`` (``TaskShape``) with its own state/action embeddings, action head and bounds."""
+    from .multitask import MultiTaskDecisionTransformer
+
+    if cfg.model_type != "dt":
+        raise ValueError("a multi-task model is a Decision Transformer (model_type dt)")
+    first = shapes[0]
+    longest = max(s.max_ep_len for s in shapes)  # the shared timestep embedding's size
+    template = build_model(
+        cfg, first.state_dim, first.act_dim, longest, first.action_low, first.action_high
+    )
+    return MultiTaskDecisionTransformer(template, shapes)

@@ -61,7 +61,7 @@ class RankBatches:
         if self._drawn is None or self._drawn[0] != step:  # once per step, not per micro-step
             self.sampler.rng = np.random.default_rng([self.seed, step])
             ep, si = self.sampler.draw(self.global_batch)
-            real = np.minimum(self.sampler.segment_len, self.sampler.ds.lengths[ep] - si)
+            real = self.sampler.loss_terms(ep, si)
             self._drawn = (step, ep, si, real)
         _, ep, si, real = self._drawn
         lo = (self.ctx.rank * self.accum + micro) * self.batch_size

@@ -26,7 +26,7 @@ import torch
 
 from ..envs import ENV_SPECS, get_spec, make_env, parse_env_name
 from ..errors import ConfigError
-from ..models.factory import ModelConfig, build_model, count_params
+from ..models.factory import ModelConfig, build_model, build_multitask_model, count_params
 from ..models.pretrained import is_model_source
 from .checkpoint import CheckpointError, read_checkpoint
 from .cli import HelpFormatter, OneLineParser
@@ -155,13 +155,29 @@ class RunConfig:
     env: str = flag(
         "hopper",
         f"task: {', '.join(ENV_SPECS)}; D4RL-style names such as humanoid-medium-v2 also work "
-        "and name the dataset too",
+        "and name the dataset too (several tasks: --tasks)",
     )
     dataset: str | None = flag(  # resolved: never None
         None,
         "dataset name: file {data_dir}/{env}-{dataset}-v2.pkl (medium, medium-replay, expert, "
         "medium-expert, collected, ...), or minari:<id> to train straight from a Minari dataset "
         "(e.g. minari:mujoco/humanoid/medium-v0); default: the one in --env's name, else medium",
+    )
+    tasks: list[str] | None = flag(
+        None,
+        "train ONE model over several tasks (bodies): each ENV:DATASET as --env and --dataset "
+        "take them, e.g. hopper:ars-100k walker2d:medium ant:minari:mujoco/ant/medium-v0; "
+        "replaces --env/--dataset. Each task keeps its own state mean/std, return scale, action "
+        "bounds, episode length and evaluation targets (docs/reference.md, multi-task runs)",
+        nargs="+",
+        metavar="ENV:DATASET",
+    )
+    task_sampling: str = flag(
+        "uniform",
+        "with --tasks, how each batch row's task is drawn: uniform (every task equally often, "
+        "so each gets the same share of the steps whatever its data size) or size (in "
+        "proportion to the timesteps it has)",
+        choices=["uniform", "size"],
     )
     mode: str = flag(
         "normal",
@@ -460,6 +476,8 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """What config.json holds, keys in command-line order then the derived ones."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if _is_flag(f)}
+        if self.tasks is None:  # a single-task run records exactly what it did before --tasks
+            del out["tasks"], out["task_sampling"]
         if self.qwen is not None:
             out.update(asdict(self.qwen))
         out.update(self.extra)
@@ -584,6 +602,10 @@ def resolve(args: argparse.Namespace, backbone: str) -> RunConfig:
     _check_validation(cfg)
     cfg.device = resolve_device(cfg.device)
     check_scale_out(cfg)
+    if cfg.out_dir is None and cfg.tasks:
+        cfg.out_dir = (
+            f"runs/multi-{len(cfg.tasks)}tasks-{cfg.model_type}-{cfg.backbone}-seed{cfg.seed}"
+        )
     if cfg.out_dir is None:
         name = cfg.dataset.replace("minari:", "minari-").replace("/", "-")
         cfg.out_dir = f"runs/{cfg.env}-{name}-{cfg.model_type}-{cfg.backbone}-seed{cfg.seed}"
@@ -624,6 +646,10 @@ def _settle_init_from(cfg: RunConfig) -> None:
 def count_model_params(cfg: RunConfig) -> tuple[int, int]:
     """All parameters of the run's model and those of its transformer, counted on the meta
     device (shapes only: nothing is allocated)."""
+    if cfg.tasks:
+        with torch.device("meta"):
+            model = build_multitask_model(cfg.model_config(), task_shapes(cfg.tasks))
+        return count_params(model)
     env = make_env(cfg.env)
     state_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     low, high = env.action_space.low, env.action_space.high
@@ -634,7 +660,111 @@ def count_model_params(cfg: RunConfig) -> tuple[int, int]:
     return count_params(model)
 
 
+# What a multi-task run records as its --env and --dataset (its tasks are in --tasks).
+MULTI_ENV, MULTI_DATASET = "multi", "tasks"
+
+
+def parse_task(text: str) -> tuple[str, str]:
+    """``ENV:DATASET`` (or a D4RL-style ``hopper-medium-v2``) -> ``(env, dataset)``, as
+    ``--env ENV --dataset DATASET`` would resolve them; raises ConfigError naming the fix."""
+    env, sep, dataset = text.partition(":")
+    try:
+        env, named = parse_env_name(env)
+    except ValueError as e:
+        raise ConfigError(f"--tasks {text}: {e}") from None
+    if sep and named:
+        raise ConfigError(
+            f"--tasks {text}: the env names dataset '{named}' and the task '{dataset}': "
+            "give ENV:DATASET with a bare env name"
+        )
+    dataset = dataset if sep else named
+    if not dataset:
+        raise ConfigError(
+            f"--tasks {text}: name the dataset as ENV:DATASET, e.g. {env}:medium or {env}:ars-100k"
+        )
+    return env, dataset
+
+
+def task_name(task: str) -> str:
+    """A task's name in logs and metric keys: ``hopper:ars-100k`` -> ``hopper-ars-100k``."""
+    env, dataset = task.split(":", 1)
+    name = dataset.replace("minari:", "minari-").replace("/", "-").replace(":", "-")
+    return f"{env}-{name}"
+
+
+def task_shapes(tasks: list[str]) -> list:
+    """Each task's sizes, episode cap and action box, read off its env."""
+    from ..models.multitask import TaskShape
+
+    shapes = []
+    for task in tasks:
+        env_name = task.split(":", 1)[0]
+        env = make_env(env_name)
+        space = env.action_space
+        shapes.append(
+            TaskShape(
+                env.observation_space.shape[0],
+                space.shape[0],
+                get_spec(env_name).max_ep_len,
+                space.low,
+                space.high,
+            )
+        )
+        env.close()
+    return shapes
+
+
+def _resolve_tasks(cfg: RunConfig) -> None:
+    """--tasks: each task as ENV:DATASET in canonical form, and what a multi-task run cannot do
+    yet refused before any work."""
+    if cfg.env not in ("hopper", MULTI_ENV) or cfg.dataset not in (None, MULTI_DATASET):
+        raise ConfigError(
+            "--tasks names every task's env and dataset: drop --env and --dataset (or drop "
+            "--tasks for a single-task run)"
+        )
+    tasks = []
+    for text in cfg.tasks:
+        env, dataset = parse_task(text)
+        task = f"{env}:{dataset}"
+        if task in tasks:
+            raise ConfigError(f"--tasks lists {task} twice: list each task once")
+        tasks.append(task)
+    if len(tasks) < 2:
+        raise ConfigError(
+            f"--tasks {' '.join(cfg.tasks)}: a multi-task run needs two tasks or more; for one "
+            "use --env and --dataset"
+        )
+    unsupported = [
+        ("--model_type bc", cfg.model_type != "dt"),
+        ("--policy stochastic", cfg.policy != "deterministic"),
+        ("--online_rounds", cfg.online_rounds > 0),
+        ("--init_from", cfg.init_from is not None),
+        ("--val_episodes", cfg.val_episodes != 0),
+        ("--select_by", cfg.select_by is not None),
+        ("--fsdp", cfg.fsdp),
+    ]
+    for name, given in unsupported:
+        if given:
+            raise ConfigError(
+                f"{name} is not supported with --tasks yet: drop it (multi-task runs train an "
+                "offline DT, one process or DDP)"
+            )
+    numbers = [t for t in cfg.env_targets or () if not isinstance(t, str)]
+    if numbers:
+        raise ConfigError(
+            f"--env_targets {numbers[0]:g}: with --tasks each task resolves its own targets, so "
+            "give max or pNN (e.g. --env_targets max p90), or leave the default (each env's own)"
+        )
+    cfg.tasks = tasks
+    cfg.env, cfg.dataset = MULTI_ENV, MULTI_DATASET
+
+
 def _resolve_env_and_dataset(cfg: RunConfig) -> None:
+    if cfg.tasks:
+        _resolve_tasks(cfg)
+        return
+    if cfg.env == MULTI_ENV:
+        raise ConfigError("--env multi needs --tasks ENV:DATASET ...: name the tasks")
     try:
         env, env_dataset = parse_env_name(cfg.env)
     except ValueError as e:

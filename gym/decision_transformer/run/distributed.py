@@ -184,7 +184,8 @@ def freeze_untrained_heads(model: torch.nn.Module) -> None:
     training is unchanged (AdamW skipped them for lack of a gradient), but DDP and FSDP now see
     a model every parameter of which gets a gradient on every step."""
     for name, p in model.named_parameters():
-        if name.startswith(UNTRAINED_PARAMS):
+        # A multi-task model's per-task heads are tasks.<i>.predict_state. and so on.
+        if name.startswith(UNTRAINED_PARAMS) or any(f".{h}" in name for h in UNTRAINED_PARAMS):
             p.requires_grad_(False)
 
 

@@ -24,12 +24,19 @@ import torch
 from ..envs import get_spec, make_env
 from ..errors import UserError
 from ..evaluation.evaluate_episodes import StepHook
-from ..models.factory import build_model
+from ..models.factory import build_model, build_multitask_model
 from ..provenance import run_versions, stack_versions, version_drift
 from .checkpoint import CheckpointError
 from .cli import HelpFormatter, OneLineParser
 from .cli import report as report_error
-from .config import ConfigError, RunConfig, resolve_device, resolve_targets
+from .config import (
+    ConfigError,
+    RunConfig,
+    resolve_device,
+    resolve_targets,
+    task_name,
+    task_shapes,
+)
 from .evaluation import (
     enable_tf32,
     episode_seeds,
@@ -38,6 +45,7 @@ from .evaluation import (
     summarize_returns,
     target_key,
 )
+from .multitask import MultiTaskEvaluation, TaskEval, format_task_table, target_labels
 from .parallel import compile_regions
 from .paths import check_output_file
 from .state import BEST_NAME, CHECKPOINT_NAME, load_full_weights, read_run_checkpoint
@@ -277,6 +285,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     if args.json is not None:
         check_output_file(args.json, "--json", make_parent=True)
     ckpt_path, ckpt = load_run_checkpoint(args.checkpoint, args.which)
+    if isinstance(ckpt["config"], dict) and ckpt["config"].get("tasks"):
+        return evaluate_tasks(args, ckpt_path, ckpt)
     cfg = eval_config(ckpt, args)  # checks the config; its device becomes this evaluation's
     warn_on_version_drift(ckpt_path.parent)
     targets = eval_targets(ckpt, cfg, args.target_return)
@@ -318,6 +328,79 @@ def evaluate(args: argparse.Namespace) -> dict:
     if recorder is not None:
         report["video"] = render_video(cfg, recorder, targets[0], args)
     return report
+
+
+def evaluate_tasks(args: argparse.Namespace, ckpt_path: Path, ckpt: dict) -> dict:
+    """evaluate.py on a multi-task run (--tasks): every task at its own targets, as the run's
+    evaluation played them (run/multitask.py), each with its own state statistics."""
+    if args.video is not None:
+        raise ConfigError(
+            "--video of a multi-task run is not supported yet: drop --video (the per-task "
+            "returns are evaluated without it)"
+        )
+    if args.target_return:
+        raise ConfigError(
+            "--target_return is one list for one task; a multi-task run evaluates each task at "
+            "its own targets: drop --target_return"
+        )
+    saved = RunConfig.from_dict(ckpt["config"])
+    try:
+        names = [task_name(t) for t in saved.tasks]
+        stats = [(ckpt["state_mean"][n].numpy(), ckpt["state_std"][n].numpy()) for n in names]
+        targets = [[float(x) for x in ckpt["eval_targets"][n]] for n in names]
+        shapes = task_shapes(saved.tasks)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise CheckpointError(
+            f"{ckpt_path} does not describe its tasks ({_first_line(e)}); point --checkpoint "
+            "at a multi-task run experiment.py wrote"
+        ) from None
+    overrides = {
+        flag: getattr(args, flag)
+        for flag in ("num_eval_episodes", "eval_envs", "seed")
+        if getattr(args, flag) is not None
+    }
+    cfg = replace(saved, **overrides, device=resolve_device(args.device))
+    for flag in ("num_eval_episodes", "eval_envs"):
+        if getattr(cfg, flag) <= 0:
+            raise ConfigError(f"--{flag} must be positive, got {getattr(cfg, flag)}")
+    if cfg.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {cfg.seed}")
+    warn_on_version_drift(ckpt_path.parent)
+    tf32 = match_run_numerics(ckpt["config"].get("device", "cpu"), cfg.device)
+    model = build_multitask_model(cfg.model_config(), shapes)
+    load_full_weights(model, ckpt)
+    model = model.to(cfg.device).eval()
+    if cfg.compile:
+        compile_regions(model)
+    tasks = [
+        TaskEval(n, t.split(":", 1)[0], t.split(":", 1)[1], mean, std, tuple(ts))
+        for n, t, (mean, std), ts in zip(names, cfg.tasks, stats, targets)
+    ]
+    evaluation = MultiTaskEvaluation(cfg, tasks, target_labels(cfg, targets))
+    start = time.perf_counter()
+    with autocast_for(cfg, cfg.device):
+        metrics = evaluation(model)
+    return {
+        "checkpoint": str(ckpt_path),
+        "iteration": ckpt.get("iteration"),
+        "tasks": cfg.tasks,
+        "task_names": names,
+        "task_targets": dict(zip(names, targets)),
+        "model_type": cfg.model_type,
+        "backbone": cfg.backbone,
+        "params": cfg.params,
+        "seed": cfg.seed,
+        "num_eval_episodes": cfg.num_eval_episodes,
+        "eval_envs": cfg.eval_envs,
+        "device": cfg.device,
+        "dtype": cfg.dtype,
+        "tf32": tf32,
+        "episode_seeds": episode_seeds(cfg.seed, cfg.num_eval_episodes),
+        "evaluation_seconds": time.perf_counter() - start,
+        "versions": stack_versions(),
+        "metrics": metrics,
+        "table": format_task_table(tasks, metrics),
+    }
 
 
 def check_video_arg(path: str) -> None:
@@ -398,6 +481,14 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(e)
 
     params = f", {report['params']:,} parameters" if report["params"] else ""
+    if "tasks" in report:
+        print(
+            f"{report['checkpoint']} (iteration {report['iteration']}): "
+            f"{len(report['tasks'])} tasks, {report['model_type']} {report['backbone']}{params}"
+        )
+        print(f"{report['num_eval_episodes']} episodes per target, seed {report['seed']}")
+        print(report["table"])
+        return write_report(args, report)
     print(
         f"{report['checkpoint']} (iteration {report['iteration']}): {report['env']} "
         f"{report['dataset']}, {report['model_type']} {report['backbone']}{params}"
@@ -415,6 +506,10 @@ def main(argv: list[str] | None = None) -> int:
             f"(episode of seed {v['seed']}, return {v['episode_return']:.1f}), "
             f"rendered at {v['render_fps']:.1f} frames/s"
         )
+    return write_report(args, report)
+
+
+def write_report(args: argparse.Namespace, report: dict) -> int:
     ckpt_path = Path(report["checkpoint"])
     default = "eval-best.json" if ckpt_path.name == FILES["best"] else "eval.json"
     out = Path(args.json) if args.json else ckpt_path.parent / default

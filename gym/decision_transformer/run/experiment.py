@@ -13,6 +13,7 @@ import sys
 
 from .cli import run_cli
 from .config import RunConfig, build_parser, resolve
+from .multitask_run import MultiTaskRun
 from .run import Run
 
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None, backbone: str = "gpt2") -> int:
 
 def run(cfg: RunConfig) -> int:
     """One run (training, evaluation, checkpoints); its exit code."""
-    code = Run(cfg).execute()
+    code = (MultiTaskRun(cfg) if cfg.tasks else Run(cfg)).execute()
     # FSDP2's hooks put the run's model in reference cycles that outlive the Run and hold the
     # process group: collected here, the group is freed while the interpreter is whole (see
     # DistContext.from_env for why that matters).

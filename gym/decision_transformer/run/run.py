@@ -212,11 +212,14 @@ class Run:
 
     def finish(self, logs: dict) -> None:
         if self.ctx.is_main:
-            print_summary(self.data.dataset, self.targets, logs, self.state.selection)
+            self.summarize(logs)
             self.metrics.close()
             if self.cfg.export:
                 self.export_model()
         self.ctx.close()
+
+    def summarize(self, logs: dict) -> None:
+        print_summary(self.data.dataset, self.targets, logs, self.state.selection)
 
     def export_model(self) -> None:
         """The run's model as a model folder in ``{out_dir}/model`` (run/export.py): best.pt's
@@ -284,11 +287,15 @@ class Run:
             )
         self.data.dataset = replace(self.data.dataset, state_mean=mean, state_std=std)
 
+    def state_stats(self) -> tuple:
+        """The state mean and std evaluation normalises with, as the checkpoint records them."""
+        return (self.data.dataset.state_mean, self.data.dataset.state_std)
+
     def build(self, selection=None, start: dict | None = None) -> None:
         """The run's state (run/state.py), model (with ``start``'s weights) and everything that
         trains and assesses it, from the inputs :meth:`load_inputs` read."""
         data = self.data
-        stats = (data.dataset.state_mean, data.dataset.state_std)
+        stats = self.state_stats()
         self.state = RunState(self.cfg, self.parallel, data.out_dir, stats, self.targets)
         self.state.selection = selection
         self.build_model(start)
@@ -337,14 +344,17 @@ class Run:
         self.trainer = state.trainer = self.make_trainer()
         self.validation = self.make_validation()
         if cfg.num_eval_episodes > 0:
-            stats = (data.dataset.state_mean, data.dataset.state_std)
-            lockstep = self.parallel.lockstep
-            self.evaluation = Evaluation(cfg, stats, self.targets, ctx, lockstep)
+            self.evaluation = self.make_evaluation()
         if cfg.online_rounds:
             self.online = OnlineRounds(
                 cfg, ctx, data.dataset, data.spec, self.targets, data.train_episodes
             )
             state.online = self.online
+
+    def make_evaluation(self) -> Evaluation:
+        """Every target's episodes after each iteration (run/evaluation.py)."""
+        stats = (self.data.dataset.state_mean, self.data.dataset.state_std)
+        return Evaluation(self.cfg, stats, self.targets, self.ctx, self.parallel.lockstep)
 
     def make_batches(self, np_rng: np.random.Generator) -> RankBatches:
         """This rank's share of each optimizer step's batch (see run/batches.py)."""
@@ -359,15 +369,19 @@ class Run:
             sampler, cfg.seed, self.ctx, cfg.batch_size, cfg.grad_accum_steps, per_token
         )
 
-    def make_trainer(self) -> Trainer:
+    def trainer_options(self) -> TrainerOptions:
         cfg = self.cfg
-        options = TrainerOptions(
+        return TrainerOptions(
             autocast_dtype=torch.bfloat16 if cfg.dtype == "bf16" else None,
             grad_accum_steps=cfg.grad_accum_steps,
             progress=self.ctx.is_main,
             # Seconds between progress lines in redirected output (no bar there).
             progress_interval=float(os.environ.get("DT_PROGRESS_SECONDS", PROGRESS_INTERVAL)),
         )
+
+    def make_trainer(self) -> Trainer:
+        cfg = self.cfg
+        options = self.trainer_options()
         args = (self.model, self.state.optimizer, self.batches, action_mse, self.state.scheduler)
         if cfg.policy == "stochastic":
             scale = self.parallel.module(self.model).action_scale

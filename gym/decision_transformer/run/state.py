@@ -15,6 +15,8 @@ are read by :func:`read_run_checkpoint`, which checks them for what each use nee
     online                    the online phase: round, env steps and replay buffer
     scheduler, rng, iteration the schedule, every generator, iterations done
     state_mean, state_std, config, eval_targets, wandb_id   what evaluate.py and wandb need
+                              (a multi-task run, --tasks: state_mean, state_std and
+                              eval_targets are dicts keyed by task name)
 """
 
 from __future__ import annotations
@@ -194,6 +196,14 @@ def check_init_fits(cfg: RunConfig, ckpt: dict, state_mean, state_std) -> None:
         )
 
 
+def as_tensors(stats: np.ndarray | dict) -> torch.Tensor | dict:
+    """State statistics as the checkpoint holds them: one tensor, or (a multi-task run) one per
+    task keyed by its name."""
+    if isinstance(stats, dict):
+        return {name: torch.from_numpy(v) for name, v in stats.items()}
+    return torch.from_numpy(stats)
+
+
 class RunState:
     """Everything a checkpoint holds of a run: the model (through the run's :class:`Parallel`),
     optimizer, schedule, generators, the trainer's own state, best-so-far selection, the online
@@ -222,8 +232,8 @@ class RunState:
     def about(self) -> dict:
         """What evaluate.py needs beside the weights."""
         return {
-            "state_mean": torch.from_numpy(self.state_mean),
-            "state_std": torch.from_numpy(self.state_std),
+            "state_mean": as_tensors(self.state_mean),
+            "state_std": as_tensors(self.state_std),
             "config": self.cfg.to_dict(),
             # max/pNN targets need the dataset to resolve; evaluate.py reads them here
             "eval_targets": self.targets,

@@ -41,3 +41,29 @@ class SequenceTrainer(Trainer):
         # The original logged the masked action MSE, which is this loss.
         self.diagnostics["training/action_error"] = value
         return value
+
+
+def masked_multitask_action_mse(
+    action_preds: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor, act_dims: torch.Tensor
+) -> torch.Tensor:
+    """:func:`masked_action_mse` over rows of several tasks: ``preds``/``actions [B, K, A_max]``
+    zero past each row's own action size (so those entries add nothing), ``act_dims [B]`` the
+    sizes. The mean over every real (step, action entry) of the batch, as one task's loss is."""
+    err = (action_preds.float() - actions).square().sum(-1)  # [B, K]
+    return (err * mask).sum() / (mask.sum(-1) * act_dims).sum()
+
+
+class MultiTaskSequenceTrainer(SequenceTrainer):
+    """DT training on batches that mix tasks (data/multitask.py's TaskBatch): the model is told
+    which rows are whose (``groups``), the loss averages over each row's real action entries."""
+
+    def compute_loss(self) -> torch.Tensor:
+        batch = self.get_batch()
+        states, actions, rewards, dones, rtg, timesteps, attention_mask = batch
+        model_mask = attention_mask if batch.padded else None
+        with self.autocast():
+            _, action_preds, _ = self.model(
+                states, actions, rewards, rtg[:, :-1], timesteps, attention_mask=model_mask,
+                groups=batch.groups,
+            )  # fmt: skip
+        return masked_multitask_action_mse(action_preds, actions, attention_mask, batch.act_dims)
