@@ -122,6 +122,26 @@ def test_evaluate_py_replays_the_runs_per_task_evaluation(reference, tmp_path):
     assert_one_line_error(video, "--video of a multi-task run")
 
 
+def test_plot_draws_per_task_curves_and_other_tools_refuse_in_one_line(reference, tmp_path):
+    from decision_transformer.run import export, plots
+
+    out, _ = reference
+    proc = run_main(plots.main, out, "--table", "--out", tmp_path / "c.png")
+    assert proc.returncode == 0 and (tmp_path / "c.png").stat().st_size > 0
+    runs = [plots.load_run(out)]
+    assert runs[0].targets == [
+        "hopper-medium/3600", "hopper-medium/1800", "walker2d-medium/5000",
+        "walker2d-medium/2500",
+    ]  # fmt: skip
+    assert runs[0].means == ["target1", "target2"]
+    table = plots.markdown_table(runs)
+    assert "return @walker2d-medium/5000" in table and "score @hopper-medium/1800" in table
+    refused = run_main(export.main, out, "--out", tmp_path / "model")
+    assert_one_line_error(refused, "is a multi-task run (--tasks)")
+    preset = run_script("train_humanoid_qwen_dt.py", "--tasks", *TASKS, "--dry_run")
+    assert_one_line_error(preset, "--tasks is not supported by them yet")
+
+
 # --- DDP: 2 ranks (gloo) -----------------------------------------------------------------------
 
 

@@ -283,9 +283,15 @@ def read_run(run_dir: str | Path, which: str) -> dict:
     if not Path(run_dir).is_dir():
         raise ExportError(f"no run folder at {run_dir}: give the --out_dir of an experiment.py run")
     try:
-        return load_run_checkpoint(run_dir, which)[1]
+        ckpt = load_run_checkpoint(run_dir, which)[1]
     except CheckpointError as e:  # its fixes name evaluate.py's flags; export takes the same
         raise ExportError(str(e).replace("evaluate --which", "export --which")) from None
+    if isinstance(ckpt["config"], dict) and ckpt["config"].get("tasks"):
+        raise ExportError(
+            f"{run_dir} is a multi-task run (--tasks): exporting a multi-task model is not "
+            "supported yet; evaluate it with evaluate.py --checkpoint"
+        )
+    return ckpt
 
 
 # ---------------------------------------------------------------------------------------------
