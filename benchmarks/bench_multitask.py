@@ -14,8 +14,9 @@ each task gets about ``--steps`` batches' worth of rows). Every run is evaluated
 p90``, resolved per task), ``--episodes`` episodes each. The table reports, per task and model,
 the last evaluation's return at max (mean ± std over seeds) of the single-task and of the
 multi-task runs and their ratio; the goal (measurement 1, for the Qwen3 DT): the multi-task
-return is at least 90% of the single-task one on every task, in the mean over seeds. The script
-writes the table as markdown and JSON and exits 1 naming every task that misses it.
+return is at least 90% of the single-task one on every task, in the mean over seeds (below a
+negative single-task return by at most a tenth of its size). The script writes the table as
+markdown and JSON and exits 1 naming every task that misses it.
 
 The default tasks are four suite datasets of different bodies (build them first, see
 ``gym/data/make_suite.py``): hopper:ars-100k walker2d:ars-100k halfcheetah:ars-100k
@@ -169,8 +170,11 @@ def table(results: list[Result], args) -> tuple[str, list[str]]:
                 and task in r.returns
             ]  # fmt: skip
             s_max, m_max = [x["max"] for x in single], [x["max"] for x in multi]
-            ratio = np.mean(m_max) / np.mean(s_max) if s_max and m_max and np.mean(s_max) else None
-            met = ratio is not None and ratio >= GOAL
+            both = bool(s_max and m_max)
+            s, m = (np.mean(s_max), np.mean(m_max)) if both else (0.0, 0.0)
+            # At least 90% of the single-task return; for a negative one, at most 10% below it.
+            met = both and m >= s - (1 - GOAL) * abs(s)
+            ratio = m / s if both and s > 0 else None
             if model == TARGET_MODEL and not met:
                 missed.append(task)
             lines.append(
