@@ -20,7 +20,10 @@ from .cli import HelpFormatter, OneLineParser, run_cli
 from .metrics import read_metrics
 from .paths import check_output_file
 
-_RETURN_KEY = re.compile(r"^evaluation/target_(?P<target>.+)_return_mean$")
+# A multi-task run (--tasks) keys each task's numbers evaluation/<task>/target_..., and the
+# mean normalized score over its tasks evaluation/mean/<label>_normalized_score.
+_RETURN_KEY = re.compile(r"^evaluation/(?:(?P<task>[^/]+)/)?target_(?P<target>.+)_return_mean$")
+_MEAN_KEY = re.compile(r"^evaluation/mean/(?P<label>.+)_normalized_score$")
 TRAIN_LOSS = "training/train_loss_mean"
 VAL_ERROR = "validation/action_error"  # runs with --val_episodes
 
@@ -40,9 +43,21 @@ class Run:
 
     @property
     def targets(self) -> list[str]:
-        """Target names as in the metric keys ('6000', '3000'), highest first."""
-        found = {m["target"] for row in self.rows for k in row if (m := _RETURN_KEY.match(k))}
+        """Target names as in the metric keys ('6000', '3000'; a multi-task run's
+        'hopper-medium/3600'), by task, then highest first."""
+        found = {
+            f"{m['task']}/{m['target']}" if m["task"] else m["target"]
+            for row in self.rows
+            for k in row
+            if (m := _RETURN_KEY.match(k))
+        }
         return sorted(found, key=_target_order)
+
+    @property
+    def means(self) -> list[str]:
+        """A multi-task run's labels of its mean normalized scores ('max', 'target1')."""
+        found = {m["label"] for row in self.rows for k in row if (m := _MEAN_KEY.match(k))}
+        return sorted(found)
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         x = (lambda r: r["step"]) if self.x == "step" else (lambda r: r.get("online/env_steps", 0))
@@ -60,11 +75,23 @@ class Run:
         return statistics.median(per_step) if per_step else None
 
 
-def _target_order(name: str) -> tuple[int, float, str]:
+def _target_order(name: str) -> tuple[str, int, float, str]:
+    task, _, target = name.rpartition("/")
     try:
-        return (0, -float(name), name)
+        return (task, 0, -float(target), target)
     except ValueError:
-        return (1, 0.0, name)
+        return (task, 1, 0.0, target)
+
+
+def metric_key(target: str, stat: str) -> str:
+    """``evaluation/target_3600_<stat>``, or a task's ``evaluation/<task>/target_3600_<stat>``."""
+    task, _, value = target.rpartition("/")
+    return f"evaluation/{task + '/' if task else ''}target_{value}_{stat}"
+
+
+def target_title(target: str) -> str:
+    task, _, value = target.rpartition("/")
+    return f"{task} target {value}" if task else f"target {value}"
 
 
 def human_count(n: int | None) -> str:
@@ -114,11 +141,11 @@ def plot_runs(runs: list[Run], out: str | Path, title: str | None = None) -> Pat
 
     targets = sorted({t for r in runs for t in r.targets}, key=_target_order)
     scored = [
-        t
-        for t in targets
-        if any(r.series(f"evaluation/target_{t}_normalized_score")[0] for r in runs)
+        t for t in targets if any(r.series(metric_key(t, "normalized_score"))[0] for r in runs)
     ]
-    panels = [("return", t) for t in targets] + [("score", t) for t in scored] + [("loss", None)]
+    means = sorted({m for r in runs for m in r.means})
+    panels = [("return", t) for t in targets] + [("score", t) for t in scored]
+    panels += [("mean", m) for m in means] + [("loss", None)]
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
@@ -155,15 +182,17 @@ def _draw_run(ax, run: Run, kind: str, target: str | None, color: str) -> None:
     # Markers keep runs of a single iteration visible as points.
     style = dict(color=color, label=run.label, marker="o", markersize=3)
     if kind == "return":
-        steps, mean = run.series(f"evaluation/target_{target}_return_mean")
-        _, std = run.series(f"evaluation/target_{target}_return_std")
+        steps, mean = run.series(metric_key(target, "return_mean"))
+        _, std = run.series(metric_key(target, "return_std"))
         ax.plot(steps, mean, **style)
         if len(std) == len(mean):
             lo = [m - s for m, s in zip(mean, std)]
             hi = [m + s for m, s in zip(mean, std)]
             ax.fill_between(steps, lo, hi, color=color, alpha=0.15, linewidth=0)
     elif kind == "score":
-        ax.plot(*run.series(f"evaluation/target_{target}_normalized_score"), **style)
+        ax.plot(*run.series(metric_key(target, "normalized_score")), **style)
+    elif kind == "mean":
+        ax.plot(*run.series(f"evaluation/mean/{target}_normalized_score"), **style)
     else:
         ax.plot(*run.series(TRAIN_LOSS), **style)
         # The held-out episodes' error, dashed in the run's colour: a gap that opens
@@ -175,10 +204,13 @@ def _draw_run(ax, run: Run, kind: str, target: str | None, color: str) -> None:
 
 def _label_panel(ax, runs: list[Run], kind: str, target: str | None) -> None:
     if kind == "return":
-        ax.set_title(f"return, target {target}")
+        ax.set_title(f"return, {target_title(target)}")
         ax.set_ylabel("episode return (mean ± std)")
     elif kind == "score":
-        ax.set_title(f"normalized score, target {target}")
+        ax.set_title(f"normalized score, {target_title(target)}")
+        ax.set_ylabel("normalized score")
+    elif kind == "mean":
+        ax.set_title(f"mean normalized score over tasks, {target}")
         ax.set_ylabel("normalized score")
     else:
         validated = any(r.series(VAL_ERROR)[0] for r in runs)
@@ -203,9 +235,7 @@ def markdown_table(runs: list[Run]) -> str:
     """One row per run; returns and scores as 'final / best' over its evaluations."""
     targets = sorted({t for r in runs for t in r.targets}, key=_target_order)
     scored = [
-        t
-        for t in targets
-        if any(r.series(f"evaluation/target_{t}_normalized_score")[0] for r in runs)
+        t for t in targets if any(r.series(metric_key(t, "normalized_score"))[0] for r in runs)
     ]
     head = ["run", "backbone", "params", "steps", "step time"]
     head += [f"return @{t} (final / best)" for t in targets]
@@ -224,10 +254,8 @@ def markdown_table(runs: list[Run]) -> str:
             str(run.rows[-1].get("step", "?")),
             f"{1000 * step_time:.1f} ms" if step_time is not None else "–",
         ]
-        cells += [_final_best(run.series(f"evaluation/target_{t}_return_mean")[1]) for t in targets]
-        cells += [
-            _final_best(run.series(f"evaluation/target_{t}_normalized_score")[1]) for t in scored
-        ]
+        cells += [_final_best(run.series(metric_key(t, "return_mean"))[1]) for t in targets]
+        cells += [_final_best(run.series(metric_key(t, "normalized_score"))[1]) for t in scored]
         if validated:
             val = run.series(VAL_ERROR)[1]
             cells.append(f"{val[-1]:.4g} / {min(val):.4g}" if val else "–")
