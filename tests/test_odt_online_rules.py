@@ -185,9 +185,7 @@ def test_bad_online_selection_and_schedule_flags(data_dir, tmp_path, case):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_run_that_recorded_the_val_error_default_resumes_with_online_rounds(
-    data_dir, tmp_path
-):
+def test_a_run_that_recorded_the_val_error_default_resumes_with_online_rounds(data_dir, tmp_path):
     """--val_episodes settles --select_by to val_error offline (and did so in online runs too,
     before online rounds were ranked by return; val_error is now refused with online rounds).
     A run that recorded it resumes with online rounds: one warning, best.pt stays the offline
