@@ -1,9 +1,10 @@
 """Does online fine-tuning (the Online Decision Transformer) take a DT past its data on Humanoid?
 
-    python benchmarks/bench_odt.py                      # the full run: 6 x (pretrain + 60 CPU-min)
+    python benchmarks/bench_odt.py                      # the full run: 6 x (pretrain + 80 rounds)
     python benchmarks/bench_odt.py --smoke              # a tiny end-to-end check of the script
     python benchmarks/bench_odt.py --control            # + offline runs given as many updates
     python benchmarks/bench_odt.py --recipe project reference   # + the ODT reference's recipe
+    python benchmarks/bench_odt.py --recipe reference-full --device cuda   # its full size (GPU)
 
 The dataset: the embedded ``humanoid-collected`` recipe (``gym/data/collect_dataset.py``, the
 balance controller with rising action noise and knee bending, 1000 episodes) restricted to its
@@ -12,16 +13,17 @@ within ~200 steps; standing for the whole episode is worth ~4940). Written as
 ``humanoid-low-v2.pkl`` next to the runs.
 
 For each backbone (GPT-2 DT, Qwen3 DT) and seed: pretrain offline with ``--policy stochastic``
-(``--offline_iters`` x ``--offline_steps``), then fine-tune online from that checkpoint with
-``--init_from`` until the online phase has used ``--cpu_minutes`` of CPU time (the run is
-extended by ``--chunk`` rounds at a time with ``--resume``, since ``--online_rounds`` may grow on
-resume). Both are evaluated on ``--episodes`` episodes conditioned on ``--target`` (the
-exploration target is the ODT's 2x that).
+(3 x 2000 steps), then fine-tune online from that checkpoint with ``--init_from`` for
+``--rounds`` rounds of 300 gradient updates each (the ODT's). Both are evaluated on
+``--episodes`` episodes conditioned on ``--target`` (the exploration target is the ODT's 2x that).
 
-The budget is CPU time, not wall time: each run is one process with one thread
-(``OMP_NUM_THREADS=1``), ``--jobs`` runs go at once (default: one per core), and a run's budget
-is the user+system time its processes used, so a machine shared with other work slows the
-benchmark without changing what each run gets. 60 CPU-minutes is 30 minutes of both cores.
+The budget is in steps, not time: every arm takes the same offline steps and the same online
+rounds (so the same online gradient updates), whatever the machine or its load, and a rerun of
+the same command computes the same numbers. Each run is one process with one thread
+(``OMP_NUM_THREADS=1``), ``--jobs`` runs go at once (default: one per core); the CPU minutes each
+online phase used are reported beside its env steps, for information. A run interrupted at any
+point continues from its last checkpoint when the command is run again (``--resume``), and a
+larger ``--rounds`` extends finished runs. 80 rounds took ~33 CPU minutes per project run here.
 
 ``--control`` adds a run that separates the online data from the extra training: the same
 pretraining continued offline for at least as many gradient updates as the online phase took
@@ -30,11 +32,15 @@ last column, for information (not a target).
 
 ``--recipe reference`` adds an arm with the ODT reference's recipe as docs/reference.md lists it
 (LAMB with weight decay 5e-4, lr 1e-4 warmed up over 10,000 steps then constant through the
-online phase, batch 256, 512 wide x 4 layers x 4 heads, K 20, no timestep embedding, acting on
-the last 5 steps, 300 updates and 1 episode per round, a buffer of 1000), GPT-2 backbone only
-(the reference's); same dataset, targets, offline length, evaluation and CPU budget as the
-project's arm (``--recipe project``, the default), so the two differ by the recipe alone. Its runs
-are named ``reference-<backbone>-s<seed>-...``.
+online phase, dropout 0.1, K 20, no timestep embedding, acting on the last 5 steps, 300 updates
+and 1 episode per round, a buffer of 1000), GPT-2 backbone only (the reference's), at the
+project arm's model size and batch (128 wide x 3 layers, batch 64): the same dataset, targets,
+steps, rounds and evaluation as the project's arm (``--recipe project``, the default), so the
+two differ by the recipe's switches alone. ``--recipe reference-full`` is the reference at its
+own size too (512 wide x 4 layers x 4 heads, batch 256): ~1.2 TFLOP per update (6 x 12.6M
+weights x 15,360 tokens), over 12 s on one core of this machine even at its matmul peak, so
+6,000 pretraining steps and 80 rounds of 300 updates are weeks of CPU: an arm for a GPU
+(``--device cuda``). Their runs are named ``<recipe>-<backbone>-s<seed>-...``.
 
 Seeds default to 0 1 2. Prints a markdown table per run (best return in the pretraining data,
 offline DT, fine-tuned DT and the control, each as the evaluation's mean ± its standard deviation
@@ -65,6 +71,7 @@ sys.path.insert(0, str(GYM))
 from decision_transformer.data.pickle_io import load_paths_file, save_paths  # noqa: E402
 
 SCRIPTS = {"gpt2": "experiment.py", "qwen3": "experiment_qwen.py"}
+RECIPES = ["project", "reference", "reference-full"]
 FULL = {
     "model": {
         "gpt2": "--embed_dim 128 --n_layer 3 --n_head 4".split(),
@@ -76,27 +83,28 @@ FULL = {
     "online_updates": 300,  # the ODT's
     "online_episodes": 4,
     "eval_every": 10,
-    "chunk": 10,
+    "rounds": 80,
 }
 # The ODT reference's recipe (docs/reference.md, "The reference's ODT recipe"): what replaces
-# the project's flags, given after them (argparse keeps a flag's last value).
+# the project's flags, given after them (argparse keeps a flag's last value). "size" only in the
+# reference-full arm.
 REFERENCE = {
     "train": (
         "--optimizer lamb --weight_decay 5e-4 --learning_rate 1e-4 --warmup_steps 10000 "
-        "--lr_decay none --online_warmup_steps 0 --batch_size 256 --K 20 --dropout 0.1 "
+        "--lr_decay none --online_warmup_steps 0 --K 20 --dropout 0.1 "
         "--no_timestep_embedding --eval_context 5"
     ).split(),
-    "model": "--embed_dim 512 --n_layer 4 --n_head 4".split(),
+    "size": "--embed_dim 512 --n_layer 4 --n_head 4 --batch_size 256".split(),
     "online": "--online_updates 300 --online_episodes 1 --buffer_size 1000".split(),
 }
 # The smoke run keeps the recipe's switches at toy sizes.
 REFERENCE_SMOKE = {
     "train": (
         "--optimizer lamb --weight_decay 5e-4 --learning_rate 1e-4 --warmup_steps 20 "
-        "--lr_decay none --online_warmup_steps 0 --batch_size 16 --K 5 --dropout 0.1 "
+        "--lr_decay none --online_warmup_steps 0 --K 5 --dropout 0.1 "
         "--no_timestep_embedding --eval_context 2"
     ).split(),
-    "model": "--embed_dim 32 --n_layer 1 --n_head 1".split(),
+    "size": "--embed_dim 32 --n_layer 1 --n_head 1 --batch_size 16".split(),
     "online": "--online_updates 5 --online_episodes 1 --buffer_size 1000".split(),
 }
 SMOKE = {
@@ -110,7 +118,7 @@ SMOKE = {
     "online_updates": 5,
     "online_episodes": 2,
     "eval_every": 2,
-    "chunk": 2,
+    "rounds": 4,
 }
 
 
@@ -165,14 +173,16 @@ def main() -> int:
     p.add_argument("--backbones", nargs="+", default=list(SCRIPTS), choices=list(SCRIPTS))
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (smoke: 0)")
     p.add_argument(
-        "--recipe", nargs="+", default=["project"], choices=["project", "reference"],
+        "--recipe", nargs="+", default=["project"], choices=RECIPES,
         help="project: this project's flags (below); reference: the ODT reference's recipe "
-        "(docs/reference.md), GPT-2 only. Default: project",
+        "(docs/reference.md) at the project's model size and batch; reference-full: at its own "
+        "size too (a GPU's arm). GPT-2 only for both references. Default: project",
     )  # fmt: skip
     p.add_argument(
-        "--cpu_minutes", type=float, default=None,
-        help="online budget per run in CPU minutes (default 60: 30 minutes of 2 cores)",
+        "--rounds", type=int, default=None,
+        help="online rounds per run, 300 gradient updates each (default 80; smoke 4)",
     )  # fmt: skip
+    p.add_argument("--device", default="cpu", help="the runs' --device (default cpu)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at once")
     p.add_argument(
         "--control", action="store_true",
@@ -184,12 +194,14 @@ def main() -> int:
     p.add_argument("--episodes", type=int, default=None, help="eval episodes (default 20)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "runs" / "odt"))
     args = p.parse_args()
-    if "reference" in args.recipe and "gpt2" not in args.backbones:
+    if set(args.recipe) - {"project"} and "gpt2" not in args.backbones:
         p.error("--recipe reference runs the GPT-2 backbone: add gpt2 to --backbones")
+    if args.rounds is not None and args.rounds < 1:
+        p.error(f"--rounds must be positive, got {args.rounds}")
     c = SMOKE if args.smoke else FULL
     ref = REFERENCE_SMOKE if args.smoke else REFERENCE
     seeds = args.seeds or ([0] if args.smoke else [0, 1, 2])
-    cpu_minutes = args.cpu_minutes or (0.3 if args.smoke else 60.0)
+    budget_rounds = args.rounds or c["rounds"]
     episodes = args.episodes or (2 if args.smoke else 20)
     out = Path(args.out).resolve() / ("smoke" if args.smoke else "full")
     data = out / "data"
@@ -201,7 +213,7 @@ def main() -> int:
     common = [
         "--env", "humanoid", "--dataset", "low", "--data_dir", data, "--K", "5",
         "--batch_size", "64", "--learning_rate", "3e-4", "--warmup_steps", "200",
-        "--device", "cpu", "--policy", "stochastic", "--env_targets", f"{args.target:g}",
+        "--device", args.device, "--policy", "stochastic", "--env_targets", f"{args.target:g}",
         "--num_eval_episodes", episodes, "--eval_envs", min(episodes, 10),
         "--max_iters", c["offline_iters"], "--num_steps_per_iter", c["offline_steps"],
     ]  # fmt: skip
@@ -211,12 +223,12 @@ def main() -> int:
     ]  # fmt: skip
 
     def one(recipe: str, backbone: str, seed: int) -> tuple:
-        """Pretrain, then fine-tune until the CPU budget is spent; the table's row."""
+        """Pretrain, then fine-tune for the budget's rounds; the table's row."""
         script = SCRIPTS[backbone]
         flags = [*common, *c["model"][backbone], "--seed", seed]
         online_flags = online
-        if recipe == "reference":
-            flags = [*flags, *ref["train"], *ref["model"]]
+        if recipe != "project":
+            flags = [*flags, *ref["train"], *(ref["size"] if recipe == "reference-full" else [])]
             online_flags = [*online, *ref["online"]]
         # The flag's last value, the one the run takes.
         at = len(online_flags) - 1 - online_flags[::-1].index("--online_updates")
@@ -226,18 +238,21 @@ def main() -> int:
         if not (off / "checkpoint.pt").exists():
             run(script, *flags, "--out_dir", off)
         offline_return = eval_return(rows(off)[-1], args.target)
-        # The CPU time the online phase has used so far, kept beside the run so that a rerun
-        # continues it; the rounds done are the run's own (its metrics' last iteration).
-        budget = out / f"{name}-online-budget.json"
-        spent = json.loads(budget.read_text())["cpu_s"] if budget.exists() else 0.0
-        rounds = rows(on)[-1]["iteration"] - c["offline_iters"] if budget.exists() else 0
-        while spent < cpu_minutes * 60:  # extend the online phase chunk by chunk
-            rounds += c["chunk"]
+        # The CPU time the online phase used (for the table only), kept beside the run so that
+        # an interrupted or extended run adds to it.
+        cpu = out / f"{name}-online-cpu.json"
+        spent = json.loads(cpu.read_text())["cpu_s"] if cpu.exists() else 0.0
+        logged = (on / "metrics.jsonl").exists()
+        done = rows(on)[-1]["iteration"] - c["offline_iters"] if logged else 0
+        if done < budget_rounds:  # new, interrupted, or extended by a larger --rounds
             resume = ["--resume"] if (on / "checkpoint.pt").exists() else []
-            extend = ["--online_rounds", rounds, "--init_from", off / "checkpoint.pt"]
+            extend = ["--online_rounds", budget_rounds, "--init_from", off / "checkpoint.pt"]
             spent += run(script, *flags, *online_flags, *extend, "--out_dir", on, *resume)
-            budget.write_text(json.dumps({"cpu_s": spent}))
-        final = rows(on)[-1]
+            cpu.write_text(json.dumps({"cpu_s": spent}))
+        final = next(r for r in rows(on) if r["iteration"] == c["offline_iters"] + budget_rounds)
+        if f"evaluation/target_{args.target:g}_return_mean" not in final:
+            raise SystemExit(f"{on}: round {budget_rounds} was not evaluated (it ran on past it)")
+        rounds = budget_rounds
         control = None
         if args.control:
             # The same pretraining run, continued offline for at least the online phase's

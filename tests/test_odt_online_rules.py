@@ -183,3 +183,28 @@ def test_bad_online_selection_and_schedule_flags(data_dir, tmp_path, case):
     )  # fmt: skip
     assert_one_line_error(proc, needle)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_recorded_the_val_error_default_resumes_with_online_rounds(data_dir, tmp_path):
+    """--val_episodes settles --select_by to val_error offline (and did so in online runs too,
+    before online rounds were ranked by return; val_error is now refused with online rounds).
+    A run that recorded it resumes with online rounds: one warning, best.pt stays the offline
+    iteration the validation error chose."""
+    out = tmp_path / "run"
+    args = [
+        "--env", "humanoid", "--data_dir", str(data_dir), *TINY, "--seed", str(SEED),
+        "--policy", "stochastic", "--online_updates", "2", "--online_episodes", "1",
+        "--val_episodes", str(VAL), "--val_windows", "8", "--out_dir", str(out),
+    ]  # fmt: skip
+    run_script("experiment.py", *args, check=True)
+    assert load(out / "checkpoint.pt")["config"]["select_by"] == "val_error"
+    best = (out / "best.pt").read_bytes()
+
+    proc = run_script("experiment.py", *args, "--online_rounds", "2", "--resume")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warnings = [x for x in proc.stderr.splitlines() if x.startswith("warning: this run began")]
+    assert len(warnings) == 1 and "--select_by return@TARGET" in warnings[0]
+    ckpt = load(out / "checkpoint.pt")
+    assert ckpt["iteration"] == 2 + 2  # TINY's two offline iterations, then both rounds
+    assert ckpt["config"]["select_by"] is None
+    assert (out / "best.pt").read_bytes() == best

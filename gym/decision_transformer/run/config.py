@@ -333,8 +333,8 @@ class RunConfig:
     online_rtg: float | None = flag(
         None,
         "return-to-go that collection is conditioned on (default: the ODT's own value where it "
-        "has one, Hopper 7200 (its reference code) and HalfCheetah 12000 (its paper); elsewhere "
-        "2x the largest evaluation target, a rule from the reference's 7200 = 2 x 3600)",
+        "has one, Hopper 7200 (its reference code) and HalfCheetah 12000 (code built on it); "
+        "elsewhere 2x the largest evaluation target, a rule from the reference's 7200 = 2 x 3600)",
         group=ONLINE_GROUP,
         type=float,
     )

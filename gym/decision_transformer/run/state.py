@@ -21,6 +21,7 @@ are read by :func:`read_run_checkpoint`, which checks them for what each use nee
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +142,7 @@ def check_resumable(cfg: RunConfig, ckpt: dict) -> None:
     # would stretch the part already walked and jump the learning rate back up.
     fixed = {"max_iters"} if cfg.lr_decay != "none" else set()
     free = (RESUMABLE_CHANGES - fixed) | {"params", "backbone_params"}
-    changed = changed_flags(ckpt["config"], cfg.to_dict(), free)
+    changed = changed_flags(settled_selection(cfg, ckpt["config"]), cfg.to_dict(), free)
     if changed:
         raise ConfigError(
             f"--resume: flags differ from the checkpoint's run ({', '.join(changed)}); "
@@ -152,6 +153,23 @@ def check_resumable(cfg: RunConfig, ckpt: dict) -> None:
             "--resume: the checkpoint's run predates --val_episodes and --select_by; resume it "
             "without them"
         )
+
+
+def settled_selection(cfg: RunConfig, saved: dict) -> dict:
+    """A checkpoint's config with its ``select_by`` as today's rules settle it. Runs with
+    --val_episodes recorded the ``val_error`` default even with online rounds, before online
+    rounds were ranked by return (which made them unresumable: ``val_error`` is now refused
+    with --online_rounds and no longer the default there). Such a run resumes with no
+    ``--select_by``: best.pt stays the offline iteration the validation error chose."""
+    if saved.get("select_by") != "val_error" or not cfg.online_rounds or cfg.select_by:
+        return saved
+    print(
+        "warning: this run began when an online run's best.pt followed the validation error; "
+        "its online rounds are not ranked (best.pt keeps the offline choice): rank them by "
+        "--select_by return@TARGET in a new run",
+        file=sys.stderr,
+    )
+    return {**saved, "select_by": None}
 
 
 def check_init_fits(cfg: RunConfig, ckpt: dict, state_mean, state_std) -> None:
