@@ -265,11 +265,14 @@ def test_bad_tasks_input_is_one_line_exit_2(data_dir, tmp_path, extra, needle):
     assert not (tmp_path / "r").exists()
 
 
-def test_a_single_task_run_records_no_task_flags(data_dir, tmp_path):
-    """Single-task config.json (and so checkpoints, and resume checks) stay as before --tasks."""
+def test_tasks_are_recorded_as_env_dataset_pairs():
+    """Any spelling --env/--dataset accept becomes ENV:DATASET in the config (what --resume
+    compares and evaluate.py rebuilds the tasks from); a single-task run records none."""
     from decision_transformer.run.config import build_parser, resolve
 
-    cfg = resolve(build_parser().parse_args(["--env", "hopper", "--device", "cpu"]), "gpt2")
-    assert "tasks" not in cfg.to_dict() and "task_sampling" not in cfg.to_dict()
-    multi = resolve(build_parser().parse_args(["--tasks", *TASKS, "--device", "cpu"]), "gpt2")
-    assert multi.to_dict()["tasks"] == TASKS and multi.to_dict()["task_sampling"] == "uniform"
+    argv = ["--tasks", "hopper-medium-v2", "walker2d:medium", "--device", "cpu"]
+    multi = resolve(build_parser().parse_args(argv), "gpt2")
+    assert multi.to_dict()["tasks"] == TASKS and multi.task_sampling == "uniform"
+    assert (multi.env, multi.dataset) == ("multi", "tasks")
+    single = resolve(build_parser().parse_args(["--env", "hopper", "--device", "cpu"]), "gpt2")
+    assert single.tasks is None and single.to_dict()["tasks"] is None

@@ -58,7 +58,10 @@ def data_dir(tmp_path_factory):
 
 
 # Keys later versions added to config.json; a folder written before them lacks them.
-NEWER_KEYS = ("attention", "segment_len", "lr_decay", "dist_timeout", "world_size", "compile")
+NEWER_KEYS = (
+    "attention", "segment_len", "lr_decay", "dist_timeout", "world_size", "compile", "tasks",
+    "task_sampling",
+)  # fmt: skip
 
 
 def test_old_run_folder_resumes_and_evaluates(data_dir, tmp_path):

@@ -476,8 +476,6 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """What config.json holds, keys in command-line order then the derived ones."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if _is_flag(f)}
-        if self.tasks is None:  # a single-task run records exactly what it did before --tasks
-            del out["tasks"], out["task_sampling"]
         if self.qwen is not None:
             out.update(asdict(self.qwen))
         out.update(self.extra)
