@@ -65,23 +65,30 @@ def reference(data_dir, tmp_path_factory):
     return out, proc.stdout
 
 
-def test_two_task_run_reports_each_task_at_its_own_targets(reference):
+def test_two_task_run_reports_each_task_at_its_own_targets(data_dir, reference):
+    from decision_transformer.data.loading import load_dataset
+    from decision_transformer.data.scores import D4RL_REFERENCE_SCORES
+
     out, stdout = reference
     last = rows(out)[-1]
-    # Each env's own default targets, each task's own raw return and (D4RL references) score.
+    # Each env's own default targets, each task's raw return and score by its env's references.
     for task, targets in (("hopper-medium", (3600, 1800)), ("walker2d-medium", (5000, 2500))):
+        lo, hi = D4RL_REFERENCE_SCORES[task.split("-")[0]]
         for t in targets:
             key = f"evaluation/{task}/target_{t}"
-            assert np.isfinite(last[f"{key}_return_mean"])
-            assert np.isfinite(last[f"{key}_normalized_score"])
+            score = 100 * (last[f"{key}_return_mean"] - lo) / (hi - lo)
+            assert last[f"{key}_normalized_score"] == pytest.approx(score)
     scores = [last[f"evaluation/{t}/target_3600_normalized_score"] for t in ("hopper-medium",)]
     scores.append(last["evaluation/walker2d-medium/target_5000_normalized_score"])
     assert last["evaluation/mean/target1_normalized_score"] == pytest.approx(np.mean(scores))
     assert "walker2d-medium" in stdout and "mean normalized score over tasks" in stdout
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
-    # Each task's own state statistics, of its own size.
-    assert ckpt["state_mean"]["hopper-medium"].shape == (11,)
-    assert ckpt["state_mean"]["walker2d-medium"].shape == (17,)
+    # Each task's own state statistics: its dataset's.
+    for task in TASKS:
+        ds = load_dataset(data_dir, *task.split(":"))
+        name = task.replace(":", "-")
+        np.testing.assert_array_equal(ckpt["state_mean"][name].numpy(), ds.state_mean)
+        np.testing.assert_array_equal(ckpt["state_std"][name].numpy(), ds.state_std)
     assert ckpt["eval_targets"] == {"hopper-medium": [3600.0, 1800.0],
                                     "walker2d-medium": [5000.0, 2500.0]}  # fmt: skip
 
