@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from cli import TINY, assert_one_line_error, run_main, run_script
-from decision_transformer.evaluation.rollout import Rollout
+from decision_transformer.evaluation.rollout import Rollout, RolloutSpec
 from decision_transformer.models.decision_transformer import DecisionTransformer
 from decision_transformer.models.decision_transformer_qwen3 import DecisionTransformerQwen3
 from decision_transformer.run import experiment
@@ -199,8 +199,8 @@ def test_collection_samples_the_same_with_and_without_the_cache(backbone):
     obs = np.random.default_rng(0).normal(size=(13, 2, 6))
 
     def play(use_cache, generator):
-        r = Rollout(model, 2, 6, 3, 100, np.zeros(6), np.ones(6), target_return=1.0,
-                    use_cache=use_cache, generator=generator)  # fmt: skip
+        spec = RolloutSpec(100, np.zeros(6), np.ones(6), target_return=1.0, use_cache=use_cache)
+        r = Rollout(model, 2, 6, 3, spec, generator)
         r.start(obs[0])
         acts = []
         for t in range(12):

@@ -370,22 +370,16 @@ def play_targets(
 
 def render_video(cfg: RunConfig, recorder, target: float, args: argparse.Namespace) -> dict:
     """The recorded episode rendered to ``--video``."""
-    from ..evaluation.video import render_episode
+    from ..evaluation.video import Caption, render_episode
 
     conditioned = cfg.model_type == "dt"
     title = f"{cfg.env} {cfg.model_type} {cfg.backbone or ''}".rstrip()
     if conditioned:
         title += f"  target {target:g}"
-    return render_episode(
-        cfg.env,
-        recorder,
-        args.video,
-        target if conditioned else None,
-        mode=cfg.mode,
-        title=title,
-        max_steps=get_spec(cfg.env).max_ep_len,
-        quality=args.video_quality,
+    caption = Caption(
+        title, target if conditioned else None, cfg.mode, get_spec(cfg.env).max_ep_len
     )
+    return render_episode(cfg.env, recorder, args.video, caption, quality=args.video_quality)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -844,15 +844,15 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"length {r['length_mean']:.1f}"
         )
     if recorder is not None:
-        from ..evaluation.video import render_episode
+        from ..evaluation.video import Caption, render_episode
 
         a = folder.acting
         target = report["targets"][0]["target"] if a.conditioned else None
         title = f"{a.env} {folder.architecture}" + (f"  target {target:g}" if target else "")
+        caption = Caption(title, target, a.mode, a.max_ep_len)
         report["video"] = render_episode(
-            a.env, recorder, args.video, target, mode=a.mode, title=title,
-            max_steps=a.max_ep_len, quality=args.video_quality,
-        )  # fmt: skip
+            a.env, recorder, args.video, caption, quality=args.video_quality
+        )
         print(f"video: {args.video}, {report['video']['frames']} frames")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
