@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..data.holdout import held_out_count, validation_batches
-from ..data.sampler import BatchSampler
+from ..data.sampler import BatchSampler, top_trajectories
 from ..errors import UserError, one_line
 from ..models.pretrained import is_model_source
 from ..training.act_trainer import ActTrainer
@@ -350,9 +350,10 @@ class Run:
         """This rank's share of each optimizer step's batch (see run/batches.py)."""
         cfg, data = self.cfg, self.data
         spec = data.spec
+        episodes = top_trajectories(data.dataset, cfg.pct_traj, data.train_episodes)
         sampler = BatchSampler(
-            data.dataset, cfg.K, spec.max_ep_len, spec.scale, cfg.pct_traj, cfg.device,
-            np_rng, segment_len=cfg.segment_len, episodes=data.train_episodes,
+            data.dataset, cfg.K, spec.max_ep_len, spec.scale, cfg.device, np_rng,
+            segment_len=cfg.segment_len, episodes=episodes,
         )  # fmt: skip
         per_token = cfg.model_type == "dt"
         return RankBatches(
@@ -393,7 +394,7 @@ class Run:
             )
         spec = data.spec
         sampler = BatchSampler(
-            data.dataset, cfg.K, spec.max_ep_len, spec.scale, 1.0, cfg.device,
+            data.dataset, cfg.K, spec.max_ep_len, spec.scale, cfg.device,
             segment_len=cfg.segment_len, episodes=data.val_episodes,
         )  # fmt: skip
         batches = validation_batches(
