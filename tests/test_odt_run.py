@@ -295,6 +295,31 @@ def test_init_from_a_checkpoint_that_does_not_fit(data_dir, offline_run, tmp_pat
     assert not any((tmp_path / x).exists() for x in "abcd")
 
 
+def test_init_from_an_evaluation_only_checkpoint_is_refused_before_the_data(
+    data_dir, offline_run, tmp_path, monkeypatch
+):
+    """A checkpoint with weights and config but no training state (what best.pt holds) cannot
+    start an online phase: resolve, which reads --init_from for the offline phase's length,
+    reads it as the run does and refuses it in one line, before any data is read."""
+    from decision_transformer.run import inputs
+
+    ckpt = torch.load(offline_run / "checkpoint.pt", weights_only=True)
+    for key in ("optimizer", "scheduler", "rng"):
+        del ckpt[key]
+    torch.save(ckpt, tmp_path / "best.pt")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the dataset was read")
+
+    monkeypatch.setattr(inputs, "load_dataset", never)
+    proc = in_process(
+        "--env", "humanoid", "--data_dir", data_dir, *TINY, "--policy", "stochastic",
+        "--online_rounds", "1", "--init_from", tmp_path / "best.pt", "--out_dir", tmp_path / "a",
+    )  # fmt: skip
+    assert_one_line_error(proc, "(no optimizer, scheduler, rng); pass the checkpoint.pt of a")
+    assert not (tmp_path / "a").exists()
+
+
 def test_torchrun_ranks_share_collection_and_one_buffer(data_dir, tmp_path):
     """Two processes: each plays its share of a round's 3 episodes (1 and 2), and every rank's
     buffer takes all of them (rank 0's checkpoint holds the 6 of two rounds)."""

@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..evaluation.evaluate_episodes import StepHook
 from ..models.factory import build_model
 from ..provenance import run_versions, stack_versions, version_drift
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, read_run_checkpoint
 from .cli import HelpFormatter, OneLineParser
 from .cli import report as report_error
 from .config import ConfigError, RunConfig, resolve_device, resolve_targets
@@ -40,7 +40,7 @@ from .evaluation import (
 )
 from .parallel import compile_regions
 from .paths import check_output_file
-from .state import BEST_NAME, CHECKPOINT_NAME, load_full_weights, read_run_checkpoint
+from .state import BEST_NAME, CHECKPOINT_NAME, load_full_weights
 
 # What evaluation itself reads from the config; build_model reads the model's own flags.
 CONFIG_KEYS = ("env", "dataset", "model_type", "mode", "seed", "num_eval_episodes", "eval_envs")

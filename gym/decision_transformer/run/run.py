@@ -43,7 +43,7 @@ from ..training.seq_trainer import SequenceTrainer
 from ..training.trainer import PROGRESS_INTERVAL, NonFiniteError, Trainer, TrainerOptions
 from ..training.validation import ValidationSet
 from .batches import RankBatches
-from .checkpoint import seed_iteration
+from .checkpoint import read_run_checkpoint, seed_iteration
 from .config import ConfigError, RunConfig, resolve_targets
 from .distributed import DistContext
 from .evaluation import Evaluation, enable_tf32, target_key
@@ -53,12 +53,7 @@ from .metrics import MetricsLog
 from .online import OnlineRounds, target_entropy
 from .parallel import make_parallel
 from .paths import BEST_NAME, PathError, RunDirLock, WriteError, cause, open_run_folder, writing
-from .state import (
-    RunState,
-    check_init_fits,
-    check_resumable,
-    read_run_checkpoint,
-)
+from .state import RunState, check_init_fits, check_resumable
 
 
 def lr_factor(step: int, warmup: int, total: int, decay: str, online_warmup: int = 0) -> float:
