@@ -52,7 +52,16 @@ from .inputs import RunData, load_data, make_selection
 from .metrics import MetricsLog
 from .online import OnlineRounds, target_entropy
 from .parallel import make_parallel
-from .paths import BEST_NAME, PathError, RunDirLock, WriteError, cause, open_run_folder, writing
+from .paths import (
+    BEST_NAME,
+    PathError,
+    RunDirLock,
+    WriteError,
+    cause,
+    kept_after_failure,
+    open_run_folder,
+    writing,
+)
 from .state import RunState, check_init_fits, check_resumable
 
 
@@ -158,12 +167,7 @@ class Run:
 
     def kept(self) -> str:
         """What a run stopped mid-way leaves to continue from."""
-        if self.saved is None:
-            return "no checkpoint was written: fix that, then start the run again"
-        return (
-            f"the last good checkpoint {self.data.ckpt_path} (iteration {self.saved}) is kept: "
-            "fix that (e.g. free disk space), then continue with --resume"
-        )
+        return kept_after_failure(self.data.ckpt_path, self.saved)
 
     def setup(self, lock: RunDirLock) -> None:
         """Everything the loop needs, the checks of every input first."""
