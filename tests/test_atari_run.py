@@ -18,7 +18,7 @@ import torch
 ATARI_DIR = Path(__file__).resolve().parents[1] / "atari"
 sys.path.insert(0, str(ATARI_DIR))
 
-from cli import assert_one_line_error, script_env  # noqa: E402
+from cli import assert_one_line_error, script_env, small_disk  # noqa: E402
 from decision_transformer.run.checkpoint import load_checkpoint  # noqa: E402
 from decision_transformer.run.paths import PathError, RunDirLock  # noqa: E402
 
@@ -213,13 +213,7 @@ def test_a_full_disk_stops_in_one_line_and_resume_continues(replay, tmp_path):
     cause and the epoch kept, as the gym half's runs say it; after freeing space --resume
     finishes the run."""
     disk = tmp_path / "disk"
-    disk.mkdir()
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3600k", "tmpfs", str(disk)], capture_output=True
-    )
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
-    try:
+    with small_disk(disk, "3600k") as grow:
         out = disk / "run"
         args = [*TINY, "--data_dir_prefix", replay, "--epochs", "2", "--steps_per_epoch", "2",
                 "--eval_episodes", "0", "--out_dir", out]  # fmt: skip
@@ -232,9 +226,7 @@ def test_a_full_disk_stops_in_one_line_and_resume_continues(replay, tmp_path):
         assert line.startswith(f"error: cannot write {ckpt}: No space left on device (ENOSPC)")
         assert f"the last good checkpoint {ckpt} (epoch 1) is kept" in line and "--resume" in line
         assert load_checkpoint(ckpt)["trainer"]["epoch"] == 1
-        subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
+        grow()
         again = run_dt(*args, "--resume")
         assert again.returncode == 0, again.stderr[-3000:]
         assert load_checkpoint(ckpt)["trainer"]["epoch"] == 2
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)

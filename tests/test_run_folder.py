@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import cli
 import pytest
 import torch
 from cli import GYM_DIR, TINY, assert_one_line_error, run_main, script_env
@@ -133,20 +134,8 @@ def small_disk(tmp_path):
     """A real 1.2 MB filesystem (tmpfs; needs root): room for one tiny run's checkpoint
     (~0.8 MB) but not for the next one beside it. ``grow()`` frees space (a bigger disk)."""
     disk = tmp_path / "disk"
-    disk.mkdir()
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(disk)], capture_output=True
-    )
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
-
-    def grow():
-        subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
-
-    try:
+    with cli.small_disk(disk, "1200k") as grow:
         yield disk, grow
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_a_full_disk_stops_in_one_line_keeps_the_checkpoint_and_resume_continues(
