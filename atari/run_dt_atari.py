@@ -43,6 +43,7 @@ from decision_transformer.run.paths import (
     WriteError,
     check_output_dir,
     check_run_start,
+    kept_after_failure,
     open_run_folder,
     writing,
 )
@@ -541,12 +542,7 @@ def train_run(cfg: dict, lock: RunDirLock) -> int:
     try:
         train_epochs(cfg, model, trainer, metrics, np_rng, saved)
     except WriteError as e:
-        kept = (
-            f"the last good checkpoint {out / CHECKPOINT_NAME} (epoch {saved['epoch']}) is kept: "
-            "fix that (e.g. free disk space), then continue with --resume"
-            if saved["epoch"] is not None
-            else "no checkpoint was written: fix that, then start the run again"
-        )
+        kept = kept_after_failure(out / CHECKPOINT_NAME, saved["epoch"], "epoch")
         print(f"error: {e}; {kept}", file=sys.stderr)
         return 1
     metrics.close()

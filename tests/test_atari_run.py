@@ -18,7 +18,7 @@ import torch
 ATARI_DIR = Path(__file__).resolve().parents[1] / "atari"
 sys.path.insert(0, str(ATARI_DIR))
 
-from cli import assert_one_line_error, script_env  # noqa: E402
+from cli import assert_one_line_error, script_env, small_disk  # noqa: E402
 from decision_transformer.run.checkpoint import load_checkpoint  # noqa: E402
 from decision_transformer.run.paths import PathError, RunDirLock  # noqa: E402
 
@@ -205,3 +205,28 @@ def test_path_flags_are_refused_before_any_work(tmp_path):
     proc = run_dt(*common, "--out_dir", long_name)
     assert_one_line_error(proc, "cannot create it: File name too long (ENAMETOOLONG)")
     assert not (tmp_path / "run").exists() and not (tmp_path / "parent").exists()
+
+
+def test_a_full_disk_stops_in_one_line_and_resume_continues(replay, tmp_path):
+    """The run folder on a real 3.6 MB filesystem (tmpfs; needs root): the first epoch's
+    checkpoint (~2.4 MB) fits, the second's beside it does not. One line names the file, the
+    cause and the epoch kept, as the gym half's runs say it; after freeing space --resume
+    finishes the run."""
+    disk = tmp_path / "disk"
+    with small_disk(disk, "3600k") as grow:
+        out = disk / "run"
+        args = [*TINY, "--data_dir_prefix", replay, "--epochs", "2", "--steps_per_epoch", "2",
+                "--eval_episodes", "0", "--out_dir", out]  # fmt: skip
+        proc = run_dt(*args)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        # (the trainer's progress bars go to stderr too)
+        (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+        assert proc.stderr.strip().endswith(line)
+        ckpt = out / "checkpoint.pt"
+        assert line.startswith(f"error: cannot write {ckpt}: No space left on device (ENOSPC)")
+        assert f"the last good checkpoint {ckpt} (epoch 1) is kept" in line and "--resume" in line
+        assert load_checkpoint(ckpt)["trainer"]["epoch"] == 1
+        grow()
+        again = run_dt(*args, "--resume")
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert load_checkpoint(ckpt)["trainer"]["epoch"] == 2
