@@ -598,6 +598,25 @@ def test_export_refuses_bad_runs_and_writes_nothing_over(good_folder, tmp_path, 
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_checkpoint_without_its_resolved_targets_asks_for_them(tmp_path):
+    """Targets given as max or pNN resolve on the dataset: a checkpoint that does not record the
+    numbers makes export.py ask for --target_return, in evaluate.py's words."""
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = torch.load(BASE_RUN / "checkpoint.pt", weights_only=True)
+    del ckpt["eval_targets"]
+    ckpt["config"]["env_targets"] = ["max", 3000.0]
+    torch.save(ckpt, run / "checkpoint.pt")
+    needle = "depend on its dataset and the checkpoint does not record them: pass --target_return"
+    assert_one_line_error(export(run, tmp_path / "out"), needle)
+    proc = run_main(evaluate_checkpoint.main, "--checkpoint", run / "checkpoint.pt")
+    assert_one_line_error(proc, needle)
+    assert not (tmp_path / "out").exists()
+    out = tmp_path / "given"
+    assert export(run, out, "--target_return", "3000", "--num_eval_episodes", "0").returncode == 0
+    assert json.loads((out / "config.json").read_text())["acting"]["targets"] == [3000.0]
+
+
 def test_an_unreachable_repo_id_fails_fast_in_one_line(tmp_path):
     start = time.monotonic()
     proc = run_script("evaluate_pretrained.py", "nobody-here/no-such-model", cwd=GYM_DIR)
