@@ -645,6 +645,24 @@ def test_evaluate_py_takes_a_model_folder(good_folder, tmp_path):
     assert files_of(good_folder) == before
 
 
+def test_plot_py_refuses_a_model_folder_in_one_line(good_folder, tmp_path):
+    """A model folder holds one measured evaluation, not curves: plot.py says so in one line
+    and names the run folder that has them (RUN/model's RUN); a Hub id, the same."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(BASE_RUN, run)
+    shutil.copytree(good_folder, run / "model")
+    proc = run_script("plot.py", run / "model", "--table")
+    assert_one_line_error(proc, "is a model folder: it holds one measured evaluation")
+    assert f"plot its run folder {run}" in proc.stderr
+    from decision_transformer.run import plots
+
+    proc = run_main(plots.main, "someone/dt-hopper", "--table")
+    assert_one_line_error(proc, "a Hub model repo holds no training curves")
+    assert run_main(plots.main, run, "--table").returncode == 0  # the run itself plots
+
+
 # ---------------------------------------------------------------------------------------------
 # Sharing
 # ---------------------------------------------------------------------------------------------
