@@ -663,6 +663,29 @@ def test_plot_py_refuses_a_model_folder_in_one_line(good_folder, tmp_path):
     assert run_main(plots.main, run, "--table").returncode == 0  # the run itself plots
 
 
+def test_the_docs_example_card_is_what_export_writes(tmp_path):
+    """docs/reference.md shows a card and the command that made it: run now, the command
+    writes that card (its versions line, this machine's stack, aside)."""
+    import re
+    import shlex
+
+    docs = (GYM_DIR.parent / "docs" / "reference.md").read_text()
+    section = docs[docs.index("An example card, made by the command above") :]
+    command = re.search(r"```bash\ncd gym && python export.py (.*)\n```", section).group(1)
+    shown = section.split("````markdown\n", 1)[1].split("\n````", 1)[0]
+    args = shlex.split(command)
+    out = args.index("--out") + 1
+    name = Path(args[out]).name
+    args[0], args[out] = GYM_DIR / args[0], tmp_path / name
+    assert run_main(export_mod.main, *args).returncode == 0
+    card = (tmp_path / name / "README.md").read_text()
+
+    def lines(text: str) -> list[str]:
+        return [x for x in text.strip().splitlines() if not x.startswith("Versions as of")]
+
+    assert lines(card) == lines(shown)
+
+
 # ---------------------------------------------------------------------------------------------
 # Sharing
 # ---------------------------------------------------------------------------------------------
