@@ -21,9 +21,11 @@ TINY = [
 ]  # fmt: skip
 
 
-def run_script(script: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = script_env()
-    env["OMP_NUM_THREADS"] = "1"
+def run_script(
+    script: str, *args, timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """``script`` in atari/ with ``args``; ``env`` adds to the environment."""
+    env = {**script_env(), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, script, *map(str, args)], cwd=ATARI_DIR, env=env,
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
 

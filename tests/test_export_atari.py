@@ -207,3 +207,25 @@ def test_push_to_hub_uploads_an_atari_folder(runs, tmp_path, monkeypatch):
     cfg["format_version"] += 1
     (newer / "config.json").write_text(json.dumps(cfg))
     assert_one_line_error(run_main(hub.main, newer, "someone/breakout-dt"), "newer than this code")
+
+
+def test_evaluate_atari_takes_a_cached_repo_id_offline(runs, tmp_path):
+    """evaluate_atari.py --checkpoint OWNER/NAME with no network: the repo id resolves through
+    huggingface_hub's cache (tests/hub_fakes.py lays it out) and plays the folder's evaluation,
+    its video included."""
+    from hub_fakes import hub_cache
+
+    folder = runs["gpt"] / "model"
+    cache = tmp_path / "hub"
+    hub_cache(cache, "someone/breakout-dt", folder)
+    report, gif = tmp_path / "eval.json", tmp_path / "ep.gif"
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    proc = run_script("evaluate_atari.py", "--checkpoint", "someone/breakout-dt", "--json", report,
+                      "--video", gif, env=offline)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(report.read_text())
+    card = json.loads((folder / "config.json").read_text())["evaluation"]
+    assert res["returns"] == card["returns"]
+    assert res["video"]["frames"] == res["lengths"][0] + 1 and gif.stat().st_size > 0
+    proc = run_script("evaluate_atari.py", "--checkpoint", "someone/not-cached", env=offline)
+    assert_one_line_error(proc, "cannot fetch someone/not-cached from the Hugging Face Hub")

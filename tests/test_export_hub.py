@@ -13,9 +13,7 @@ faked part.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,34 +25,13 @@ import torch
 from cli import GYM_DIR, TINY, run_main, script_env
 from decision_transformer.models.pretrained import PretrainedError, from_pretrained
 from decision_transformer.run import experiment, hub
-from hub_fakes import COMMIT_URL, record_hub_calls
+from hub_fakes import COMMIT, COMMIT_URL, hub_cache, record_hub_calls
 from rollouts import write_dataset
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 
 REPO_ID = "someone/dt-hopper"
-COMMIT = "4f0c1e2d3b4a59687766554433221100ffeeddcc"  # any 40 hex digits names a commit
 STOCHASTIC = ["--policy", "stochastic"]  # what online fine-tuning needs
-
-
-def hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = COMMIT) -> Path:
-    """``folder``'s files as huggingface_hub caches a download of ``repo_id`` at ``commit``:
-    models--OWNER--NAME/blobs/<sha256>, snapshots/<commit>/<file> (a relative symlink to its
-    blob) and refs/main holding the commit. Returns the snapshot folder."""
-    from huggingface_hub.file_download import repo_folder_name
-
-    repo = cache / repo_folder_name(repo_id=repo_id, repo_type="model")
-    snapshot = repo / "snapshots" / commit
-    (repo / "blobs").mkdir(parents=True)
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    for path in sorted(folder.iterdir()):
-        data = path.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snapshot / path.name).symlink_to(os.path.relpath(blob, snapshot))
-    (repo / "refs" / "main").write_text(commit)
-    return snapshot
 
 
 @pytest.fixture(scope="module")
