@@ -24,6 +24,7 @@ import torch
 from ..data.scores import reference_scores
 from ..envs import get_spec, make_env
 from ..errors import ConfigError, UserError, one_line
+from ..models.factory import folder_config
 from ..models.pretrained import (
     CARD_NAME,
     CONFIG_NAME,
@@ -33,9 +34,7 @@ from ..models.pretrained import (
     ActingConfig,
     FolderConfig,
     GPT2DTConfig,
-    MLPBCConfig,
     PretrainedError,
-    Qwen3DTConfig,
     build_from_config,
     from_pretrained,
     is_model_source,
@@ -45,7 +44,7 @@ from ..models.pretrained import (
 )
 from ..provenance import describe_versions, public_path, run_versions_or_now, stack_versions
 from .cli import HelpFormatter, OneLineParser, run_cli
-from .config import RunConfig, resolve_targets
+from .config import RunConfig
 
 # The base commit's checkpoints and today's carry these; anything less is not a run's checkpoint.
 CONFIG_KEYS = ("env", "dataset", "model_type", "K", "embed_dim", "n_layer", "n_head")
@@ -61,58 +60,8 @@ class ExportError(UserError, ValueError):
 
 
 def architecture_config(cfg: RunConfig, state_dim: int, act_dim: int, max_ep_len: int):
-    """The folder's architecture config for the model a run's config builds (the same values
-    models/factory.build_model passes)."""
-    if cfg.model_type == "bc":
-        return MLP_BC, MLPBCConfig(
-            state_dim, act_dim, cfg.embed_dim, cfg.n_layer, cfg.dropout, cfg.K, max_ep_len
-        )
-    mc = cfg.model_config()
-    if cfg.backbone == "qwen3":
-        from ..models.qwen3_transformer import Qwen3Config
-
-        q = Qwen3Config(  # resolves head_dim and intermediate_size as the model does
-            cfg.embed_dim, cfg.n_layer, cfg.n_head, mc.n_kv_head or cfg.n_head, mc.head_dim,
-            mc.intermediate_size, mc.mlp_ratio, mc.rope_theta,
-        )  # fmt: skip
-        return QWEN3_DT, Qwen3DTConfig(
-            state_dim=state_dim,
-            act_dim=act_dim,
-            hidden_size=cfg.embed_dim,
-            max_ep_len=max_ep_len,
-            num_hidden_layers=q.n_layer,
-            num_attention_heads=q.n_head,
-            num_key_value_heads=q.n_kv_head,
-            head_dim=q.head_dim,
-            intermediate_size=q.intermediate_size,
-            rope_theta=q.rope_theta,
-            rms_norm_eps=q.rms_norm_eps,
-            qk_norm=mc.qk_norm,
-            dropout=cfg.dropout,
-            context_length=cfg.K,
-            attention=cfg.attention,
-            policy=cfg.policy,
-            timestep_embedding=mc.timestep_embedding,
-            eval_context=mc.eval_context,
-        )
-    return GPT2_DT, GPT2DTConfig(
-        state_dim=state_dim,
-        act_dim=act_dim,
-        hidden_size=cfg.embed_dim,
-        max_ep_len=max_ep_len,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        n_inner=4 * cfg.embed_dim,
-        activation_function=cfg.activation_function,
-        resid_pdrop=cfg.dropout,
-        embd_pdrop=cfg.dropout,
-        attn_pdrop=cfg.dropout,
-        context_length=cfg.K,
-        attention=cfg.attention,
-        policy=cfg.policy,
-        timestep_embedding=mc.timestep_embedding,
-        eval_context=mc.eval_context,
-    )
+    """The folder's architecture name and config for the model a run's config builds."""
+    return folder_config(cfg.model_config(), state_dim, act_dim, max_ep_len)
 
 
 def _spell_difference(field: str, theirs: object, mine: object) -> str:
@@ -178,15 +127,10 @@ def _floats(x) -> list[float]:
 
 
 def run_targets(ckpt: dict, cfg: RunConfig) -> list[float]:
-    if "eval_targets" in ckpt:
-        return [float(t) for t in ckpt["eval_targets"]]
-    specs = cfg.env_targets
-    if specs and any(isinstance(t, str) for t in specs):
-        raise ExportError(
-            f"the run's targets ({' '.join(map(str, specs))}) depend on its dataset and the "
-            "checkpoint does not record them: pass --target_return"
-        )
-    return resolve_targets(specs, None, get_spec(cfg.env).env_targets)
+    """The targets the run evaluated, read from its checkpoint as evaluate.py reads them."""
+    from .evaluate_checkpoint import eval_targets
+
+    return eval_targets(ckpt, cfg, None)
 
 
 # Run flags that hold local paths (the user's folders): see provenance.public_path.
