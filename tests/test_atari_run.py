@@ -173,7 +173,7 @@ def test_path_flags_are_refused_before_any_work(tmp_path):
     assert not (tmp_path / "run").exists() and not (tmp_path / "parent").exists()
 
 
-def test_a_full_disk_stops_in_one_line_and_resume_continues(replay, tmp_path):
+def test_a_full_disk_stops_in_one_line_and_resume_continues(atari_replay, tmp_path):
     """The run folder on a real 3.6 MB filesystem (tmpfs; needs root): the first epoch's
     checkpoint (~2.4 MB) fits, the second's beside it does not. One line names the file, the
     cause and the epoch kept, as the gym half's runs say it; after freeing space --resume
@@ -181,7 +181,7 @@ def test_a_full_disk_stops_in_one_line_and_resume_continues(replay, tmp_path):
     disk = tmp_path / "disk"
     with small_disk(disk, "3600k") as grow:
         out = disk / "run"
-        args = [*TINY, "--data_dir_prefix", replay, "--epochs", "2", "--steps_per_epoch", "2",
+        args = [*TINY, "--data_dir_prefix", atari_replay, "--epochs", "2", "--steps_per_epoch", "2",
                 "--eval_episodes", "0", "--out_dir", out]  # fmt: skip
         proc = run_dt(*args)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
