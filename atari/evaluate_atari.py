@@ -18,7 +18,7 @@ from pathlib import Path
 import _paths  # noqa: F401
 from decision_transformer.errors import ConfigError, DatasetError, UserError
 from decision_transformer.run.paths import check_output_file
-from run_dt_atari import evaluate_saved_run
+from run_dt_atari import EvalRequest, evaluate_saved
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,28 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         for flag, path in (("--json", args.json), ("--video", args.video)):
             if path is not None:  # before the evaluation, not after it
                 check_output_file(path, flag)
-        from pretrained_atari import evaluate_saved_folder, is_model_folder
-
-        # A model folder export_atari.py wrote, or a Hub repo id holding one (no such path here).
-        if is_model_folder(args.checkpoint) or (
-            not args.checkpoint.exists() and str(args.checkpoint).count("/") == 1
-            and not str(args.checkpoint).startswith((".", "/"))
-        ):  # fmt: skip
-            return evaluate_saved_folder(
-                args.checkpoint, device=args.device, episodes=args.eval_episodes,
-                target=args.target_return, eval_envs=args.eval_envs,
-                max_steps=args.eval_max_steps, json_path=args.json, video=args.video,
-            )  # fmt: skip
-        return evaluate_saved_run(
-            args.checkpoint,
-            device=args.device,
-            episodes=args.eval_episodes,
-            target=args.target_return,
-            eval_envs=args.eval_envs,
-            max_steps=args.eval_max_steps,
-            json_path=args.json,
-            video=args.video,
-        )
+        request = EvalRequest(args.eval_episodes, args.target_return, args.eval_envs,
+                              args.eval_max_steps, args.json, args.video)  # fmt: skip
+        return evaluate_saved(args.checkpoint, args.device, request)
     except (ConfigError, DatasetError, UserError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,6 +24,15 @@ from results import eval_table, last_evaluation
 def load(run: Path) -> tuple[dict, list[dict]]:
     cfg_path, metrics = run / "config.json", run / "metrics.jsonl"
     if not cfg_path.is_file() or not metrics.is_file():
+        from pretrained_atari import is_model_folder
+
+        if is_model_folder(run):  # export_atari.py's (or a run's {out_dir}/model)
+            raise ConfigError(
+                f"{run} is a model folder: it holds one measured evaluation (its README.md; "
+                "evaluate_atari.py measures it again), not training curves: plot the run folder "
+                "it was exported from"
+                + (f", {run.parent}" if (run.parent / "metrics.jsonl").is_file() else "")
+            )
         raise ConfigError(f"{run} is not an Atari run directory (no config.json/metrics.jsonl)")
     rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
     if not rows:

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import _paths  # noqa: F401
 import torch
@@ -29,11 +30,15 @@ from decision_transformer.models.pretrained import (
     FORMAT_VERSION,
     WEIGHTS_NAME,
     PretrainedError,
+    read_config_json,
     read_weights,
     resolve_folder,
 )
 from decision_transformer.provenance import describe_versions, public_path, run_versions_or_now
 from mingpt.model_atari import AtariDecisionTransformer, AtariDTConfig
+
+if TYPE_CHECKING:
+    from run_dt_atari import EvalRequest
 
 ARCHITECTURE = "atari_dt"
 # What evaluation reads from a run's config (run_dt_atari.evaluate_model).
@@ -83,13 +88,7 @@ def folder_dict(
 
 
 def read_folder_config(directory: Path) -> dict:
-    path = directory / CONFIG_NAME
-    if not path.is_file():
-        raise PretrainedError(f"no {CONFIG_NAME} in {directory}: not a model folder")
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PretrainedError(f"{path} is not readable JSON ({one_line(e, 100)})") from None
+    cfg, path = read_config_json(directory)
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT_NAME:
         raise PretrainedError(f"{path} is not a model folder written by export_atari.py")
     if not isinstance(cfg.get("format_version"), int) or cfg["format_version"] > FORMAT_VERSION:
@@ -165,19 +164,59 @@ def eval_config(folder_cfg: dict, episodes: int | None, eval_envs: int | None,
     return cfg
 
 
-def export_atari_run(run_dir: str | Path, out: str | Path, episodes: int | None = None,
-                     eval_envs: int | None = None) -> Path:  # fmt: skip
+def export_atari_run(
+    run_dir: str | Path,
+    out: str | Path,
+    episodes: int | None = None,
+    eval_envs: int | None = None,
+    reuse_run_evaluation: bool = False,
+) -> Path:
     """A run_dt_atari.py run folder's checkpoint.pt as a model folder at ``out``: written into a
     temporary sibling, reloaded and evaluated from there (training's evaluation, the run's seeds)
-    for the card, then renamed into place. Nothing is written over."""
-    from decision_transformer.run.checkpoint import read_checkpoint
-    from run_dt_atari import build_model
-
+    for the card, then renamed into place. Nothing is written over, except with
+    ``reuse_run_evaluation`` (the end of training): then the card takes the run's own last
+    evaluation of these weights (metrics.jsonl) instead of playing again, and an earlier folder
+    at ``out`` (the run's previous export) is replaced whole."""
     run_dir, out = Path(run_dir), Path(out)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+    if not reuse_run_evaluation and out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise PretrainedError(f"--out {out} already exists and is not an empty folder")
     if not out.resolve().parent.is_dir():
         raise PretrainedError(f"--out {out}: its parent folder does not exist")
+    model, run_cfg, step = read_run_model(run_dir)
+    folder = folder_dict(run_cfg, model.cfg, step, run_versions_or_now(run_dir))
+    measured = run_evaluation(run_dir, run_cfg, step) if reuse_run_evaluation else None
+    n = episodes if episodes is not None else run_cfg.get("eval_episodes") or 0
+    tmp = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        from safetensors.torch import save_file
+
+        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT_NAME})
+        (tmp / CONFIG_NAME).write_text(json.dumps(folder, indent=2) + "\n")
+        loaded = from_pretrained_atari(tmp)
+        if measured is not None or (n and not reuse_run_evaluation):
+            ecfg = eval_config(folder, measured["episodes"] if measured else n, eval_envs, None,
+                               None, None)  # fmt: skip
+            folder["evaluation"] = measured or evaluate_folder(loaded, ecfg)
+            folder["evaluation"]["command"] = (
+                f"python evaluate_atari.py --checkpoint {out.name} --eval_episodes "
+                f"{ecfg['eval_episodes']} --eval_envs {ecfg['eval_envs']}"
+            )
+            (tmp / CONFIG_NAME).write_text(json.dumps(folder, indent=2) + "\n")
+        (tmp / CARD_NAME).write_text(model_card(folder, out.name))
+        swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_run_model(run_dir: Path) -> tuple[AtariDecisionTransformer, dict, int | None]:
+    """The model in a run folder's checkpoint.pt (weights checked against its config), the
+    run's config and the checkpoint's global step."""
+    from decision_transformer.run.checkpoint import read_checkpoint
+    from run_dt_atari import build_model
+
     if not run_dir.is_dir():
         raise PretrainedError(f"no run folder at {run_dir}: give a run_dt_atari.py --out_dir")
     state = read_checkpoint(run_dir / "checkpoint.pt", ("model", "config"),
@@ -199,33 +238,45 @@ def export_atari_run(run_dir: str | Path, out: str | Path, episodes: int | None 
         raise PretrainedError(
             f"{run_dir}: the weights do not fit the model its config describes ({one_line(e, 140)})"
         ) from None
-    step = state.get("trainer", {}).get("global_step")
-    folder = folder_dict(run_cfg, model.cfg, step, run_versions_or_now(run_dir))
-    tmp = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        from safetensors.torch import save_file
+    return model, run_cfg, state.get("trainer", {}).get("global_step")
 
-        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT_NAME})
-        (tmp / CONFIG_NAME).write_text(json.dumps(folder, indent=2) + "\n")
-        loaded = from_pretrained_atari(tmp)
-        n = episodes if episodes is not None else run_cfg.get("eval_episodes") or 0
-        if n:
-            ecfg = eval_config(folder, n, eval_envs, None, None, None)
-            folder["evaluation"] = evaluate_folder(loaded, ecfg)
-            folder["evaluation"]["command"] = (
-                f"python evaluate_atari.py --checkpoint {out.name} --eval_episodes {n} "
-                f"--eval_envs {ecfg['eval_envs']}"
-            )
-            (tmp / CONFIG_NAME).write_text(json.dumps(folder, indent=2) + "\n")
-        (tmp / CARD_NAME).write_text(model_card(folder, out.name))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+def run_evaluation(run_dir: Path, run_cfg: dict, step: int | None) -> dict | None:
+    """The run's own evaluation of the checkpoint's weights (its last metrics.jsonl row, when
+    that row is the checkpoint's step), in the form :func:`evaluate_folder` gives: the same
+    seeds and evaluator, so evaluating the folder again gives these numbers. None when the
+    run did not evaluate them."""
+    from decision_transformer.run.metrics import read_metrics
+    from results import summarize
+
+    try:
+        rows = [r for r in read_metrics(run_dir) if "eval/returns" in r]
+    except (OSError, ValueError):
+        return None
+    if not rows or rows[-1].get("step") != step:
+        return None
+    row, naive = rows[-1], run_cfg["model_type"] == "naive"
+    res = summarize(run_cfg["game"], None if naive else run_cfg["eval_target"], row["eval/returns"])
+    seed = run_cfg.get("seed", 0)
+    res.update(lengths=row["eval/lengths"], seconds=row.get("time/eval_s"), seed=seed,
+               eval_envs=run_cfg.get("eval_envs"), max_steps=run_cfg.get("eval_max_steps"),
+               episode_seeds=[seed + i for i in range(len(row["eval/returns"]))])  # fmt: skip
+    res["measured_by"] = f"the run, after epoch {row.get('iteration')} (metrics.jsonl)"
+    return res
+
+
+def swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished ``tmp`` to ``out``; an earlier ``out`` is moved aside first and
+    removed only once the new folder is in place."""
+    old = None
+    if out.exists() and any(out.iterdir()):
+        old = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.old."))
+        os.replace(out, old / out.name)
+    elif out.exists():
+        out.rmdir()
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def evaluate_folder(model: AtariDecisionTransformer, cfg: dict, trace: list | None = None) -> dict:
@@ -264,6 +315,7 @@ def model_card(folder: dict, name: str) -> str:
             f"Return{target}: {ev['return_mean']:.1f} ± {ev['return_std']:.1f} over "
             f"{ev['episodes']} episodes (env seeds {ev['episode_seeds'][0]}.."
             f"{ev['episode_seeds'][-1]}, step cap {ev['max_steps']})"
+            + (f", measured by {ev['measured_by']}" if ev.get("measured_by") else "")
             + (f"; normalized scores: {scores}." if scores else "."),
             "",
             "Reproduce (from `atari/`):",
@@ -285,45 +337,30 @@ def model_card(folder: dict, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate_saved_folder(
-    source: str | Path,
-    device: str = "auto",
-    episodes: int | None = None,
-    target: float | None = None,
-    eval_envs: int | None = None,
-    max_steps: int | None = None,
-    json_path: Path | None = None,
-    video: Path | None = None,
-) -> int:
-    """evaluate_atari.py on a model folder or Hub repo id: the folder's evaluation by default
-    (the run's seeds, episode count, target and step cap). Writes JSON only where --json says:
-    the folder is left as it is."""
+def evaluate_saved_folder(source: str | Path, device: str, req: EvalRequest) -> int:
+    """evaluate_atari.py on a model folder or Hub repo id (run_dt_atari.evaluate_saved): the
+    folder's evaluation by default (the run's seeds, episode count, target and step cap). Writes
+    JSON only where --json says: the folder is left as it is."""
     from results import eval_table
 
-    if video is not None:
-        from video_atari import check_video_path
-
-        try:
-            check_video_path(video)
-        except ValueError as e:
-            raise PretrainedError(str(e)) from None
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = from_pretrained_atari(source, device)
     folder = model.pretrained_config
+    episodes = req.episodes
     if episodes is None and folder.get("evaluation"):
         episodes = folder["evaluation"]["episodes"]
-    cfg = eval_config(folder, episodes, eval_envs, None, target, max_steps)
-    trace: list | None = [] if video is not None else None
+    cfg = eval_config(folder, episodes, req.eval_envs, None, req.target, req.max_steps)
+    trace: list | None = [] if req.video is not None else None
     res = evaluate_folder(model, cfg, trace)
     print(eval_table([dict(res, run=Path(str(source)).name)]))
-    if video is not None:
+    if req.video is not None:
         from video_atari import render_traced_episode
 
-        res["video"] = render_traced_episode(cfg, trace, res["returns"], video)
-    if json_path is not None:
-        json_path.write_text(json.dumps(res, indent=2) + "\n")
-        print(f"wrote {json_path}")
+        res["video"] = render_traced_episode(cfg, trace, res["returns"], req.video)
+    if req.json_path is not None:
+        req.json_path.write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {req.json_path}")
     return 0
 
 

@@ -18,6 +18,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import _paths  # noqa: F401
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from atari_env import PAPER_TARGETS, check_game
 from create_dataset import add_data_flags, create_dataset
-from decision_transformer.errors import ConfigError, DatasetError, UserError
+from decision_transformer.errors import ConfigError, DatasetError, UserError, one_line
 from decision_transformer.models.qwen3_transformer import Qwen3Config
 from decision_transformer.run.checkpoint import (
     changed_flags,
@@ -35,7 +36,7 @@ from decision_transformer.run.checkpoint import (
     set_rng_state,
 )
 from decision_transformer.run.cli import OneLineParser, report
-from decision_transformer.run.config import resolve_device
+from decision_transformer.run.config import resolve_device, str2bool
 from decision_transformer.run.metrics import MetricsLog
 from decision_transformer.run.paths import (
     CHECKPOINT_NAME,
@@ -43,6 +44,7 @@ from decision_transformer.run.paths import (
     WriteError,
     check_output_dir,
     check_run_start,
+    kept_after_failure,
     open_run_folder,
     writing,
 )
@@ -54,7 +56,7 @@ from results import eval_table, runs_table, summarize
 # Flags that may change on --resume (everything else must match the run's config.json).
 RESUME_FREE = {
     "resume", "out_dir", "device", "num_workers", "log_to_wandb", "eval_envs", "cache_dir",
-    "compile", "seeds", "evaluate_only", "preset",
+    "compile", "seeds", "evaluate_only", "preset", "export",
 }  # fmt: skip
 DERIVED = {"eval_target"}  # filled in from the data, not a flag
 
@@ -175,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--steps_per_epoch", type=int, default=None, help="cap on steps per epoch")
     r.add_argument("--save_every", type=int, default=500, help="checkpoint every N steps too")
+    r.add_argument(
+        "--export",
+        type=str2bool,
+        default=True,
+        help="at the end, write the model as a model folder in {out_dir}/model (export_atari.py's "
+        "format), its card with the run's own last evaluation of it",
+    )
     return p
 
 
@@ -263,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.evaluate_only:  # the run's own evaluation settings (evaluate_atari.py: others)
-            return evaluate_saved_run(Path(resolve(args)["out_dir"]), device=args.device)
+            return evaluate_saved(Path(resolve(args)["out_dir"]), device=args.device)
         if args.seeds:
             return run_seeds(args)
         return run(resolve(args))
@@ -372,45 +381,61 @@ def eval_logs(res: dict) -> dict:
     return logs
 
 
-def evaluate_saved_run(
-    run_dir: Path,
-    device: str = "auto",
-    episodes: int | None = None,
-    target: float | None = None,
-    eval_envs: int | None = None,
-    max_steps: int | None = None,
-    json_path: Path | None = None,
-    video: Path | None = None,
-) -> int:
+@dataclass(frozen=True)
+class EvalRequest:
+    """evaluate_atari.py's flags: what to change from the saved evaluation (None: keep the run's
+    or the folder's), and where to write JSON and the video of episode 0."""
+
+    episodes: int | None = None
+    target: float | None = None
+    eval_envs: int | None = None
+    max_steps: int | None = None
+    json_path: Path | None = None
+    video: Path | None = None
+
+
+def evaluate_saved(source: Path, device: str = "auto", req: EvalRequest = EvalRequest()) -> int:
+    """evaluate_atari.py and --evaluate_only: a run folder (or its checkpoint), a model folder
+    export_atari.py wrote, or a Hub repo id holding one (no such local path)."""
+    from pretrained_atari import evaluate_saved_folder, is_model_folder
+
+    if req.video is not None:
+        from video_atari import check_video_path
+
+        try:
+            check_video_path(req.video)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    text = str(source)
+    repo_id = not source.exists() and text.count("/") == 1 and not text.startswith((".", "/"))
+    if is_model_folder(source) or repo_id:
+        return evaluate_saved_folder(source, device, req)
+    return evaluate_saved_run(source, device, req)
+
+
+def evaluate_saved_run(run_dir: Path, device: str, req: EvalRequest) -> int:
     """Evaluate a run's checkpoint as its training did after each epoch (same seeds, target,
     episode count, step cap and dtype, unless given), print the table, write JSON and
     optionally a video of its first episode."""
     from decision_transformer.run.checkpoint import read_checkpoint
 
     path = run_dir / "checkpoint.pt" if run_dir.is_dir() else run_dir
-    if video is not None:
-        from video_atari import check_video_path
-
-        try:
-            check_video_path(video)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
     state = read_checkpoint(
         path, ("model", "config"), "pass a run directory written by run_dt_atari.py"
     )
     cfg = dict(state["config"])
     if cfg.get("model_type") not in ("reward_conditioned", "naive") or "eval_target" not in cfg:
         raise ConfigError(f"{path} is not an Atari run's checkpoint; pass one of run_dt_atari.py")
-    if target is not None:
-        cfg["eval_target"] = float(target)
-    if max_steps is not None:
-        cfg["eval_max_steps"] = max_steps
-    if eval_envs is not None:
-        cfg["eval_envs"] = eval_envs
-    if episodes is not None:
-        if episodes < 1:
-            raise ConfigError(f"--eval_episodes must be positive, got {episodes}")
-        cfg["eval_episodes"] = episodes
+    if req.target is not None:
+        cfg["eval_target"] = float(req.target)
+    if req.max_steps is not None:
+        cfg["eval_max_steps"] = req.max_steps
+    if req.eval_envs is not None:
+        cfg["eval_envs"] = req.eval_envs
+    if req.episodes is not None:
+        if req.episodes < 1:
+            raise ConfigError(f"--eval_episodes must be positive, got {req.episodes}")
+        cfg["eval_episodes"] = req.episodes
     cfg["eval_episodes"] = cfg["eval_episodes"] or 10  # a run trained without evaluation
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -422,16 +447,16 @@ def evaluate_saved_run(
     )
     model.load_state_dict(weights)
     model.to(torch.device(device))
-    trace: list | None = [] if video is not None else None
+    trace: list | None = [] if req.video is not None else None
     res = evaluate_model(model, cfg, torch.device(device), trace=trace)
     res.update(checkpoint=str(path), seed=cfg["seed"], step=state.get("trainer", {}).get(
         "global_step"), max_steps=cfg["eval_max_steps"])  # fmt: skip
     print(eval_table([dict(res, run=path.parent.name)]))
-    json_path = json_path or path.parent / "eval.json"
-    if video is not None:
+    json_path = req.json_path or path.parent / "eval.json"
+    if req.video is not None:
         from video_atari import render_traced_episode
 
-        res["video"] = render_traced_episode(cfg, trace, res["returns"], video)
+        res["video"] = render_traced_episode(cfg, trace, res["returns"], req.video)
     json_path.write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {json_path}")
     return 0
@@ -541,16 +566,28 @@ def train_run(cfg: dict, lock: RunDirLock) -> int:
     try:
         train_epochs(cfg, model, trainer, metrics, np_rng, saved)
     except WriteError as e:
-        kept = (
-            f"the last good checkpoint {out / CHECKPOINT_NAME} (epoch {saved['epoch']}) is kept: "
-            "fix that (e.g. free disk space), then continue with --resume"
-            if saved["epoch"] is not None
-            else "no checkpoint was written: fix that, then start the run again"
-        )
+        kept = kept_after_failure(out / CHECKPOINT_NAME, saved["epoch"], "epoch")
         print(f"error: {e}; {kept}", file=sys.stderr)
         return 1
     metrics.close()
+    if cfg.get("export", True):
+        export_model(out)
     return 0
+
+
+def export_model(out: Path) -> None:
+    """The run's model as a model folder in ``{out}/model`` (pretrained_atari.py), its card with
+    the run's own last evaluation; a folder that cannot be written leaves the run a success and
+    says, in one line, how to export later."""
+    from pretrained_atari import export_atari_run
+
+    try:
+        folder = export_atari_run(out, out / "model", reuse_run_evaluation=True)
+    except (UserError, OSError) as e:
+        print(f"warning: no model folder written ({one_line(e)}); export the run later with "
+              "export_atari.py", file=sys.stderr)  # fmt: skip
+        return
+    print(f"model folder: {folder}")
 
 
 def train_epochs(cfg: dict, model, trainer: Trainer, metrics: MetricsLog, np_rng, saved) -> None:

@@ -29,6 +29,7 @@ from decision_transformer.data.sampler import BatchSampler  # noqa: E402
 from decision_transformer.data.trajectories import TrajectoryDataset  # noqa: E402
 from decision_transformer.envs import make_env  # noqa: E402
 from decision_transformer.evaluation.evaluate_episodes import (  # noqa: E402
+    EvalEpisodes,
     evaluate_batched,
     evaluate_episode_rtg,
 )
@@ -237,9 +238,8 @@ def bench_eval(ds, episodes, envs):
     )
     t_seq = time.perf_counter() - t
     t = time.perf_counter()
-    _, lengths = evaluate_batched(
-        "humanoid", model, seeds, envs, EP_LEN, 1000.0, ds.state_mean, ds.state_std, "cpu", 6.0
-    )
+    episodes = EvalEpisodes("humanoid", ds.state_mean, ds.state_std, 6000.0, max_ep_len=EP_LEN)
+    _, lengths = evaluate_batched(episodes, model, seeds, envs)
     t_bat = time.perf_counter() - t
     assert lengths.sum() == seq_steps
     return seq_steps / t_bat, seq_steps / t_seq

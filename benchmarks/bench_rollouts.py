@@ -42,7 +42,7 @@ from decision_transformer.evaluation.evaluate_episodes import (  # noqa: E402
     evaluate_episode_rtg,
     run_chunk,
 )
-from decision_transformer.evaluation.rollout import Rollout  # noqa: E402
+from decision_transformer.evaluation.rollout import Rollout, RolloutSpec  # noqa: E402
 from decision_transformer.models.factory import build_model  # noqa: E402
 from decision_transformer.run.config import build_parser, resolve  # noqa: E402
 
@@ -133,10 +133,9 @@ def batched(env_name: str, model, n_envs: int, steps: int, mean, std) -> tuple[f
     try:
         ModelClock.lap()
         start = time.process_time()
-        _, lengths = run_chunk(
-            envs, model, list(range(n_envs)), steps, spec.scale, mean, std,
-            torch.device("cpu"), spec.env_targets[0] / spec.scale, "normal", True, None,
-        )  # fmt: skip
+        target = spec.env_targets[0] / spec.scale
+        play = RolloutSpec(steps, mean, std, "cpu", target, spec.scale)
+        _, lengths = run_chunk(envs, model, list(range(n_envs)), play)
         elapsed = time.process_time() - start
     finally:
         envs.close()

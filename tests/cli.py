@@ -94,3 +94,26 @@ def run_main(main, *args) -> subprocess.CompletedProcess:
         except SystemExit as e:  # argparse's own exit
             code = e.code
     return subprocess.CompletedProcess(argv, code, "", err.getvalue())
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str):
+    """A real filesystem of ``size`` (mount's units: 1200k) made at ``path`` (tmpfs; needs root;
+    the test is skipped where it cannot be mounted). Yields ``grow()``: more room (8 MB), as
+    after freeing disk space."""
+    import pytest
+
+    path.mkdir()
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
+
+    def grow():
+        subprocess.run(["mount", "-o", "remount,size=8m", str(path)], check=True)
+
+    try:
+        yield grow
+    finally:
+        subprocess.run(["umount", str(path)], check=True)

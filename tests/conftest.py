@@ -64,3 +64,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def atari_replay(tmp_path_factory) -> Path:
+    """A small Breakout replay collected from the real emulator, for the Atari tests' runs."""
+    from atari_cli import collect_replay
+
+    return collect_replay(tmp_path_factory.mktemp("atari_replay"))

@@ -6,51 +6,16 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-ATARI_DIR = Path(__file__).resolve().parents[1] / "atari"
-sys.path.insert(0, str(ATARI_DIR))
-
-from cli import script_env  # noqa: E402
-
-TINY = [
-    "--num_buffers", "1", "--trajectories_per_buffer", "1", "--num_steps", "300",
-    "--context_length", "4", "--batch_size", "4", "--n_layer", "1", "--n_head", "2",
-    "--embed_dim", "32", "--num_workers", "0", "--device", "cpu",
-]  # fmt: skip
+from atari_cli import TINY, run_script
 
 
-def run_script(script: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = script_env()
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run(
-        [sys.executable, script, *map(str, args)],
-        cwd=ATARI_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture(scope="module")
-def replay(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("replay")
-    proc = run_script("create_dataset.py", "--collect", "--game", "Breakout", "--out", out,
-                      "--steps_per_buffer", "1200", "--buffers", "1", "--seed", "1")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    return out
-
-
-def test_evaluating_a_checkpoint_reproduces_the_last_evaluation(replay, tmp_path, capsys):
+def test_evaluating_a_checkpoint_reproduces_the_last_evaluation(atari_replay, tmp_path, capsys):
     run = tmp_path / "run"
     proc = run_script(
-        "run_dt_atari.py", *TINY, "--data_dir_prefix", replay, "--epochs", "1",
+        "run_dt_atari.py", *TINY, "--data_dir_prefix", atari_replay, "--epochs", "1",
         "--steps_per_epoch", "3", "--eval_episodes", "3", "--eval_envs", "3",
         "--eval_max_steps", "100", "--out_dir", run,
     )  # fmt: skip

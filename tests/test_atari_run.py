@@ -10,52 +10,17 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
-
-ATARI_DIR = Path(__file__).resolve().parents[1] / "atari"
-sys.path.insert(0, str(ATARI_DIR))
-
-from cli import assert_one_line_error, script_env  # noqa: E402
-from decision_transformer.run.checkpoint import load_checkpoint  # noqa: E402
-from decision_transformer.run.paths import PathError, RunDirLock  # noqa: E402
-
-TINY = [
-    "--num_buffers", "1", "--trajectories_per_buffer", "1", "--num_steps", "300",
-    "--context_length", "4", "--batch_size", "4", "--n_layer", "1", "--n_head", "2",
-    "--embed_dim", "32", "--num_workers", "0", "--device", "cpu",
-]  # fmt: skip
-
-
-def env() -> dict:
-    e = script_env()
-    e["OMP_NUM_THREADS"] = "1"
-    return e
+from atari_cli import ATARI_DIR, TINY, run_script
+from cli import assert_one_line_error, script_env, small_disk
+from decision_transformer.run.checkpoint import load_checkpoint
+from decision_transformer.run.paths import PathError, RunDirLock
 
 
 def run_dt(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "run_dt_atari.py", *map(str, args)],
-        cwd=ATARI_DIR,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture(scope="module")
-def replay(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("replay")
-    proc = subprocess.run(
-        [sys.executable, "create_dataset.py", "--collect", "--game", "Breakout", "--out", str(out),
-         "--steps_per_buffer", "1200", "--buffers", "1", "--seed", "1"],
-        cwd=ATARI_DIR, env=env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    return out
+    return run_script("run_dt_atari.py", *args, timeout=timeout)
 
 
 @pytest.mark.parametrize(
@@ -67,12 +32,12 @@ def replay(tmp_path_factory) -> Path:
         ("qwen3", "naive", []),
     ],
 )
-def test_cli_trains_and_evaluates(replay, tmp_path, backbone, model_type, extra):
+def test_cli_trains_and_evaluates(atari_replay, tmp_path, backbone, model_type, extra):
     out = tmp_path / "run"
     proc = run_dt(
-        *TINY, "--data_dir_prefix", replay, "--backbone", backbone, "--model_type", model_type,
-        "--epochs", "1", "--steps_per_epoch", "3", "--eval_episodes", "2", "--eval_envs", "2",
-        "--eval_max_steps", "25", "--out_dir", out, *extra,
+        *TINY, "--data_dir_prefix", atari_replay, "--backbone", backbone, "--model_type",
+        model_type, "--epochs", "1", "--steps_per_epoch", "3", "--eval_episodes", "2",
+        "--eval_envs", "2", "--eval_max_steps", "25", "--out_dir", out, *extra,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = json.loads((out / "config.json").read_text())
@@ -89,7 +54,7 @@ def test_cli_trains_and_evaluates(replay, tmp_path, backbone, model_type, extra)
         assert "transformer.h.0.attn.c_attn.weight" in state["model"]
 
 
-def test_evaluation_encodes_each_stack_once_and_matches_full_windows(replay):
+def test_evaluation_encodes_each_stack_once_and_matches_full_windows(atari_replay):
     """The evaluator encodes every frame stack once; its actions equal those of the original's
     way, the whole window (frames included) through the model at every step."""
     from collections import deque
@@ -143,8 +108,8 @@ def test_evaluation_encodes_each_stack_once_and_matches_full_windows(replay):
     assert len({a for *_, a in trace}) > 1
 
 
-def test_kill_9_then_resume_continues_exactly(replay, tmp_path):
-    args = [*TINY, "--data_dir_prefix", replay, "--epochs", "2", "--steps_per_epoch", "12",
+def test_kill_9_then_resume_continues_exactly(atari_replay, tmp_path):
+    args = [*TINY, "--data_dir_prefix", atari_replay, "--epochs", "2", "--steps_per_epoch", "12",
             "--save_every", "2", "--eval_episodes", "0"]  # fmt: skip
     ref = run_dt(*args, "--out_dir", tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr[-3000:]
@@ -152,7 +117,8 @@ def test_kill_9_then_resume_continues_exactly(replay, tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(
         [sys.executable, "run_dt_atari.py", *map(str, args), "--out_dir", str(out)],
-        cwd=ATARI_DIR, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ATARI_DIR, env={**script_env(), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.time() + 120
     while not (out / "checkpoint.pt").exists() and time.time() < deadline:
@@ -205,3 +171,28 @@ def test_path_flags_are_refused_before_any_work(tmp_path):
     proc = run_dt(*common, "--out_dir", long_name)
     assert_one_line_error(proc, "cannot create it: File name too long (ENAMETOOLONG)")
     assert not (tmp_path / "run").exists() and not (tmp_path / "parent").exists()
+
+
+def test_a_full_disk_stops_in_one_line_and_resume_continues(atari_replay, tmp_path):
+    """The run folder on a real 3.6 MB filesystem (tmpfs; needs root): the first epoch's
+    checkpoint (~2.4 MB) fits, the second's beside it does not. One line names the file, the
+    cause and the epoch kept, as the gym half's runs say it; after freeing space --resume
+    finishes the run."""
+    disk = tmp_path / "disk"
+    with small_disk(disk, "3600k") as grow:
+        out = disk / "run"
+        args = [*TINY, "--data_dir_prefix", atari_replay, "--epochs", "2", "--steps_per_epoch", "2",
+                "--eval_episodes", "0", "--out_dir", out]  # fmt: skip
+        proc = run_dt(*args)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        # (the trainer's progress bars go to stderr too)
+        (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+        assert proc.stderr.strip().endswith(line)
+        ckpt = out / "checkpoint.pt"
+        assert line.startswith(f"error: cannot write {ckpt}: No space left on device (ENOSPC)")
+        assert f"the last good checkpoint {ckpt} (epoch 1) is kept" in line and "--resume" in line
+        assert load_checkpoint(ckpt)["trainer"]["epoch"] == 1
+        grow()
+        again = run_dt(*args, "--resume")
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert load_checkpoint(ckpt)["trainer"]["epoch"] == 2

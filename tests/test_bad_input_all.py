@@ -190,7 +190,7 @@ def test_evaluate(place, capsys, case):
 
 PLOT = {
     "not_a_run": (["{d}"], "is not a run directory (no metrics.jsonl)"),
-    "missing_run": (["{d}/nothere"], "is not a run directory"),
+    "missing_run": (["{d}/nothere"], "no run folder at {d}/nothere"),
     "figure_extension": (["{d}/run", "--out", "{d}/c.xyz"], "--out {d}/c.xyz: the figure must"),
     "figure_is_a_folder": (["{d}/run", "--out", "{d}/run"], "the figure must end in one of"),
     "figure_under_a_file": (["{d}/run", "--out", "{d}/afile/c.png"], "its folder {d}/afile is"),

@@ -5,6 +5,7 @@ import pytest
 import torch
 from decision_transformer.envs import make_env
 from decision_transformer.evaluation.evaluate_episodes import (
+    EvalEpisodes,
     evaluate_batched,
     evaluate_episode,
     evaluate_episode_rtg,
@@ -55,19 +56,8 @@ def test_batched_equals_sequential_on_humanoid(model_type, norm):
                 )
             )
     # 3 envs for 5 seeds: two chunks, the second one partial.
-    rets, lens = evaluate_batched(
-        "humanoid",
-        model,
-        seeds,
-        3,
-        1000,
-        1000.0,
-        mean,
-        std,
-        "cpu",
-        3.0,
-        conditioned=model_type == "dt",
-    )
+    episodes = EvalEpisodes("humanoid", mean, std, 3000.0, conditioned=model_type == "dt")
+    rets, lens = evaluate_batched(episodes, model, seeds, 3)
     np.testing.assert_array_equal(lens, [n for _, n in seq])
     np.testing.assert_allclose(rets, [r for r, _ in seq], rtol=1e-6)
     assert len(set(lens)) > 1 or len(set(np.round(rets, 3))) > 1  # seeds really differ

@@ -598,6 +598,25 @@ def test_export_refuses_bad_runs_and_writes_nothing_over(good_folder, tmp_path, 
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_checkpoint_without_its_resolved_targets_asks_for_them(tmp_path):
+    """Targets given as max or pNN resolve on the dataset: a checkpoint that does not record the
+    numbers makes export.py ask for --target_return, in evaluate.py's words."""
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = torch.load(BASE_RUN / "checkpoint.pt", weights_only=True)
+    del ckpt["eval_targets"]
+    ckpt["config"]["env_targets"] = ["max", 3000.0]
+    torch.save(ckpt, run / "checkpoint.pt")
+    needle = "depend on its dataset and the checkpoint does not record them: pass --target_return"
+    assert_one_line_error(export(run, tmp_path / "out"), needle)
+    proc = run_main(evaluate_checkpoint.main, "--checkpoint", run / "checkpoint.pt")
+    assert_one_line_error(proc, needle)
+    assert not (tmp_path / "out").exists()
+    out = tmp_path / "given"
+    assert export(run, out, "--target_return", "3000", "--num_eval_episodes", "0").returncode == 0
+    assert json.loads((out / "config.json").read_text())["acting"]["targets"] == [3000.0]
+
+
 def test_an_unreachable_repo_id_fails_fast_in_one_line(tmp_path):
     start = time.monotonic()
     proc = run_script("evaluate_pretrained.py", "nobody-here/no-such-model", cwd=GYM_DIR)
@@ -624,6 +643,47 @@ def test_evaluate_py_takes_a_model_folder(good_folder, tmp_path):
     assert ours == theirs
     assert gif.stat().st_size > 0 and json.loads(folder_json.read_text())["video"]["frames"] > 1
     assert files_of(good_folder) == before
+
+
+def test_plot_py_refuses_a_model_folder_in_one_line(good_folder, tmp_path):
+    """A model folder holds one measured evaluation, not curves: plot.py says so in one line
+    and names the run folder that has them (RUN/model's RUN); a Hub id, the same."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(BASE_RUN, run)
+    shutil.copytree(good_folder, run / "model")
+    proc = run_script("plot.py", run / "model", "--table")
+    assert_one_line_error(proc, "is a model folder: it holds one measured evaluation")
+    assert f"plot its run folder {run}" in proc.stderr
+    from decision_transformer.run import plots
+
+    proc = run_main(plots.main, "someone/dt-hopper", "--table")
+    assert_one_line_error(proc, "a Hub model repo holds no training curves")
+    assert run_main(plots.main, run, "--table").returncode == 0  # the run itself plots
+
+
+def test_the_docs_example_card_is_what_export_writes(tmp_path):
+    """docs/reference.md shows a card and the command that made it: run now, the command
+    writes that card (its versions line, this machine's stack, aside)."""
+    import re
+    import shlex
+
+    docs = (GYM_DIR.parent / "docs" / "reference.md").read_text()
+    section = docs[docs.index("An example card, made by the command above") :]
+    command = re.search(r"```bash\ncd gym && python export.py (.*)\n```", section).group(1)
+    shown = section.split("````markdown\n", 1)[1].split("\n````", 1)[0]
+    args = shlex.split(command)
+    out = args.index("--out") + 1
+    name = Path(args[out]).name
+    args[0], args[out] = GYM_DIR / args[0], tmp_path / name
+    assert run_main(export_mod.main, *args).returncode == 0
+    card = (tmp_path / name / "README.md").read_text()
+
+    def lines(text: str) -> list[str]:
+        return [x for x in text.strip().splitlines() if not x.startswith("Versions as of")]
+
+    assert lines(card) == lines(shown)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,49 +5,30 @@ and bad input is one line."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-ATARI_DIR = Path(__file__).resolve().parents[1] / "atari"
-sys.path.insert(0, str(ATARI_DIR))
-
-from cli import assert_one_line_error, run_main, script_env  # noqa: E402
-from decision_transformer.models.pretrained import PretrainedError, from_pretrained  # noqa: E402
-
-TINY = [
-    "--num_buffers", "1", "--trajectories_per_buffer", "1", "--num_steps", "300",
-    "--context_length", "4", "--batch_size", "4", "--n_layer", "1", "--n_head", "2",
-    "--embed_dim", "32", "--num_workers", "0", "--device", "cpu",
-]  # fmt: skip
-
-
-def run_script(script: str, *args, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = script_env()
-    env["OMP_NUM_THREADS"] = "1"
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ATARI_DIR, env=env,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+from atari_cli import TINY, run_script
+from cli import assert_one_line_error, run_main
+from decision_transformer.models.pretrained import PretrainedError, from_pretrained
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
+def runs(atari_replay, tmp_path_factory) -> dict[str, Path]:
+    """A tiny run per backbone; the GPT one exports itself at the end (the default), the Qwen3
+    one with --export false does not."""
     root = tmp_path_factory.mktemp("atari")
-    replay = root / "replay"
-    proc = run_script("create_dataset.py", "--collect", "--game", "Breakout", "--out", replay,
-                      "--steps_per_buffer", "1200", "--buffers", "1", "--seed", "1")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
     out = {}
-    for backbone in ("gpt", "qwen3"):
+    for backbone, export in (("gpt", "true"), ("qwen3", "false")):
         out[backbone] = root / backbone
         proc = run_script(
-            "run_dt_atari.py", *TINY, "--backbone", backbone, "--data_dir_prefix", replay,
+            "run_dt_atari.py", *TINY, "--backbone", backbone, "--data_dir_prefix", atari_replay,
             "--epochs", "1", "--steps_per_epoch", "3", "--eval_episodes", "4", "--eval_envs", "2",
-            "--eval_max_steps", "150", "--out_dir", out[backbone],
+            "--eval_max_steps", "150", "--out_dir", out[backbone], "--export", export,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "warning" not in proc.stderr, proc.stderr
     return out
 
 
@@ -144,3 +125,107 @@ def test_atari_bad_input_is_one_line(runs, tmp_path):
                           "no run folder at")  # fmt: skip
     proc = run_script("evaluate_atari.py", "--checkpoint", wider)
     assert_one_line_error(proc, "do not fit the model")
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def table_rows(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("| model |")]
+
+
+def test_training_ends_with_a_model_folder_of_its_own_evaluation(runs, tmp_path):
+    """run_dt_atari.py writes {out_dir}/model at the end, as the gym half does; its card holds
+    the run's last evaluation, which evaluate_atari.py and --evaluate_only reproduce from the
+    folder; --export false writes none."""
+    model = runs["gpt"] / "model"
+    assert sorted(files_of(model)) == ["README.md", "config.json", "model.safetensors"]
+    assert not (runs["qwen3"] / "model").exists()
+    ev = json.loads((model / "config.json").read_text())["evaluation"]
+    last = json.loads((runs["gpt"] / "metrics.jsonl").read_text().splitlines()[-1])
+    assert ev["returns"] == last["eval/returns"] and ev["lengths"] == last["eval/lengths"]
+    assert "measured by the run, after epoch 1" in (model / "README.md").read_text()
+    before = files_of(model)
+    report = tmp_path / "eval.json"
+    proc = run_script("evaluate_atari.py", "--checkpoint", model, "--json", report)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(report.read_text())["returns"] == ev["returns"]
+    only = run_script("run_dt_atari.py", "--evaluate_only", "--out_dir", model, "--device", "cpu")
+    assert only.returncode == 0, only.stderr[-2000:]
+    assert table_rows(only.stdout) == table_rows(proc.stdout) and table_rows(proc.stdout)
+    assert files_of(model) == before
+
+
+def test_resuming_a_finished_run_exports_it_again_in_place(runs, atari_replay):
+    """--resume of a finished run trains nothing and writes its model folder anew over the
+    earlier one (the same weights: the same bytes), leaving no temporary behind."""
+    run = runs["gpt"]
+    before = files_of(run / "model")
+    proc = run_script(
+        "run_dt_atari.py", *TINY, "--backbone", "gpt", "--data_dir_prefix", atari_replay,
+        "--epochs", "1", "--steps_per_epoch", "3", "--eval_episodes", "4", "--eval_envs", "2",
+        "--eval_max_steps", "150", "--out_dir", run, "--resume",
+    )  # fmt: skip
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr[-2000:]
+    assert f"model folder: {run / 'model'}" in proc.stdout
+    assert files_of(run / "model") == before
+    assert not [p for p in run.iterdir() if p.name.startswith(".model")]
+
+
+def test_plot_atari_refuses_a_model_folder_in_one_line(runs):
+    """A model folder holds one evaluation, not curves: plot_atari.py says so and names the
+    run folder that has them."""
+    proc = run_script("plot_atari.py", runs["gpt"] / "model", "--table")
+    assert_one_line_error(proc, "is a model folder: it holds one measured evaluation")
+    assert str(runs["gpt"]) in proc.stderr
+
+
+def test_push_to_hub_uploads_an_atari_folder(runs, tmp_path, monkeypatch):
+    """push_to_hub.py (gym/) takes an Atari model folder too: its three files go to the repo
+    (HfApi's two calls recorded, tests/hub_fakes.py); a newer format is refused in one line."""
+    from decision_transformer.run import hub
+    from hub_fakes import record_hub_calls
+
+    folder = runs["gpt"] / "model"
+    before = files_of(folder)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token_atari")
+    rec = record_hub_calls(monkeypatch)
+    proc = run_main(hub.main, folder, "someone/breakout-dt")
+    assert proc.returncode == 0, proc.stderr
+    kwargs, sent = rec.sent()
+    assert sent == ["README.md", "config.json", "model.safetensors"]
+    assert kwargs["repo_id"] == "someone/breakout-dt"
+    assert kwargs["commit_message"] == "Upload atari_dt for Breakout"
+    assert files_of(folder) == before
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    for name, data in before.items():
+        (newer / name).write_bytes(data)
+    cfg = json.loads(before["config.json"])
+    cfg["format_version"] += 1
+    (newer / "config.json").write_text(json.dumps(cfg))
+    assert_one_line_error(run_main(hub.main, newer, "someone/breakout-dt"), "newer than this code")
+
+
+def test_evaluate_atari_takes_a_cached_repo_id_offline(runs, tmp_path):
+    """evaluate_atari.py --checkpoint OWNER/NAME with no network: the repo id resolves through
+    huggingface_hub's cache (tests/hub_fakes.py lays it out) and plays the folder's evaluation,
+    its video included."""
+    from hub_fakes import hub_cache
+
+    folder = runs["gpt"] / "model"
+    cache = tmp_path / "hub"
+    hub_cache(cache, "someone/breakout-dt", folder)
+    report, gif = tmp_path / "eval.json", tmp_path / "ep.gif"
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    proc = run_script("evaluate_atari.py", "--checkpoint", "someone/breakout-dt", "--json", report,
+                      "--video", gif, env=offline)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(report.read_text())
+    card = json.loads((folder / "config.json").read_text())["evaluation"]
+    assert res["returns"] == card["returns"]
+    assert res["video"]["frames"] == res["lengths"][0] + 1 and gif.stat().st_size > 0
+    proc = run_script("evaluate_atari.py", "--checkpoint", "someone/not-cached", env=offline)
+    assert_one_line_error(proc, "cannot fetch someone/not-cached from the Hugging Face Hub")

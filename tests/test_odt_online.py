@@ -15,7 +15,7 @@ from decision_transformer.data.trajectories import TrajectoryDataset
 from decision_transformer.envs import default_online_rtg, get_spec, make_env
 from decision_transformer.evaluation.collect import collect_batched
 from decision_transformer.evaluation.evaluate_episodes import EvalEpisodes
-from decision_transformer.evaluation.rollout import Rollout
+from decision_transformer.evaluation.rollout import Rollout, RolloutSpec
 from decision_transformer.models.decision_transformer import DecisionTransformer
 from decision_transformer.training.odt_trainer import ODTTrainer
 from decision_transformer.training.trainer import TrainerOptions
@@ -59,7 +59,7 @@ def test_collection_is_conditioned_on_the_exploration_return():
     seen = []
     hook = model.embed_return.register_forward_hook(lambda m, i, o: seen.append(i[0].clone()))
     mean, std = statistics()
-    episodes = EvalEpisodes("hopper", "normal", True, mean, std, "cpu", 7200.0)
+    episodes = EvalEpisodes("hopper", mean, std, 7200.0)
     collect_batched(episodes, model, [3], 1, torch.Generator().manual_seed(0))
     hook.remove()
     assert seen[0].flatten()[0].item() == pytest.approx(7200.0 / get_spec("hopper").scale)
@@ -72,7 +72,7 @@ def play(model, generator, steps=8, seed=5):
     env = make_env("hopper")
     obs, _ = env.reset(seed=seed)
     mean, std = statistics()
-    r = Rollout(model, 1, S, A, 1000, mean, std, target_return=3.6, generator=generator)
+    r = Rollout(model, 1, S, A, RolloutSpec(1000, mean, std, target_return=3.6), generator)
     r.start(obs[None])
     acts = []
     for _ in range(steps):
@@ -121,7 +121,7 @@ def test_collected_episodes_line_up_from_the_simulator_to_a_training_window():
     and return-to-go of one timestep stay together."""
     model = hopper_dt()
     mean, std = statistics()
-    episodes = EvalEpisodes("hopper", "normal", True, mean, std, "cpu", 3600.0)
+    episodes = EvalEpisodes("hopper", mean, std, 3600.0)
     seeds = [21, 22, 23]
     paths, returns, lengths = collect_batched(
         episodes, model, seeds, 2, torch.Generator().manual_seed(4)

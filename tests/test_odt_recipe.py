@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from decision_transformer.envs import make_env
-from decision_transformer.evaluation.rollout import Rollout
+from decision_transformer.evaluation.rollout import Rollout, RolloutSpec
 from decision_transformer.models.decision_transformer import DecisionTransformer
 from decision_transformer.models.decision_transformer_qwen3 import DecisionTransformerQwen3
 from decision_transformer.models.factory import ModelConfig, build_model
@@ -31,8 +31,8 @@ def play_hopper(model, use_cache=True, seed=4):
     """STEPS steps of Hopper acting on ``model``'s actions; the Rollout's history and actions."""
     env = make_env("hopper")
     obs, _ = env.reset(seed=seed)
-    r = Rollout(model, 1, 11, 3, 100, np.zeros(11), np.ones(11), target_return=3.6,
-                use_cache=use_cache)  # fmt: skip
+    spec = RolloutSpec(100, np.zeros(11), np.ones(11), target_return=3.6, use_cache=use_cache)
+    r = Rollout(model, 1, 11, 3, spec)
     r.start(obs[None])
     acts = []
     for _ in range(STEPS):

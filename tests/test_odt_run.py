@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from cli import TINY, assert_one_line_error, run_main, run_script
-from decision_transformer.evaluation.rollout import Rollout
+from decision_transformer.evaluation.rollout import Rollout, RolloutSpec
 from decision_transformer.models.decision_transformer import DecisionTransformer
 from decision_transformer.models.decision_transformer_qwen3 import DecisionTransformerQwen3
 from decision_transformer.run import experiment
@@ -199,8 +199,8 @@ def test_collection_samples_the_same_with_and_without_the_cache(backbone):
     obs = np.random.default_rng(0).normal(size=(13, 2, 6))
 
     def play(use_cache, generator):
-        r = Rollout(model, 2, 6, 3, 100, np.zeros(6), np.ones(6), target_return=1.0,
-                    use_cache=use_cache, generator=generator)  # fmt: skip
+        spec = RolloutSpec(100, np.zeros(6), np.ones(6), target_return=1.0, use_cache=use_cache)
+        r = Rollout(model, 2, 6, 3, spec, generator)
         r.start(obs[0])
         acts = []
         for t in range(12):
@@ -293,6 +293,31 @@ def test_init_from_a_checkpoint_that_does_not_fit(data_dir, offline_run, tmp_pat
     )  # fmt: skip
     assert_one_line_error(proc, "was trained with --optimizer adamw: use it here too")
     assert not any((tmp_path / x).exists() for x in "abcd")
+
+
+def test_init_from_an_evaluation_only_checkpoint_is_refused_before_the_data(
+    data_dir, offline_run, tmp_path, monkeypatch
+):
+    """A checkpoint with weights and config but no training state (what best.pt holds) cannot
+    start an online phase: resolve, which reads --init_from for the offline phase's length,
+    reads it as the run does and refuses it in one line, before any data is read."""
+    from decision_transformer.run import inputs
+
+    ckpt = torch.load(offline_run / "checkpoint.pt", weights_only=True)
+    for key in ("optimizer", "scheduler", "rng"):
+        del ckpt[key]
+    torch.save(ckpt, tmp_path / "best.pt")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the dataset was read")
+
+    monkeypatch.setattr(inputs, "load_dataset", never)
+    proc = in_process(
+        "--env", "humanoid", "--data_dir", data_dir, *TINY, "--policy", "stochastic",
+        "--online_rounds", "1", "--init_from", tmp_path / "best.pt", "--out_dir", tmp_path / "a",
+    )  # fmt: skip
+    assert_one_line_error(proc, "(no optimizer, scheduler, rng); pass the checkpoint.pt of a")
+    assert not (tmp_path / "a").exists()
 
 
 def test_torchrun_ranks_share_collection_and_one_buffer(data_dir, tmp_path):

@@ -14,8 +14,12 @@ import pytest
 import torch
 from cli import TINY
 from decision_transformer.envs import get_spec, make_env
-from decision_transformer.evaluation.evaluate_episodes import evaluate_batched, evaluate_episode_rtg
-from decision_transformer.evaluation.rollout import Rollout
+from decision_transformer.evaluation.evaluate_episodes import (
+    EvalEpisodes,
+    evaluate_batched,
+    evaluate_episode_rtg,
+)
+from decision_transformer.evaluation.rollout import Rollout, RolloutSpec
 from decision_transformer.models.decision_transformer import DecisionTransformer
 from decision_transformer.models.decision_transformer_qwen3 import DecisionTransformerQwen3
 from decision_transformer.models.factory import transformer_blocks
@@ -276,7 +280,7 @@ def test_rolling_cache_over_a_full_1000_step_episode(backbone):
     rng = np.random.default_rng(0)
     obs = rng.normal(size=(T + 1, 1, S)).astype(np.float32)
     rewards = rng.normal(size=(T, 1))
-    ro = Rollout(model, 1, S, A, T, np.zeros(S), np.ones(S), "cpu", 2.0, 10.0, "normal", True)
+    ro = Rollout(model, 1, S, A, RolloutSpec(T, np.zeros(S), np.ones(S), "cpu", 2.0, 10.0))
     assert ro.cache is not None
     ro.start(obs[0])
     acts = []
@@ -358,10 +362,10 @@ def test_return_to_go_step_by_step_batched(mode):
     model = spy_model()
     rewards = []
     target = 3600.0
+    episodes = EvalEpisodes("hopper", np.zeros(11), np.ones(11), target, mode)
     returns, lengths = evaluate_batched(
-        "hopper", model, [7, 8, 9], 3, spec.max_ep_len, spec.scale, np.zeros(11), np.ones(11),
-        "cpu", target / spec.scale, mode, on_step=lambda a, r: rewards.append(r),
-    )  # fmt: skip
+        episodes, model, [7, 8, 9], 3, on_step=lambda a, r: rewards.append(r)
+    )
     n = int(lengths[0])
     assert len(rewards) == n > 5
     np.testing.assert_allclose(

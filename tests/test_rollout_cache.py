@@ -10,10 +10,11 @@ from decision_transformer.data.sampler import BatchSampler
 from decision_transformer.data.trajectories import TrajectoryDataset
 from decision_transformer.envs import make_env
 from decision_transformer.evaluation.evaluate_episodes import (
+    EvalEpisodes,
     evaluate_batched,
     evaluate_episode_rtg,
 )
-from decision_transformer.evaluation.rollout import Rollout
+from decision_transformer.evaluation.rollout import Rollout, RolloutSpec
 from decision_transformer.models.decision_transformer import DecisionTransformer
 from decision_transformer.models.decision_transformer_qwen3 import DecisionTransformerQwen3
 from decision_transformer.models.kv_cache import window_mask
@@ -63,8 +64,8 @@ def drive(model, obs, rewards, use_cache, ends=None):
     ``[T, N]``; ``ends[i]``: the step after which row i's episode is over (its row keeps going,
     fed zeros, as a finished env's row in the batched evaluator)."""
     T, N = rewards.shape
-    ro = Rollout(model, N, S, A, T, np.zeros(S), np.ones(S), "cpu", 2.0, 10.0, "normal", True,
-                 use_cache)  # fmt: skip
+    spec = RolloutSpec(T, np.zeros(S), np.ones(S), "cpu", 2.0, 10.0, use_cache=use_cache)
+    ro = Rollout(model, N, S, A, spec)
     ro.start(obs[0])
     out = []
     for t in range(T):
@@ -169,10 +170,10 @@ def test_window_evaluators_on_humanoid(backbone, norm):
     watched = {True: [], False: []}
     results = {}
     for use_cache in (True, False):
+        episodes = EvalEpisodes("humanoid", mean, std, 4000.0, use_cache=use_cache)
         results[use_cache] = evaluate_batched(
-            "humanoid", model, seeds, 3, 1000, 1000.0, mean, std, "cpu", 4.0,
-            on_step=lambda a, r, c=use_cache: watched[c].append(a), use_cache=use_cache,
-        )  # fmt: skip
+            episodes, model, seeds, 3, on_step=lambda a, r, c=use_cache: watched[c].append(a)
+        )
     (rets, lens), (rets0, lens0) = results[True], results[False]
     np.testing.assert_array_equal(lens, lens0)
     np.testing.assert_allclose(rets, rets0, rtol=1e-5)
@@ -196,7 +197,7 @@ def test_compiled_model_compiles_once_in_evaluation(attention, norm):
     model = make_dt("gpt2", attention, 3, 348, 17, n_layer=1)
     counter = CompileCounter()
     model.compile(backend=counter)
-    rets, lens = evaluate_batched("humanoid", model, [1, 2, 3, 4, 5], 3, 1000, 1000.0, mean, std)
+    rets, lens = evaluate_batched(EvalEpisodes("humanoid", mean, std), model, [1, 2, 3, 4, 5], 3)
     assert len(set(lens)) > 1
     assert counter.frame_count == (1 if attention == "full" else 0)
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import cli
 import pytest
 import torch
 from cli import GYM_DIR, TINY, assert_one_line_error, run_main, script_env
@@ -133,20 +134,8 @@ def small_disk(tmp_path):
     """A real 1.2 MB filesystem (tmpfs; needs root): room for one tiny run's checkpoint
     (~0.8 MB) but not for the next one beside it. ``grow()`` frees space (a bigger disk)."""
     disk = tmp_path / "disk"
-    disk.mkdir()
-    mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(disk)], capture_output=True
-    )
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
-
-    def grow():
-        subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
-
-    try:
+    with cli.small_disk(disk, "1200k") as grow:
         yield disk, grow
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_a_full_disk_stops_in_one_line_keeps_the_checkpoint_and_resume_continues(
@@ -215,3 +204,69 @@ def test_a_write_failing_mid_run_without_root_stops_in_one_line(data_dir, tmp_pa
     monkeypatch.undo()
     assert train(data_dir, out, "--max_iters", "3", "--resume").returncode == 0
     assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] == 3
+
+
+# --- the same under torchrun: every rank stops, one line says why -----------------------------
+
+
+def torchrun(data_dir, out, *args) -> subprocess.CompletedProcess:
+    """experiment.py on 2 ranks (gloo), no evaluation."""
+    from test_distributed import torchrun_args
+
+    argv = ["--env", "humanoid", "--data_dir", data_dir, "--out_dir", out, *TINY]
+    cmd = [sys.executable, *torchrun_args(2), *map(str, argv), "--num_eval_episodes", "0"]
+    # The timeout is the bound: a rank left waiting in a collective would hang until it.
+    return subprocess.run(
+        [*cmd, *map(str, args)], cwd=GYM_DIR, env=script_env(), capture_output=True, text=True,
+        timeout=240,
+    )  # fmt: skip
+
+
+def assert_stopped_in_one_line(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """Exit 1, the ranks' only complaint one line naming the cause (torchrun then reports the
+    failed ranks in its own words, which are not the run's)."""
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 1, proc.stderr[-3000:]
+    assert all(n in ours[0] for n in needles), ours[0]
+    # No rank died of an exception (torch prefixes a rank's traceback with "[rankN]:").
+    assert "[rank" not in proc.stderr and "CheckpointException" not in proc.stderr, proc.stderr
+
+
+def test_a_full_disk_under_torchrun_stops_every_rank_in_one_line(data_dir, small_disk):
+    """DDP on 2 ranks with the run folder on a full disk: rank 0's checkpoint.pt write fails,
+    both ranks stop at that iteration, the old checkpoint stays and --resume continues."""
+    disk, grow = small_disk
+    out = disk / "run"
+    proc = torchrun(data_dir, out, "--max_iters", "3")
+    ckpt = out / "checkpoint.pt"
+    assert_stopped_in_one_line(
+        proc,
+        f"cannot write {ckpt}: No space left on device (ENOSPC)",
+        f"{ckpt} (iteration 1) is kept",
+    )
+    assert torch.load(ckpt, weights_only=True)["iteration"] == 1
+    assert not list(out.glob("*.tmp"))
+    grow()
+    assert torchrun(data_dir, out, "--max_iters", "3", "--resume").returncode == 0
+    assert torch.load(ckpt, weights_only=True)["iteration"] == 3
+
+
+def test_a_shard_rank_1_cannot_write_stops_every_rank_in_one_line(data_dir, tmp_path):
+    """FSDP on 2 ranks: every rank writes its own shard file. Rank 1's cannot be written (a
+    directory stands where its file goes, as root too), which DCP reports on every rank: the
+    line names that file, the old checkpoint and its shards stay, --resume continues."""
+    out = tmp_path / "run"
+    assert torchrun(data_dir, out, "--fsdp", "--max_iters", "1").returncode == 0
+    blocker = out / "dcp-000002" / "__1_0.distcp"  # rank 1's shard of iteration 2
+    blocker.mkdir(parents=True)
+    proc = torchrun(data_dir, out, "--fsdp", "--max_iters", "2", "--resume")
+    ckpt = out / "checkpoint.pt"
+    assert_stopped_in_one_line(
+        proc, f"cannot write {blocker}: Is a directory (EISDIR)", f"{ckpt} (iteration 1) is kept"
+    )
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["iteration"] == 1 and (out / saved["dcp"] / "__1_0.distcp").is_file()
+    blocker.rmdir()
+    assert torchrun(data_dir, out, "--fsdp", "--max_iters", "2", "--resume").returncode == 0
+    assert torch.load(ckpt, weights_only=True)["iteration"] == 2

@@ -12,6 +12,7 @@ from cli import TINY, run_script
 from decision_transformer.data.trajectories import TrajectoryDataset
 from decision_transformer.envs import make_env
 from decision_transformer.evaluation.evaluate_episodes import (
+    EvalEpisodes,
     evaluate_batched,
     evaluate_episode_rtg,
 )
@@ -87,9 +88,8 @@ def test_noise_mode_perturbs_the_start_and_batched_agrees():
     assert play(model, "noise") != play(model, "normal")
     seeds = [11, 12, 13]
     mean, std = np.zeros(348, np.float32), np.ones(348, np.float32)
-    returns, lengths = evaluate_batched(
-        "humanoid", model, seeds, 3, 1000, SCALE, mean, std, "cpu", 500 / SCALE, "noise", True
-    )
+    episodes = EvalEpisodes("humanoid", mean, std, 500.0, "noise")
+    returns, lengths = evaluate_batched(episodes, model, seeds, 3)
     for s, r, n in zip(seeds, returns, lengths):
         assert (r, n) == pytest.approx(play(model, "noise", seed=s))
 

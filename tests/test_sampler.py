@@ -120,3 +120,21 @@ def test_batch_shapes_and_device():
     assert s.shape == (16, 10, 3) and a.shape == (16, 10, 2) and r.shape == (16, 10, 1)
     assert d.shape == (16, 10) and rtg.shape == (16, 11, 1) and ts.shape == (16, 10)
     assert mask.shape == (16, 10) and (mask.sum(1) >= 1).all()
+
+
+def test_a_subset_is_drawn_as_the_original_draws_its_top_episodes():
+    """Given the episodes to draw from (the held-out split's rest, --pct_traj's choice), the
+    sampler indexes them by ascending return, as the original's ``sorted_inds``: with the same
+    generator it draws the episodes the original would over that subset, in whatever order
+    the subset was given."""
+    lengths = [10, 50, 5, 30, 80, 20, 40]
+    ds = TrajectoryDataset.from_paths(make_paths(lengths, seed=2))
+    subset = np.array([6, 0, 3, 5, 2])
+    sampler = BatchSampler(ds, K=4, max_ep_len=1000, scale=1.0, rng=np.random.default_rng(7),
+                           episodes=subset)  # fmt: skip
+    ep, _ = sampler.draw(500)
+    sorted_inds = sorted(subset, key=lambda i: (ds.returns[i], i))
+    p = np.array([lengths[i] for i in sorted_inds], dtype=np.float64)
+    picks = np.random.default_rng(7).choice(len(sorted_inds), size=500, p=p / p.sum())
+    assert len(set(ds.returns[subset])) == len(subset)  # the order is the returns', not ties'
+    np.testing.assert_array_equal(ep, np.asarray(sorted_inds)[picks])

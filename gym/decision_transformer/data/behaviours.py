@@ -240,6 +240,30 @@ def episode_return(
         seen.append(obs)
 
 
+def _perturbed_returns(
+    env: gymnasium.Env,
+    policy: LinearPolicy,
+    config: ArsConfig,
+    deltas: np.ndarray,
+    seeds: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One ARS iteration's 2N rollouts, each direction ``deltas[k]`` added and subtracted from
+    the same reset ``seeds[k]``: the returns of both signs and every state visited."""
+    plus, minus, visited = np.zeros(config.directions), np.zeros(config.directions), []
+    for k in range(config.directions):
+        for sign, out in ((1.0, plus), (-1.0, minus)):
+            w = policy.weights + sign * config.exploration * deltas[k]
+            out[k], seen = episode_return(
+                env,
+                lambda o, w=w: policy.act(w, o),
+                int(seeds[k]),
+                config.survival_shift,
+                config.horizon,
+            )
+            visited.append(seen)
+    return plus, minus, np.concatenate(visited)
+
+
 def train_ars(
     env: gymnasium.Env,
     config: ArsConfig,
@@ -267,22 +291,10 @@ def train_ars(
     for it in range(config.iterations):
         deltas = rng.standard_normal((config.directions, act_dim, obs_dim))
         seeds = rng.integers(0, 2**31 - 1, config.directions)
-        plus, minus, visited = np.zeros(config.directions), np.zeros(config.directions), []
-        for k in range(config.directions):
-            for sign, out in ((1.0, plus), (-1.0, minus)):
-                w = policy.weights + sign * config.exploration * deltas[k]
-                out[k], seen = episode_return(
-                    env,
-                    lambda o, w=w: policy.act(w, o),
-                    int(seeds[k]),
-                    config.survival_shift,
-                    config.horizon,
-                )
-                visited.append(seen)
+        plus, minus, states = _perturbed_returns(env, policy, config, deltas, seeds)
         policy.weights = ars_update(
             policy.weights, deltas, plus, minus, config.top, config.step_size
         )
-        states = np.concatenate(visited)
         steps += len(states)
         stats.update(states.astype(np.float64))
         policy.mean, policy.std = stats.mean.copy(), stats.std.copy()

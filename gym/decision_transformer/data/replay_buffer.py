@@ -193,11 +193,9 @@ class TrajectoryReplayBuffer:
         segment_len: int | None = None,
     ) -> BatchSampler:
         """The offline sampler over the buffer's current trajectories, all of them, drawn in
-        proportion to their length (``pct_traj`` 1): batches in the offline format, a function
+        proportion to their length (no --pct_traj cut): batches in the offline format, a function
         of ``rng`` and the buffer's content. Make a new one after each :meth:`add`."""
-        return BatchSampler(
-            self.dataset(), K, max_ep_len, scale, 1.0, device, rng, segment_len=segment_len
-        )
+        return BatchSampler(self.dataset(), K, max_ep_len, scale, device, rng, segment_len)
 
     def state_dict(self) -> dict:
         """Tensors (CPU copies), ints and strings: safe under ``torch.load(weights_only=True)``.

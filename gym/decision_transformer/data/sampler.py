@@ -15,18 +15,23 @@ import torch
 from .trajectories import TrajectoryDataset
 
 
+def by_return(dataset: TrajectoryDataset, episodes: np.ndarray | None = None) -> np.ndarray:
+    """Episode indices (all, or ``episodes``) by ascending return, ties in index order; the
+    identity on indices already in that order (what :func:`top_trajectories` returns)."""
+    if episodes is None:
+        return np.argsort(dataset.returns, kind="stable")
+    return episodes[np.argsort(dataset.returns[episodes], kind="stable")]
+
+
 def top_trajectories(
     dataset: TrajectoryDataset, pct_traj: float, episodes: np.ndarray | None = None
 ) -> np.ndarray:
     """Indices of the best episodes (highest return last) that fit in ``pct_traj`` of all steps;
     always at least the best one, as the original. ``episodes`` (sorted indices) restricts the
     choice, and the step budget, to those episodes (the training ones when some are held out)."""
-    if episodes is None:
-        order = np.argsort(dataset.returns, kind="stable")
-        budget = max(int(pct_traj * dataset.num_steps), 1)
-    else:
-        order = episodes[np.argsort(dataset.returns[episodes], kind="stable")]
-        budget = max(int(pct_traj * dataset.lengths[episodes].sum()), 1)
+    order = by_return(dataset, episodes)
+    steps = dataset.num_steps if episodes is None else dataset.lengths[episodes].sum()
+    budget = max(int(pct_traj * steps), 1)
     # Taking episodes from the best down while the running total stays within budget.
     cum = np.cumsum(dataset.lengths[order[::-1]])
     count = max(1, int(np.searchsorted(cum, budget, side="right")))
@@ -53,7 +58,6 @@ class BatchSampler:
         K: int,
         max_ep_len: int,
         scale: float,
-        pct_traj: float = 1.0,
         device: str | torch.device = "cpu",
         rng: np.random.Generator | None = None,
         segment_len: int | None = None,
@@ -70,8 +74,9 @@ class BatchSampler:
         # waits for the GPU to finish its queue first. Pinning needs CUDA, so only then.
         self.pin_memory = self.device.type == "cuda"
         self.rng = rng if rng is not None else np.random.default_rng()
-        # Only these episodes are ever drawn (``episodes``: None for all of them).
-        self.episodes = top_trajectories(dataset, pct_traj, episodes)
+        # Only these episodes are ever drawn (``episodes``: None for all of them; --pct_traj's
+        # choice is top_trajectories'), in the order draws index: by return.
+        self.episodes = by_return(dataset, episodes)
         lengths = dataset.lengths[self.episodes]
         self.p_sample = lengths / lengths.sum()
         # Normalised value of a zero-padded state, as the original padded before normalising.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..envs import get_spec, make_vector_env
+from ..envs import make_vector_env
 from .evaluate_episodes import EvalEpisodes, run_chunk
 
 
@@ -26,18 +26,15 @@ def collect_batched(
     stochastic head with ``generator`` and conditioned on ``episodes.target``. Returns the
     episodes as dataset-format dicts (raw observations, played actions, rewards, terminals;
     'noise' mode's perturbed first observation as the model saw it), returns and lengths."""
-    e, spec = episodes, get_spec(episodes.env)
+    spec = episodes.rollout_spec()
     model.eval()
     paths: list[dict] = []
     returns, lengths = [], []
-    envs = make_vector_env(e.env, min(num_envs, len(seeds)))
+    envs = make_vector_env(episodes.env, min(num_envs, len(seeds)))
     try:
         for chunk in range(0, len(seeds), envs.num_envs):
-            r, n = run_chunk(
-                envs, model, seeds[chunk : chunk + envs.num_envs], spec.max_ep_len, spec.scale,
-                e.state_mean, e.state_std, torch.device(e.device), e.target / spec.scale, e.mode,
-                e.conditioned, None, True, generator=generator, paths=paths,
-            )  # fmt: skip
+            part = seeds[chunk : chunk + envs.num_envs]
+            r, n = run_chunk(envs, model, part, spec, generator=generator, paths=paths)
             returns.append(r)
             lengths.append(n)
     finally:

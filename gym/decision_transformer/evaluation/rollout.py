@@ -1,6 +1,7 @@
 """The rollout core all evaluators share: episode histories, return-to-go bookkeeping, model calls.
 
-:class:`Rollout` plays ``n`` episodes in lockstep (``n = 1`` for the one-episode evaluators). The
+:class:`Rollout` plays ``n`` episodes in lockstep (``n = 1`` for the one-episode evaluators), the
+way its :class:`RolloutSpec` says (episode cap, state normalisation, return conditioning). The
 caller owns the envs: it resets them, passes the first observations to :meth:`Rollout.start`, asks
 :meth:`Rollout.act` for the actions of the current step, steps its envs and hands the outcome to
 :meth:`Rollout.record`. The batch never shrinks: an episode that has ended stays as a row whose
@@ -22,8 +23,26 @@ of the last N steps (left-padded to K and masked by the model, as the ODT's refe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """How a rollout's episodes are played, whatever env plays them: what the evaluators and data
+    collection share. Episode-level only; the envs, seeds and model come with each call."""
+
+    max_ep_len: int  # the episode cap (also the history's length and the model's K fallback)
+    state_mean: np.ndarray  # what the policy normalises its states with
+    state_std: np.ndarray
+    device: str | torch.device = "cpu"
+    target_return: float | None = None  # divided by ``scale`` already; None starts at zero
+    scale: float = 1000.0  # what each reward is divided by before it leaves the return-to-go
+    mode: str = "normal"  # 'delayed' keeps the return-to-go fixed; 'noise' perturbs the reset
+    conditioned: bool = True  # a DT; False for a policy that ignores returns (BC)
+    use_cache: bool = True  # False recomputes every step (a DT's check and benchmark baseline)
 
 
 class Rollout:
@@ -33,26 +52,17 @@ class Rollout:
         n: int,
         state_dim: int,
         act_dim: int,
-        max_ep_len: int,
-        state_mean,
-        state_std,
-        device: str | torch.device = "cpu",
-        target_return: float | None = None,
-        scale: float = 1000.0,
-        mode: str = "normal",
-        conditioned: bool = True,
-        use_cache: bool = True,
+        spec: RolloutSpec,
         generator: torch.Generator | None = None,
     ):
-        self.model = model
+        self.model, self.spec, self.n = model, spec, n
         # Data collection: the DT samples its stochastic head from this generator (one draw of
         # [n, act_dim] per step, cached or not); None acts on the mean, as evaluation does.
         self.sample = {} if generator is None else {"generator": generator}
-        self.n, self.max_ep_len = n, max_ep_len
-        self.scale, self.mode, self.conditioned = scale, mode, conditioned
-        self.device = device = torch.device(device)
-        self.mean = torch.as_tensor(state_mean, device=device, dtype=torch.float32)
-        self.std = torch.as_tensor(state_std, device=device, dtype=torch.float32)
+        max_ep_len = spec.max_ep_len
+        self.device = device = torch.device(spec.device)
+        self.mean = torch.as_tensor(spec.state_mean, device=device, dtype=torch.float32)
+        self.std = torch.as_tensor(spec.state_std, device=device, dtype=torch.float32)
         self.K = model.max_length or max_ep_len
         # The steps the model acts on: its eval_context (a DT's; K unless set), else K.
         self.context = getattr(model, "eval_context", None) or self.K
@@ -60,7 +70,9 @@ class Rollout:
         self.window_mode = (
             getattr(model, "attention", "full") == "window" and self.context == self.K
         )
-        cached = use_cache and conditioned and hasattr(model, "act_step") and model.max_length
+        cached = (
+            spec.use_cache and spec.conditioned and hasattr(model, "act_step") and model.max_length
+        )
         self.cache = model.new_rollout_cache(n) if cached else None
         # Row i of step t is written once and never moved; the model reads slices of these.
         self.states = torch.zeros((n, max_ep_len + 1, state_dim), device=device)
@@ -68,7 +80,7 @@ class Rollout:
         self.rewards = torch.zeros((n, max_ep_len + 1), device=device)
         self.rtg = torch.zeros((n, max_ep_len + 1), device=device)
         self.timesteps = torch.arange(max_ep_len + 1, device=device).expand(n, -1)
-        self.target = None if target_return is None else float(target_return)
+        self.target = None if spec.target_return is None else float(spec.target_return)
         self.t = 0
 
     def normalize(self, obs: np.ndarray) -> torch.Tensor:
@@ -100,8 +112,8 @@ class Rollout:
                 self.states[:, lo : t + 1],
                 self.actions[:, lo : t + 1],
                 self.rewards[:, lo : t + 1],
-                self.rtg[:, lo : t + 1, None] if self.conditioned else None,
-                self.timesteps[:, lo : t + 1] if self.conditioned else None,
+                self.rtg[:, lo : t + 1, None] if self.spec.conditioned else None,
+                self.timesteps[:, lo : t + 1] if self.spec.conditioned else None,
                 **self.sample,
             )
         self.actions[:, t] = act.float()
@@ -114,9 +126,11 @@ class Rollout:
         self.states[:, t + 1] = self.normalize(obs)
         reward = np.asarray(reward, dtype=np.float64).reshape(self.n)
         self.rewards[:, t] = torch.as_tensor(reward, device=self.device, dtype=torch.float32)
-        if self.mode == "delayed":
+        if self.spec.mode == "delayed":
             self.rtg[:, t + 1] = self.rtg[:, t]
         else:
-            step = torch.as_tensor(reward / self.scale, device=self.device, dtype=torch.float32)
+            step = torch.as_tensor(
+                reward / self.spec.scale, device=self.device, dtype=torch.float32
+            )
             self.rtg[:, t + 1] = self.rtg[:, t] - step
         self.t += 1

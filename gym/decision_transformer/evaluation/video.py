@@ -146,23 +146,48 @@ def _writer(path: Path, fps: float):
     return imageio.get_writer(path, format="FFMPEG", fps=fps, codec="libx264", quality=7)
 
 
+@dataclass(frozen=True)
+class Caption:
+    """What each frame of an episode's video says: a title, the step (out of ``max_steps``), the
+    return so far and, given a ``target`` (raw units; None for BC), the return-to-go the model
+    was conditioned on, which stays at the target in 'delayed' mode as in evaluation."""
+
+    title: str = ""
+    target: float | None = None
+    mode: str = "normal"
+    max_steps: int | None = None
+
+    def lines(self, t: int, episode_return: float) -> list[str]:
+        of = f"/{self.max_steps}" if self.max_steps else ""
+        out = [self.title, f"step {t}{of}", f"return {episode_return:.1f}"]
+        if self.target is not None:
+            rtg = self.target if self.mode == "delayed" else self.target - episode_return
+            out.append(f"return-to-go {rtg:.1f}")
+        return out
+
+    def widest(self, n: int) -> list[str]:
+        """The widest lines an ``n``-step episode's frames can show: the text box is sized once
+        from them, so it does not jitter."""
+        of = f"/{self.max_steps}" if self.max_steps else ""
+        out = [self.title, f"step {max(n, self.max_steps or 0)}{of}", f"return {-99999.9:.1f}"]
+        if self.target is not None:
+            out.append(f"return-to-go {-99999.9:.1f}")
+        return out
+
+
 def render_episode(
     env_name: str,
     record: EpisodeRecorder,
     path: str | Path,
-    target: float | None,
-    mode: str = "normal",
-    title: str = "",
-    max_steps: int | None = None,
+    caption: Caption,
     quality: str = "auto",
     progress: bool = True,
 ) -> dict:
     """Replay ``record`` in a rendering env and write it to ``path`` (.mp4 or .gif).
 
     Frame 0 is the reset state, frame t the state after step t: ``len(record.actions) + 1``
-    frames. Each shows the step, the return so far and, given a ``target`` (raw units; None for
-    BC), the return-to-go the model was conditioned on, which stays at the target in 'delayed'
-    mode as in evaluation. Returns what was written: frames, fps, render time, return.
+    frames, each captioned by ``caption``. Returns what was written: frames, fps, render time,
+    return.
     """
     path = Path(path)
     check_video_path(path)
@@ -170,38 +195,14 @@ def render_episode(
     env = make_render_env(env_name, fast)
     fps = float(env.metadata.get("render_fps") or 30)
     n = len(record.actions)
-    of = f"/{max_steps}" if max_steps else ""
-    widest = [title, f"step {max(n, max_steps or 0)}{of}", f"return {-99999.9:.1f}"]
-    if target is not None:
-        widest.append(f"return-to-go {-99999.9:.1f}")
-    annotate = None
     writer = _writer(path, fps)
     # disable=None: a bar on a terminal, nothing in logs and captured output.
     bar = tqdm(
         total=n + 1, desc=f"video {path.name}", unit="frame", disable=None if progress else True
     )
     start = time.perf_counter()
-    episode_return = 0.0
-    diverged_at = None
     try:
-        env.reset(seed=record.seed)
-        for t in range(n + 1):
-            if t > 0:
-                _, reward, *_ = env.step(record.actions[t - 1])
-                if diverged_at is None and not math.isclose(
-                    reward, record.rewards[t - 1], rel_tol=1e-9, abs_tol=1e-9
-                ):
-                    diverged_at = t
-                episode_return += reward
-            frame = env.render()
-            if annotate is None:
-                annotate = Annotator(frame.shape[0], widest)
-            lines = [title, f"step {t}{of}", f"return {episode_return:.1f}"]
-            if target is not None:
-                rtg = target if mode == "delayed" else target - episode_return
-                lines.append(f"return-to-go {rtg:.1f}")
-            writer.append_data(annotate(frame, lines))
-            bar.update(1)
+        episode_return, diverged_at = _replay(env, record, caption, writer, bar)
     finally:
         bar.close()
         writer.close()
@@ -224,3 +225,29 @@ def render_episode(
         "seed": record.seed,
         "fast_rendering": fast,
     }
+
+
+def _replay(
+    env, record: EpisodeRecorder, caption: Caption, writer, bar
+) -> tuple[float, int | None]:
+    """Step ``env`` through the recorded actions, writing each captioned frame. Returns the
+    replayed return and the first step whose reward differs from the recorded one (or None)."""
+    n = len(record.actions)
+    annotate = None
+    episode_return = 0.0
+    diverged_at = None
+    env.reset(seed=record.seed)
+    for t in range(n + 1):
+        if t > 0:
+            _, reward, *_ = env.step(record.actions[t - 1])
+            if diverged_at is None and not math.isclose(
+                reward, record.rewards[t - 1], rel_tol=1e-9, abs_tol=1e-9
+            ):
+                diverged_at = t
+            episode_return += reward
+        frame = env.render()
+        if annotate is None:
+            annotate = Annotator(frame.shape[0], caption.widest(n))
+        writer.append_data(annotate(frame, caption.lines(t, episode_return)))
+        bar.update(1)
+    return episode_return, diverged_at

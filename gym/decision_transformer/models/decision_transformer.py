@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -9,6 +12,27 @@ from .kv_cache import RollingKVCache
 from .model import TrajectoryModel
 from .policy_heads import PointMass, SquashedGaussian, make_policy_head
 from .trajectory_gpt2 import GPT2Config, TrajectoryGPT2
+
+
+@dataclass(frozen=True)
+class DTOptions:
+    """What this DT adds to the original's arguments, each a keyword of
+    :class:`DecisionTransformer` (the rest of its keywords configure the backbone)."""
+
+    action_low: np.ndarray | float = -1.0  # the env's action box the policy head maps onto
+    action_high: np.ndarray | float = 1.0
+    # window: each token sees its own timestep and the max_length - 1 before it (kv_cache.py)
+    attention: str = "full"
+    policy: str = "deterministic"  # or stochastic (the ODT's Gaussian)
+    timestep_embedding: bool = True  # False: the ODT reference's ``ordering=0``
+    # Steps of history the policy acts on (get_actions, act_step, evaluation/rollout.py): the
+    # last eval_context of the K it trains on (the ODT's eval_context_length); None: all K.
+    eval_context: int | None = None
+
+    @classmethod
+    def take(cls, kwargs: dict) -> DTOptions:
+        """The options among ``kwargs``, removed from it."""
+        return cls(**{f.name: kwargs.pop(f.name) for f in fields(cls) if f.name in kwargs})
 
 
 class DecisionTransformer(TrajectoryModel):
@@ -28,33 +52,30 @@ class DecisionTransformer(TrajectoryModel):
         max_length: int | None = None,
         max_ep_len: int = 4096,
         action_tanh: bool = True,
-        action_low=-1.0,
-        action_high=1.0,
-        attention: str = "full",
-        policy: str = "deterministic",
-        timestep_embedding: bool = True,
-        eval_context: int | None = None,
-        **backbone_kwargs,
+        **kwargs,
     ):
-        super().__init__(state_dim, act_dim, max_length, action_low, action_high)
+        """The original's arguments; ``kwargs`` are :class:`DTOptions` fields (each a keyword)
+        and, as in the original, the backbone's config (``n_layer``, ``n_head``, ...)."""
+        opts = DTOptions.take(kwargs)
+        super().__init__(state_dim, act_dim, max_length, opts.action_low, opts.action_high)
+        attention, eval_context = opts.attention, opts.eval_context
         if attention not in ("full", "window") or (attention == "window" and not max_length):
             raise ValueError(f"attention must be 'full' or 'window' with a max_length: {attention}")
         if eval_context is not None and not (max_length and 1 <= eval_context <= max_length):
             raise ValueError(f"eval_context must be in [1, max_length], not {eval_context}")
         self.hidden_size = hidden_size
         self.action_tanh = action_tanh
-        self.policy = policy  # deterministic (the original) or stochastic (the ODT's Gaussian)
-        # window: each token sees its own timestep and the max_length - 1 before it (kv_cache.py)
+        self.policy = opts.policy
         self.attention = attention
         window = max_length if attention == "window" else None
-        self.transformer = self.build_backbone(hidden_size, window=window, **backbone_kwargs)
-        # Steps of history the policy acts on (get_actions, act_step, evaluation/rollout.py):
-        # the last eval_context of the K it trains on (the ODT's eval_context_length).
+        self.transformer = self.build_backbone(hidden_size, window=window, **kwargs)
         self.eval_context = eval_context or max_length
 
         # Without it (the ODT reference's default, ``ordering=0``) the model has no parameter
         # for it and nothing is added: time is only what the tokens' order tells attention.
-        self.embed_timestep = nn.Embedding(max_ep_len, hidden_size) if timestep_embedding else None
+        self.embed_timestep = (
+            nn.Embedding(max_ep_len, hidden_size) if opts.timestep_embedding else None
+        )
         self.embed_return = nn.Linear(1, hidden_size)
         self.embed_state = nn.Linear(state_dim, hidden_size)
         self.embed_action = nn.Linear(act_dim, hidden_size)
@@ -62,7 +83,9 @@ class DecisionTransformer(TrajectoryModel):
 
         # The original also predicts states and returns; only the action loss trains them.
         self.predict_state = nn.Linear(hidden_size, state_dim)
-        self.predict_action = make_policy_head(policy, hidden_size, act_dim, squash=action_tanh)
+        self.predict_action = make_policy_head(
+            opts.policy, hidden_size, act_dim, squash=action_tanh
+        )
         self.predict_return = nn.Linear(hidden_size, 1)
 
     def build_backbone(self, hidden_size: int, window: int | None = None, **kwargs) -> nn.Module:

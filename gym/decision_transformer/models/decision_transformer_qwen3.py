@@ -23,38 +23,14 @@ class DecisionTransformerQwen3(DecisionTransformer):
     with a :class:`Qwen3Transformer` backbone; ``hidden_size`` is the backbone's ``embed_dim``."""
 
     def build_backbone(
-        self,
-        hidden_size: int,
-        n_layer: int,
-        n_head: int,
-        n_kv_head: int,
-        head_dim: int | None = None,
-        intermediate_size: int | None = None,
-        mlp_ratio: float = 4.0,
-        rope_theta: float = 1e6,
-        rms_norm_eps: float = 1e-6,
-        qk_norm: bool = True,
-        dropout: float = 0.1,
-        window: int | None = None,
+        self, hidden_size: int, window: int | None = None, **kwargs
     ) -> Qwen3Transformer:
-        # GPT-2-only keywords (n_inner, resid_pdrop, ...) are rejected rather than ignored, so a
-        # call written for the GPT-2 model can't silently run with settings it didn't ask for.
-        return Qwen3Transformer(
-            Qwen3Config(
-                embed_dim=hidden_size,
-                n_layer=n_layer,
-                n_head=n_head,
-                n_kv_head=n_kv_head,
-                head_dim=head_dim,
-                intermediate_size=intermediate_size,
-                mlp_ratio=mlp_ratio,
-                rope_theta=rope_theta,
-                rms_norm_eps=rms_norm_eps,
-                qk_norm=qk_norm,
-                dropout=dropout,
-                window=window,
-            )
-        )
+        """``kwargs``: :class:`Qwen3Config` fields (``n_layer``, ``n_head``, ``n_kv_head`` are
+        required). GPT-2-only keywords (n_inner, resid_pdrop, ...) are rejected rather than
+        ignored, so a call written for the GPT-2 model can't silently run with settings it
+        didn't ask for."""
+        kwargs.setdefault("dropout", 0.1)  # the DT's, as GPT-2's pdrops (the config's is 0)
+        return Qwen3Transformer(Qwen3Config(embed_dim=hidden_size, window=window, **kwargs))
 
 
 # (transformers config.json field, our flag, our config attribute): what fixes tensor shapes.
@@ -85,6 +61,30 @@ def load_backbone_from_pretrained(model: DecisionTransformerQwen3, directory: st
         name = type(backbone).__name__
         raise ValueError(f"a Qwen3 checkpoint needs a Qwen3 backbone, not {name}")
     cfg = backbone.config
+    _check_config(directory, cfg)
+    if any(p.is_meta for p in backbone.parameters()):
+        return  # a rank that receives its weights from rank 0 reads none of the file
+
+    state = {
+        name.removeprefix("model."): tensor
+        for name, tensor in _read_weights(directory, skip=("embed_tokens.", "lm_head."))
+    }
+    try:
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that disagree with the checkpoint's own config.json
+        raise ValueError(f"the checkpoint in {directory} doesn't fit this backbone: {e}") from None
+    if missing or unexpected:
+        hint = " (a --no_qk_norm model can't take QK-norm weights)" if not cfg.qk_norm else ""
+        raise ValueError(
+            f"the checkpoint in {directory} doesn't fit this backbone{hint}: "
+            f"missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
+            f"unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''}"
+        )
+
+
+def _check_config(directory: Path, cfg: Qwen3Config) -> None:
+    """The checkpoint's config.json against the backbone's: a ValueError naming every shape
+    field that differs, a warning for each other value the layers were trained with."""
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"no config.json in {directory}")
@@ -112,26 +112,8 @@ def load_backbone_from_pretrained(model: DecisionTransformerQwen3, directory: st
         if theirs is not None and float(theirs) != float(ours):
             warnings.warn(
                 f"{directory}: the checkpoint's {name} is {theirs}, this model's {ours}",
-                stacklevel=2,
+                stacklevel=3,
             )
-    if any(p.is_meta for p in backbone.parameters()):
-        return  # a rank that receives its weights from rank 0 reads none of the file
-
-    state = {
-        name.removeprefix("model."): tensor
-        for name, tensor in _read_weights(directory, skip=("embed_tokens.", "lm_head."))
-    }
-    try:
-        missing, unexpected = backbone.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shapes that disagree with the checkpoint's own config.json
-        raise ValueError(f"the checkpoint in {directory} doesn't fit this backbone: {e}") from None
-    if missing or unexpected:
-        hint = " (a --no_qk_norm model can't take QK-norm weights)" if not cfg.qk_norm else ""
-        raise ValueError(
-            f"the checkpoint in {directory} doesn't fit this backbone{hint}: "
-            f"missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
-            f"unexpected {unexpected[:4]}{'...' if len(unexpected) > 4 else ''}"
-        )
 
 
 def _read_weights(directory: Path, skip: tuple[str, ...]) -> Iterator[tuple[str, torch.Tensor]]:

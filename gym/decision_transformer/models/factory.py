@@ -7,9 +7,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .decision_transformer import DecisionTransformer
-from .mlp_bc import MLPBCModel
 from .model import TrajectoryModel
+from .pretrained import (
+    GPT2_DT,
+    MLP_BC,
+    QWEN3_DT,
+    ArchConfig,
+    GPT2DTConfig,
+    MLPBCConfig,
+    Qwen3DTConfig,
+)
+from .qwen3_transformer import Qwen3Config
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,56 @@ class ModelConfig:
     eval_context: int | None = None
 
 
+def folder_config(
+    cfg: ModelConfig, state_dim: int, act_dim: int, max_ep_len: int
+) -> tuple[str, ArchConfig]:
+    """The model folder's architecture name and config (models/pretrained.py) for the policy
+    ``cfg`` names: the one description a model is built from, in training, evaluation and
+    export alike (Qwen3's head_dim and intermediate_size resolved as the backbone resolves them)."""
+    if cfg.model_type == "bc":
+        return MLP_BC, MLPBCConfig(
+            state_dim, act_dim, cfg.embed_dim, cfg.n_layer, cfg.dropout, cfg.K, max_ep_len
+        )
+    shared = dict(
+        state_dim=state_dim,
+        act_dim=act_dim,
+        hidden_size=cfg.embed_dim,
+        max_ep_len=max_ep_len,
+        context_length=cfg.K,
+        attention=cfg.attention,
+        policy=cfg.policy,
+        timestep_embedding=cfg.timestep_embedding,
+        eval_context=cfg.eval_context,
+    )
+    if cfg.backbone == "qwen3":
+        q = Qwen3Config(
+            cfg.embed_dim, cfg.n_layer, cfg.n_head, cfg.n_kv_head or cfg.n_head, cfg.head_dim,
+            cfg.intermediate_size, cfg.mlp_ratio, cfg.rope_theta,
+        )  # fmt: skip
+        return QWEN3_DT, Qwen3DTConfig(
+            num_hidden_layers=q.n_layer,
+            num_attention_heads=q.n_head,
+            num_key_value_heads=q.n_kv_head,
+            head_dim=q.head_dim,
+            intermediate_size=q.intermediate_size,
+            rope_theta=q.rope_theta,
+            rms_norm_eps=q.rms_norm_eps,
+            qk_norm=cfg.qk_norm,
+            dropout=cfg.dropout,
+            **shared,
+        )
+    return GPT2_DT, GPT2DTConfig(
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_inner=4 * cfg.embed_dim,
+        activation_function=cfg.activation_function,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        **shared,
+    )
+
+
 def build_model(
     cfg: ModelConfig,
     state_dim: int,
@@ -49,56 +107,7 @@ def build_model(
     action_low: np.ndarray,
     action_high: np.ndarray,
 ) -> TrajectoryModel:
-    common = dict(action_low=action_low, action_high=action_high)
-    if cfg.model_type == "bc":
-        return MLPBCModel(
-            state_dim,
-            act_dim,
-            hidden_size=cfg.embed_dim,
-            n_layer=cfg.n_layer,
-            dropout=cfg.dropout,
-            max_length=cfg.K,
-            **common,
-        )
-    common["attention"] = cfg.attention
-    common["policy"] = cfg.policy
-    common["timestep_embedding"] = cfg.timestep_embedding
-    common["eval_context"] = cfg.eval_context
-    if cfg.backbone == "qwen3":
-        from .decision_transformer_qwen3 import DecisionTransformerQwen3
-
-        return DecisionTransformerQwen3(
-            state_dim,
-            act_dim,
-            hidden_size=cfg.embed_dim,
-            max_length=cfg.K,
-            max_ep_len=max_ep_len,
-            n_layer=cfg.n_layer,
-            n_head=cfg.n_head,
-            n_kv_head=cfg.n_kv_head,
-            head_dim=cfg.head_dim,
-            intermediate_size=cfg.intermediate_size,
-            mlp_ratio=cfg.mlp_ratio,
-            rope_theta=cfg.rope_theta,
-            qk_norm=cfg.qk_norm,
-            dropout=cfg.dropout,
-            **common,
-        )
-    return DecisionTransformer(
-        state_dim,
-        act_dim,
-        hidden_size=cfg.embed_dim,
-        max_length=cfg.K,
-        max_ep_len=max_ep_len,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        n_inner=4 * cfg.embed_dim,
-        activation_function=cfg.activation_function,
-        resid_pdrop=cfg.dropout,
-        attn_pdrop=cfg.dropout,
-        embd_pdrop=cfg.dropout,
-        **common,
-    )
+    return folder_config(cfg, state_dim, act_dim, max_ep_len)[1].build(action_low, action_high)
 
 
 def count_params(model) -> tuple[int, int]:

@@ -57,13 +57,42 @@ def estimate_training_memory(
     n_params = backbone.num_params() + n_extra_params
     n_linear = sum(m.weight.numel() for m in backbone.modules() if isinstance(m, torch.nn.Linear))
 
-    c = config
-    B, T, N = batch_size, seq_len, batch_size * seq_len
-    D, M, L = c.embed_dim, c.intermediate_size, c.n_layer  # M: the MLP's width
+    D, L, N = config.embed_dim, config.n_layer, batch_size * seq_len
+    a = 4 if dtype == torch.float32 else 2  # bytes of a matmul input/output
+    f32 = 4
+    layer = _layer_activations(config, batch_size, seq_len, a)
+    if activation_checkpointing:
+        layer = f32 * N * D + layer  # every block's saved input; one block recomputed at a time
+        activations = L * f32 * N * D + layer + f32 * N * (D + 1)
+    else:
+        activations = L * layer + f32 * N * (D + 1)  # + the final norm's input and rstd
+    gathered = 0
+    shards = world_size if fsdp else 1
+    if fsdp and world_size > 1:
+        gathered = _gathered(backbone, n_extra_params, a)
+    elif a != f32:
+        activations += a * n_linear  # autocast's cached low-precision weights
+
+    weights = grads = -(-f32 * n_params // shards)
+    adamw = 2 * weights
+    return {
+        "weights": weights,
+        "grads": grads,
+        "adamw": adamw,
+        "activations": activations,
+        "gathered": gathered,
+        "total": weights + grads + adamw + activations + gathered,
+    }
+
+
+def _layer_activations(c: Qwen3Config, B: int, T: int, a: int) -> int:
+    """Bytes autograd saves in one block's forward of ``B`` windows of ``T`` tokens, matmul
+    inputs and outputs of ``a`` bytes (see the module docstring for what is assumed)."""
+    N = B * T
+    D, M = c.embed_dim, c.intermediate_size  # M: the MLP's width
     Hq, Hkv = c.n_head, c.n_kv_head
     Dq, Dkv = Hq * c.head_dim, Hkv * c.head_dim
     scores = B * Hq * T * T  # attention matrix elements
-    a = 4 if dtype == torch.float32 else 2  # bytes of a matmul input/output
     f32 = 4
 
     # Both RMSNorms of the residual stream keep their fp32 input and per-token rstd; the q/k norms
@@ -89,28 +118,7 @@ def estimate_training_memory(
         layer += a * scores
     if c.dropout:
         layer += 2 * a * N * D  # the residual dropouts' noise
-    if activation_checkpointing:
-        layer = f32 * N * D + layer  # every block's saved input; one block recomputed at a time
-        activations = L * f32 * N * D + layer + f32 * N * (D + 1)
-    else:
-        activations = L * layer + f32 * N * (D + 1)  # + the final norm's input and rstd
-    gathered = 0
-    shards = world_size if fsdp else 1
-    if fsdp and world_size > 1:
-        gathered = _gathered(backbone, n_extra_params, a)
-    elif a != f32:
-        activations += a * n_linear  # autocast's cached low-precision weights
-
-    weights = grads = -(-f32 * n_params // shards)
-    adamw = 2 * weights
-    return {
-        "weights": weights,
-        "grads": grads,
-        "adamw": adamw,
-        "activations": activations,
-        "gathered": gathered,
-        "total": weights + grads + adamw + activations + gathered,
-    }
+    return layer
 
 
 def _gathered(backbone: Qwen3Transformer, n_extra_params: int, a: int) -> int:

@@ -62,6 +62,22 @@ class PretrainedError(UserError, ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
+def _dt_kwargs(cfg: GPT2DTConfig | Qwen3DTConfig, action_low, action_high) -> dict[str, Any]:
+    """What both DTs' constructors take alike, whichever backbone's config names them."""
+    return dict(
+        hidden_size=cfg.hidden_size,
+        max_length=cfg.context_length,
+        max_ep_len=cfg.max_ep_len,
+        action_tanh=cfg.action_tanh,
+        action_low=action_low,
+        action_high=action_high,
+        attention=cfg.attention,
+        policy=cfg.policy,
+        timestep_embedding=cfg.timestep_embedding,
+        eval_context=cfg.eval_context,
+    )
+
+
 @dataclass
 class GPT2DTConfig:
     """The GPT-2 DT. Field names are those of transformers' ``DecisionTransformerConfig``, so
@@ -92,14 +108,6 @@ class GPT2DTConfig:
         return DecisionTransformer(
             self.state_dim,
             self.act_dim,
-            hidden_size=self.hidden_size,
-            max_length=self.context_length,
-            max_ep_len=self.max_ep_len,
-            action_tanh=self.action_tanh,
-            action_low=action_low,
-            action_high=action_high,
-            attention=self.attention,
-            policy=self.policy,
             n_layer=self.n_layer,
             n_head=self.n_head,
             n_inner=self.n_inner or 4 * self.hidden_size,
@@ -108,8 +116,7 @@ class GPT2DTConfig:
             attn_pdrop=self.attn_pdrop,
             embd_pdrop=self.embd_pdrop,
             layer_norm_epsilon=self.layer_norm_epsilon,
-            timestep_embedding=self.timestep_embedding,
-            eval_context=self.eval_context,
+            **_dt_kwargs(self, action_low, action_high),
         )
 
     def transformers_fields(self) -> dict[str, Any]:
@@ -160,14 +167,6 @@ class Qwen3DTConfig:
         return DecisionTransformerQwen3(
             self.state_dim,
             self.act_dim,
-            hidden_size=self.hidden_size,
-            max_length=self.context_length,
-            max_ep_len=self.max_ep_len,
-            action_tanh=self.action_tanh,
-            action_low=action_low,
-            action_high=action_high,
-            attention=self.attention,
-            policy=self.policy,
             n_layer=self.num_hidden_layers,
             n_head=self.num_attention_heads,
             n_kv_head=self.num_key_value_heads,
@@ -177,8 +176,7 @@ class Qwen3DTConfig:
             rms_norm_eps=self.rms_norm_eps,
             qk_norm=self.qk_norm,
             dropout=self.dropout,
-            timestep_embedding=self.timestep_embedding,
-            eval_context=self.eval_context,
+            **_dt_kwargs(self, action_low, action_high),
         )
 
     def transformers_fields(self) -> dict[str, Any]:
@@ -484,15 +482,20 @@ def resolve_folder(path_or_repo_id: str | Path, revision: str | None = None) -> 
     return Path(local)
 
 
-def read_config(directory: str | Path) -> FolderConfig:
-    directory = Path(directory)
-    path = directory / CONFIG_NAME
+def read_config_json(directory: str | Path) -> tuple[Any, Path]:
+    """A model folder's config.json as parsed JSON (any folder of this format, the Atari DT's
+    too), and its path; a missing or unreadable file is one line."""
+    path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise PretrainedError(f"no {CONFIG_NAME} in {directory}: not a model folder")
     try:
-        raw = json.loads(path.read_text())
+        return json.loads(path.read_text()), path
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PretrainedError(f"{path} is not readable JSON ({one_line(e, 100)})") from None
+
+
+def read_config(directory: str | Path) -> FolderConfig:
+    raw, path = read_config_json(directory)
     return FolderConfig.from_dict(raw, where=str(path))
 
 

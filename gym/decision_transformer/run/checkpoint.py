@@ -87,6 +87,56 @@ def read_checkpoint(
     return ckpt
 
 
+# What each use of a checkpoint needs from it; anything lacking one is not this project's.
+# ("model" and "optimizer" are absent from an FSDP run that skipped the consolidated copy: the
+# "dcp" shards it names hold both.)
+REQUIRED_KEYS = {
+    "resume": ("optimizer", "scheduler", "rng", "iteration", "config"),
+    "init": (
+        "model",
+        "optimizer",
+        "scheduler",
+        "rng",
+        "iteration",
+        "config",
+        "state_mean",
+        "state_std",
+    ),  # fmt: skip
+    "evaluate": ("config", "state_mean", "state_std"),
+}
+FIXES = {
+    "resume": "drop --resume to start afresh (in an empty --out_dir)",
+    "init": "pass the checkpoint.pt of a finished offline run",
+    "evaluate": "point --checkpoint at the checkpoint.pt of a run experiment.py wrote",
+}
+
+
+def read_run_checkpoint(path: str | Path, use: str) -> dict:
+    """The checkpoint at ``path`` for ``use`` (resume, init or evaluate), checked to hold what
+    that use reads and a config dict. Memory-mapped: ranks on one machine share the page cache
+    instead of a copy each."""
+    fix = FIXES[use]
+    ckpt = read_checkpoint(path, (), fix, mmap=use != "evaluate")
+    sharded = isinstance(ckpt, dict) and "dcp" in ckpt
+    missing = [
+        k
+        for k in REQUIRED_KEYS[use]
+        if not isinstance(ckpt, dict) or (k not in ckpt and not (sharded and k == "optimizer"))
+    ]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a checkpoint written by experiment.py (no {', '.join(missing)}); {fix}"
+        )
+    if use != "evaluate" and not isinstance(ckpt["config"], dict):  # evaluate.py says more
+        raise CheckpointError(
+            f"--resume: {path} was not written by experiment.py (its config is not a dict); "
+            "start afresh in another --out_dir"
+            if use == "resume"
+            else f"--init_from: {path} has no run config; {fix}"
+        )
+    return ckpt
+
+
 def changed_flags(saved: dict, now: dict, free: set[str]) -> list[str]:
     """The flags a checkpoint's run recorded (``saved``) that differ now, those in ``free``
     aside: a resumed run with any of them changed would not be the same run. Only the keys the

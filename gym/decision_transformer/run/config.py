@@ -28,7 +28,7 @@ from ..envs import ENV_SPECS, get_spec, make_env, parse_env_name
 from ..errors import ConfigError
 from ..models.factory import ModelConfig, build_model, build_multitask_model, count_params
 from ..models.pretrained import is_model_source
-from .checkpoint import CheckpointError, read_checkpoint
+from .checkpoint import read_run_checkpoint
 from .cli import HelpFormatter, OneLineParser
 from .distributed import DistContext
 
@@ -628,16 +628,12 @@ def _settle_init_from(cfg: RunConfig) -> None:
     if not cfg.init_from or is_model_source(cfg.init_from):
         return  # a model folder is weights only: this run's own phases and schedule
     if cfg.resume:
-        path = Path(cfg.out_dir) / "checkpoint.pt"
+        path, use = Path(cfg.out_dir) / "checkpoint.pt", "resume"
         if not path.is_file():
             return  # the run reports the missing checkpoint
-        fix = "drop --resume to start afresh (in an empty --out_dir)"
     else:
-        path, fix = Path(cfg.init_from), "pass the checkpoint.pt of a finished offline run"
-    saved = read_checkpoint(path, ("config",), fix, mmap=True)["config"]
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"--init_from: {path} has no run config; {fix}")
-    src = RunConfig.from_dict(saved)
+        path, use = Path(cfg.init_from), "init"
+    src = RunConfig.from_dict(read_run_checkpoint(path, use)["config"])
     cfg.max_iters, cfg.num_steps_per_iter = src.max_iters, src.num_steps_per_iter
 
 

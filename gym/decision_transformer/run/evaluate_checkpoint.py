@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..evaluation.evaluate_episodes import StepHook
 from ..models.factory import build_model, build_multitask_model
 from ..provenance import run_versions, stack_versions, version_drift
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, read_run_checkpoint
 from .cli import HelpFormatter, OneLineParser
 from .cli import report as report_error
 from .config import (
@@ -48,7 +48,7 @@ from .evaluation import (
 from .multitask import MultiTaskEvaluation, TaskEval, format_task_table, target_labels
 from .parallel import compile_regions
 from .paths import check_output_file
-from .state import BEST_NAME, CHECKPOINT_NAME, load_full_weights, read_run_checkpoint
+from .state import BEST_NAME, CHECKPOINT_NAME, load_full_weights
 
 # What evaluation itself reads from the config; build_model reads the model's own flags.
 CONFIG_KEYS = ("env", "dataset", "model_type", "mode", "seed", "num_eval_episodes", "eval_envs")
@@ -453,22 +453,16 @@ def play_targets(
 
 def render_video(cfg: RunConfig, recorder, target: float, args: argparse.Namespace) -> dict:
     """The recorded episode rendered to ``--video``."""
-    from ..evaluation.video import render_episode
+    from ..evaluation.video import Caption, render_episode
 
     conditioned = cfg.model_type == "dt"
     title = f"{cfg.env} {cfg.model_type} {cfg.backbone or ''}".rstrip()
     if conditioned:
         title += f"  target {target:g}"
-    return render_episode(
-        cfg.env,
-        recorder,
-        args.video,
-        target if conditioned else None,
-        mode=cfg.mode,
-        title=title,
-        max_steps=get_spec(cfg.env).max_ep_len,
-        quality=args.video_quality,
+    caption = Caption(
+        title, target if conditioned else None, cfg.mode, get_spec(cfg.env).max_ep_len
     )
+    return render_episode(cfg.env, recorder, args.video, caption, quality=args.video_quality)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.scores import reference_scores
-from ..evaluation.evaluate_episodes import EvalEpisodes, StepHook, play_batched, play_one_by_one
+from ..evaluation.evaluate_episodes import (
+    EvalEpisodes,
+    StepHook,
+    evaluate_batched,
+    play_one_by_one,
+)
 from .config import RunConfig
 from .distributed import DistContext, unwrap
 
@@ -82,12 +87,12 @@ def evaluate_returns(
     (the same returns as one by one)."""
     episodes = EvalEpisodes(
         env=cfg.env,
-        mode=cfg.mode,
-        conditioned=cfg.model_type == "dt",
         state_mean=stats[0],
         state_std=stats[1],
-        device=next(model.parameters()).device,
         target=target,
+        mode=cfg.mode,
+        conditioned=cfg.model_type == "dt",
+        device=next(model.parameters()).device,
     )
     # disable=None: a bar on a terminal, nothing in logs and captured output.
     bar = tqdm(
@@ -98,7 +103,7 @@ def evaluate_returns(
         disable=None if progress else True,
     )
     if cfg.eval_envs > 1 or still_running is not None:
-        out = play_batched(
+        out = evaluate_batched(
             episodes, model, seeds, max(cfg.eval_envs, 1), on_step, bar.update, still_running
         )
     else:

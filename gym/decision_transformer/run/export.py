@@ -15,7 +15,7 @@ import shlex
 import shutil
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 from ..data.scores import reference_scores
 from ..envs import get_spec, make_env
 from ..errors import ConfigError, UserError, one_line
+from ..models.factory import folder_config
 from ..models.pretrained import (
     CARD_NAME,
     CONFIG_NAME,
@@ -33,9 +34,7 @@ from ..models.pretrained import (
     ActingConfig,
     FolderConfig,
     GPT2DTConfig,
-    MLPBCConfig,
     PretrainedError,
-    Qwen3DTConfig,
     build_from_config,
     from_pretrained,
     is_model_source,
@@ -45,7 +44,7 @@ from ..models.pretrained import (
 )
 from ..provenance import describe_versions, public_path, run_versions_or_now, stack_versions
 from .cli import HelpFormatter, OneLineParser, run_cli
-from .config import RunConfig, resolve_targets
+from .config import RunConfig
 
 # The base commit's checkpoints and today's carry these; anything less is not a run's checkpoint.
 CONFIG_KEYS = ("env", "dataset", "model_type", "K", "embed_dim", "n_layer", "n_head")
@@ -61,58 +60,8 @@ class ExportError(UserError, ValueError):
 
 
 def architecture_config(cfg: RunConfig, state_dim: int, act_dim: int, max_ep_len: int):
-    """The folder's architecture config for the model a run's config builds (the same values
-    models/factory.build_model passes)."""
-    if cfg.model_type == "bc":
-        return MLP_BC, MLPBCConfig(
-            state_dim, act_dim, cfg.embed_dim, cfg.n_layer, cfg.dropout, cfg.K, max_ep_len
-        )
-    mc = cfg.model_config()
-    if cfg.backbone == "qwen3":
-        from ..models.qwen3_transformer import Qwen3Config
-
-        q = Qwen3Config(  # resolves head_dim and intermediate_size as the model does
-            cfg.embed_dim, cfg.n_layer, cfg.n_head, mc.n_kv_head or cfg.n_head, mc.head_dim,
-            mc.intermediate_size, mc.mlp_ratio, mc.rope_theta,
-        )  # fmt: skip
-        return QWEN3_DT, Qwen3DTConfig(
-            state_dim=state_dim,
-            act_dim=act_dim,
-            hidden_size=cfg.embed_dim,
-            max_ep_len=max_ep_len,
-            num_hidden_layers=q.n_layer,
-            num_attention_heads=q.n_head,
-            num_key_value_heads=q.n_kv_head,
-            head_dim=q.head_dim,
-            intermediate_size=q.intermediate_size,
-            rope_theta=q.rope_theta,
-            rms_norm_eps=q.rms_norm_eps,
-            qk_norm=mc.qk_norm,
-            dropout=cfg.dropout,
-            context_length=cfg.K,
-            attention=cfg.attention,
-            policy=cfg.policy,
-            timestep_embedding=mc.timestep_embedding,
-            eval_context=mc.eval_context,
-        )
-    return GPT2_DT, GPT2DTConfig(
-        state_dim=state_dim,
-        act_dim=act_dim,
-        hidden_size=cfg.embed_dim,
-        max_ep_len=max_ep_len,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        n_inner=4 * cfg.embed_dim,
-        activation_function=cfg.activation_function,
-        resid_pdrop=cfg.dropout,
-        embd_pdrop=cfg.dropout,
-        attn_pdrop=cfg.dropout,
-        context_length=cfg.K,
-        attention=cfg.attention,
-        policy=cfg.policy,
-        timestep_embedding=mc.timestep_embedding,
-        eval_context=mc.eval_context,
-    )
+    """The folder's architecture name and config for the model a run's config builds."""
+    return folder_config(cfg.model_config(), state_dim, act_dim, max_ep_len)
 
 
 def _spell_difference(field: str, theirs: object, mine: object) -> str:
@@ -178,15 +127,10 @@ def _floats(x) -> list[float]:
 
 
 def run_targets(ckpt: dict, cfg: RunConfig) -> list[float]:
-    if "eval_targets" in ckpt:
-        return [float(t) for t in ckpt["eval_targets"]]
-    specs = cfg.env_targets
-    if specs and any(isinstance(t, str) for t in specs):
-        raise ExportError(
-            f"the run's targets ({' '.join(map(str, specs))}) depend on its dataset and the "
-            "checkpoint does not record them: pass --target_return"
-        )
-    return resolve_targets(specs, None, get_spec(cfg.env).env_targets)
+    """The targets the run evaluated, read from its checkpoint as evaluate.py reads them."""
+    from .evaluate_checkpoint import eval_targets
+
+    return eval_targets(ckpt, cfg, None)
 
 
 # Run flags that hold local paths (the user's folders): see provenance.public_path.
@@ -207,17 +151,8 @@ def folder_from_checkpoint(
 ) -> tuple[torch.nn.Module, FolderConfig]:
     """The run's model with its weights, and the folder config describing it. ``versions``:
     the stack it trained on (:func:`run_versions_or_now`); default: this process's."""
-    saved = ckpt.get("config")
-    missing = [k for k in CONFIG_KEYS if not isinstance(saved, dict) or k not in saved]
-    if missing:
-        raise ExportError(f"{source}: the checkpoint's config lacks {', '.join(missing)}")
-    cfg = RunConfig.from_dict(saved)
-    try:
-        spec = get_spec(cfg.env)
-    except ValueError as e:
-        raise ExportError(f"{source}: the checkpoint's env: {one_line(e)}") from None
-    if cfg.backbone is None:  # runs before the field existed were experiment.py's
-        cfg = replace(cfg, backbone="mlp" if cfg.model_type == "bc" else "gpt2")
+    cfg = _saved_config(ckpt, source)
+    spec = get_spec(cfg.env)
     state_dim, act_dim, low, high = env_facts(cfg.env)
     mean, std = ckpt["state_mean"], ckpt["state_std"]
     if tuple(mean.shape) != (state_dim,) or tuple(std.shape) != (state_dim,):
@@ -258,21 +193,42 @@ def folder_from_checkpoint(
         "versions": versions or {"recorded_by": "export", **stack_versions()},
     }
     folder = FolderConfig(arch, model_cfg, acting, provenance)
-    model = build_from_config(folder)
-    # The checkpoint's own names go through the folder's naming (transformers' for the GPT-2 DT)
-    # and back, the path every load takes: a checkpoint that exports also loads.
+    return _through_folder_names(ckpt["model"], folder, source), folder
+
+
+def _saved_config(ckpt: dict, source: str) -> RunConfig:
+    """The run config a checkpoint saved, checked to describe a model of a known env."""
+    saved = ckpt.get("config")
+    missing = [k for k in CONFIG_KEYS if not isinstance(saved, dict) or k not in saved]
+    if missing:
+        raise ExportError(f"{source}: the checkpoint's config lacks {', '.join(missing)}")
+    cfg = RunConfig.from_dict(saved)
+    try:
+        get_spec(cfg.env)
+    except ValueError as e:
+        raise ExportError(f"{source}: the checkpoint's env: {one_line(e)}") from None
+    if cfg.backbone is None:  # runs before the field existed were experiment.py's
+        cfg = replace(cfg, backbone="mlp" if cfg.model_type == "bc" else "gpt2")
+    return cfg
+
+
+def _through_folder_names(weights: dict, folder: FolderConfig, source: str) -> torch.nn.Module:
+    """The folder's model holding ``weights`` (a checkpoint's own names), passed through the
+    folder's naming (transformers' for the GPT-2 DT) and back, the path every load takes: a
+    checkpoint that exports also loads."""
     from ..models.pretrained import folder_state_dict
 
+    model = build_from_config(folder)
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(weights)
     except RuntimeError as e:
         raise ExportError(
             f"{source}: the weights do not fit the model its config describes ({one_line(e, 160)})"
         ) from None
-    state = folder_state_dict(model, arch)
+    state = folder_state_dict(model, folder.architecture)
     fresh = build_from_config(folder)
-    load_state(fresh, state, source, transformers_names=arch == GPT2_DT)
-    return fresh.eval(), folder
+    load_state(fresh, state, source, transformers_names=folder.architecture == GPT2_DT)
+    return fresh.eval()
 
 
 def read_run(run_dir: str | Path, which: str) -> dict:
@@ -363,7 +319,7 @@ def evaluate_folder(
 
 def model_card(folder: FolderConfig, name: str, reproduce: str | None) -> str:
     """README.md: Hub metadata (YAML front matter), what the model is, its measured returns."""
-    a, p, ev = folder.acting, folder.provenance, folder.evaluation
+    a, p = folder.acting, folder.provenance
     arch_name = {
         GPT2_DT: "Decision Transformer (GPT-2)",
         QWEN3_DT: "Decision Transformer (Qwen3-style backbone)",
@@ -371,6 +327,32 @@ def model_card(folder: FolderConfig, name: str, reproduce: str | None) -> str:
     }[folder.architecture]
     dataset = p.get("dataset") or "unknown"
     hf_ok = transformers_compatible(folder)
+    lines = _card_front_matter(folder, name, dataset, hf_ok)
+    lines += ["", f"# {name}", ""]
+    lines.append(
+        f"A {arch_name} trained offline on `{a.env}` / `{dataset}` ({a.gym_id}), exported from "
+        f"a run's `{p.get('checkpoint', '?')}` checkpoint (iteration {p.get('iteration')})."
+    )
+    lines += ["", "## Evaluation", ""]
+    lines += _card_evaluation(folder.evaluation, reproduce)
+    lines += _card_use(a, name, hf_ok)
+    flags = p.get("run_config") or {}
+    if flags:
+        keep = ("dataset", "K", "embed_dim", "n_layer", "n_head", "max_iters",
+                "num_steps_per_iter", "batch_size", "learning_rate", "seed", "policy")  # fmt: skip
+        shown_flags = ", ".join(f"{k}={flags[k]}" for k in keep if k in flags)
+        lines += ["", "## Training", "", f"Flags (all in config.json's provenance): {shown_flags}."]
+    versions = p.get("versions") or {}
+    if versions:
+        by = versions.get("recorded_by", "run")
+        said = "Trained on" if by == "run" else f"Versions as of the export ({by})"
+        lines += ["", f"{said}: {describe_versions(versions)}."]
+    return "\n".join(lines) + "\n"
+
+
+def _card_front_matter(folder: FolderConfig, name: str, dataset: str, hf_ok: bool) -> list[str]:
+    """The Hub's metadata: library, tags, dataset and the measured returns (model-index)."""
+    a, ev = folder.acting, folder.evaluation
     tags = ["reinforcement-learning", "offline-reinforcement-learning", "decision-transformer",
             "gymnasium", "mujoco", a.gym_id, folder.architecture]  # fmt: skip
     lines = ["---", f"library_name: {'transformers' if hf_ok else 'pytorch'}", "tags:"]
@@ -396,48 +378,51 @@ def model_card(folder: FolderConfig, name: str, reproduce: str | None) -> str:
                 f"      value: {r['return_mean']:.2f} +/- {r['return_std']:.2f}",
                 f"      name: mean return at target {r['target']:g}",
             ]
-    lines += ["---", "", f"# {name}", ""]
-    lines.append(
-        f"A {arch_name} trained offline on `{a.env}` / `{dataset}` ({a.gym_id}), exported from "
-        f"a run's `{p.get('checkpoint', '?')}` checkpoint (iteration {p.get('iteration')})."
-    )
-    lines += ["", "## Evaluation", ""]
-    if ev:
-        has_score = ev.get("reference_scores") is not None
-        head = "| target | return (mean ± std) | length (mean ± std) | episodes |"
-        lines.append(head + (" normalized score |" if has_score else ""))
-        lines.append("|---:|---:|---:|---:|" + ("---:|" if has_score else ""))
-        for r in ev["targets"]:
-            row = (
-                f"| {r['target']:g} | {r['return_mean']:.1f} ± {r['return_std']:.1f} | "
-                f"{r['length_mean']:.1f} ± {r['length_std']:.1f} | {ev['episodes_per_target']} |"
-            )
-            if has_score:
-                row += f" {r.get('normalized_score', float('nan')):.1f} |"
-            lines.append(row)
-        seeds = ev["episode_seeds"]
-        shown = f"{seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
-        lines += [
-            "",
-            f"{ev['episodes_per_target']} episodes per target, env seeds {shown} (evaluation "
-            f"seed {ev['seed']}), {ev['eval_envs']} envs at once, on {ev['device']}"
-            + (f", measured by {ev['measured_by']}" if ev.get("measured_by") else "")
-            + (" under bf16 autocast, as the run evaluated." if ev.get("dtype") == "bf16" else ".")
-            + (
-                " Normalized score: 100 x (return - lo) / (hi - lo), with the reference returns "
-                f"lo = {ev['reference_scores'][0]:g} and hi = {ev['reference_scores'][1]:g}."
-                if has_score
-                else " No reference returns for this env: no normalized score."
-            ),
-        ]
-        if reproduce:
-            lines += ["", "Reproduce (from `gym/`):", "", "```bash", reproduce, "```"]
-    else:
-        lines.append(
+    return lines + ["---"]
+
+
+def _card_evaluation(ev: dict | None, reproduce: str | None) -> list[str]:
+    """The Evaluation section's body: a table per target and how it was measured."""
+    if not ev:
+        return [
             "Not evaluated at export: `python evaluate_pretrained.py FOLDER --num_eval_episodes N` "
             "measures it."
+        ]
+    has_score = ev.get("reference_scores") is not None
+    head = "| target | return (mean ± std) | length (mean ± std) | episodes |"
+    lines = [head + (" normalized score |" if has_score else "")]
+    lines.append("|---:|---:|---:|---:|" + ("---:|" if has_score else ""))
+    for r in ev["targets"]:
+        row = (
+            f"| {r['target']:g} | {r['return_mean']:.1f} ± {r['return_std']:.1f} | "
+            f"{r['length_mean']:.1f} ± {r['length_std']:.1f} | {ev['episodes_per_target']} |"
         )
+        if has_score:
+            row += f" {r.get('normalized_score', float('nan')):.1f} |"
+        lines.append(row)
+    seeds = ev["episode_seeds"]
+    shown = f"{seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
     lines += [
+        "",
+        f"{ev['episodes_per_target']} episodes per target, env seeds {shown} (evaluation "
+        f"seed {ev['seed']}), {ev['eval_envs']} envs at once, on {ev['device']}"
+        + (f", measured by {ev['measured_by']}" if ev.get("measured_by") else "")
+        + (" under bf16 autocast, as the run evaluated." if ev.get("dtype") == "bf16" else ".")
+        + (
+            " Normalized score: 100 x (return - lo) / (hi - lo), with the reference returns "
+            f"lo = {ev['reference_scores'][0]:g} and hi = {ev['reference_scores'][1]:g}."
+            if has_score
+            else " No reference returns for this env: no normalized score."
+        ),
+    ]
+    if reproduce:
+        lines += ["", "Reproduce (from `gym/`):", "", "```bash", reproduce, "```"]
+    return lines
+
+
+def _card_use(a: ActingConfig, name: str, hf_ok: bool) -> list[str]:
+    """The Use section: loading the folder, what the model expects, transformers' view."""
+    lines = [
         "",
         "## Use",
         "",
@@ -465,18 +450,7 @@ def model_card(folder: FolderConfig, name: str, reproduce: str | None) -> str:
             f'hf = DecisionTransformerModel.from_pretrained("{name}")',
             "```",
         ]
-    flags = p.get("run_config") or {}
-    if flags:
-        keep = ("dataset", "K", "embed_dim", "n_layer", "n_head", "max_iters",
-                "num_steps_per_iter", "batch_size", "learning_rate", "seed", "policy")  # fmt: skip
-        shown_flags = ", ".join(f"{k}={flags[k]}" for k in keep if k in flags)
-        lines += ["", "## Training", "", f"Flags (all in config.json's provenance): {shown_flags}."]
-    versions = p.get("versions") or {}
-    if versions:
-        by = versions.get("recorded_by", "run")
-        said = "Trained on" if by == "run" else f"Versions as of the export ({by})"
-        lines += ["", f"{said}: {describe_versions(versions)}."]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def transformers_compatible(folder: FolderConfig) -> bool:
@@ -511,32 +485,56 @@ def check_out_dir(out: str | Path) -> Path:
     return out
 
 
+@dataclass(frozen=True)
+class ExportEvaluation:
+    """How an export evaluates the folder it writes (0 episodes: not at all), and the command
+    its model card gives to measure the same again."""
+
+    num_episodes: int = 0
+    seed: int = 0
+    eval_envs: int = 16
+
+    def check(self) -> None:
+        if self.num_episodes < 0:
+            raise ConfigError(f"--num_eval_episodes must be >= 0, got {self.num_episodes}")
+        if self.seed < 0:
+            raise ConfigError(f"--seed must be >= 0, got {self.seed}")
+        if self.eval_envs <= 0:
+            raise ConfigError(f"--eval_envs must be positive, got {self.eval_envs}")
+
+    def command(self, folder_name: str) -> str:
+        return (
+            f"python evaluate_pretrained.py {shlex.quote(folder_name)} --num_eval_episodes "
+            f"{self.num_episodes} --seed {self.seed} --eval_envs {self.eval_envs}"
+        )
+
+
 def write_folder(
     model: torch.nn.Module,
     folder: FolderConfig,
     out: Path,
-    evaluate: dict | None,
-    reproduce: str | None,
-    evaluation: dict | None = None,
+    evaluate: ExportEvaluation,
+    measured: dict | None = None,
     replace_old: bool = False,
 ) -> Path:
     """Save into a temporary sibling of ``out``, reload from there, evaluate the reloaded model
-    (so the card's numbers are the folder's), then rename into place. ``evaluation``: numbers
+    (so the card's numbers are the folder's), then rename into place. ``measured``: numbers
     already measured on these weights (the run's own), recorded instead of playing again.
     ``replace_old``: an existing ``out`` (a run's earlier auto-export) is swapped out whole."""
     tmp = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         save_pretrained(model, folder, tmp)
         loaded = from_pretrained(tmp)
-        if evaluation is not None:
-            folder.evaluation = evaluation
-        elif evaluate is not None and evaluate["num_episodes"] > 0:
+        if measured is not None:
+            folder.evaluation = measured
+        elif evaluate.num_episodes > 0:
             folder.evaluation = evaluate_folder(
-                loaded, folder, evaluate["num_episodes"], evaluate["seed"], evaluate["eval_envs"]
+                loaded, folder, evaluate.num_episodes, evaluate.seed, evaluate.eval_envs
             )
         if folder.evaluation is not None:
             (tmp / CONFIG_NAME).write_text(json.dumps(folder.to_dict(), indent=2) + "\n")
-        (tmp / CARD_NAME).write_text(model_card(folder, out.name, reproduce))
+        card = model_card(folder, out.name, evaluate.command(out.name))
+        (tmp / CARD_NAME).write_text(card)
         old = None
         if out.exists() and replace_old and any(out.iterdir()):
             old = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.old."))
@@ -612,30 +610,16 @@ def export_run(
         ckpt, str(run_dir), which, target_return, run_versions_or_now(run_dir)
     )
     run_cfg = folder.provenance["run_config"]
-    episodes = (
-        run_cfg.get("num_eval_episodes", 0) if num_eval_episodes is None else num_eval_episodes
+    evaluate = ExportEvaluation(
+        run_cfg.get("num_eval_episodes", 0) if num_eval_episodes is None else num_eval_episodes,
+        run_cfg.get("seed", 0) if seed is None else seed,
+        eval_envs or run_cfg.get("eval_envs") or 16,
     )
-    seed = run_cfg.get("seed", 0) if seed is None else seed
-    eval_envs = eval_envs or run_cfg.get("eval_envs") or 16
-    _check_eval(episodes, seed, eval_envs)
-    reproduce = (
-        f"python evaluate_pretrained.py {shlex.quote(out.name)} --num_eval_episodes {episodes} "
-        f"--seed {seed} --eval_envs {eval_envs}"
-    )
-    evaluate = {"num_episodes": episodes, "seed": seed, "eval_envs": eval_envs}
+    evaluate.check()
     if reuse_run_evaluation:
         measured = evaluation_from_metrics(Path(run_dir), ckpt, folder)
-        return write_folder(model, folder, out, None, reproduce, measured, replace_old=True)
-    return write_folder(model, folder, out, evaluate, reproduce)
-
-
-def _check_eval(episodes: int, seed: int, eval_envs: int) -> None:
-    if episodes < 0:
-        raise ConfigError(f"--num_eval_episodes must be >= 0, got {episodes}")
-    if seed < 0:
-        raise ConfigError(f"--seed must be >= 0, got {seed}")
-    if eval_envs <= 0:
-        raise ConfigError(f"--eval_envs must be positive, got {eval_envs}")
+        return write_folder(model, folder, out, evaluate, measured, replace_old=True)
+    return write_folder(model, folder, out, evaluate)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -651,9 +635,7 @@ def import_transformers(
     data_dir: str,
     K: int | None,
     action_box: str = "unit",
-    num_eval_episodes: int = 0,
-    seed: int = 0,
-    eval_envs: int = 16,
+    evaluate: ExportEvaluation = ExportEvaluation(),
 ) -> Path:
     """A folder ``DecisionTransformerModel.save_pretrained`` wrote, with what its config lacks
     supplied by the user: the env, the dataset (for the state mean/std) and K. ``action_box``:
@@ -662,39 +644,17 @@ def import_transformers(
     to [-1, 1]."""
     from ..data.loading import load_dataset
 
-    if env is None or dataset is None or K is None:
-        lacking = [f for f, v in (("--env", env), ("--dataset", dataset), ("--K", K)) if v is None]
-        raise ConfigError(
-            f"a transformers folder has no env, state statistics or context length: pass "
-            f"{' '.join(lacking)} (the env and dataset it was trained on, for the state mean/std; "
-            "K as trained, 20 in transformers' example)"
-        )
-    if K <= 0:
-        raise ConfigError(f"--K must be positive, got {K}")
-    try:
-        spec = get_spec(env)
-    except ValueError as e:
-        raise ConfigError(one_line(e)) from None
+    spec = _supplied_env(env, dataset, K)
     out = check_out_dir(out)
-    _check_eval(num_eval_episodes, seed, eval_envs)
+    evaluate.check()
     src = Path(source)
     if not src.is_dir():
         raise PretrainedError(f"no folder at {source}: give the folder save_pretrained wrote")
     model_cfg, state = read_transformers_folder(src, K)
-    state_dim, act_dim, low, high = env_facts(env)
-    if (model_cfg.state_dim, model_cfg.act_dim) != (state_dim, act_dim):
-        raise ExportError(
-            f"{source} is a model for {model_cfg.state_dim} observations and {model_cfg.act_dim} "
-            f"actions, {env} has {state_dim} and {act_dim}: pass the env it was trained on"
-        )
-    if model_cfg.max_ep_len < spec.max_ep_len:
-        raise ExportError(
-            f"{source} embeds {model_cfg.max_ep_len} timesteps, {env} episodes last "
-            f"{spec.max_ep_len}: it cannot play whole episodes here"
-        )
+    low, high = _env_box_fitting(model_cfg, env, source)
     data = load_dataset(data_dir, env, dataset)
     if action_box == "unit":
-        low, high = -np.ones(act_dim), np.ones(act_dim)
+        low, high = -np.ones(model_cfg.act_dim), np.ones(model_cfg.act_dim)
     acting = ActingConfig(
         env=env,
         gym_id=spec.gym_id,
@@ -720,12 +680,42 @@ def import_transformers(
     folder = FolderConfig(GPT2_DT, model_cfg, acting, provenance)
     model = build_from_config(folder)
     load_state(model, state, str(src))
-    reproduce = (
-        f"python evaluate_pretrained.py {shlex.quote(out.name)} --num_eval_episodes "
-        f"{num_eval_episodes} --seed {seed} --eval_envs {eval_envs}"
-    )
-    evaluate = {"num_episodes": num_eval_episodes, "seed": seed, "eval_envs": eval_envs}
-    return write_folder(model.eval(), folder, out, evaluate, reproduce)
+    return write_folder(model.eval(), folder, out, evaluate)
+
+
+def _supplied_env(env: str | None, dataset: str | None, K: int | None):
+    """The env's spec, once the flags a transformers folder needs are all given and valid."""
+    if env is None or dataset is None or K is None:
+        lacking = [f for f, v in (("--env", env), ("--dataset", dataset), ("--K", K)) if v is None]
+        raise ConfigError(
+            f"a transformers folder has no env, state statistics or context length: pass "
+            f"{' '.join(lacking)} (the env and dataset it was trained on, for the state mean/std; "
+            "K as trained, 20 in transformers' example)"
+        )
+    if K <= 0:
+        raise ConfigError(f"--K must be positive, got {K}")
+    try:
+        return get_spec(env)
+    except ValueError as e:
+        raise ConfigError(one_line(e)) from None
+
+
+def _env_box_fitting(model_cfg: GPT2DTConfig, env: str, source) -> tuple[np.ndarray, np.ndarray]:
+    """``env``'s action box, once the model is known to fit its observations, actions and
+    episode length."""
+    state_dim, act_dim, low, high = env_facts(env)
+    if (model_cfg.state_dim, model_cfg.act_dim) != (state_dim, act_dim):
+        raise ExportError(
+            f"{source} is a model for {model_cfg.state_dim} observations and {model_cfg.act_dim} "
+            f"actions, {env} has {state_dim} and {act_dim}: pass the env it was trained on"
+        )
+    max_ep_len = get_spec(env).max_ep_len
+    if model_cfg.max_ep_len < max_ep_len:
+        raise ExportError(
+            f"{source} embeds {model_cfg.max_ep_len} timesteps, {env} episodes last "
+            f"{max_ep_len}: it cannot play whole episodes here"
+        )
+    return low, high
 
 
 # ---------------------------------------------------------------------------------------------
@@ -773,9 +763,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     if args.from_transformers:
+        evaluate = ExportEvaluation(
+            args.num_eval_episodes or 0, args.seed or 0, args.eval_envs or 16
+        )
         out = import_transformers(
             args.source, args.out, args.env, args.dataset, args.data_dir, args.K,
-            args.action_box, args.num_eval_episodes or 0, args.seed or 0, args.eval_envs or 16,
+            args.action_box, evaluate,
         )  # fmt: skip
     else:
         out = export_run(
@@ -825,7 +818,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate_checkpoint import check_video_arg
     from .paths import check_output_file
 
-    _check_eval(args.num_eval_episodes, args.seed, args.eval_envs)
+    ExportEvaluation(args.num_eval_episodes, args.seed, args.eval_envs).check()
     if args.num_eval_episodes == 0:
         raise ConfigError("--num_eval_episodes must be positive to evaluate")
     if args.video is not None:
@@ -850,15 +843,15 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"length {r['length_mean']:.1f}"
         )
     if recorder is not None:
-        from ..evaluation.video import render_episode
+        from ..evaluation.video import Caption, render_episode
 
         a = folder.acting
         target = report["targets"][0]["target"] if a.conditioned else None
         title = f"{a.env} {folder.architecture}" + (f"  target {target:g}" if target else "")
+        caption = Caption(title, target, a.mode, a.max_ep_len)
         report["video"] = render_episode(
-            a.env, recorder, args.video, target, mode=a.mode, title=title,
-            max_steps=a.max_ep_len, quality=args.video_quality,
-        )  # fmt: skip
+            a.env, recorder, args.video, caption, quality=args.video_quality
+        )
         print(f"video: {args.video}, {report['video']['frames']} frames")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -21,6 +21,7 @@ from types import MethodType
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -39,6 +40,7 @@ from torch.distributed.fsdp import (
 )
 
 from ..models.factory import transformer_blocks
+from .paths import WriteError
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -182,10 +184,19 @@ def load_full_optimizer(model, optimizer, state: dict) -> None:
 
 
 def save_sharded(out_dir: Path, iteration: int, model, optimizer) -> str:
-    """Every rank writes its shards of weights and optimizer; returns the folder's name."""
+    """Every rank writes its shards of weights and optimizer; returns the folder's name. A
+    shard file a rank cannot write (a full disk, a file that cannot be replaced) is a
+    :class:`WriteError` naming it, on every rank: DCP tells all ranks of any rank's failure."""
     name = f"dcp-{iteration:06d}"
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(out_dir / name))
+    try:
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(out_dir / name))
+    except CheckpointException as e:
+        failed = [(r, err) for r, (err, _) in e.failures.items() if isinstance(err, OSError)]
+        if not failed:
+            raise
+        _, error = min(failed, key=lambda f: f[0])
+        raise WriteError(error.filename or out_dir / name, error) from None
     return name
 
 

@@ -11,7 +11,15 @@ import os
 from pathlib import Path
 
 from ..errors import UserError, one_line
-from ..models.pretrained import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, read_config
+from ..models.pretrained import (
+    CARD_NAME,
+    CONFIG_NAME,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    WEIGHTS_NAME,
+    read_config,
+    read_config_json,
+)
 from .cli import HelpFormatter, OneLineParser, run_cli
 
 
@@ -39,7 +47,7 @@ def push(folder: str | Path, repo_id: str, private: bool = False, revision: str 
     folder = Path(folder)
     if not folder.is_dir():
         raise HubError(f"no folder at {folder}: give a model folder export.py wrote")
-    cfg = read_config(folder)  # refuses anything that is not a loadable model folder
+    what = describe_folder(folder)  # refuses anything that is not a model folder
     for name in (WEIGHTS_NAME, CARD_NAME):
         if not (folder / name).is_file():
             raise HubError(f"{folder} has no {name}: re-export it with export.py")
@@ -60,7 +68,7 @@ def push(folder: str | Path, repo_id: str, private: bool = False, revision: str 
             folder_path=folder,
             allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, CARD_NAME],
             revision=revision,
-            commit_message=message or f"Upload {cfg.architecture} for {cfg.acting.gym_id}",
+            commit_message=message or f"Upload {what}",
         )
     except Exception as e:  # offline, refused token, bad id: one line, the folder untouched
         raise HubError(
@@ -68,6 +76,22 @@ def push(folder: str | Path, repo_id: str, private: bool = False, revision: str 
             "the repo id (the folder is unchanged)"
         ) from None
     return str(getattr(info, "commit_url", info))
+
+
+def describe_folder(folder: Path) -> str:
+    """'ARCHITECTURE for ENV' of a model folder, its config checked: the gym half's in full (it
+    must load); an Atari DT's (atari/export_atari.py, whose loader lives with the Atari code) for
+    its format version and game."""
+    raw, path = read_config_json(folder)
+    if isinstance(raw, dict) and raw.get("architecture") == "atari_dt":
+        version, game = raw.get("format_version"), (raw.get("acting") or {}).get("game")
+        if raw.get("format") != FORMAT_NAME or not isinstance(version, int) or not game:
+            raise HubError(f"{path} is not an Atari model folder export_atari.py wrote")
+        if version > FORMAT_VERSION:
+            raise HubError(f"{path} has format version {version}, newer than this code reads")
+        return f"atari_dt for {game}"
+    cfg = read_config(folder)
+    return f"{cfg.architecture} for {cfg.acting.gym_id}"
 
 
 def main(argv: list[str] | None = None) -> int:

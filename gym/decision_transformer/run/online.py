@@ -131,7 +131,7 @@ class OnlineRounds:
         if mine:
             d = self.dataset
             episodes = EvalEpisodes(
-                cfg.env, cfg.mode, True, d.state_mean, d.state_std, cfg.device, self.rtg
+                cfg.env, d.state_mean, d.state_std, self.rtg, cfg.mode, device=cfg.device
             )
             gen = exploration_generator(cfg, ctx.rank, iteration)
             paths, _, _ = collect_batched(episodes, unwrap(model), mine, cfg.eval_envs, gen)

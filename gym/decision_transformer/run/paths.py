@@ -125,6 +125,17 @@ def check_run_start(out_dir: str | Path, resume: bool) -> Path:
     return ckpt_path
 
 
+def kept_after_failure(ckpt_path: Path, saved: int | None, unit: str = "iteration") -> str:
+    """What a run stopped by a failed write leaves to continue from: its last good checkpoint,
+    written after ``unit`` ``saved`` (None: none yet). Both halves' runs end their line so."""
+    if saved is None:
+        return "no checkpoint was written: fix that, then start the run again"
+    return (
+        f"the last good checkpoint {ckpt_path} ({unit} {saved}) is kept: "
+        "fix that (e.g. free disk space), then continue with --resume"
+    )
+
+
 def open_run_folder(out_dir: str | Path, lock: RunDirLock, config: dict | None) -> None:
     """Rank 0, before the first iteration: the run folder made and locked, temp files of a write
     a kill interrupted removed (the checkpoint itself is intact), and with ``config`` its

@@ -110,7 +110,7 @@ def load_run(path: str | Path) -> Run:
         path = path.parent
     metrics = path / "metrics.jsonl"
     if not metrics.is_file():
-        raise RunError(f"{path} is not a run directory (no metrics.jsonl)")
+        raise RunError(_not_a_run(path))
     try:
         rows = read_metrics(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -120,6 +120,25 @@ def load_run(path: str | Path) -> Run:
     config_path = path / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     return Run(path, config, rows)
+
+
+def _not_a_run(path: Path) -> str:
+    """Why ``path`` has no curves. A model folder (export.py) or a Hub repo holding one carries
+    the weights, the config and one measured evaluation (its card), not the run's
+    metrics.jsonl: the curves stay with the run folder it was exported from."""
+    from ..models.pretrained import is_model_source
+
+    if not path.exists():
+        hub = " (a Hub model repo holds no training curves)" if is_model_source(str(path)) else ""
+        return f"no run folder at {path}: plot.py reads local run folders{hub}"
+    if not is_model_source(str(path)):
+        return f"{path} is not a run directory (no metrics.jsonl)"
+    run = path.parent if (path.parent / "metrics.jsonl").is_file() else None
+    where = f"plot its run folder {run}" if run else "plot the run folder it was exported from"
+    return (
+        f"{path} is a model folder: it holds one measured evaluation (its README.md; "
+        f"evaluate_pretrained.py measures it again), not training curves: {where}"
+    )
 
 
 def label_runs(runs: list[Run]) -> None:

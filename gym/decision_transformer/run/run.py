@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..data.holdout import held_out_count, validation_batches
-from ..data.sampler import BatchSampler
+from ..data.sampler import BatchSampler, top_trajectories
 from ..errors import UserError, one_line
 from ..models.pretrained import is_model_source
 from ..training.act_trainer import ActTrainer
@@ -43,7 +43,7 @@ from ..training.seq_trainer import SequenceTrainer
 from ..training.trainer import PROGRESS_INTERVAL, NonFiniteError, Trainer, TrainerOptions
 from ..training.validation import ValidationSet
 from .batches import RankBatches
-from .checkpoint import seed_iteration
+from .checkpoint import read_run_checkpoint, seed_iteration
 from .config import ConfigError, RunConfig, resolve_targets
 from .distributed import DistContext
 from .evaluation import Evaluation, enable_tf32, target_key
@@ -52,13 +52,17 @@ from .inputs import RunData, load_data, make_selection
 from .metrics import MetricsLog
 from .online import OnlineRounds, target_entropy
 from .parallel import make_parallel
-from .paths import BEST_NAME, PathError, RunDirLock, WriteError, cause, open_run_folder, writing
-from .state import (
-    RunState,
-    check_init_fits,
-    check_resumable,
-    read_run_checkpoint,
+from .paths import (
+    BEST_NAME,
+    PathError,
+    RunDirLock,
+    WriteError,
+    cause,
+    kept_after_failure,
+    open_run_folder,
+    writing,
 )
+from .state import RunState, check_init_fits, check_resumable
 
 
 def lr_factor(step: int, warmup: int, total: int, decay: str, online_warmup: int = 0) -> float:
@@ -163,12 +167,7 @@ class Run:
 
     def kept(self) -> str:
         """What a run stopped mid-way leaves to continue from."""
-        if self.saved is None:
-            return "no checkpoint was written: fix that, then start the run again"
-        return (
-            f"the last good checkpoint {self.data.ckpt_path} (iteration {self.saved}) is kept: "
-            "fix that (e.g. free disk space), then continue with --resume"
-        )
+        return kept_after_failure(self.data.ckpt_path, self.saved)
 
     def setup(self, lock: RunDirLock) -> None:
         """Everything the loop needs, the checks of every input first."""
@@ -360,9 +359,10 @@ class Run:
         """This rank's share of each optimizer step's batch (see run/batches.py)."""
         cfg, data = self.cfg, self.data
         spec = data.spec
+        episodes = top_trajectories(data.dataset, cfg.pct_traj, data.train_episodes)
         sampler = BatchSampler(
-            data.dataset, cfg.K, spec.max_ep_len, spec.scale, cfg.pct_traj, cfg.device,
-            np_rng, segment_len=cfg.segment_len, episodes=data.train_episodes,
+            data.dataset, cfg.K, spec.max_ep_len, spec.scale, cfg.device, np_rng,
+            segment_len=cfg.segment_len, episodes=episodes,
         )  # fmt: skip
         per_token = cfg.model_type == "dt"
         return RankBatches(
@@ -407,7 +407,7 @@ class Run:
             )
         spec = data.spec
         sampler = BatchSampler(
-            data.dataset, cfg.K, spec.max_ep_len, spec.scale, 1.0, cfg.device,
+            data.dataset, cfg.K, spec.max_ep_len, spec.scale, cfg.device,
             segment_len=cfg.segment_len, episodes=data.val_episodes,
         )  # fmt: skip
         batches = validation_batches(

@@ -2,8 +2,9 @@
 
 checkpoint.pt is ``RunState.state_dict()``; ``--resume`` and ``--init_from`` give it back through
 ``RunState.load_state_dict()``; best.pt is ``RunState.best_state_dict()``. The files a user names
-are read by :func:`read_run_checkpoint`, which checks them for what each use needs (``--resume``,
-``--init_from``, evaluate.py). The keys are those every earlier version wrote:
+are read by :func:`~.checkpoint.read_run_checkpoint`, which checks them for what each use needs
+(``--resume``, ``--init_from``: also when ``resolve`` takes the offline phase's length from
+them; evaluate.py). The keys are those every earlier version wrote:
 
     model, optimizer          full weights and the --optimizer's state (AdamW's or LAMB's;
                               an FSDP run: optimizer keyed by parameter name,
@@ -30,7 +31,6 @@ import torch
 from .checkpoint import (
     CheckpointError,
     changed_flags,
-    read_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -66,54 +66,6 @@ RESUMABLE_CHANGES = {
     "online_rounds",
     "online_eval_every",
 }
-# What each use of a checkpoint needs from it; anything lacking one is not this project's.
-# ("model" and "optimizer" are absent from an FSDP run that skipped the consolidated copy: the
-# "dcp" shards it names hold both.)
-REQUIRED_KEYS = {
-    "resume": ("optimizer", "scheduler", "rng", "iteration", "config"),
-    "init": (
-        "model",
-        "optimizer",
-        "scheduler",
-        "rng",
-        "iteration",
-        "config",
-        "state_mean",
-        "state_std",
-    ),  # fmt: skip
-    "evaluate": ("config", "state_mean", "state_std"),
-}
-FIXES = {
-    "resume": "drop --resume to start afresh (in an empty --out_dir)",
-    "init": "pass the checkpoint.pt of a finished offline run",
-    "evaluate": "point --checkpoint at the checkpoint.pt of a run experiment.py wrote",
-}
-
-
-def read_run_checkpoint(path: str | Path, use: str) -> dict:
-    """The checkpoint at ``path`` for ``use`` (resume, init or evaluate), checked to hold what
-    that use reads and a config dict. Memory-mapped: ranks on one machine share the page cache
-    instead of a copy each."""
-    fix = FIXES[use]
-    ckpt = read_checkpoint(path, (), fix, mmap=use != "evaluate")
-    sharded = isinstance(ckpt, dict) and "dcp" in ckpt
-    missing = [
-        k
-        for k in REQUIRED_KEYS[use]
-        if not isinstance(ckpt, dict) or (k not in ckpt and not (sharded and k == "optimizer"))
-    ]
-    if missing:
-        raise CheckpointError(
-            f"{path} is not a checkpoint written by experiment.py (no {', '.join(missing)}); {fix}"
-        )
-    if use != "evaluate" and not isinstance(ckpt["config"], dict):  # evaluate.py says more
-        raise CheckpointError(
-            f"--resume: {path} was not written by experiment.py (its config is not a dict); "
-            "start afresh in another --out_dir"
-            if use == "resume"
-            else f"--init_from: {path} has no run config; {fix}"
-        )
-    return ckpt
 
 
 def unfit_checkpoint(path: Path, error: Exception) -> CheckpointError:
