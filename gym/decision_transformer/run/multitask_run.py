@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.multitask import MultiTaskSampler, task_probabilities
-from ..data.sampler import BatchSampler
+from ..data.sampler import BatchSampler, top_trajectories
 from ..training.seq_trainer import MultiTaskSequenceTrainer
 from .batches import RankBatches
 from .config import resolve_targets
@@ -56,11 +56,11 @@ class MultiTaskRun(Run):
                 cfg.K,
                 t.spec.max_ep_len,
                 t.spec.scale,
-                cfg.pct_traj,
                 cfg.device,
                 np_rng,
                 segment_len=cfg.segment_len,
-            )  # fmt: skip
+                episodes=top_trajectories(t.dataset, cfg.pct_traj),
+            )
             for t in self.data.tasks
         ]
 
