@@ -7,14 +7,19 @@
     python benchmarks/bench_recipes.py humanoid:collected --table_only --curves figs  # plot them
 
 Each DATASET is ENV:NAME, the file {data_dir}/{ENV}-{NAME}-v2.pkl (or ENV:minari:<id>); the
-script builds no data. Every run goes through the real experiment scripts with validation on
-(--val_episodes, default 10% of the episodes, held out by the seed) and best.pt chosen by the
-validation error; it is evaluated after each of --iters iterations on --episodes episodes per
-target, conditioned on the dataset's best return, median and 10th percentile. The table reports,
-per dataset, recipe, model and seed, the returns at the iteration best.pt keeps (R@max, R@p50,
-R@p10; the same numbers evaluate.py --which best reproduces), the last iteration's R@max, the
-dataset's 90th percentile, the best validation error, and the two checks of the issue-23 target:
-R@max >= p90, and returns rising with the target (R@max > R@p50 > R@p10).
+script builds no data (gym/data/make_suite.py builds the suite's, e.g. humanoid-mixed-20k). Every
+run goes through the real experiment scripts with validation on (--val_episodes, default 10% of
+the episodes, held out by the seed) and best.pt chosen by the recipe's --select_by: the
+validation error, or for the -ret recipes the return at the top target (return@max); it is
+evaluated after each of --iters iterations on --episodes episodes per target, conditioned on the
+dataset's best return, median and 10th percentile. The table reports, per dataset, recipe, model
+and seed, the returns at the iteration best.pt keeps (R@max, R@p50, R@p10; the same numbers
+evaluate.py --which best reproduces), the last iteration's R@max, the dataset's 90th percentile,
+the validation error at that iteration, and the two checks of the issue-23 target: R@max >= p90,
+and returns rising with the target (R@max > R@p50 > R@p10). A return-selected run is reported by
+a fresh evaluation of best.pt (evaluate.py, --episodes episodes per target from resets the run
+never played, saved as RUN/eval-best-fresh.json): its in-run returns chose the iteration, so
+they flatter it; they are kept in the "in-run R@max" column.
 
 The budget: every run is at most --steps gradient steps of batch 64 (a recipe whose steps scale
 with the dataset takes fewer on small data), plus evaluation. The target, for the Qwen3 DT: some
