@@ -36,6 +36,15 @@ def swept(tmp_path_factory):
     return data_dir, out, proc
 
 
+def sorted_return_keys(row: dict) -> list[str]:
+    """An iteration's mean-return keys, highest target first."""
+    return sorted(
+        (k for k in row if k.startswith("evaluation/target_") and k.endswith("_return_mean")),
+        key=lambda k: float(k.removeprefix("evaluation/target_").removesuffix("_return_mean")),
+        reverse=True,
+    )
+
+
 def at_best_iteration(run_dir) -> list[float]:
     """Returns at the targets, highest target first, in the iteration with the lowest validation
     error (the one best.pt keeps)."""
@@ -97,10 +106,7 @@ def test_return_selected_recipe_is_reported_by_a_fresh_evaluation_of_best_pt(swe
     assert proc.returncode in (0, 1), proc.stderr
     run = out / "hopper-medium" / "readme-ret" / "qwen3-seed0"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    top = max(
-        (k for k in rows[0] if k.startswith("evaluation/target_") and k.endswith("_return_mean")),
-        key=lambda k: float(k.removeprefix("evaluation/target_").removesuffix("_return_mean")),
-    )
+    top = sorted_return_keys(rows[0])[0]
     in_run = [r[top] for r in rows]
     chosen = in_run.index(max(in_run)) + 1
     assert torch.load(run / "best.pt", weights_only=True)["iteration"] == chosen
@@ -113,6 +119,10 @@ def test_return_selected_recipe_is_reported_by_a_fresh_evaluation_of_best_pt(swe
     cells = " | ".join(f"{x:.0f}" for x in returns)
     assert f"| hopper:medium | readme-ret | qwen3 | 1/1 | {cells} |" in proc.stdout, proc.stdout
     assert f"| {chosen} | {cells} | {max(in_run):.0f} |" in proc.stdout  # and the in-run R@max
+    (row,) = json.loads((out / "recipes.json").read_text())["rows"]
+    assert row["returns"] == returns and row["best_iteration"] == chosen
+    assert row["selected_returns"] == [rows[chosen - 1][k] for k in sorted_return_keys(rows[0])]
+    assert row["returns"] != row["selected_returns"]  # other resets: the test tells them apart
 
     # Rerun: read, neither retrained nor evaluated again.
     before = (run / "eval-best-fresh.json").stat().st_mtime_ns
