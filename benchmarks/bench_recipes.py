@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GYM = ROOT / "gym"
 sys.path.insert(0, str(GYM))
 
+from decision_transformer.data import suite  # noqa: E402
 from decision_transformer.data.loading import load_dataset  # noqa: E402
 
 BATCH = 64
@@ -445,6 +446,15 @@ def main() -> int:
         try:
             data = load_dataset(args.data_dir, env, dataset)
         except Exception as e:  # a missing or unreadable file: say which, before any training
+            if args.plan and suite.is_suite_name(f"{env}-{dataset}"):
+                # A plan needs only the step count, which a suite dataset's name gives.
+                steps = suite.parse_name(f"{env}-{dataset}")[2]
+                print(
+                    f"{name}: not built yet (cd gym && python data/make_suite.py --name "
+                    f"{env}-{dataset} --out {args.data_dir}); planned at its {steps} steps"
+                )
+                datasets.append((name, env, dataset, steps, float("nan")))
+                continue
             print(f"error: {name}: {e}", file=sys.stderr)
             return 2
         returns = data.returns
