@@ -34,9 +34,9 @@ Linear policy trained by Augmented Random Search (``train_ars``, ``LinearPolicy`
 Mixture of behaviours (``MixedBehaviour``)
     Each episode first draws which behaviour plays it (``MixRanges.shares``), then that
     behaviour's settings, all from the episode's own generator: the embedded collector's LQR
-    balance controller (``humanoid_controller.py``) with a knee-bending offset and action noise
-    both drawn per episode (the offset makes it sink and fall, after ~40 to ~120 steps: the
-    most skilled and the widest-spread band); a randomised PD controller as above; the trained
+    balance controller (``humanoid_controller.py``) with a knee-bending offset and mild action
+    noise both drawn per episode (the offset makes it sink and fall, after ~50 to ~120 steps:
+    the most skilled band); a randomised PD controller as above; the trained
     ARS linear policy with per-episode noise; or a zero action under heavy noise (random-ish,
     falls in ~20-30 steps). Nearly every episode ends early in a fall, so the data is many short
     episodes whose returns differ by *what* was played, not only by luck: data of the shape that
@@ -333,11 +333,13 @@ class MixRanges:
         ("ars", 0.25),
         ("random", 0.1),
     )
-    # Knee-bending offset of the balance controller, uniform: 0.06 falls after ~115 steps
-    # noise-free, 0.12 after ~50 (below ~0.05 it may stand all 1000 steps, which this family
-    # leaves out: it is about short episodes).
-    balance_bend: tuple[float, float] = (0.06, 0.12)
-    balance_noise: tuple[float, float] = (0.0, 0.12)  # action-noise std, uniform
+    # Knee-bending offset of the balance controller, uniform, and its action-noise std: at a
+    # bend of 0.05 and noise 0.02 it falls after ~110 steps (return ~530), at 0.09 and 0.06
+    # after ~50-70 (~250-350). Noise-free, or below a bend of ~0.05, it may stand all 1000 steps,
+    # which this family leaves out: it is about short episodes. Noise above ~0.1 topples it
+    # within ~40 steps whatever the bend, which would erase the skill it is here to show.
+    balance_bend: tuple[float, float] = (0.05, 0.09)
+    balance_noise: tuple[float, float] = (0.02, 0.06)
     ars_noise: tuple[float, float] = (0.0, 0.3)
     random_noise: tuple[float, float] = (0.2, 0.4)  # around a zero action
     lqr: LqrWeights = LqrWeights()  # the balance controller's design
