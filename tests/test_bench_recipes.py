@@ -130,3 +130,17 @@ def test_return_selected_recipe_is_reported_by_a_fresh_evaluation_of_best_pt(swe
     assert again.returncode == proc.returncode
     assert (run / "eval-best-fresh.json").stat().st_mtime_ns == before
     assert f"| hopper:medium | readme-ret | qwen3 | 1/1 | {cells} |" in again.stdout
+
+
+def test_plan_counts_a_suite_dataset_not_built_yet(tmp_path):
+    """--plan needs only step counts: a suite dataset not built yet is planned at its nominal
+    size, naming the command that builds it; any other missing dataset is still an error."""
+    cmd = [sys.executable, str(BENCH), "--data_dir", str(tmp_path), "--recipes", "readme",
+           "readme-ret", "--models", "qwen3", "--seeds", "0", "1", "--plan"]  # fmt: skip
+    proc = subprocess.run([*cmd, "humanoid:mixed-20k"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "make_suite.py --name humanoid-mixed-20k" in proc.stdout
+    assert "planned at its 20000 steps" in proc.stdout and "4 runs;" in proc.stdout
+    proc = subprocess.run([*cmd, "humanoid:nothing"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "humanoid:nothing" in proc.stderr
