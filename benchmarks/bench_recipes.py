@@ -7,14 +7,19 @@
     python benchmarks/bench_recipes.py humanoid:collected --table_only --curves figs  # plot them
 
 Each DATASET is ENV:NAME, the file {data_dir}/{ENV}-{NAME}-v2.pkl (or ENV:minari:<id>); the
-script builds no data. Every run goes through the real experiment scripts with validation on
-(--val_episodes, default 10% of the episodes, held out by the seed) and best.pt chosen by the
-validation error; it is evaluated after each of --iters iterations on --episodes episodes per
-target, conditioned on the dataset's best return, median and 10th percentile. The table reports,
-per dataset, recipe, model and seed, the returns at the iteration best.pt keeps (R@max, R@p50,
-R@p10; the same numbers evaluate.py --which best reproduces), the last iteration's R@max, the
-dataset's 90th percentile, the best validation error, and the two checks of the issue-23 target:
-R@max >= p90, and returns rising with the target (R@max > R@p50 > R@p10).
+script builds no data (gym/data/make_suite.py builds the suite's, e.g. humanoid-mixed-20k). Every
+run goes through the real experiment scripts with validation on (--val_episodes, default 10% of
+the episodes, held out by the seed) and best.pt chosen by the recipe's --select_by: the
+validation error, or for the -ret recipes the return at the top target (return@max); it is
+evaluated after each of --iters iterations on --episodes episodes per target, conditioned on the
+dataset's best return, median and 10th percentile. The table reports, per dataset, recipe, model
+and seed, the returns at the iteration best.pt keeps (R@max, R@p50, R@p10; the same numbers
+evaluate.py --which best reproduces), the last iteration's R@max, the dataset's 90th percentile,
+the validation error at that iteration, and the two checks of the issue-23 target: R@max >= p90,
+and returns rising with the target (R@max > R@p50 > R@p10). A return-selected run is reported by
+a fresh evaluation of best.pt (evaluate.py, --episodes episodes per target from resets the run
+never played, saved as RUN/eval-best-fresh.json): its in-run returns chose the iteration, so
+they flatter it; they are kept in the "in-run R@max" column.
 
 The budget: every run is at most --steps gradient steps of batch 64 (a recipe whose steps scale
 with the dataset takes fewer on small data), plus evaluation. The target, for the Qwen3 DT: some
@@ -47,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GYM = ROOT / "gym"
 sys.path.insert(0, str(GYM))
 
+from decision_transformer.data import suite  # noqa: E402
 from decision_transformer.data.loading import load_dataset  # noqa: E402
 
 BATCH = 64
@@ -56,11 +62,17 @@ TARGETS = ["max", "p50", "p10"]
 @dataclass
 class Recipe:
     """Training flags, and the steps: the budget, or ``epochs`` passes over the dataset's steps
-    (steps x batch windows = epochs x dataset steps), capped by the budget."""
+    (steps x batch windows = epochs x dataset steps), capped by the budget. ``select_by`` is the
+    run's ``--select_by``: which iteration best.pt keeps and the table reports."""
 
     flags: list[str]
     epochs: float | None = None
     why: str = ""
+    select_by: str = "val_error"
+
+    @property
+    def by_return(self) -> bool:
+        return self.select_by.startswith("return@")
 
     def steps(self, budget: int, data_steps: int) -> int:
         if self.epochs is None:
@@ -76,6 +88,11 @@ RECIPES = {
     "readme": Recipe(
         ["-lr", "1e-3", "--warmup_steps", "200", "--lr_decay", "cosine", "--K", "5"],
         why="the README's recipe, tuned on the embedded Humanoid dataset",
+    ),
+    "readme-ret": Recipe(
+        ["-lr", "1e-3", "--warmup_steps", "200", "--lr_decay", "cosine", "--K", "5"],
+        why="the README's recipe, best.pt by the return at the top target (issue 34)",
+        select_by="return@max",
     ),
     "readme-K20": Recipe(
         ["-lr", "1e-3", "--warmup_steps", "200", "--lr_decay", "cosine", "--K", "20"],
@@ -125,6 +142,11 @@ MS_PER_STEP = {("qwen3", 5): 56, ("gpt2", 5): 50, ("qwen3", 20): 120, ("gpt2", 2
 MS_PER_STEP_BC = 3.6
 # Seconds to evaluate one iteration (3 targets x 20 episodes, batched) on Humanoid, for --plan.
 EVAL_SECONDS = 60
+# A run that keeps best.pt by its return is reported by a fresh evaluation of best.pt on other
+# resets: the in-run returns chose the iteration, so they flatter it (a maximum over noisy means).
+# The fresh episodes start from env seeds (seed + FRESH_SEED_OFFSET) * 100000 + i.
+FRESH_SEED_OFFSET = 1000
+FRESH_JSON = "eval-best-fresh.json"
 
 
 @dataclass
@@ -138,6 +160,9 @@ class Row:
     ok: bool = True
     best_iteration: int | None = None
     returns: list[float] = field(default_factory=list)  # at max, p50, p10, at best.pt's iteration
+    # Return-selected runs: the in-run returns at the chosen iteration (``returns`` then holds
+    # the fresh evaluation of best.pt, see FRESH_SEED_OFFSET).
+    selected_returns: list[float] = field(default_factory=list)
     last_max: float | None = None
     val_error: float | None = None
     minutes: float | None = None
@@ -181,35 +206,84 @@ def train(args, env: str, dataset: str, recipe: Recipe, model: str, seed: int, s
         sys.executable, script, "--env", env, "--dataset", dataset, "--data_dir", args.data_dir,
         *model_flags(model, recipe, args.tiny), "--batch_size", str(BATCH),
         "--max_iters", str(args.iters), "--num_steps_per_iter", str(per_iter),
-        "--val_episodes", str(args.val_episodes), "--select_by", "val_error",
+        "--val_episodes", str(args.val_episodes), "--select_by", recipe.select_by,
         "--num_eval_episodes", str(args.episodes), "--eval_envs", str(args.episodes),
         "--env_targets", *TARGETS, "--seed", str(seed), "--out_dir", str(out),
         *(["--resume"] if (out / "checkpoint.pt").is_file() else []),
     ]  # fmt: skip
-    # One thread per run, --jobs runs at once: the models are small, and a second thread on a
-    # busy core spins at its barriers (several times the CPU for the same steps). A user's
-    # OMP_NUM_THREADS wins (e.g. 1 while another benchmark shares the machine).
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // args.jobs))
-    env = {**os.environ, "OMP_NUM_THREADS": threads}
-    proc = subprocess.run(cmd, cwd=GYM, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, cwd=GYM, capture_output=True, text=True, env=run_env(args))
     if proc.returncode != 0:
         return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
     return ""
 
 
-def summarize(row: Row, out: Path) -> None:
+def run_env(args) -> dict[str, str]:
+    # One thread per run, --jobs runs at once: the models are small, and a second thread on a
+    # busy core spins at its barriers (several times the CPU for the same steps). A user's
+    # OMP_NUM_THREADS wins (e.g. 1 while another benchmark shares the machine).
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // args.jobs))
+    return {**os.environ, "OMP_NUM_THREADS": threads}
+
+
+def read_metrics(out: Path) -> tuple[list[dict], list[str]]:
+    """A run's metrics.jsonl rows and its return keys, highest target first."""
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     keys = sorted(
         (k for k in metrics[0] if k.startswith("evaluation/") and k.endswith("_return_mean")),
         key=lambda k: -float(k.split("target_")[1].split("_")[0]),
     )
-    errors = [m["validation/action_error"] for m in metrics]
-    best = errors.index(min(errors))  # best.pt's iteration (ties keep the first)
+    return metrics, keys
+
+
+def best_index(metrics: list[dict], keys: list[str], recipe: Recipe) -> int:
+    """The iteration (0-based) best.pt keeps: lowest validation error, or with return selection
+    the highest return at the top target; ties keep the first, as run/selection.py does."""
+    if recipe.by_return:
+        values = [-m[keys[0]] for m in metrics]
+    else:
+        values = [m["validation/action_error"] for m in metrics]
+    return values.index(min(values))
+
+
+def fresh_returns(out: Path, iteration: int) -> list[float] | None:
+    """The fresh evaluation of best.pt (highest target first), if it evaluated that iteration."""
+    try:
+        report = json.loads((out / FRESH_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    if report.get("iteration") != iteration:
+        return None  # best.pt changed since (the run went on): evaluate again
+    targets = sorted(report["targets"], key=lambda t: -t["target"])
+    return [t["return_mean"] for t in targets]
+
+
+def evaluate_fresh(args, out: Path, seed: int) -> str:
+    """Evaluate best.pt through evaluate.py on resets the run never played; "" or the error."""
+    cmd = [
+        sys.executable, "evaluate.py", "--checkpoint", str(out), "--which", "best",
+        "--seed", str(seed + FRESH_SEED_OFFSET), "--num_eval_episodes", str(args.episodes),
+        "--eval_envs", str(args.episodes), "--json", str(out / FRESH_JSON),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=GYM, capture_output=True, text=True, env=run_env(args))
+    if proc.returncode != 0:
+        return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
+    return ""
+
+
+def summarize(row: Row, out: Path, recipe: Recipe) -> None:
+    metrics, keys = read_metrics(out)
+    best = best_index(metrics, keys, recipe)
     row.best_iteration = best + 1
-    row.val_error = errors[best]
+    row.val_error = metrics[best].get("validation/action_error")
     row.returns = [metrics[best][k] for k in keys]
     row.last_max = metrics[-1][keys[0]]
     row.minutes = metrics[-1]["time/total"] / 60
+    if recipe.by_return:
+        row.selected_returns = row.returns
+        fresh = fresh_returns(out, row.best_iteration)
+        row.returns = fresh or []
+        if fresh is None:
+            row.error = "best.pt not evaluated afresh"
 
 
 def fmt(v, spec: str = ".0f") -> str:
@@ -223,7 +297,7 @@ def fmt(v, spec: str = ".0f") -> str:
 def markdown(rows: list[Row]) -> str:
     head = [
         "dataset", "recipe", "model", "seed", "steps", "best iter", "R@max", "R@p50", "R@p10",
-        "last R@max", "data p90", "best val err", "R@max ≥ p90", "rising", "min",
+        "in-run R@max", "last R@max", "data p90", "val err", "R@max ≥ p90", "rising", "min",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 4 + "---:|" * (len(head) - 4)]
     # --table_only over more combinations than were trained lists what ran (all, if none did).
@@ -237,7 +311,8 @@ def markdown(rows: list[Row]) -> str:
         ret = r.returns + [None] * (3 - len(r.returns))
         cells = [
             r.dataset, r.recipe, r.model, str(r.seed), str(r.steps), fmt(r.best_iteration, "d"),
-            *(fmt(x) for x in ret), fmt(r.last_max), fmt(r.p90), fmt(r.val_error, ".4g"),
+            *(fmt(x) for x in ret), fmt(r.selected_returns[0] if r.selected_returns else None),
+            fmt(r.last_max), fmt(r.p90), fmt(r.val_error, ".4g"),
             fmt(r.meets_p90), fmt(r.rising), fmt(r.minutes, ".1f"),
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
@@ -322,9 +397,10 @@ def plan(args, datasets: list[tuple[str, str, str, int]]) -> None:
             recipe = RECIPES[name]
             k = int(recipe.flags[recipe.flags.index("--K") + 1])
             steps = recipe.steps(args.steps, data_steps)
+            evals = args.iters + (1 if recipe.by_return else 0)  # + best.pt's fresh evaluation
             for model in args.models:
                 ms = MS_PER_STEP_BC if model == "bc" else MS_PER_STEP.get((model, k), 120)
-                total_s += len(args.seeds) * (steps * ms / 1000 + args.iters * EVAL_SECONDS)
+                total_s += len(args.seeds) * (steps * ms / 1000 + evals * EVAL_SECONDS)
                 runs += len(args.seeds)
     print(
         f"{runs} runs; estimated {total_s / 3600:.1f} hours on 2 idle CPU cores at the full "
@@ -370,6 +446,15 @@ def main() -> int:
         try:
             data = load_dataset(args.data_dir, env, dataset)
         except Exception as e:  # a missing or unreadable file: say which, before any training
+            if args.plan and suite.is_suite_name(f"{env}-{dataset}"):
+                # A plan needs only the step count, which a suite dataset's name gives.
+                steps = suite.parse_name(f"{env}-{dataset}")[2]
+                print(
+                    f"{name}: not built yet (cd gym && python data/make_suite.py --name "
+                    f"{env}-{dataset} --out {args.data_dir}); planned at its {steps} steps"
+                )
+                datasets.append((name, env, dataset, steps, float("nan")))
+                continue
             print(f"error: {name}: {e}", file=sys.stderr)
             return 2
         returns = data.returns
@@ -396,7 +481,11 @@ def main() -> int:
         if not finished(out, args.iters) and not args.table_only:
             row.error = train(args, env, dataset, recipe, model, seed, steps, out)
         if not row.error and finished(out, args.iters):
-            summarize(row, out)
+            summarize(row, out, recipe)
+            if row.error and not args.table_only:  # a return-selected run's fresh evaluation
+                row.error = evaluate_fresh(args, out, seed)
+                if not row.error:
+                    summarize(row, out, recipe)
         elif not row.error:
             row.error = "not run"
         line = f"{name} {recipe_name} {model} seed {seed}: " + (
@@ -435,7 +524,11 @@ def main() -> int:
                 "episodes": args.episodes,
                 "val_episodes": args.val_episodes,
                 "recipes": {
-                    n: {"flags": RECIPES[n].flags, "epochs": RECIPES[n].epochs}
+                    n: {
+                        "flags": RECIPES[n].flags,
+                        "epochs": RECIPES[n].epochs,
+                        "select_by": RECIPES[n].select_by,
+                    }
                     for n in args.recipes
                 },
                 "rows": [

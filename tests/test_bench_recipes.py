@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from cli import ROOT
 from decision_transformer.data.pickle_io import load_paths_file
 from rollouts import write_dataset
@@ -33,6 +34,15 @@ def swept(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
     proc = sweep(data_dir, out, "--curves", str(out / "figures"))
     return data_dir, out, proc
+
+
+def sorted_return_keys(row: dict) -> list[str]:
+    """An iteration's mean-return keys, highest target first."""
+    return sorted(
+        (k for k in row if k.startswith("evaluation/target_") and k.endswith("_return_mean")),
+        key=lambda k: float(k.removeprefix("evaluation/target_").removesuffix("_return_mean")),
+        reverse=True,
+    )
 
 
 def at_best_iteration(run_dir) -> list[float]:
@@ -85,3 +95,52 @@ def test_table_only_trains_nothing_and_counts_what_has_not_run(swept):
     assert "2 more combinations were asked for but have not run." in proc.stdout
     assert "| 2/3 |" in proc.stdout  # the seed mean counts the seeds that ran
     assert "seed 2: not run" in proc.stdout
+
+
+def test_return_selected_recipe_is_reported_by_a_fresh_evaluation_of_best_pt(swept):
+    """readme-ret keeps best.pt by the in-run return at the top target; the table reports best.pt
+    played again on resets the run never saw (the in-run number chose it, so it flatters it)."""
+    data_dir, out, _ = swept
+    extra = ("--recipes", "readme-ret", "--models", "qwen3", "--seeds", "0", "--iters", "3")
+    proc = sweep(data_dir, out, *extra)
+    assert proc.returncode in (0, 1), proc.stderr
+    run = out / "hopper-medium" / "readme-ret" / "qwen3-seed0"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    top = sorted_return_keys(rows[0])[0]
+    in_run = [r[top] for r in rows]
+    chosen = in_run.index(max(in_run)) + 1
+    assert torch.load(run / "best.pt", weights_only=True)["iteration"] == chosen
+
+    fresh = json.loads((run / "eval-best-fresh.json").read_text())
+    assert fresh["iteration"] == chosen
+    played = {r["target"]: r["return_mean"] for r in fresh["targets"]}
+    assert not set(fresh["episode_seeds"]) & {0, 1}  # the run's own episodes: seed 0, 2 of them
+    returns = [played[t] for t in sorted(played, reverse=True)]
+    cells = " | ".join(f"{x:.0f}" for x in returns)
+    assert f"| hopper:medium | readme-ret | qwen3 | 1/1 | {cells} |" in proc.stdout, proc.stdout
+    assert f"| {chosen} | {cells} | {max(in_run):.0f} |" in proc.stdout  # and the in-run R@max
+    (row,) = json.loads((out / "recipes.json").read_text())["rows"]
+    assert row["returns"] == returns and row["best_iteration"] == chosen
+    assert row["selected_returns"] == [rows[chosen - 1][k] for k in sorted_return_keys(rows[0])]
+    assert row["returns"] != row["selected_returns"]  # other resets: the test tells them apart
+
+    # Rerun: read, neither retrained nor evaluated again.
+    before = (run / "eval-best-fresh.json").stat().st_mtime_ns
+    again = sweep(data_dir, out, *extra)
+    assert again.returncode == proc.returncode
+    assert (run / "eval-best-fresh.json").stat().st_mtime_ns == before
+    assert f"| hopper:medium | readme-ret | qwen3 | 1/1 | {cells} |" in again.stdout
+
+
+def test_plan_counts_a_suite_dataset_not_built_yet(tmp_path):
+    """--plan needs only step counts: a suite dataset not built yet is planned at its nominal
+    size, naming the command that builds it; any other missing dataset is still an error."""
+    cmd = [sys.executable, str(BENCH), "--data_dir", str(tmp_path), "--recipes", "readme",
+           "readme-ret", "--models", "qwen3", "--seeds", "0", "1", "--plan"]  # fmt: skip
+    proc = subprocess.run([*cmd, "humanoid:mixed-20k"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "make_suite.py --name humanoid-mixed-20k" in proc.stdout
+    assert "planned at its 20000 steps" in proc.stdout and "4 runs;" in proc.stdout
+    proc = subprocess.run([*cmd, "humanoid:nothing"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "humanoid:nothing" in proc.stderr

@@ -20,6 +20,7 @@ from decision_transformer.data import suite
 from decision_transformer.data.behaviours import (
     ArsConfig,
     LinearPolicy,
+    MixedBehaviour,
     RandomisedPD,
     ars_update,
     episode_return,
@@ -147,6 +148,88 @@ def test_graded_noise_levels_cover_the_range_evenly_and_nest():
     counts, _ = np.histogram(levels, bins=10, range=(0.0, 0.3))
     assert counts.min() >= 95 and counts.max() <= 105
     np.testing.assert_array_equal(graded_noise_levels(10, 0.3), levels[:10])
+
+
+# ------------------------------------------------------------------- the mixture of behaviours
+MIXED = "humanoid-mixed-2500"
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    """A small mixed dataset on the real simulator, a random linear policy standing in for the
+    trained ARS one (training it takes minutes)."""
+    env = gymnasium.make("Humanoid-v5")
+    policy = _random_linear_policy(env, 1)
+    recipe = suite.recipe_for(MIXED)
+    return recipe, policy, suite.rollout(recipe, policy)
+
+
+def test_mixed_episodes_replay_the_behaviour_each_drew(mixed):
+    recipe, policy, paths = mixed
+    _assert_valid_humanoid(paths)
+    kinds = suite.episode_kinds(recipe, len(paths))
+    assert {"balance", "pd", "ars", "random"} <= set(kinds)
+    # Each episode's actions are exactly what its own generator's plan says: the behaviour it
+    # drew, plus its offset and noise (the same generator's later draws), clipped.
+    env = gymnasium.make("Humanoid-v5")
+    behaviour = MixedBehaviour(env, recipe.mix, recipe.pd, policy)
+    low, high = env.action_space.low, env.action_space.high
+    for i, path in enumerate(paths):
+        rng = np.random.default_rng([recipe.seed, i])
+        plan = behaviour.draw(rng)
+        assert plan.kind == kinds[i]
+        replayed = []
+        for obs in path["observations"].astype(np.float64):
+            action = plan.act(obs) + (0.0 if plan.offset is None else plan.offset)
+            if plan.noise > 0:
+                action = action + plan.noise * rng.standard_normal(action.shape)
+            replayed.append(np.clip(action, low, high))
+        np.testing.assert_allclose(path["actions"], replayed, atol=2e-3, err_msg=f"episode {i}")
+
+
+def test_mixed_data_is_short_falls_of_different_skill(mixed):
+    recipe, policy, paths = mixed
+    kinds = suite.episode_kinds(recipe, len(paths))
+    assert all(p["terminals"][-1] for p in paths)  # every episode ends in a fall
+    assert np.median([len(p["rewards"]) for p in paths]) < 120
+    returns = {
+        k: [float(p["rewards"].sum()) for p, kk in zip(paths, kinds) if kk == k] for k in kinds
+    }
+    # The balance controller is the skilled band, noise around a zero action the unskilled one.
+    assert np.mean(returns["balance"]) > 1.5 * np.mean(returns["random"])
+    again = suite.rollout(replace(recipe, steps=600), policy)
+    _assert_same_paths(again, paths[: len(again)])  # a smaller dataset is a prefix
+    other = suite.rollout(replace(recipe, steps=1, seed=1), policy)
+    assert not np.array_equal(other[0]["actions"], paths[0]["actions"][: len(other[0]["actions"])])
+
+
+def test_mixed_dataset_builds_with_its_policy_and_describes_each_behaviour(tmp_path):
+    policy = suite.PolicyRecipe(
+        "humanoid", ArsConfig(iterations=1, directions=2, top=1, horizon=30)
+    )
+    recipe = replace(suite.recipe_for("humanoid-mixed-700"), policy=policy)
+    record, built = suite.build(recipe, tmp_path, log=lambda line: None)
+    assert built and record["policy"]["train_env_steps"] > 0
+    assert suite.is_cached(tmp_path, recipe)
+    paths = suite.load_suite_dataset(tmp_path, recipe.name)
+    kinds = suite.episode_kinds(recipe, len(paths))
+    by_kind = record["behaviours"]
+    assert sum(v["episodes"] for v in by_kind.values()) == record["episodes"] == len(paths)
+    for kind, described in by_kind.items():
+        mine = [p for p, k in zip(paths, kinds) if k == kind]
+        assert described["steps"] == sum(len(p["rewards"]) for p in mine)
+        returns = [float(p["rewards"].astype(np.float64).sum()) for p in mine]
+        assert described["returns"]["p50"] == pytest.approx(np.median(returns), rel=1e-5)
+    changed = replace(recipe, mix=replace(recipe.mix, balance_noise=(0.0, 0.2)))
+    assert not suite.is_cached(tmp_path, changed)
+
+
+def test_older_families_keep_their_recipe_hashes():
+    """The digests the suite's first three families had before the mixed family was added (main
+    at ddda480): datasets built then are still recognised as cached."""
+    assert suite.recipe_for("humanoid-pd-20k").digest() == "e86962c41d3c4716"
+    assert suite.recipe_for("humanoid-ars-100k").digest() == "3a82cdd1b995ce44"
+    assert suite.recipe_for("hopper-ars-1m").digest() == "cfe5a4bb61da3b1c"
 
 
 # --------------------------------------------------------------------------------------- ARS
@@ -336,5 +419,10 @@ def test_suite_names_cover_six_families_at_three_sizes():
     assert len(names) == 18 and "humanoid-pd-20k" in names and "hopper-ars-1m" in names
     for env in ("walker2d", "halfcheetah", "ant"):
         assert suite.parse_name(f"{env}-ars-100k") == (env, "ars", 100_000)
+def test_suite_names_cover_four_families_at_three_sizes():
+    names = suite.suite_names()
+    assert len(names) == 12 and "humanoid-pd-20k" in names and "hopper-ars-1m" in names
+    assert "humanoid-mixed-20k" in names and "humanoid-mixed-100k" in names
     assert [suite.parse_name(n)[2] for n in names[:3]] == [20_000, 100_000, 1_000_000]
     assert suite.parse_name("humanoid-ars-300") == ("humanoid", "ars", 300)
+    assert suite.parse_name("humanoid-mixed-20k") == ("humanoid", "mixed", 20_000)

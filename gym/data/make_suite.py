@@ -12,9 +12,10 @@ hash), then prints a table of what was asked for. A dataset whose file exists wi
 recipe is skipped; ``--force`` rebuilds. ``--minari`` also stores each as a local Minari dataset
 ``suite/<env>/<rest of the name>-v0`` (train with ``--dataset minari:suite/humanoid/pd-20k-v0``),
 rewritten whenever the pickle is. The ARS datasets first train their linear policy (a few
-minutes, cached as ``data/policies/<env>-ars-seed0.npz``). Names: ``humanoid-pd``,
-``humanoid-ars``, ``hopper-ars``, ``walker2d-ars``, ``halfcheetah-ars`` and ``ant-ars`` followed
-by ``-20k``, ``-100k``, ``-1m`` or any step count
+minutes, cached as ``data/policies/<env>-ars-seed0.npz``), as does the mixed family (one of
+its behaviours is that policy). Names: ``humanoid-pd``, ``humanoid-ars``, ``hopper-ars``,
+``walker2d-ars``, ``halfcheetah-ars``, ``ant-ars`` and ``humanoid-mixed`` followed by ``-20k``,
+``-100k``, ``-1m`` or any step count
 (``humanoid-pd-300``). How each behaviour is made: ``decision_transformer/data/behaviours.py``;
 the recipes: ``decision_transformer/data/suite.py``.
 """

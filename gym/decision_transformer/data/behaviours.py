@@ -30,6 +30,17 @@ Linear policy trained by Augmented Random Search (``train_ars``, ``LinearPolicy`
     ``allow_pickle=False``. The dataset then rolls the trained policy out with per-episode
     Gaussian action noise whose level is graded across episodes (``graded_noise_levels``), so the
     data spans the trained policy's return down to well below it.
+
+Mixture of behaviours (``MixedBehaviour``)
+    Each episode first draws which behaviour plays it (``MixRanges.shares``), then that
+    behaviour's settings, all from the episode's own generator: the embedded collector's LQR
+    balance controller (``humanoid_controller.py``) with a knee-bending offset and mild action
+    noise both drawn per episode (the offset makes it sink and fall, after ~50 to ~120 steps:
+    the most skilled band); a randomised PD controller as above; the trained
+    ARS linear policy with per-episode noise; or a zero action under heavy noise (random-ish,
+    falls in ~20-30 steps). Nearly every episode ends early in a fall, so the data is many short
+    episodes whose returns differ by *what* was played, not only by luck: data of the shape that
+    issue 34's held-out set has, which the single-behaviour families lack.
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ import gymnasium
 import numpy as np
 
 from ..files import atomic_open
+from .humanoid_controller import BalanceController, LqrWeights, knee_bend_offset
 
 # Normalised observations are clipped: contact-force entries sit at zero most of the time, so a
 # rare contact divides by a tiny std and would otherwise saturate every action at once.
@@ -315,3 +327,82 @@ def train_ars(
         "train_seconds": np.asarray(time.perf_counter() - start),
     }
     return policy, curve
+
+
+# --------------------------------------------------------------------------- mixture of behaviours
+MIXED_KINDS = ("balance", "pd", "ars", "random")
+
+
+@dataclass(frozen=True)
+class MixRanges:
+    """How a mixed dataset's episodes are drawn (see module docstring); every field is part of
+    the dataset's recipe."""
+
+    # behaviour -> expected share of the episodes (normalised when drawn)
+    shares: tuple[tuple[str, float], ...] = (
+        ("balance", 0.4),
+        ("pd", 0.25),
+        ("ars", 0.25),
+        ("random", 0.1),
+    )
+    # Knee-bending offset of the balance controller, uniform, and its action-noise std: at a
+    # bend of 0.05 and noise 0.02 it falls after ~110 steps (return ~530), at 0.09 and 0.06
+    # after ~50-70 (~250-350). Noise-free, or below a bend of ~0.05, it may stand all 1000 steps,
+    # which this family leaves out: it is about short episodes. Noise above ~0.1 topples it
+    # within ~40 steps whatever the bend, which would erase the skill it is here to show.
+    balance_bend: tuple[float, float] = (0.05, 0.09)
+    balance_noise: tuple[float, float] = (0.02, 0.06)
+    ars_noise: tuple[float, float] = (0.0, 0.3)
+    random_noise: tuple[float, float] = (0.2, 0.4)  # around a zero action
+    lqr: LqrWeights = LqrWeights()  # the balance controller's design
+
+    def draw_kind(self, rng: np.random.Generator) -> str:
+        """The behaviour of an episode: the first draw from its generator."""
+        kinds = [k for k, _ in self.shares]
+        shares = np.array([w for _, w in self.shares], dtype=np.float64)
+        return kinds[int(rng.choice(len(kinds), p=shares / shares.sum()))]
+
+
+@dataclass
+class EpisodePlan:
+    """What plays one episode: ``rollout_episode(env, act, noise, rng, seed, offset)``."""
+
+    kind: str
+    act: Callable[[np.ndarray], np.ndarray]
+    noise: float
+    offset: np.ndarray | None = None
+
+
+class MixedBehaviour:
+    """Draws per-episode ``EpisodePlan``s of the mixture for Humanoid-v5. The balance controller
+    is designed once (about a second); ``policy`` is the trained ARS policy."""
+
+    def __init__(
+        self,
+        env: gymnasium.Env,
+        ranges: MixRanges,
+        pd: PDRanges,
+        policy: LinearPolicy,
+    ):
+        unknown = {k for k, _ in ranges.shares} - set(MIXED_KINDS)
+        if unknown:
+            raise ValueError(f"unknown behaviours {sorted(unknown)}: use {', '.join(MIXED_KINDS)}")
+        self.ranges = ranges
+        self.pd = RandomisedPD(env, pd)
+        self.policy = policy
+        self.balance = BalanceController(weights=ranges.lqr)
+        self.bend = knee_bend_offset(env, 1.0)  # per unit of bend
+        zero = np.zeros(env.action_space.shape[0])
+        self.zero = lambda obs: zero
+
+    def draw(self, rng: np.random.Generator) -> EpisodePlan:
+        r = self.ranges
+        kind = r.draw_kind(rng)
+        if kind == "balance":
+            bend = rng.uniform(*r.balance_bend)
+            return EpisodePlan(kind, self.balance, rng.uniform(*r.balance_noise), bend * self.bend)
+        if kind == "pd":
+            return EpisodePlan(kind, self.pd.draw(rng), 0.0)
+        if kind == "ars":
+            return EpisodePlan(kind, self.policy, rng.uniform(*r.ars_noise))
+        return EpisodePlan(kind, self.zero, rng.uniform(*r.random_noise))

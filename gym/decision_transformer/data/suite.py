@@ -15,15 +15,22 @@ is made):
 - ``hopper-ars``: Hopper-v5, the same for Hopper;
 - ``walker2d-ars``, ``halfcheetah-ars``, ``ant-ars``: Walker2d-v5, HalfCheetah-v5, Ant-v5, the
   same recipe (the bodies a multi-task run, ``--tasks``, trains one model over).
+- ``humanoid-mixed``: Humanoid-v5, a mixture: each episode draws its behaviour (the balance
+  controller sinking at a drawn knee bend under drawn noise, a randomised PD controller, the ARS
+  policy with drawn noise, or noise around a zero action), so the data is many short episodes
+  ending in falls, of different skill and noise (issue 34's shape).
 
 Episode ``i`` resets with seed ``seed + i`` and draws its randomness from
 ``default_rng([seed, i])``, so a smaller dataset is a prefix of a larger one with the same seed.
+A mixed dataset's description also counts its episodes, steps and return percentiles per
+behaviour (``behaviours``).
 
 Caching: beside each dataset a JSON description (``...-v2.json``) records the recipe, its hash,
 and the dataset's episodes, steps, return percentiles and build time. A build is skipped when the
 data file exists and the description's hash equals the current recipe's; any change to the recipe
 (seed, behaviour settings, the trained policy's own recipe, ``RECIPE_VERSION``) rebuilds. The
-ARS policy is cached the same way as ``{data_dir}/policies/<env>-ars-seed<seed>.npz``.
+ARS policy (of the ARS and the mixed families) is cached the same way as
+``{data_dir}/policies/<env>-ars-seed<seed>.npz``.
 """
 
 from __future__ import annotations
@@ -43,8 +50,11 @@ from ..envs import ENV_SPECS, make_env
 from ..files import atomic_open
 from ..provenance import content_hash, stack_versions
 from .behaviours import (
+    MIXED_KINDS,
     ArsConfig,
     LinearPolicy,
+    MixedBehaviour,
+    MixRanges,
     PDRanges,
     RandomisedPD,
     graded_noise_levels,
@@ -67,6 +77,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "walker2d-ars": ("walker2d", "ars"),
     "halfcheetah-ars": ("halfcheetah", "ars"),
     "ant-ars": ("ant", "ars"),
+    "humanoid-mixed": ("humanoid", "mixed"),
 }
 
 # How each env's ARS policy is trained: a few minutes of one CPU core (see README_suite.md).
@@ -189,10 +200,14 @@ class Recipe:
     max_noise: float | None = None
     policy: PolicyRecipe | None = None
     version: int = RECIPE_VERSION
+    mix: MixRanges | None = None
 
     def digest(self) -> str:
         record = asdict(self)
         record.pop("name")  # the same data under another name is the same recipe
+        if record["mix"] is None:
+            # The families made before mixtures keep their hashes, so their caches stay valid.
+            record.pop("mix")
         return _hash(record)
 
 
@@ -201,6 +216,17 @@ def recipe_for(name: str, seed: int = 0) -> Recipe:
     env, behaviour, steps = parse_name(name)
     if behaviour == "pd":
         return Recipe(name, env, behaviour, steps, seed, pd=PDRanges())
+    if behaviour == "mixed":
+        return Recipe(
+            name,
+            env,
+            behaviour,
+            steps,
+            seed,
+            pd=PDRanges(),
+            policy=PolicyRecipe(env, ARS_CONFIGS[env]),
+            mix=MixRanges(),
+        )
     return Recipe(
         name,
         env,
@@ -267,6 +293,33 @@ def ensure_policy(
     return LinearPolicy.load(path)
 
 
+def episode_kinds(recipe: Recipe, n_episodes: int) -> list[str]:
+    """Which behaviour played each of a mixed dataset's first ``n_episodes`` episodes (each
+    episode's first draw, so no rollout is needed to tell)."""
+    if recipe.mix is None:
+        raise SuiteError(f"{recipe.name} is not a mixture of behaviours")
+    return [
+        recipe.mix.draw_kind(np.random.default_rng([recipe.seed, i])) for i in range(n_episodes)
+    ]
+
+
+def describe_by_kind(paths: list[dict[str, np.ndarray]], kinds: list[str]) -> dict[str, Any]:
+    """Per behaviour of a mixture: episodes, steps, median length and return percentiles."""
+    out = {}
+    for kind in MIXED_KINDS:
+        mine = [p for p, k in zip(paths, kinds, strict=True) if k == kind]
+        if not mine:
+            continue
+        returns = np.array([float(p["rewards"].sum()) for p in mine])
+        out[kind] = {
+            "episodes": len(mine),
+            "steps": int(sum(len(p["rewards"]) for p in mine)),
+            "median_length": float(np.median([len(p["rewards"]) for p in mine])),
+            "returns": {f"p{q}": float(np.percentile(returns, q)) for q in (10, 50, 90)},
+        }
+    return out
+
+
 def describe(paths: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """Episodes, steps, episode lengths and return percentiles of a list of trajectories."""
     returns = np.array([float(p["rewards"].sum()) for p in paths])
@@ -296,21 +349,27 @@ def rollout(
 ) -> list[dict[str, np.ndarray]]:
     """Roll the recipe's behaviour out until ``recipe.steps`` steps are stored."""
     env = make_env(recipe.env)
+    if recipe.behaviour != "pd" and policy is None:
+        raise SuiteError(f"{recipe.name}: the {recipe.behaviour} behaviour needs its ARS policy")
     if recipe.behaviour == "pd":
         pd = RandomisedPD(env, recipe.pd)
-    elif policy is None:
-        raise SuiteError(f"{recipe.name}: the ARS behaviour needs its trained policy")
+    elif recipe.behaviour == "mixed":
+        mixed = MixedBehaviour(env, recipe.mix, recipe.pd, policy)
     paths: list[dict[str, np.ndarray]] = []
     stored = 0
     while stored < recipe.steps:
         i = len(paths)
         rng = np.random.default_rng([recipe.seed, i])
+        offset = None
         if recipe.behaviour == "pd":
             act, noise = pd.draw(rng), 0.0
+        elif recipe.behaviour == "mixed":
+            plan = mixed.draw(rng)
+            act, noise, offset = plan.act, plan.noise, plan.offset
         else:
             act = policy
             noise = float(graded_noise_levels(i + 1, recipe.max_noise)[i])
-        paths.append(rollout_episode(env, act, noise, rng, recipe.seed + i))
+        paths.append(rollout_episode(env, act, noise, rng, recipe.seed + i, offset))
         stored += len(paths[-1]["rewards"])
         if log is not None and len(paths) % 200 == 0:
             log(f"{recipe.name}: {len(paths)} episodes, {stored}/{recipe.steps} steps")
@@ -330,7 +389,7 @@ def build(
     if not force and is_cached(data_dir, recipe):
         return read_description(data_dir, recipe.name), False
     policy, policy_meta = None, None
-    if recipe.behaviour == "ars":
+    if recipe.policy is not None:
         policy, policy_meta = ensure_policy(data_dir, recipe.policy, log)
     start = time.perf_counter()
     paths = rollout(recipe, policy, log)
@@ -341,6 +400,11 @@ def build(
         "file": data_file(data_dir, recipe.name).name,
         "train_with": f"--env {recipe.env} --dataset {recipe.name[len(recipe.env) + 1 :]}",
         **describe(paths),
+        **(
+            {"behaviours": describe_by_kind(paths, episode_kinds(recipe, len(paths)))}
+            if recipe.mix is not None
+            else {}
+        ),
         "build_seconds": round(time.perf_counter() - start, 1),
         "content_hash": content_hash(paths),
         "recipe_hash": recipe.digest(),
