@@ -419,6 +419,8 @@ def test_suite_names_cover_six_families_at_three_sizes():
     assert len(names) == 18 and "humanoid-pd-20k" in names and "hopper-ars-1m" in names
     for env in ("walker2d", "halfcheetah", "ant"):
         assert suite.parse_name(f"{env}-ars-100k") == (env, "ars", 100_000)
+
+
 def test_suite_names_cover_four_families_at_three_sizes():
     names = suite.suite_names()
     assert len(names) == 12 and "humanoid-pd-20k" in names and "hopper-ars-1m" in names
