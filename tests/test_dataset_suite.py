@@ -414,17 +414,12 @@ def test_bad_requests_fail_with_one_line(args, words, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_suite_names_cover_six_families_at_three_sizes():
+def test_suite_names_cover_seven_families_at_three_sizes():
     names = suite.suite_names()
-    assert len(names) == 18 and "humanoid-pd-20k" in names and "hopper-ars-1m" in names
+    assert len(names) == 21 and "humanoid-pd-20k" in names and "hopper-ars-1m" in names
+    assert "humanoid-mixed-20k" in names and "humanoid-mixed-100k" in names
     for env in ("walker2d", "halfcheetah", "ant"):
         assert suite.parse_name(f"{env}-ars-100k") == (env, "ars", 100_000)
-
-
-def test_suite_names_cover_four_families_at_three_sizes():
-    names = suite.suite_names()
-    assert len(names) == 12 and "humanoid-pd-20k" in names and "hopper-ars-1m" in names
-    assert "humanoid-mixed-20k" in names and "humanoid-mixed-100k" in names
     assert [suite.parse_name(n)[2] for n in names[:3]] == [20_000, 100_000, 1_000_000]
     assert suite.parse_name("humanoid-ars-300") == ("humanoid", "ars", 300)
     assert suite.parse_name("humanoid-mixed-20k") == ("humanoid", "mixed", 20_000)
