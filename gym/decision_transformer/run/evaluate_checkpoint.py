@@ -330,9 +330,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     return report
 
 
-def evaluate_tasks(args: argparse.Namespace, ckpt_path: Path, ckpt: dict) -> dict:
-    """evaluate.py on a multi-task run (--tasks): every task at its own targets, as the run's
-    evaluation played them (run/multitask.py), each with its own state statistics."""
+def _refuse_single_task_flags(args: argparse.Namespace) -> None:
     if args.video is not None:
         raise ConfigError(
             "--video of a multi-task run is not supported yet: drop --video (the per-task "
@@ -343,6 +341,10 @@ def evaluate_tasks(args: argparse.Namespace, ckpt_path: Path, ckpt: dict) -> dic
             "--target_return is one list for one task; a multi-task run evaluates each task at "
             "its own targets: drop --target_return"
         )
+
+
+def _saved_tasks(ckpt_path: Path, ckpt: dict) -> tuple[RunConfig, list, list, list, list]:
+    """The run's config and, per task, its name, state statistics, targets and shapes."""
     saved = RunConfig.from_dict(ckpt["config"])
     try:
         names = [task_name(t) for t in saved.tasks]
@@ -354,6 +356,11 @@ def evaluate_tasks(args: argparse.Namespace, ckpt_path: Path, ckpt: dict) -> dic
             f"{ckpt_path} does not describe its tasks ({_first_line(e)}); point --checkpoint "
             "at a multi-task run experiment.py wrote"
         ) from None
+    return saved, names, stats, targets, shapes
+
+
+def _evaluation_config(args: argparse.Namespace, saved: RunConfig) -> RunConfig:
+    """The run's config with the evaluation flags given on the command line, checked."""
     overrides = {
         flag: getattr(args, flag)
         for flag in ("num_eval_episodes", "eval_envs", "seed")
@@ -365,6 +372,15 @@ def evaluate_tasks(args: argparse.Namespace, ckpt_path: Path, ckpt: dict) -> dic
             raise ConfigError(f"--{flag} must be positive, got {getattr(cfg, flag)}")
     if cfg.seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {cfg.seed}")
+    return cfg
+
+
+def evaluate_tasks(args: argparse.Namespace, ckpt_path: Path, ckpt: dict) -> dict:
+    """evaluate.py on a multi-task run (--tasks): every task at its own targets, as the run's
+    evaluation played them (run/multitask.py), each with its own state statistics."""
+    _refuse_single_task_flags(args)
+    saved, names, stats, targets, shapes = _saved_tasks(ckpt_path, ckpt)
+    cfg = _evaluation_config(args, saved)
     warn_on_version_drift(ckpt_path.parent)
     tf32 = match_run_numerics(ckpt["config"].get("device", "cpu"), cfg.device)
     model = build_multitask_model(cfg.model_config(), shapes)
