@@ -19,7 +19,14 @@ the validation error at that iteration, and the two checks of the issue-23 targe
 and returns rising with the target (R@max > R@p50 > R@p10). A return-selected run is reported by
 a fresh evaluation of best.pt (evaluate.py, --episodes episodes per target from resets the run
 never played, saved as RUN/eval-best-fresh.json): its in-run returns chose the iteration, so
-they flatter it; they are kept in the "in-run R@max" column.
+they flatter it; they are kept in the "in-run R@max" column. Recipes that differ only in
+--select_by train the same weights, so when both are asked for (readme and readme-ret) only the
+return-selected one trains, and the other's row is read from its run.
+
+Every recipe is compared with the original's defaults on the same dataset and model: the summary's
+last column is the difference of the mean R@max over seeds ± its standard error (seed stds, ddof
+1), and the script names the datasets where a recipe is worse by more than two standard errors
+(issue 34's bar for the README's advice: never worse than the original's defaults).
 
 The budget: every run is at most --steps gradient steps of batch 64 (a recipe whose steps scale
 with the dataset takes fewer on small data), plus evaluation. The target, for the Qwen3 DT: some
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -194,6 +202,24 @@ def run_dir(args: argparse.Namespace, dataset: str, recipe: str, model: str, see
     return args.out / safe / recipe / f"{model}-seed{seed}"
 
 
+def shared_training(requested: list[str]) -> dict[str, str]:
+    """Recipes read from another requested recipe's run instead of training their own: a
+    val_error recipe whose training (flags and steps) equals a return-selected one's. Selection
+    changes which weights best.pt keeps, never what is trained, so the val_error row is that
+    run's in-run returns at its lowest validation error, the numbers its own run would give."""
+    reads = {}
+    for name in requested:
+        mine = RECIPES[name]
+        if mine.by_return:
+            continue
+        for other in requested:
+            theirs = RECIPES[other]
+            if theirs.by_return and (theirs.flags, theirs.epochs) == (mine.flags, mine.epochs):
+                reads[name] = other
+                break
+    return reads
+
+
 def finished(out: Path, iters: int) -> bool:
     rows = out / "metrics.jsonl"
     return rows.is_file() and len(rows.read_text().splitlines()) >= iters
@@ -328,11 +354,43 @@ def seed_mean(done: list[Row]) -> tuple[np.ndarray, bool, bool]:
     return mean, bool(mean[0] >= done[0].p90), bool(mean[0] > mean[1] > mean[2])
 
 
+BASELINE = "original"  # the recipe every other is compared with (issue 34: advice never worse)
+
+
+def against_baseline(rows: list[Row], mine: list[Row]) -> tuple[float, float] | None:
+    """R@max of ``mine`` minus the baseline recipe's on the same dataset and model (means over
+    seeds), and the standard error of that difference (sqrt(s1²/n1 + s2²/n2), seed std ddof 1);
+    None without two finished seeds on both sides."""
+    ds, model = mine[0].dataset, mine[0].model
+    base = [r for r in rows if (r.dataset, r.recipe, r.model) == (ds, BASELINE, model)]
+    a = [r.returns[0] for r in mine if not r.error]
+    b = [r.returns[0] for r in base if not r.error]
+    if mine[0].recipe == BASELINE or len(a) < 2 or len(b) < 2:
+        return None
+    se = math.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))
+    return float(np.mean(a) - np.mean(b)), se
+
+
+def worse_than_baseline(rows: list[Row], recipes: list[str]) -> dict[str, list[str]]:
+    """Per recipe compared, the datasets (for the target model) where its mean R@max is below
+    the baseline's by more than twice the standard error of the difference."""
+    worse: dict[str, list[str]] = {}
+    for recipe in recipes:
+        for ds in dict.fromkeys(r.dataset for r in rows):
+            mine = [r for r in rows if (r.dataset, r.recipe, r.model) == (ds, recipe, TARGET_MODEL)]
+            diff = against_baseline(rows, mine) if mine else None
+            if diff is not None:
+                worse.setdefault(recipe, [])
+                if diff[0] + 2 * diff[1] < 0:
+                    worse[recipe].append(f"{ds} ({diff[0]:+.0f} ± {diff[1]:.0f})")
+    return worse
+
+
 def summary_markdown(rows: list[Row]) -> str:
-    """One line per dataset, recipe and model: the mean ± sample std over seeds, and the two
-    checks on the means (the target is judged on these)."""
+    """One line per dataset, recipe and model: the mean ± sample std over seeds, the two checks
+    on the means (the target is judged on these), and R@max against the baseline recipe's."""
     head = ["dataset", "recipe", "model", "seeds", "R@max", "R@p50", "R@p10", "data p90"]
-    head += ["R@max ≥ p90", "rising"]
+    head += ["R@max ≥ p90", "rising", f"R@max − {BASELINE}'s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
     groups: dict[tuple[str, str, str], list[Row]] = {}
     for r in rows:
@@ -346,6 +404,8 @@ def summary_markdown(rows: list[Row]) -> str:
         cells = [ds, recipe, model, f"{len(done)}/{len(mine)}"]
         cells += [f"{m:.0f} ± {s:.0f}" if len(done) > 1 else f"{m:.0f}" for m, s in zip(mean, std)]
         cells += [fmt(done[0].p90), fmt(meets), "–" if model == "bc" else fmt(rising)]
+        diff = against_baseline(rows, mine)
+        cells.append(f"{diff[0]:+.0f} ± {diff[1]:.0f}" if diff else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -392,8 +452,11 @@ def verdicts(rows: list[Row], datasets: list[str], recipes: list[str]) -> dict[s
 def plan(args, datasets: list[tuple[str, str, str, int]]) -> None:
     total_s = 0.0
     runs = 0
+    shared = shared_training(args.recipes)
     for _, _, _, data_steps in datasets:
         for name in args.recipes:
+            if name in shared:
+                continue  # read from the run it shares
             recipe = RECIPES[name]
             k = int(recipe.flags[recipe.flags.index("--K") + 1])
             steps = recipe.steps(args.steps, data_steps)
@@ -406,6 +469,8 @@ def plan(args, datasets: list[tuple[str, str, str, int]]) -> None:
         f"{runs} runs; estimated {total_s / 3600:.1f} hours on 2 idle CPU cores at the full "
         "model sizes (training at the measured ms/step, evaluation at ~60 s an iteration)"
     )
+    for name, source in shared.items():
+        print(f"{name}: no runs of its own, read from {source}'s (the same training)")
 
 
 def main() -> int:
@@ -473,12 +538,14 @@ def main() -> int:
 
     print_lock = threading.Lock()
 
+    shared = shared_training(args.recipes)
+
     def one(name, env, dataset, data_steps, p90, recipe_name, model, seed) -> Row:
         recipe = RECIPES[recipe_name]
         steps = recipe.steps(args.steps, data_steps)
         row = Row(name, recipe_name, model, seed, steps, p90)
-        out = run_dir(args, name, recipe_name, model, seed)
-        if not finished(out, args.iters) and not args.table_only:
+        out = run_dir(args, name, shared.get(recipe_name, recipe_name), model, seed)
+        if not finished(out, args.iters) and not args.table_only and recipe_name not in shared:
             row.error = train(args, env, dataset, recipe, model, seed, steps, out)
         if not row.error and finished(out, args.iters):
             summarize(row, out, recipe)
@@ -503,8 +570,10 @@ def main() -> int:
         for model in args.models
         for seed in args.seeds
     ]
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # rows keep the sweep's order
-        rows = list(pool.map(lambda t: one(*t), todo))
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        trained = {t: pool.submit(one, *t) for t in todo if t[5] not in shared}
+    # The shared rows read runs the pool has finished; rows keep the sweep's order.
+    rows = [trained[t].result() if t in trained else one(*t) for t in todo]
 
     table = summary_markdown(rows) + "\n\nPer seed:\n\n" + markdown(rows)
     print(table)
@@ -535,6 +604,7 @@ def main() -> int:
                     {**r.__dict__, "meets_p90": r.meets_p90, "rising": r.rising} for r in rows
                 ],
                 "missed": missed,
+                f"worse_than_{BASELINE}": worse_than_baseline(rows, args.recipes),
             },
             indent=2,
         )  # fmt: skip
@@ -547,6 +617,11 @@ def main() -> int:
     for recipe, where in missed.items():
         print(
             f"{recipe}: " + (f"missed on {', '.join(where)}" if where else "met on every dataset")
+        )
+    for recipe, where in worse_than_baseline(rows, args.recipes).items():
+        print(
+            f"{recipe} against {BASELINE}: "
+            + (f"worse beyond 2 SE on {', '.join(where)}" if where else "never worse beyond 2 SE")
         )
     if missed and all(missed.values()):
         print(

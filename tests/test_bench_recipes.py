@@ -140,7 +140,49 @@ def test_plan_counts_a_suite_dataset_not_built_yet(tmp_path):
     proc = subprocess.run([*cmd, "humanoid:mixed-20k"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "make_suite.py --name humanoid-mixed-20k" in proc.stdout
-    assert "planned at its 20000 steps" in proc.stdout and "4 runs;" in proc.stdout
+    assert "planned at its 20000 steps" in proc.stdout and "2 runs;" in proc.stdout
+    assert "readme: no runs of its own, read from readme-ret's" in proc.stdout  # same training
     proc = subprocess.run([*cmd, "humanoid:nothing"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "humanoid:nothing" in proc.stderr
+
+
+def test_shared_training_and_the_comparison_with_the_originals_defaults(tmp_path, swept):
+    """readme and readme-ret differ only in --select_by: one run serves both, the readme row is
+    that run's returns at its lowest validation error. Every recipe's mean R@max is set against
+    the original's with the standard error of the difference, and a recipe worse by more than
+    two of them is named."""
+    data_dir, _, _ = swept
+    out = tmp_path / "sweep"
+    extra = ("--recipes", "original", "readme", "readme-ret", "--models", "qwen3")
+    proc = sweep(data_dir, out, *extra)
+    assert proc.returncode in (0, 1), proc.stderr
+    assert not (out / "hopper-medium" / "readme").exists()  # no training of its own
+
+    def runs(recipe):
+        return [out / "hopper-medium" / recipe / f"qwen3-seed{s}" for s in SEEDS]
+
+    shared = [at_best_iteration(run) for run in runs("readme-ret")]
+    for seed, returns in zip(SEEDS, shared):
+        cells = " | ".join(f"{x:.0f}" for x in returns)
+        assert f"| hopper:medium | readme | qwen3 | {seed} | 6 |" in proc.stdout
+        assert f"| {cells} | – |" in proc.stdout.split(f"| readme | qwen3 | {seed} |")[1]
+
+    def top_of(report):
+        return max(report["targets"], key=lambda t: t["target"])["return_mean"]
+
+    original = [at_best_iteration(run)[0] for run in runs("original")]
+    fresh = [top_of(json.loads((r / "eval-best-fresh.json").read_text())) for r in runs("readme-ret")]
+    readme = [r[0] for r in shared]
+    worse = []
+    for name, mine in (("readme", readme), ("readme-ret", fresh)):
+        diff = np.mean(mine) - np.mean(original)
+        se = np.sqrt(np.var(mine, ddof=1) / 2 + np.var(original, ddof=1) / 2)
+        row = [x for x in proc.stdout.splitlines() if x.startswith(f"| hopper:medium | {name} |")]
+        assert row[0].endswith(f"| {diff:+.0f} ± {se:.0f} |"), row
+        if diff + 2 * se < 0:
+            worse.append(name)
+        verdict = "worse beyond 2 SE on hopper:medium" if name in worse else "never worse"
+        assert f"{name} against original: {verdict}" in proc.stdout
+    saved = json.loads((out / "recipes.json").read_text())["worse_than_original"]
+    assert {k for k, v in saved.items() if v} == set(worse)
