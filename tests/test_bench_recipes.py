@@ -172,7 +172,8 @@ def test_shared_training_and_the_comparison_with_the_originals_defaults(tmp_path
         return max(report["targets"], key=lambda t: t["target"])["return_mean"]
 
     original = [at_best_iteration(run)[0] for run in runs("original")]
-    fresh = [top_of(json.loads((r / "eval-best-fresh.json").read_text())) for r in runs("readme-ret")]
+    reports = [json.loads((r / "eval-best-fresh.json").read_text()) for r in runs("readme-ret")]
+    fresh = [top_of(report) for report in reports]
     readme = [r[0] for r in shared]
     worse = []
     for name, mine in (("readme", readme), ("readme-ret", fresh)):
