@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import _paths  # noqa: F401
 import numpy as np
 import torch
-from atari_env import PAPER_TARGETS, make_env
-from create_dataset import AtariDataset, create_dataset
+from atari_env import PAPER_TARGETS, check_game, make_env
+from create_dataset import AtariDataset, create_dataset, find_buffers
 from decision_transformer.errors import ConfigError, DatasetError
 from mingpt.evaluate_atari import evaluate
 from mingpt.trainer_atari import WindowDataset
@@ -85,6 +85,8 @@ def resolve_games(cfg: dict) -> None:
     if len(games) < 2:
         raise ConfigError(f"--games {' '.join(games)}: one model over several games needs two "
                           "or more; for one game use --game")  # fmt: skip
+    for game in games:  # a game without a ROM: named before its target is asked for
+        check_game(game)
     targets = parse_game_targets(cfg["game_targets"], games)
     if cfg["model_type"] == "reward_conditioned" and not cfg["evaluate_only"]:
         lacking = [g for g in games if g not in targets and g not in PAPER_TARGETS]
@@ -131,6 +133,8 @@ class GameWindows(Dataset):
 def load_games(cfg: dict, action_sets: dict[str, list[int]]) -> tuple[ConcatDataset, int, dict]:
     """Every game's sample (create_dataset's sampler and flags, per game) as one training set;
     returns it, the largest timestep and ``{game: GameSpec}``."""
+    for game in cfg["games"]:  # every game's files found before any is read
+        find_buffers(cfg["data_dir_prefix"], game, cfg["num_buffers"])
     parts, specs, max_t = [], {}, 0
     for game in cfg["games"]:
         data = create_dataset(

@@ -318,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_seeds(args: argparse.Namespace) -> int:
     """One run per seed, one after another, then one table of all of them."""
+    if args.games:
+        resolve(args)  # refuses --seeds with --games in one line
     cfgs = []
     for seed in args.seeds:
         one = argparse.Namespace(**vars(args))
