@@ -29,7 +29,13 @@ def strip_times(path) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
-def test_two_games_train_evaluate_per_game_and_resume_exactly(atari_two_games, tmp_path):
+def test_two_games_train_evaluate_per_game_and_resume_exactly(atari_two_games, tmp_path, capsys):
+    import evaluate_atari  # (atari/ is on sys.path once atari_cli is imported)
+    import export_atari
+    import plot_atari
+    import results
+    import run_dt_atari
+
     common = [*TINY, "--data_dir_prefix", atari_two_games, "--epochs", "2",
               "--steps_per_epoch", "4", "--save_every", "2", "--eval_episodes", "2",
               "--eval_envs", "2", "--eval_max_steps", "12"]  # fmt: skip
@@ -70,7 +76,7 @@ def test_two_games_train_evaluate_per_game_and_resume_exactly(atari_two_games, t
     mid = load_checkpoint(out / "checkpoint.pt")["trainer"]
     assert (mid["epoch"], mid["step"]) < (2, 0), "the run finished before it was killed"
     swapped = ["--games", "Qbert", "Breakout"]  # another run: refused before any work
-    bad = run_script("run_dt_atari.py", *common, *swapped, "--out_dir", out, "--resume")
+    bad = run_main(run_dt_atari.main, *common, *swapped, "--out_dir", out, "--resume")
     assert_one_line_error(bad, "games ['Breakout', 'Qbert'] -> ['Qbert', 'Breakout']")
     again = run_script("run_dt_atari.py", *args, "--out_dir", out, "--resume")
     assert again.returncode == 0, again.stderr[-3000:]
@@ -93,18 +99,19 @@ def test_two_games_train_evaluate_per_game_and_resume_exactly(atari_two_games, t
         assert res["games"][game]["lengths"] == rows[-1][f"eval/{game}/lengths"]
     assert res["video"]["game"] == "Breakout" and video.stat().st_size > 0
     assert res["video"]["return"] == res["games"]["Breakout"]["returns"][0]
-    proc = run_script("evaluate_atari.py", "--checkpoint", tmp_path / "ref", "--target_return", "5")
+    proc = run_main(evaluate_atari.main, "--checkpoint", tmp_path / "ref", "--target_return", "5")
     assert_one_line_error(proc, "is a multi-game run with one target per game")
 
     # plot_atari.py: a curve and a table row per game; export and the seed table refuse.
     png = tmp_path / "curves.png"
-    proc = run_script("plot_atari.py", tmp_path / "ref", "--table", "--out", png)
-    assert proc.returncode == 0 and png.stat().st_size > 0, proc.stderr[-3000:]
-    assert "| Breakout DT gpt s123 (multi-game) | 90 | 2 |" in proc.stdout
-    assert "| Qbert DT gpt s123 (multi-game) | 14000 | 2 |" in proc.stdout
-    from plot_atari import lines
-
-    curves = lines(cfg, [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").open()])
+    assert plot_atari.main([str(tmp_path / "ref"), "--table", "--out", str(png)]) == 0
+    table = capsys.readouterr().out
+    assert png.stat().st_size > 0
+    assert "| Breakout DT gpt s123 (multi-game) | 90 | 2 |" in table
+    assert "| Qbert DT gpt s123 (multi-game) | 14000 | 2 |" in table
+    curves = plot_atari.lines(
+        cfg, [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").open()]
+    )
     assert [name for name, _ in curves] == [
         "Breakout DT gpt s123 (multi-game)",
         "Qbert DT gpt s123 (multi-game)",
@@ -112,9 +119,6 @@ def test_two_games_train_evaluate_per_game_and_resume_exactly(atari_two_games, t
     assert [r["eval/return_mean"] for r in curves[1][1]] == [
         r["eval/Qbert/return_mean"] for r in rows
     ]
-    import export_atari
-    import results
-
     proc = run_main(export_atari.main, tmp_path / "ref", "--out", tmp_path / "model")
     assert_one_line_error(proc, "is a multi-game run (--games Breakout Qbert)")
     assert_one_line_error(run_main(results.main, tmp_path / "ref"), "is a multi-game run")
@@ -190,8 +194,10 @@ def test_actions_go_into_the_full_set_and_back(atari_replay):
     ],
 )
 def test_bad_games_input_is_one_line(flags, needle, tmp_path):
+    import run_dt_atari
+
     proc = run_main(
-        __import__("run_dt_atari").main,
+        run_dt_atari.main,
         *TINY, *flags, "--data_dir_prefix", tmp_path / "none", "--out_dir", tmp_path / "run",
     )  # fmt: skip
     assert_one_line_error(proc, needle)
