@@ -133,12 +133,14 @@ class FixedLogits(torch.nn.Module):
         super().__init__()
         self.cfg = type("Cfg", (), {"context_length": context_length})()
         self.shown: list[torch.Tensor] = []
+        self.returns_to_go: list[torch.Tensor] = []
 
     def encode(self, states):
         return torch.zeros(*states.shape[:-3], 8)
 
     def forward_encoded(self, s, actions, rtgs, timesteps, mask=None):
         self.shown.append(actions[:, :-1][mask[:, :-1]])  # the past actions, padding aside
+        self.returns_to_go.append(rtgs[..., 0][mask])
         logits = torch.zeros(*actions.shape, 18)
         logits[..., 17], logits[..., 4] = 30.0, 20.0
         return logits
@@ -175,6 +177,9 @@ def test_actions_go_into_the_full_set_and_back(atari_replay):
     assert played == [3] * 12  # LEFT, as Breakout numbers it; never id 17
     shown = torch.cat(model.shown).tolist()
     assert len(shown) > 12 and set(shown) == {4}  # the model sees LEFT's full-set id
+    # Returns-to-go in the game's scale: the target 90 over 7, falling by raw reward / 7.
+    assert torch.allclose(model.returns_to_go[0], torch.tensor([90.0 / 7.0]))
+    assert all(0 < float(r.max()) <= 90.0 / 7.0 + 1e-6 for r in model.returns_to_go)
 
 
 @pytest.mark.parametrize(
