@@ -120,10 +120,20 @@ def plan_segments(
 ) -> list[tuple[int, int, int]]:
     """``(ckpt, start, end)`` row ranges, one per trajectory, in sampling order.
 
-    A visit takes the next ``trajectories_per_buffer`` trajectories (the original took one more);
-    a visit that would run past the rows read is dropped whole and that buffer is done (the
-    original kept the dropped pass's episode ends, and kept revisiting the buffer forever).
-    Rows flagged in ``skipped`` (dopamine's blank rows) do not count towards ``num_steps``.
+    The original's loop in row ranges: draw a buffer, take the next ``trajectories_per_buffer``
+    trajectories from where the last visit to it stopped, until ``num_steps`` rows are in. Its
+    deviations from the original, each pinned by tests/test_atari_data.py's transcription of it:
+
+    1. A visit takes ``trajectories_per_buffer`` trajectories; the original took one more (its
+       counter was tested after a trajectory was taken, down to zero).
+    2. A visit that would run past the rows read is dropped whole and the buffer leaves the
+       draw (the original kept the dropped pass's episode ends, and drew the buffer again,
+       forever once every buffer was used up).
+    3. A visit whose last trajectory ends on the last row read is kept (the original checked
+       the bound after that row and dropped the visit).
+    4. The buffer is drawn as the original's ``np.random.choice`` over the buffers, but from
+       ``rng`` (not numpy's global state), among the buffers found and not used up (2).
+    5. Rows flagged in ``skipped`` (dopamine's blank rows) do not count towards ``num_steps``.
     """
     pos = dict.fromkeys(terminals, 0)
     ends = {b: np.flatnonzero(t) + 1 for b, t in terminals.items()}  # row after each game over

@@ -4,7 +4,8 @@
 
 Panels: evaluation return (mean ± std over episodes) against training step, the paper's
 gamer-normalized score, and the training loss; one line per run, labelled by model type,
-backbone and seed. ``--table`` prints each run's last evaluation (the table training prints).
+backbone and seed (a multi-game run, --games: one line per game). ``--table`` prints each run's
+last evaluation (the table training prints).
 (The gym half's plot.py reads the MuJoCo runs' metric names, not these.)
 """
 
@@ -40,9 +41,44 @@ def load(run: Path) -> tuple[dict, list[dict]]:
     return json.loads(cfg_path.read_text()), rows
 
 
-def label(cfg: dict) -> str:
+def label(cfg: dict, game: str | None = None) -> str:
     kind = "BC" if cfg["model_type"] == "naive" else "DT"
-    return f"{cfg['game']} {kind} {cfg['backbone']} s{cfg['seed']}"
+    multi = " (multi-game)" if game else ""
+    return f"{game or cfg['game']} {kind} {cfg['backbone']} s{cfg['seed']}{multi}"
+
+
+def lines(cfg: dict, rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """``(label, rows)`` per curve: the run's own, or for a multi-game run (--games) one per
+    game, its ``eval/<Game>/...`` keys read as ``eval/...`` (the loss, shared, on the first)."""
+    if not cfg.get("games"):
+        return [(label(cfg), rows)]
+    out = []
+    for i, game in enumerate(cfg["games"]):
+        pre = f"eval/{game}/"
+        view = [
+            {"step": r["step"], **({"train/loss": r["train/loss"]} if i == 0 and "train/loss" in r
+                                   else {}),
+             **{"eval/" + k[len(pre) :]: v for k, v in r.items() if k.startswith(pre)}}
+            for r in rows
+        ]  # fmt: skip
+        out.append((label(cfg, game), view))
+    return out
+
+
+def table_rows(path: Path) -> list[dict]:
+    """Rows of --table: the run's last evaluation, or one per game of a multi-game run."""
+    cfg = json.loads((path / "config.json").read_text())
+    if not cfg.get("games"):
+        cfg, res = last_evaluation(path)
+        return [dict(res, run=label(cfg))]
+    from multigame import games_from_row
+
+    rows = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    evals = [r for r in rows if any(k.endswith("/returns") for k in r)]
+    if not evals:
+        raise ConfigError(f"{path} has no evaluation yet; run evaluate_atari.py --checkpoint")
+    games = games_from_row(cfg, evals[-1])
+    return [dict(res, run=label(cfg, game)) for game, res in games.items()]
 
 
 def plot(runs: list[tuple[dict, list[dict]]], out: Path) -> Path:
@@ -57,13 +93,13 @@ def plot(runs: list[tuple[dict, list[dict]]], out: Path) -> Path:
         ("train/loss", "training loss (action cross-entropy)"),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
-    for cfg, rows in runs:
+    for name, rows in (line for cfg, run_rows in runs for line in lines(cfg, run_rows)):
         for ax, (key, _) in zip(axes, panels):
             pts = [(r["step"], r[key], r.get("eval/return_std")) for r in rows if key in r]
             if not pts:
                 continue
             steps, values, stds = zip(*pts)
-            (line,) = ax.plot(steps, values, marker="o", markersize=3, label=label(cfg))
+            (line,) = ax.plot(steps, values, marker="o", markersize=3, label=name)
             if key == "eval/return_mean" and None not in stds:
                 lo = [v - s for v, s in zip(values, stds)]
                 hi = [v + s for v, s in zip(values, stds)]
@@ -91,11 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             check_output_file(args.out, "--out", make_parent=True)
         runs = [load(r) for r in args.runs]
         if args.table:
-            rows = []
-            for path in args.runs:
-                cfg, res = last_evaluation(path)
-                rows.append(dict(res, run=label(cfg)))
-            print(eval_table(rows))
+            print(eval_table([row for path in args.runs for row in table_rows(path)]))
         if args.out is not None or not args.table:
             print(f"curves: {plot(runs, args.out or Path('curves.png'))}")
     except (ConfigError, PathError) as e:

@@ -222,6 +222,12 @@ def read_run_model(run_dir: Path) -> tuple[AtariDecisionTransformer, dict, int |
     state = read_checkpoint(run_dir / "checkpoint.pt", ("model", "config"),
                             "pass a run folder written by run_dt_atari.py")  # fmt: skip
     run_cfg = dict(state["config"])
+    if run_cfg.get("games"):
+        raise PretrainedError(
+            f"{run_dir} is a multi-game run (--games {' '.join(run_cfg['games'])}): a model "
+            "folder holds one game's model for now; evaluate the run with evaluate_atari.py "
+            f"--checkpoint {run_dir}"
+        )
     lacking = [k for k in ACTING_KEYS if k not in run_cfg]
     if lacking:
         raise PretrainedError(

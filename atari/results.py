@@ -112,6 +112,11 @@ def last_evaluation(run: Path) -> tuple[dict, dict]:
     if not cfg_path.is_file() or not metrics.is_file():
         raise ConfigError(f"{run} is not an Atari run directory (no config.json/metrics.jsonl)")
     cfg = json.loads(cfg_path.read_text())
+    if cfg.get("games"):
+        raise ConfigError(
+            f"{run} is a multi-game run (--games): its per-game table is plot_atari.py {run} "
+            "--table; the seed table takes single-game runs"
+        )
     rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
     evals = [r for r in rows if "eval/returns" in r]
     if not evals:

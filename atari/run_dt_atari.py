@@ -18,7 +18,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import _paths  # noqa: F401
@@ -51,6 +51,16 @@ from decision_transformer.run.paths import (
 from mingpt.evaluate_atari import evaluate
 from mingpt.model_atari import AtariDecisionTransformer, AtariDTConfig, compile_blocks
 from mingpt.trainer_atari import Trainer, TrainerConfig, WindowDataset
+from multigame import (
+    FULL_ACTIONS,
+    evaluate_games,
+    games_logs,
+    games_table,
+    load_games,
+    mean_scores,
+    minimal_action_set,
+    resolve_games,
+)
 from results import eval_table, runs_table, summarize
 
 # Flags that may change on --resume (everything else must match the run's config.json).
@@ -58,7 +68,7 @@ RESUME_FREE = {
     "resume", "out_dir", "device", "num_workers", "log_to_wandb", "eval_envs", "cache_dir",
     "compile", "seeds", "evaluate_only", "preset", "export",
 }  # fmt: skip
-DERIVED = {"eval_target"}  # filled in from the data, not a flag
+DERIVED = {"eval_target", "game_specs"}  # filled in from the data, not flags
 
 # The original's run.sh, per game: one flag (--preset original) sets these as defaults; flags
 # given on the command line still win. Its seeds were 123 231 312 (--seeds 123 231 312).
@@ -97,7 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     a("--model_type", default="reward_conditioned", choices=["reward_conditioned", "naive"])
     a("--num_steps", type=int, default=500_000, help="transitions to sample")
     a("--num_buffers", type=int, default=50)
-    a("--game", default="Breakout")
+    a("--game", default=None, help="the game (default Breakout; several at once: --games)")
+    a(
+        "--games",
+        nargs="+",
+        default=None,
+        metavar="GAME",
+        help="train ONE model over several games (as the gym half's --tasks), e.g. --games "
+        "Breakout Qbert: actions in ALE's full 18-action set, each game its own return scale, "
+        "target and evaluation; --num_steps per game (multigame.py, atari/README.md)",
+    )
     a("--batch_size", type=int, default=128)
     a("--trajectories_per_buffer", type=int, default=10, help="trajectories per buffer visit")
     a("--data_dir_prefix", default="./dqn_replay/")
@@ -142,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="return to condition on (default: the paper's: "
         + ", ".join(f"{g} {t}" for g, t in PAPER_TARGETS.items())
         + "; else the best sampled trajectory's)",
+    )
+    e.add_argument(
+        "--game_targets",
+        nargs="+",
+        default=None,
+        metavar="GAME=RETURN",
+        help="with --games, the targets in game points of games without a paper target (or to "
+        "change one), e.g. MsPacman=3000",
     )
     e.add_argument("--eval_episodes", type=int, default=10)
     e.add_argument("--eval_envs", type=int, default=10, help="environments played at once")
@@ -189,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(args: argparse.Namespace) -> dict:
     cfg = dict(vars(args))
+    if cfg["games"] is not None:
+        resolve_games(cfg)
+    else:  # a single-game run's config stays what it was before --games existed
+        if cfg["game_targets"] is not None:
+            raise ConfigError("--game_targets is for --games; for one game use --target_return")
+        del cfg["games"], cfg["game_targets"]
+        cfg["game"] = cfg["game"] or "Breakout"
     if cfg["block_size"] is not None:
         if cfg["block_size"] % 3 or cfg["block_size"] < 3:
             raise ConfigError(f"--block_size is 3 tokens per step; {cfg['block_size']} is not")
@@ -217,6 +251,7 @@ def resolve(args: argparse.Namespace) -> dict:
         cfg["dtype"] = "bf16" if cfg["device"].startswith("cuda") else "fp32"
     if (
         cfg["target_return"] is None
+        and not cfg.get("games")
         and cfg["model_type"] == "reward_conditioned"
         and cfg["game"] not in PAPER_TARGETS
         and not cfg["evaluate_only"]
@@ -248,13 +283,14 @@ def resolve(args: argparse.Namespace) -> dict:
             f"--embed_dim ({cfg['embed_dim']}) must be a multiple of --n_head ({cfg['n_head']}), "
             "both positive, and --n_layer positive"
         )
+    game = "multi-" + "-".join(cfg["games"]) if cfg.get("games") else cfg["game"]
     if cfg["out_dir"] is None:
-        cfg["out_dir"] = f"runs/{cfg['game']}-{cfg['model_type']}-{cfg['backbone']}-s{cfg['seed']}"
+        cfg["out_dir"] = f"runs/{game}-{cfg['model_type']}-{cfg['backbone']}-s{cfg['seed']}"
     check_output_dir(cfg["out_dir"], "--out_dir", probe=True)
     if cfg["cache_dir"] and not cfg["no_cache"]:  # where the sampled replay is cached
         check_output_dir(cfg["cache_dir"], "--cache_dir")
     # For gym's MetricsLog (wandb group name).
-    cfg["env"], cfg["dataset"] = cfg["game"], "dqn-replay"
+    cfg["env"], cfg["dataset"] = game, "dqn-replay"
     return cfg
 
 
@@ -282,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_seeds(args: argparse.Namespace) -> int:
     """One run per seed, one after another, then one table of all of them."""
+    if args.games:
+        resolve(args)  # refuses --seeds with --games in one line
     cfgs = []
     for seed in args.seeds:
         one = argparse.Namespace(**vars(args))
@@ -424,8 +462,14 @@ def evaluate_saved_run(run_dir: Path, device: str, req: EvalRequest) -> int:
         path, ("model", "config"), "pass a run directory written by run_dt_atari.py"
     )
     cfg = dict(state["config"])
-    if cfg.get("model_type") not in ("reward_conditioned", "naive") or "eval_target" not in cfg:
+    multi = "game_specs" in cfg
+    if cfg.get("model_type") not in ("reward_conditioned", "naive") or not (
+        "eval_target" in cfg or multi
+    ):
         raise ConfigError(f"{path} is not an Atari run's checkpoint; pass one of run_dt_atari.py")
+    if multi and req.target is not None:
+        raise ConfigError(f"--target_return: {path} is a multi-game run with one target per game "
+                          "(--game_targets); evaluate it at its own targets")  # fmt: skip
     if req.target is not None:
         cfg["eval_target"] = float(req.target)
     if req.max_steps is not None:
@@ -447,16 +491,42 @@ def evaluate_saved_run(run_dir: Path, device: str, req: EvalRequest) -> int:
     )
     model.load_state_dict(weights)
     model.to(torch.device(device))
+    step = state.get("trainer", {}).get("global_step")
+    if multi:
+        return evaluate_saved_games(model, cfg, path, step, torch.device(device), req)
     trace: list | None = [] if req.video is not None else None
     res = evaluate_model(model, cfg, torch.device(device), trace=trace)
-    res.update(checkpoint=str(path), seed=cfg["seed"], step=state.get("trainer", {}).get(
-        "global_step"), max_steps=cfg["eval_max_steps"])  # fmt: skip
+    res.update(checkpoint=str(path), seed=cfg["seed"], step=step, max_steps=cfg["eval_max_steps"])
     print(eval_table([dict(res, run=path.parent.name)]))
     json_path = req.json_path or path.parent / "eval.json"
     if req.video is not None:
         from video_atari import render_traced_episode
 
         res["video"] = render_traced_episode(cfg, trace, res["returns"], req.video)
+    json_path.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {json_path}")
+    return 0
+
+
+def evaluate_saved_games(model, cfg: dict, path: Path, step: int | None,
+                         device: torch.device, req: EvalRequest) -> int:  # fmt: skip
+    """evaluate_saved_run for a multi-game run: every game as its training evaluated it, one
+    table row per game, JSON with each game's numbers; the video is of the first game's
+    episode 0."""
+    traces: dict = {}
+    results = evaluate_games(model, cfg, device, AUTOCAST[cfg["dtype"]], traces)
+    print(games_table(results))
+    res = {"checkpoint": str(path), "seed": cfg["seed"], "step": step,
+           "max_steps": cfg["eval_max_steps"], "games": results,
+           **{f"mean_{k}": v for k, v in mean_scores(results).items()}}  # fmt: skip
+    if req.video is not None:
+        from video_atari import render_traced_episode
+
+        game = cfg["games"][0]
+        one = dict(cfg, game=game, eval_target=cfg["game_specs"][game]["target"])
+        video = render_traced_episode(one, traces[game], results[game]["returns"], req.video)
+        res["video"] = dict(video, game=game)
+    json_path = req.json_path or path.parent / "eval.json"
     json_path.write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {json_path}")
     return 0
@@ -528,23 +598,38 @@ def make_trainer(cfg: dict, model, dataset, device: torch.device) -> Trainer:
     return Trainer(model, dataset, tcfg, device, AUTOCAST[cfg["dtype"]])
 
 
-def train_run(cfg: dict, lock: RunDirLock) -> int:
-    out = Path(cfg["out_dir"])
-    state = read_resume(cfg)
+def load_data(cfg: dict) -> tuple:
+    """The training windows, the model's action count and largest timestep, and a description;
+    settles the evaluation target(s) in ``cfg``. Every game's ROM is checked before any data."""
+    if cfg.get("games"):
+        action_sets = {g: minimal_action_set(g) for g in cfg["games"]}
+        random.seed(cfg["seed"])
+        np.random.seed(cfg["seed"])
+        torch.manual_seed(cfg["seed"])
+        dataset, max_t, specs = load_games(cfg, action_sets)
+        cfg["game_specs"] = {g: asdict(spec) for g, spec in specs.items()}
+        return dataset, FULL_ACTIONS, max_t, (f"{len(specs)} games {cfg['model_type']}", "")
     n_actions = check_game(cfg["game"])  # a game without a ROM fails before reading data
-
     random.seed(cfg["seed"])
     np.random.seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
-    np_rng = np.random.default_rng(cfg["seed"])
     data, dataset = load_windows(cfg, n_actions)
     target = cfg["target_return"]
     if target is None:  # resolve() made sure a DT has one; BC is not conditioned on it
         target = PAPER_TARGETS.get(cfg["game"], 0.0)
     cfg["eval_target"] = float(target)
+    about = (f"{cfg['game']} {cfg['model_type']}", f"{len(data)} transitions, ")
+    return dataset, n_actions, int(data.timesteps.max()), about
+
+
+def train_run(cfg: dict, lock: RunDirLock) -> int:
+    out = Path(cfg["out_dir"])
+    state = read_resume(cfg)
+    dataset, n_actions, max_timestep, about = load_data(cfg)
+    np_rng = np.random.default_rng(cfg["seed"])
 
     device = torch.device(cfg["device"])
-    model = build_model(cfg, n_actions, int(data.timesteps.max())).to(device)
+    model = build_model(cfg, n_actions, max_timestep).to(device)
     trainer = make_trainer(cfg, model, dataset, device)
     # A resume writes the run's own config again, to record (and warn of) another stack.
     open_run_folder(out, lock, state["config"] if state is not None else cfg)
@@ -559,8 +644,8 @@ def train_run(cfg: dict, lock: RunDirLock) -> int:
     metrics.truncate(trainer.epoch)
     n_params = sum(p.numel() for p in model.parameters())
     print(
-        f"{cfg['game']} {cfg['model_type']} ({cfg['backbone']}, {n_params / 1e6:.2f}M params): "
-        f"{len(data)} transitions, {len(dataset)} windows, {trainer.steps_in_epoch()} steps/epoch"
+        f"{about[0]} ({cfg['backbone']}, {n_params / 1e6:.2f}M params): {about[1]}"
+        f"{len(dataset)} windows, {trainer.steps_in_epoch()} steps/epoch"
     )
     saved = {"epoch": trainer.epoch if state is not None else None}
     try:
@@ -570,7 +655,10 @@ def train_run(cfg: dict, lock: RunDirLock) -> int:
         print(f"error: {e}; {kept}", file=sys.stderr)
         return 1
     metrics.close()
-    if cfg.get("export", True):
+    if cfg.get("games") and cfg.get("export", True):
+        print("model folder: not written (export_atari.py does not take a multi-game model "
+              "yet); evaluate the run with evaluate_atari.py --checkpoint")  # fmt: skip
+    elif cfg.get("export", True):
         export_model(out)
     return 0
 
@@ -617,7 +705,11 @@ def train_epochs(cfg: dict, model, trainer: Trainer, metrics: MetricsLog, np_rng
         logs = trainer.run_epoch(every)
         logs["time/train_s"] = time.time() - t0
         print(f"epoch {trainer.epoch}: loss {logs['train/loss']:.4f}")
-        if cfg["eval_episodes"]:
+        if cfg["eval_episodes"] and cfg.get("games"):
+            results = evaluate_games(model, cfg, device, AUTOCAST[cfg["dtype"]])
+            logs.update(games_logs(results))
+            print(f"epoch {trainer.epoch}:\n{games_table(results)}")
+        elif cfg["eval_episodes"]:
             res = evaluate_model(model, cfg, device)
             logs.update(eval_logs(res))
             print(eval_table([dict(res, run=f"epoch {trainer.epoch}")]))

@@ -30,9 +30,10 @@ def run_script(
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
-def collect_replay(out: Path) -> Path:
-    """One 1200-step Breakout buffer in the DQN-Replay layout, played by create_dataset.py."""
-    proc = run_script("create_dataset.py", "--collect", "--game", "Breakout", "--out", out,
+def collect_replay(out: Path, game: str = "Breakout") -> Path:
+    """One 1200-step buffer of ``game`` in the DQN-Replay layout, played by create_dataset.py
+    (Breakout: the scripted player; Qbert: random play; 3 games end in each at seed 1)."""
+    proc = run_script("create_dataset.py", "--collect", "--game", game, "--out", out,
                       "--steps_per_buffer", "1200", "--buffers", "1", "--seed", "1")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return out

@@ -72,3 +72,14 @@ def atari_replay(tmp_path_factory) -> Path:
     from atari_cli import collect_replay
 
     return collect_replay(tmp_path_factory.mktemp("atari_replay"))
+
+
+@pytest.fixture(scope="session")
+def atari_two_games(atari_replay, tmp_path_factory) -> Path:
+    """A replay folder with two games for the multi-game runs: the Breakout replay above (linked)
+    and a small Qbert replay collected from the real emulator (random play, short games)."""
+    from atari_cli import collect_replay
+
+    out = tmp_path_factory.mktemp("atari_two_games")
+    (out / "Breakout").symlink_to(atari_replay / "Breakout", target_is_directory=True)
+    return collect_replay(out, "Qbert")

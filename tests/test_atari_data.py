@@ -127,6 +127,116 @@ def test_sampling_takes_exactly_the_asked_trajectories():
         cd.plan_segments(terminals, 10_000, 2, np.random.default_rng(0))
 
 
+def original_sampling(terminals, num_steps, trajectories_per_buffer, rng, skipped=None, seen=None):
+    """The original's sampling loop (kzl/decision-transformer atari/create_dataset.py at e2d82e6)
+    transcribed row by row, its rows kept as ``(ckpt, start, end)`` per trajectory, with
+    plan_segments' documented deviations D2-D5 (its docstring's numbers) marked where they
+    change it; D1 (one trajectory fewer per visit) is left to the caller. ``seen`` counts the
+    moments D2 and D3 changed the outcome."""
+    seen = {} if seen is None else seen
+    live = sorted(terminals)
+    transitions_per_buffer = dict.fromkeys(live, 0)
+    segments, loaded = [], 0  # loaded: the original's len(obss)
+    while loaded < num_steps:
+        if not live:  # D2: the original drew used-up buffers again, forever
+            raise DatasetError("more than the data holds")
+        # The original: np.random.choice(np.arange(50 - num_buffers, 50), 1)[0]. D4: from
+        # rng, among the buffers found and not used up.
+        buffer_num = int(rng.choice(np.array(live), 1)[0])
+        i = transitions_per_buffer[buffer_num]
+        capacity = len(terminals[buffer_num])
+        if i >= capacity:  # D3 then D2: a buffer read to its last row has nothing more
+            live.remove(buffer_num)
+            continue
+        curr_segments, curr_loaded = len(segments), loaded
+        done = False
+        trajectories_to_load = trajectories_per_buffer
+        start = i
+        while not done:
+            loaded += 0 if skipped is not None and skipped[buffer_num][i] else 1  # D5
+            if terminals[buffer_num][i]:
+                segments.append((buffer_num, start, i + 1))
+                start = i + 1
+                if trajectories_to_load == 0:
+                    done = True
+                else:
+                    trajectories_to_load -= 1
+            i += 1
+            if i >= capacity:
+                if done:  # D3: the original dropped a visit ending on the last row too
+                    seen["D3"] = seen.get("D3", 0) + 1
+                    break
+                del segments[curr_segments:]
+                loaded = curr_loaded
+                i = transitions_per_buffer[buffer_num]
+                done = True
+                live.remove(buffer_num)  # D2: used up, out of the draw
+                seen["D2"] = seen.get("D2", 0) + 1
+        transitions_per_buffer[buffer_num] = i
+    return segments
+
+
+def _plan_both(terminals, num_steps, asked, seed, skipped=None, seen=None):
+    """plan_segments asked for ``asked`` trajectories per visit, and the original asked for one
+    fewer (D1: it took one more than asked); each a DatasetError or the segments."""
+    out = []
+    for fn, n in ((cd.plan_segments, asked), (original_sampling, asked - 1)):
+        kwargs = {"seen": seen} if fn is original_sampling else {}
+        try:
+            out.append(fn(terminals, num_steps, n, np.random.default_rng(seed), skipped, **kwargs))
+        except DatasetError:
+            out.append("more than the data holds")
+    return out
+
+
+def test_sampling_is_the_originals_on_the_same_random_stream():
+    """Random episode ends in 1-5 buffers, buffers ending on a game over, buffers run dry, blank
+    rows: plan_segments gives exactly the original's trajectories, in its order, from the same
+    seed (the deviations aside). Taking twice the asked trajectories, or one more, differs."""
+    seen: dict = {}
+    compared = 0
+    for case in range(60):
+        g = np.random.default_rng(1000 + case)
+        terminals, skipped = {}, {}
+        for b in range(50 - int(g.integers(1, 6)), 50):
+            rows, mean_len = int(g.integers(40, 300)), int(g.integers(3, 25))
+            t = np.zeros(rows, np.uint8)
+            ends = np.cumsum(1 + g.geometric(1 / mean_len, size=rows)) - int(g.integers(mean_len))
+            t[ends[(ends >= 0) & (ends < rows)]] = 1
+            if case % 3 == 0:
+                t[-1] = 1  # a game over on the last row read
+            terminals[b] = t
+            skipped[b] = g.random(rows) < 0.1
+        total = sum(len(t) for t in terminals.values())
+        num_steps = int(total * g.uniform(0.05, 0.9))
+        blanks = skipped if case % 2 else None
+        for asked in (1, 2, 3):
+            ours, original = _plan_both(terminals, num_steps, asked, case, blanks, seen)
+            assert ours == original, (case, asked)
+            compared += isinstance(ours, list)
+    # Every deviation that changes an outcome was met, and most cases sampled.
+    assert seen.get("D2", 0) > 10 and seen.get("D3", 0) > 3 and compared > 120, (seen, compared)
+
+
+def test_sampling_of_real_files_is_the_originals(breakout_replay):
+    """On the collected replay's own terminal flags (two buffers) the sampler and the
+    transcribed original agree, and create_dataset's trajectories (the original's layout, blank
+    rows kept) are the original's rows, in its order."""
+    d = cd.replay_dir(str(breakout_replay), "Breakout")
+    terminals = {b: fmt.read_rows(fmt.store_path(d, "terminal", b)) for b in (48, 49)}
+    orders = set()
+    for asked, num_steps, seed in ((1, 900, 0), (1, 2000, 0), (1, 2000, 1), (1, 2000, 2)):
+        ours, original = _plan_both(terminals, num_steps, asked, seed)
+        assert ours == original and isinstance(ours, list)
+        orders.add(tuple(b for b, _, _ in original))
+        ds = cd.create_dataset(2, num_steps, "Breakout", str(breakout_replay), asked, seed,
+                               cache=False, log=lambda *_: 0, keep_blank_rows=True)  # fmt: skip
+        assert list(ds.ends - ds.starts) == [e - s for _, s, e in original]
+    assert len(orders) > 2  # the seeds drew the buffers in different orders
+    # Two trajectories a visit: these buffers hold one game over each, both refuse alike.
+    assert _plan_both(terminals, 900, 2, 0) == ["more than the data holds"] * 2
+
+
 def test_streaming_memory_is_bounded_by_what_is_kept(tmp_path):
     """~340 MB of frames decompressed; keep 1500 rows (~10.6 MB); peak RSS growth stays near that
     (a whole np.load would add 340 MB)."""

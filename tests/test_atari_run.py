@@ -42,6 +42,8 @@ def test_cli_trains_and_evaluates(atari_replay, tmp_path, backbone, model_type, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["backbone"] == backbone and cfg["context_length"] == 4
+    # A single-game run's config is what it was before --games existed (so its resume is too).
+    assert cfg["game"] == "Breakout" and not {"games", "game_targets", "game_specs"} & set(cfg)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and len(rows[0]["eval/returns"]) == 2
     assert "eval/human_normalized" in rows[0] and rows[0]["step"] == 3

@@ -44,9 +44,17 @@ def evaluate(
     max_steps: int | None = None,
     autocast_dtype: torch.dtype | None = None,
     trace: list | None = None,
+    action_set: list[int] | None = None,
+    rtg_scale: float | None = None,
 ) -> list[float]:
     """Raw returns of ``episodes`` episodes, in episode order. ``trace``, if given, gets
-    ``(episode, step, action)`` of every action taken."""
+    ``(episode, step, action)`` of every action taken, in the game's own action numbering.
+
+    A multi-game model (run_dt_atari.py --games) acts in ALE's full 18-action set: then
+    ``action_set`` is the game's minimal set as full-set ids (env action ``j`` is full id
+    ``action_set[j]``), the logits are restricted to it, the sampled ``j`` is played and
+    ``action_set[j]`` fed back to the model; ``rtg_scale`` divides the returns-to-go the model
+    sees (the game's scale in training), the episode's own count staying in game points."""
     K = model.cfg.context_length
     was_training = model.training
     model.eval()
@@ -92,6 +100,8 @@ def evaluate(
             past = list(ep.actions)[-(L - 1) :] if L > 1 else []
             actions[row, T - L : T - 1] = torch.tensor(past, dtype=torch.long)
             rtgs[row, T - L :, 0] = torch.tensor(list(ep.rtgs))
+            if rtg_scale is not None:
+                rtgs[row, T - L :, 0] /= rtg_scale
             timesteps[row, 0] = ep.t - L + 1  # the window's first step, as in training
             mask[row, T - L :] = True
         with ctx:
@@ -102,6 +112,8 @@ def evaluate(
                 timesteps.to(device),
                 mask.to(device),
             )[:, -1]
+        if action_set is not None:  # only the game's own actions can be played
+            logits = logits[:, action_set]
         probs = logits.float().softmax(-1).cpu()
         for row, i in enumerate(live):
             ep, env = slots[i], envs[i]
@@ -115,7 +127,7 @@ def evaluate(
                 returns[ep.index] = ep.ret
                 slots[i] = start(env)
                 continue
-            ep.actions.append(a)
+            ep.actions.append(a if action_set is None else action_set[a])
             ep.frames.push(frame)
             ep.new_state = ep.frames.get()
             ep.rtgs.append(ep.rtgs[-1] - float(r))
