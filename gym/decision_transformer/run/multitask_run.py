@@ -92,9 +92,3 @@ class MultiTaskRun(Run):
     def summarize(self, logs: dict) -> None:
         print("=" * 50)
         print(format_task_table(task_evals(self.data.tasks), logs, "evaluation/"))
-
-    def export_model(self) -> None:
-        print(
-            "model folder: not written (export of a multi-task model is not supported yet); "
-            "evaluate the run with evaluate.py"
-        )
