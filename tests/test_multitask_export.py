@@ -65,6 +65,12 @@ def test_the_run_ends_with_a_folder_of_its_tasks_and_their_measured_returns(run)
             np.float32(t["acting"]["state_std"]), ckpt["state_std"][t["name"]].numpy()
         )
         assert t["acting"]["targets"] == ckpt["eval_targets"][t["name"]]
+    # The weights file holds weights only: each task's action bounds are its acting section's.
+    from safetensors.torch import load_file
+
+    stored = load_file(folder / "model.safetensors")
+    bounds = ("action_scale", "action_bias")
+    assert set(stored) == {k for k in ckpt["model"] if not k.endswith(bounds)}
     model = from_pretrained(folder)
     assert type(model).__name__ == "MultiTaskDecisionTransformer"
     state = model.state_dict()

@@ -66,26 +66,10 @@ def multitask_folder(
             f"{source} does not describe its tasks ({one_line(e, 120)}): export a multi-task "
             "run experiment.py wrote"
         ) from None
-    tasks = []
-    for task, name, shape, (mean, std), ts in zip(cfg.tasks, names, shapes, stats, targets):
-        env, dataset = task.split(":", 1)
-        spec = get_spec(env)
-        acting = ActingConfig(
-            env=env,
-            gym_id=spec.gym_id,
-            state_mean=_float32_list(mean),
-            state_std=_float32_list(std),
-            return_scale=float(spec.scale),
-            action_low=_float32_list(shape.action_low),
-            action_high=_float32_list(shape.action_high),
-            max_ep_len=spec.max_ep_len,
-            context_length=cfg.K,
-            attention=cfg.attention,
-            targets=ts,
-            mode=cfg.mode,
-            dtype="bf16" if cfg.dtype == "bf16" else "fp32",
-        )
-        tasks.append(TaskEntry(name, dataset, acting))
+    tasks = [
+        _task_entry(cfg, task, name, shape, mean, std, ts)
+        for task, name, shape, (mean, std), ts in zip(cfg.tasks, names, shapes, stats, targets)
+    ]
     longest = max(s.max_ep_len for s in shapes)
     backbone, model_cfg = folder_config(
         cfg.model_config(), shapes[0].state_dim, shapes[0].act_dim, longest
@@ -112,6 +96,28 @@ def multitask_folder(
     fresh = build_multitask_from_config(folder)
     load_state(fresh, folder_state_dict(model, MULTITASK_DT), source)
     return fresh.eval(), folder
+
+
+def _task_entry(cfg: RunConfig, task: str, name: str, shape, mean, std, targets) -> TaskEntry:
+    """One task of the folder: how it acts (a single-task folder's acting section)."""
+    env, dataset = task.split(":", 1)
+    spec = get_spec(env)
+    acting = ActingConfig(
+        env=env,
+        gym_id=spec.gym_id,
+        state_mean=_float32_list(mean),
+        state_std=_float32_list(std),
+        return_scale=float(spec.scale),
+        action_low=_float32_list(shape.action_low),
+        action_high=_float32_list(shape.action_high),
+        max_ep_len=spec.max_ep_len,
+        context_length=cfg.K,
+        attention=cfg.attention,
+        targets=targets,
+        mode=cfg.mode,
+        dtype="bf16" if cfg.dtype == "bf16" else "fp32",
+    )
+    return TaskEntry(name, dataset, acting)
 
 
 def mean_labels(folder: MultiTaskFolderConfig) -> list[str]:
