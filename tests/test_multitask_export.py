@@ -241,3 +241,13 @@ def test_a_single_task_run_cannot_start_from_a_multitask_folder(run, data_dir, t
     proc = run_main(main, "--env", "hopper", "--dataset", "medium", "--data_dir", data_dir,
                     *TINY, "--init_from", run / "model", "--out_dir", tmp_path / "r")  # fmt: skip
     assert_one_line_error(proc, "is a multi-task model (hopper-medium, walker2d-medium)")
+
+
+def test_video_task_on_a_single_task_model_is_one_line(tmp_path):
+    """--video_task picks among a multi-task model's tasks: a single-task run refuses it."""
+    from decision_transformer.run import evaluate_checkpoint
+
+    base_run = Path(__file__).parent / "data" / "run_ae7ab6b_hopper"  # a single-task run
+    proc = run_main(evaluate_checkpoint.main, "--checkpoint", base_run, "--video",
+                    tmp_path / "v.gif", "--video_task", "hopper-medium")  # fmt: skip
+    assert_one_line_error(proc, "--video_task picks a task of a multi-task run")
