@@ -3,6 +3,8 @@
     python train_humanoid_qwen_dt.py                          # qwen3-0.6b preset, humanoid medium
     python train_humanoid_qwen_dt.py --preset 2048x24 --dry_run
     python train_humanoid_qwen_dt.py --dataset expert --batch_size 32 --n_layer 14
+    python train_humanoid_qwen_dt.py --preset 2048x24 --tasks humanoid:medium hopper:ars-100k \
+        walker2d:ars-100k ant:ars-100k --dry_run          # one backbone over several bodies
 
 Presets (backbone parameters, counted):
   qwen3-0.6b  Qwen3-0.6B's decoder: hidden 1024, 28 layers, 16 query / 8 KV heads, head_dim 128,
@@ -20,7 +22,9 @@ off (its compile needs a C compiler and takes minutes).
 
 ``--dry_run`` prints the resolved config and, as its last line, a JSON object with the parameter
 counts and the estimated training and evaluation memory, then exits without loading data or
-training.
+training. With ``--tasks`` (the presets' backbone over several bodies instead of Humanoid alone,
+as experiment_qwen.py --tasks trains it) the counts and memory are the multi-task model's: every
+task's own embeddings and heads are counted (and listed per task) beside the shared backbone.
 """
 
 from __future__ import annotations
@@ -32,13 +36,20 @@ import sys
 
 import torch
 from decision_transformer.envs import make_env
-from decision_transformer.models.factory import build_model, count_params
+from decision_transformer.models.factory import build_model, build_multitask_model, count_params
 from decision_transformer.models.memory import (
     estimate_evaluation_memory,
     estimate_training_memory,
 )
 from decision_transformer.run.cli import run_cli
-from decision_transformer.run.config import ConfigError, RunConfig, build_parser, resolve
+from decision_transformer.run.config import (
+    ConfigError,
+    RunConfig,
+    build_parser,
+    resolve,
+    task_name,
+    task_shapes,
+)
 from decision_transformer.run.experiment import run
 
 PRESETS: dict[str, dict] = {
@@ -103,10 +114,13 @@ def parse(argv: list[str] | None):
         default=None,
         help="--dry_run: processes to estimate for (default: WORLD_SIZE under torchrun, else 1)",
     )
-    preset = parser.parse_known_args(argv)[0].preset
+    known = parser.parse_known_args(argv)[0]
+    preset = known.preset
+    # With --tasks the tasks name the envs and datasets: Humanoid's are not defaults then.
+    training = {k: v for k, v in HUMANOID.items() if not known.tasks or k not in ("env", "dataset")}
     # bf16 autocast pays on GPUs (and on CPUs with bf16 units; pass --dtype bf16 there).
     parser.set_defaults(
-        **HUMANOID,
+        **training,
         **PRESETS[preset],
         dtype="bf16" if torch.cuda.is_available() else "fp32",
         compile=compile_by_default(),
@@ -119,7 +133,8 @@ def preset_fields(cfg: RunConfig) -> dict:
     SwiGLU width as given, intermediate_size or mlp_ratio, not both) and training set-up;
     flags the Qwen3 backbone ignores (activation_function) are left out."""
     flat = cfg.to_dict()
-    keys = ["preset", "env", "dataset", "embed_dim", "n_layer", "n_head", "n_kv_head"]
+    keys = ["preset", *(["tasks", "task_sampling"] if cfg.tasks else ["env", "dataset"])]
+    keys += ["embed_dim", "n_layer", "n_head", "n_kv_head"]
     keys += ["head_dim", "intermediate_size" if flat["intermediate_size"] else "mlp_ratio"]
     keys += ["rope_theta", "no_qk_norm", "dropout", "dtype", "compile", "K", "batch_size"]
     keys += ["learning_rate", "weight_decay", "warmup_steps", "lr_decay", "max_iters"]
@@ -130,15 +145,36 @@ def preset_fields(cfg: RunConfig) -> dict:
     return fields
 
 
-def dry_run(cfg: RunConfig, nproc: int | None) -> None:
+def meta_model(cfg: RunConfig) -> torch.nn.Module:
+    """The run's model, shapes only (counts without allocating gigabytes): the multi-task one
+    over ``cfg.tasks``, else the single-task DT for ``cfg.env``."""
+    if cfg.tasks:
+        shapes = task_shapes(cfg.tasks)
+        with torch.device("meta"):
+            return build_multitask_model(cfg.model_config(), shapes)
     env = make_env(cfg.env)
     state_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     low, high = env.action_space.low, env.action_space.high
-    with torch.device("meta"):  # counts shapes without allocating gigabytes
-        model = build_model(
+    with torch.device("meta"):
+        return build_model(
             cfg.model_config(), state_dim, act_dim, env.spec.max_episode_steps, low, high
         )
+
+
+def task_params(cfg: RunConfig, model: torch.nn.Module) -> dict[str, int]:
+    """Each task's own parameters (embeddings and heads) of a multi-task model; {} otherwise."""
+    if not cfg.tasks:
+        return {}
+    return {
+        task_name(t): sum(p.numel() for p in parts.parameters())
+        for t, parts in zip(cfg.tasks, model.tasks)
+    }
+
+
+def dry_run(cfg: RunConfig, nproc: int | None) -> None:
+    model = meta_model(cfg)
     total, backbone = count_params(model)
+    per_task = task_params(cfg, model)
     dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
     world = nproc or int(os.environ.get("WORLD_SIZE", "1"))
     memory = estimate_training_memory(
@@ -163,6 +199,9 @@ def dry_run(cfg: RunConfig, nproc: int | None) -> None:
     for k, v in preset_fields(cfg).items():
         print(f"{k}: {v}")
     print(f"backbone parameters: {backbone:,}; total: {total:,}")
+    if per_task:
+        shown = ", ".join(f"{name} {n:,}" for name, n in per_task.items())
+        print(f"each task's own parameters (embeddings and heads, in the total): {shown}")
     mode = "FSDP" if cfg.fsdp and world > 1 else "DDP" if world > 1 else "1 process"
     extras = ", activation checkpointing" if cfg.activation_checkpointing else ""
     print(
@@ -180,6 +219,7 @@ def dry_run(cfg: RunConfig, nproc: int | None) -> None:
                 "preset": cfg.extra["preset"],
                 "backbone_params": backbone,
                 "total_params": total,
+                "task_params": per_task,
                 "world_size": world,
                 "memory_bytes": memory,
                 "evaluation_memory_bytes": evaluation,
@@ -195,11 +235,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(args) -> int:
-    if args.tasks:
-        raise ConfigError(
-            "train_humanoid_qwen_dt.py's presets train on Humanoid alone; --tasks is not "
-            "supported by them yet: train several tasks with experiment_qwen.py --tasks"
-        )
     cfg = resolve(args, "qwen3")
     if cfg.model_type != "dt":
         raise ConfigError("train_humanoid_qwen_dt.py trains the Qwen3 DT: drop --model_type")

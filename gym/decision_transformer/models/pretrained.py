@@ -24,7 +24,7 @@ import json
 import math
 import os
 import re
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -289,6 +289,16 @@ class ActingConfig:
     acts_on: str = "the mean action (the stochastic head's too)"
 
 
+def _check_format_version(d: dict[str, Any], where: str) -> int:
+    version = d.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise PretrainedError(
+            f"{where} has format version {version}, newer than this code reads "
+            f"({FORMAT_VERSION}): update this project to load it"
+        )
+    return version
+
+
 def _required(cls: type) -> list[str]:
     return [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
 
@@ -335,13 +345,13 @@ class FolderConfig:
             raise PretrainedError(
                 f"{where} is not a model folder written by export.py (no format/format_version)"
             )
-        version = d["format_version"]
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise PretrainedError(
-                f"{where} has format version {version}, newer than this code reads "
-                f"({FORMAT_VERSION}): update this project to load it"
-            )
+        version = _check_format_version(d, where)
         arch = d.get("architecture")
+        if arch == MULTITASK_DT:
+            raise PretrainedError(
+                f"{where} holds a multi-task DT: load it with from_pretrained, which gives the "
+                "model and each task's acting section (config.task_folder(i))"
+            )
         if arch == "atari_dt":
             raise PretrainedError(
                 f"{where} holds an Atari DT: load it with atari/pretrained_atari.py "
@@ -414,8 +424,13 @@ class FolderConfig:
 # Saving and loading
 # ---------------------------------------------------------------------------------------------
 
-# Derived from config.json's action box, so not stored as weights.
+# Derived from config.json's action box, so not stored as weights (a multi-task model has one
+# pair per task: tasks.<i>.action_scale, ...).
 _BOX_BUFFERS = ("action_scale", "action_bias")
+
+
+def _is_box_buffer(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in _BOX_BUFFERS
 
 
 def folder_state_dict(model: TrajectoryModel, architecture: str) -> dict[str, torch.Tensor]:
@@ -424,7 +439,7 @@ def folder_state_dict(model: TrajectoryModel, architecture: str) -> dict[str, to
     state = {
         k: v.detach().to("cpu", torch.float32).contiguous()
         for k, v in model.state_dict().items()
-        if k not in _BOX_BUFFERS
+        if not _is_box_buffer(k)
     }
     if architecture == GPT2_DT:
         state = to_transformers_names(state, model.hidden_size)
@@ -535,7 +550,7 @@ def load_state(
             state = from_transformers_names(state)
         except ValueError as e:
             raise PretrainedError(f"the weights in {where}: {one_line(e)}") from None
-    own = {k: v for k, v in model.state_dict().items() if k not in _BOX_BUFFERS}
+    own = {k: v for k, v in model.state_dict().items() if not _is_box_buffer(k)}
     missing = sorted(own.keys() - state.keys())
     unexpected = sorted(state.keys() - own.keys())
     shapes = [
@@ -567,18 +582,29 @@ def from_pretrained(
 ) -> TrajectoryModel:
     """The model in a folder export.py wrote, or in a Hub repo holding one, in eval mode.
 
-    ``architecture`` (gpt2_dt, qwen3_dt, mlp_bc) refuses a folder of another one. The folder's
-    config is ``model.pretrained_config`` (a :class:`FolderConfig`): its ``acting`` section says
-    how to feed the model and map its actions (the model itself already maps tanh onto the box).
+    ``architecture`` (gpt2_dt, qwen3_dt, mlp_bc, multitask_dt) refuses a folder of another one.
+    The folder's config is ``model.pretrained_config`` (a :class:`FolderConfig`): its ``acting``
+    section says how to feed the model and map its actions (the model itself already maps tanh
+    onto the box). A multi-task folder gives a ``MultiTaskDecisionTransformer`` whose config is
+    a :class:`MultiTaskFolderConfig`: task i acts through ``model.task_model(i)`` with
+    ``config.task_folder(i).acting``.
     """
     directory = resolve_folder(path_or_repo_id, revision)
-    config = read_config(directory)
+    raw, path = read_config_json(directory)
+    if isinstance(raw, dict) and raw.get("architecture") == MULTITASK_DT:
+        config = MultiTaskFolderConfig.from_dict(raw, where=str(path))
+    else:
+        config = FolderConfig.from_dict(raw, where=str(path))
     if architecture is not None and config.architecture != architecture:
         raise PretrainedError(
             f"{path_or_repo_id} holds a {config.architecture} model, not a {architecture}"
         )
-    model = build_from_config(config)
-    load_state(model, read_weights(directory), str(directory), config.architecture == GPT2_DT)
+    if isinstance(config, MultiTaskFolderConfig):
+        model = build_multitask_from_config(config)
+        load_state(model, read_weights(directory), str(directory))
+    else:
+        model = build_from_config(config)
+        load_state(model, read_weights(directory), str(directory), config.architecture == GPT2_DT)
     model.pretrained_config = config
     return model.to(device).eval()
 
@@ -646,3 +672,200 @@ def read_transformers_folder(
         return cfg, from_transformers_names(state)
     except ValueError as e:
         raise PretrainedError(f"the weights in {directory}: {one_line(e)}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-task folders: one DT over several bodies (models/multitask.py)
+# ---------------------------------------------------------------------------------------------
+#
+# The same three files. config.json::
+#
+#     format, format_version   as every model folder's
+#     architecture             "multitask_dt"
+#     backbone                 "gpt2_dt" or "qwen3_dt": the architecture of ``model``
+#     model                    that architecture's config of the template DT the shared parts
+#                              (backbone, timestep and return embeddings, token LayerNorm) come
+#                              from: the first task's state and action sizes, the longest
+#                              episode cap of the tasks (the shared timestep embedding's size)
+#     tasks                    per task, in the model's order: name, dataset, state_dim, act_dim
+#                              and its ``acting`` section, a single-task folder's (env, gym id,
+#                              state mean/std, return scale, action box, episode cap, context,
+#                              targets, ...)
+#     provenance, evaluation   where it came from; its measured returns, per task
+#
+# model.safetensors holds the model's state dict under its own names (``tasks.<i>.embed_state``,
+# ...; the action bounds are config.json's, not weights). from_pretrained returns a
+# MultiTaskDecisionTransformer whose ``pretrained_config`` is a MultiTaskFolderConfig;
+# ``model.task_model(i)`` is task i's single-task view, which acts as a single-task folder's
+# model does with ``config.task_folder(i).acting``.
+
+MULTITASK_DT = "multitask_dt"
+BACKBONES = (GPT2_DT, QWEN3_DT)
+
+
+@dataclass
+class TaskEntry:
+    """One task of the folder: its name (``<env>-<dataset>``), dataset and how it acts."""
+
+    name: str
+    dataset: str
+    acting: ActingConfig
+
+    @property
+    def state_dim(self) -> int:
+        return len(self.acting.state_mean)
+
+    @property
+    def act_dim(self) -> int:
+        return len(self.acting.action_low)
+
+    def shape(self):
+        """The task's ``TaskShape`` (models/multitask.py)."""
+        from .multitask import TaskShape
+
+        a = self.acting
+        low = np.asarray(a.action_low, dtype=np.float32)
+        high = np.asarray(a.action_high, dtype=np.float32)
+        return TaskShape(self.state_dim, self.act_dim, a.max_ep_len, low, high)
+
+
+@dataclass
+class MultiTaskFolderConfig:
+    """config.json of a multi-task folder as a whole (see the module docstring)."""
+
+    backbone: str
+    model: ArchConfig
+    tasks: list[TaskEntry]
+    provenance: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] | None = None
+    format_version: int = FORMAT_VERSION
+    architecture: str = MULTITASK_DT
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def task_index(self, name: str) -> int:
+        if name not in self.task_names:
+            raise PretrainedError(
+                f"no task {name!r} in this model: its tasks are {', '.join(self.task_names)}"
+            )
+        return self.task_names.index(name)
+
+    def task_folder(self, i: int) -> FolderConfig:
+        """Task ``i`` as a single-task folder's config: what its view
+        (``model.task_model(i)``) is, with the task's own acting section."""
+        t = self.tasks[i]
+        model = replace(self.model, state_dim=t.state_dim, act_dim=t.act_dim)
+        provenance = {**self.provenance, "dataset": t.dataset, "env": t.acting.env, "task": t.name}
+        return FolderConfig(self.backbone, model, t.acting, provenance)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            "architecture": MULTITASK_DT,
+            "backbone": self.backbone,
+            "model": asdict(self.model),
+            "tasks": [
+                {
+                    "name": t.name,
+                    "dataset": t.dataset,
+                    "state_dim": t.state_dim,
+                    "act_dim": t.act_dim,
+                    "acting": asdict(t.acting),
+                }
+                for t in self.tasks
+            ],
+            "provenance": self.provenance,
+        }
+        if self.evaluation is not None:
+            out["evaluation"] = self.evaluation
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config.json") -> MultiTaskFolderConfig:
+        """``d``: config.json of a ``multitask_dt`` folder."""
+        if d.get("format") != FORMAT_NAME:
+            raise PretrainedError(f"{where} is not a model folder written by export.py (no format)")
+        version = _check_format_version(d, where)
+        backbone = d.get("backbone")
+        if backbone not in BACKBONES:
+            raise PretrainedError(
+                f"{where}: a multi-task model's backbone must be one of {', '.join(BACKBONES)}, "
+                f"got {backbone!r}: re-export the model"
+            )
+        arch_cls = ARCH_CONFIGS[backbone]
+        raw_model, raw_tasks = d.get("model"), d.get("tasks")
+        if not isinstance(raw_model, dict) or not isinstance(raw_tasks, list) or not raw_tasks:
+            raise PretrainedError(f"{where} lacks its 'model' or 'tasks' section: re-export it")
+        names = {f.name for f in fields(arch_cls)}
+        try:
+            model = arch_cls(**{k: v for k, v in raw_model.items() if k in names})
+        except (TypeError, ValueError) as e:
+            raise PretrainedError(f"{where}: bad {backbone} fields ({one_line(e, 120)})") from None
+        known = {f.name for f in fields(ActingConfig)}
+        tasks = []
+        for i, raw in enumerate(raw_tasks):
+            raw = raw if isinstance(raw, dict) else {}
+            acting = raw.get("acting")
+            if not isinstance(acting, dict):
+                acting = {}
+            lacking = [k for k in REQUIRED_ACTING if k not in acting]
+            if lacking or not isinstance(raw.get("name"), str):
+                what = ", ".join(lacking) or "name"
+                raise PretrainedError(f"{where}: task {i} lacks {what}; re-export the model")
+            entry = TaskEntry(
+                raw["name"],
+                str(raw.get("dataset", "")),
+                ActingConfig(**{k: v for k, v in acting.items() if k in known}),
+            )
+            for size in ("state_dim", "act_dim"):
+                if raw.get(size, getattr(entry, size)) != getattr(entry, size):
+                    raise PretrainedError(
+                        f"{where}: task {entry.name}'s {size} {raw[size]} disagrees with its "
+                        f"acting section ({getattr(entry, size)}): re-export the model"
+                    )
+            tasks.append(entry)
+        cfg = cls(
+            backbone,
+            model,
+            tasks,
+            d.get("provenance") or {},
+            d.get("evaluation"),
+            version,
+        )
+        cfg.check(where)
+        return cfg
+
+    def check(self, where: str = "config.json") -> None:
+        """Each task's sizes against its acting section (a single-task folder's checks), and the
+        template against the tasks; one line naming the first disagreement."""
+        names = self.task_names
+        if len(set(names)) != len(names):
+            raise PretrainedError(f"{where}: task names repeat ({', '.join(names)})")
+        for i, t in enumerate(self.tasks):
+            self.task_folder(i).check(f"{where} (task {t.name})")
+        first, longest = self.tasks[0], max(t.acting.max_ep_len for t in self.tasks)
+        m = self.model
+        if (m.state_dim, m.act_dim, m.max_ep_len) != (first.state_dim, first.act_dim, longest):
+            raise PretrainedError(
+                f"{where}: the model's sizes ({m.state_dim}, {m.act_dim}, {m.max_ep_len}) are "
+                f"not its first task's with the longest episode cap ({first.state_dim}, "
+                f"{first.act_dim}, {longest}): re-export the model"
+            )
+
+
+def build_multitask_from_config(config: MultiTaskFolderConfig) -> torch.nn.Module:
+    """The model config.json describes, as the run built it (models/factory.py's
+    build_multitask_model: the template from the first task, then each task's parts)."""
+    from .multitask import MultiTaskDecisionTransformer
+
+    shapes = [t.shape() for t in config.tasks]
+    try:
+        template = config.model.build(shapes[0].action_low, shapes[0].action_high)
+        return MultiTaskDecisionTransformer(template, shapes)
+    except (KeyError, TypeError, ValueError) as e:
+        raise PretrainedError(
+            f"cannot build the multi-task model its config.json describes ({one_line(e, 120)})"
+        ) from None

@@ -735,13 +735,12 @@ def _resolve_tasks(cfg: RunConfig) -> None:
         ("--init_from", cfg.init_from is not None),
         ("--val_episodes", cfg.val_episodes != 0),
         ("--select_by", cfg.select_by is not None),
-        ("--fsdp", cfg.fsdp),
     ]
     for name, given in unsupported:
         if given:
             raise ConfigError(
                 f"{name} is not supported with --tasks yet: drop it (multi-task runs train an "
-                "offline DT, one process or DDP)"
+                "offline DT, in one process, DDP or FSDP)"
             )
     numbers = [t for t in cfg.env_targets or () if not isinstance(t, str)]
     if numbers:

@@ -45,7 +45,13 @@ from .evaluation import (
     summarize_returns,
     target_key,
 )
-from .multitask import MultiTaskEvaluation, TaskEval, format_task_table, target_labels
+from .multitask import (
+    MultiTaskEvaluation,
+    TaskEval,
+    format_task_table,
+    target_labels,
+    task_video_paths,
+)
 from .parallel import compile_regions
 from .paths import check_output_file
 from .state import BEST_NAME, CHECKPOINT_NAME, load_full_weights
@@ -112,7 +118,14 @@ def add_output_flags(p: argparse.ArgumentParser) -> None:
         "--video",
         default=None,
         metavar="PATH",
-        help="render the first episode to PATH (.mp4/.gif; default: no video)",
+        help="render the first episode to PATH (.mp4/.gif; default: no video); a multi-task "
+        "run: one clip per task, PATH's name + '-<task>' (or --video_task's alone, to PATH)",
+    )
+    a(
+        "--video_task",
+        default=None,
+        metavar="NAME",
+        help="a multi-task run: film this task only (its name as in the table, e.g. hopper-medium)",
     )
     a(
         "--video_quality",
@@ -287,6 +300,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     ckpt_path, ckpt = load_run_checkpoint(args.checkpoint, args.which)
     if isinstance(ckpt["config"], dict) and ckpt["config"].get("tasks"):
         return evaluate_tasks(args, ckpt_path, ckpt)
+    if args.video_task is not None:
+        raise ConfigError("--video_task picks a task of a multi-task run: drop it here")
     cfg = eval_config(ckpt, args)  # checks the config; its device becomes this evaluation's
     warn_on_version_drift(ckpt_path.parent)
     targets = eval_targets(ckpt, cfg, args.target_return)
@@ -331,11 +346,6 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def _refuse_single_task_flags(args: argparse.Namespace) -> None:
-    if args.video is not None:
-        raise ConfigError(
-            "--video of a multi-task run is not supported yet: drop --video (the per-task "
-            "returns are evaluated without it)"
-        )
     if args.target_return:
         raise ConfigError(
             "--target_return is one list for one task; a multi-task run evaluates each task at "
@@ -393,10 +403,17 @@ def evaluate_tasks(args: argparse.Namespace, ckpt_path: Path, ckpt: dict) -> dic
         for n, t, (mean, std), ts in zip(names, cfg.tasks, stats, targets)
     ]
     evaluation = MultiTaskEvaluation(cfg, tasks, target_labels(cfg, targets))
+    videos = task_video_paths(args.video, names, args.video_task)
+    for path in videos.values():
+        check_video_arg(str(path))
+    seeds = episode_seeds(cfg.seed, cfg.num_eval_episodes)
+    from ..evaluation.video import EpisodeRecorder
+
+    recorders = {i: EpisodeRecorder(seed=seeds[0]) for i in videos}
     start = time.perf_counter()
     with autocast_for(cfg, cfg.device):
-        metrics = evaluation(model)
-    return {
+        metrics = evaluation(model, recorders)
+    report = {
         "checkpoint": str(ckpt_path),
         "iteration": ckpt.get("iteration"),
         "tasks": cfg.tasks,
@@ -417,6 +434,23 @@ def evaluate_tasks(args: argparse.Namespace, ckpt_path: Path, ckpt: dict) -> dic
         "metrics": metrics,
         "table": format_task_table(tasks, metrics),
     }
+    if videos:
+        report["videos"] = {
+            tasks[i].name: render_task_video(cfg, tasks[i], recorders[i], path, args)
+            for i, path in videos.items()
+        }
+    return report
+
+
+def render_task_video(cfg: RunConfig, task: TaskEval, recorder, path: Path, args) -> dict:
+    """A multi-task run's recorded episode of ``task`` (at its first target) rendered to
+    ``path``."""
+    from ..evaluation.video import Caption, render_episode
+
+    target = task.targets[0]
+    title = f"{task.name} {cfg.backbone} multi-task  target {target:g}"
+    caption = Caption(title, target, cfg.mode, get_spec(task.env).max_ep_len)
+    return render_episode(task.env, recorder, path, caption, quality=args.video_quality)
 
 
 def check_video_arg(path: str) -> None:
@@ -498,6 +532,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"{report['num_eval_episodes']} episodes per target, seed {report['seed']}")
         print(report["table"])
+        for name, v in report.get("videos", {}).items():
+            print(f"video of {name}: {v['path']}, {v['frames']} frames (seed {v['seed']}, "
+                  f"return {v['episode_return']:.1f})")  # fmt: skip
         return write_report(args, report)
     print(
         f"{report['checkpoint']} (iteration {report['iteration']}): {report['env']} "

@@ -138,7 +138,11 @@ class Evaluation:
             out.update(self.target(model, target))
         return out
 
-    def target(self, model: torch.nn.Module, target: float) -> dict:
+    def target(
+        self, model: torch.nn.Module, target: float, on_step: StepHook | None = None
+    ) -> dict:
+        """One target's numbers; ``on_step`` watches the episode of the first seed (one
+        process: evaluate.py's --video)."""
         model = unwrap(model)
         ctx, seeds = self.ctx, self.seeds
         mine = ctx.share(seeds)
@@ -152,7 +156,7 @@ class Evaluation:
         returns, lengths = np.zeros(0), np.zeros(0)
         if played:
             returns, lengths = evaluate_returns(
-                self.cfg, model, self.stats, target, played, ctx.is_main, None, still_running,
+                self.cfg, model, self.stats, target, played, ctx.is_main, on_step, still_running,
             )  # fmt: skip
         returns, lengths = returns[: len(mine)], lengths[: len(mine)]
         returns, lengths = ctx.gather_episodes(returns), ctx.gather_episodes(lengths)

@@ -30,10 +30,12 @@ from ..models.pretrained import (
     CONFIG_NAME,
     GPT2_DT,
     MLP_BC,
+    MULTITASK_DT,
     QWEN3_DT,
     ActingConfig,
     FolderConfig,
     GPT2DTConfig,
+    MultiTaskFolderConfig,
     PretrainedError,
     build_from_config,
     from_pretrained,
@@ -45,6 +47,15 @@ from ..models.pretrained import (
 from ..provenance import describe_versions, public_path, run_versions_or_now, stack_versions
 from .cli import HelpFormatter, OneLineParser, run_cli
 from .config import RunConfig
+from .export_multitask import (
+    evaluate_multitask_folder,
+    is_multitask_checkpoint,
+    load_metrics_row,
+    multitask_folder,
+    multitask_model_card,
+    print_task_evaluation,
+)
+from .export_multitask import evaluation_from_metrics as multitask_evaluation_from_metrics
 
 # The base commit's checkpoints and today's carry these; anything less is not a run's checkpoint.
 CONFIG_KEYS = ("env", "dataset", "model_type", "K", "embed_dim", "n_layer", "n_head")
@@ -84,6 +95,11 @@ def init_from_folder(
     except UserError as e:
         raise ConfigError(f"--init_from: {one_line(e, 200)}") from None
     folder = model.pretrained_config
+    if isinstance(folder, MultiTaskFolderConfig):
+        raise ConfigError(
+            f"--init_from: {source} is a multi-task model ({', '.join(folder.task_names)}); "
+            "fine-tuning one is not supported: start from a single-task model folder"
+        )
     if folder.acting.env != cfg.env:
         raise ConfigError(
             f"--init_from: {source} plays {folder.acting.env}, this run {cfg.env}: pass --env "
@@ -242,11 +258,6 @@ def read_run(run_dir: str | Path, which: str) -> dict:
         ckpt = load_run_checkpoint(run_dir, which)[1]
     except CheckpointError as e:  # its fixes name evaluate.py's flags; export takes the same
         raise ExportError(str(e).replace("evaluate --which", "export --which")) from None
-    if isinstance(ckpt["config"], dict) and ckpt["config"].get("tasks"):
-        raise ExportError(
-            f"{run_dir} is a multi-task run (--tasks): exporting a multi-task model is not "
-            "supported yet; evaluate it with evaluate.py --checkpoint"
-        )
     return ckpt
 
 
@@ -317,8 +328,25 @@ def evaluate_folder(
     }
 
 
+def play_folder(
+    model: torch.nn.Module,
+    folder: FolderConfig | MultiTaskFolderConfig,
+    num_episodes: int,
+    seed: int,
+    eval_envs: int,
+) -> dict:
+    """:func:`evaluate_folder`; for a multi-task folder, every task's (run/export_multitask.py)."""
+    if isinstance(folder, MultiTaskFolderConfig):
+        return evaluate_multitask_folder(
+            model, folder, num_episodes, seed, eval_envs, evaluate_folder
+        )
+    return evaluate_folder(model, folder, num_episodes, seed, eval_envs)
+
+
 def model_card(folder: FolderConfig, name: str, reproduce: str | None) -> str:
     """README.md: Hub metadata (YAML front matter), what the model is, its measured returns."""
+    if isinstance(folder, MultiTaskFolderConfig):
+        return multitask_model_card(folder, name, reproduce)
     a, p = folder.acting, folder.provenance
     arch_name = {
         GPT2_DT: "Decision Transformer (GPT-2)",
@@ -528,7 +556,7 @@ def write_folder(
         if measured is not None:
             folder.evaluation = measured
         elif evaluate.num_episodes > 0:
-            folder.evaluation = evaluate_folder(
+            folder.evaluation = play_folder(
                 loaded, folder, evaluate.num_episodes, evaluate.seed, evaluate.eval_envs
             )
         if folder.evaluation is not None:
@@ -606,9 +634,17 @@ def export_run(
     those weights instead of playing again, and an earlier folder at ``out`` is replaced."""
     out = Path(out) if reuse_run_evaluation else check_out_dir(out)
     ckpt = read_run(run_dir, which)
-    model, folder = folder_from_checkpoint(
-        ckpt, str(run_dir), which, target_return, run_versions_or_now(run_dir)
-    )
+    versions = run_versions_or_now(run_dir)
+    if is_multitask_checkpoint(ckpt):
+        if target_return:
+            raise ConfigError(
+                f"--target_return: {run_dir} is a multi-task run, each task evaluated at its "
+                "own targets (the run's): drop --target_return"
+            )
+        flags = public_flags(RunConfig.from_dict(ckpt["config"]).to_dict())
+        model, folder = multitask_folder(ckpt, str(run_dir), which, flags, versions)
+    else:
+        model, folder = folder_from_checkpoint(ckpt, str(run_dir), which, target_return, versions)
     run_cfg = folder.provenance["run_config"]
     evaluate = ExportEvaluation(
         run_cfg.get("num_eval_episodes", 0) if num_eval_episodes is None else num_eval_episodes,
@@ -617,7 +653,11 @@ def export_run(
     )
     evaluate.check()
     if reuse_run_evaluation:
-        measured = evaluation_from_metrics(Path(run_dir), ckpt, folder)
+        if isinstance(folder, MultiTaskFolderConfig):
+            row = load_metrics_row(Path(run_dir), ckpt.get("iteration"))
+            measured = multitask_evaluation_from_metrics(row, folder)
+        else:
+            measured = evaluation_from_metrics(Path(run_dir), ckpt, folder)
         return write_folder(model, folder, out, evaluate, measured, replace_old=True)
     return write_folder(model, folder, out, evaluate)
 
@@ -781,6 +821,12 @@ def _export(args: argparse.Namespace) -> int:
 
 def print_summary(out: Path) -> None:
     cfg = json.loads((out / CONFIG_NAME).read_text())
+    if "tasks" in cfg:  # a multi-task folder
+        gym_ids = ", ".join(t["acting"]["gym_id"] for t in cfg["tasks"])
+        print(f"{out}: {cfg['architecture']} ({cfg['backbone']}) for {gym_ids}")
+        if cfg.get("evaluation"):
+            print_task_evaluation(cfg["evaluation"])
+        return
     print(f"{out}: {cfg['architecture']} for {cfg['acting']['gym_id']}")
     for r in (cfg.get("evaluation") or {}).get("targets", []):
         print(f"  target {r['target']:g}: return {r['return_mean']:.1f} ± {r['return_std']:.1f}")
@@ -801,7 +847,10 @@ def build_eval_parser() -> argparse.ArgumentParser:
       help="returns to condition on (default: the folder's targets)")  # fmt: skip
     a("--json", default=None, metavar="PATH", help="also write the results here")
     a("--video", default=None, metavar="PATH",
-      help="render the first episode to PATH (.mp4/.gif; default: no video)")  # fmt: skip
+      help="render the first episode to PATH (.mp4/.gif; default: no video); a multi-task "
+      "model: one clip per task, PATH's name + '-<task>' (or --video_task's alone)")  # fmt: skip
+    a("--video_task", default=None, metavar="NAME",
+      help="a multi-task model: film this task only (e.g. hopper-medium)")  # fmt: skip
     a("--video_quality", default="auto", choices=["auto", "fast", "full"],
       help="fast drops multisampling, shadows, reflections; auto: fast on software GL")  # fmt: skip
     a("--device", default="cpu", help="cpu, cuda, auto, ...")
@@ -828,6 +877,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = from_pretrained(args.model, device=device)
     folder = model.pretrained_config
+    if isinstance(folder, MultiTaskFolderConfig):
+        return _evaluate_tasks(args, model, folder)
+    if args.video_task is not None:
+        raise ConfigError("--video_task picks a task of a multi-task model: drop it here")
     recorder = None
     if args.video is not None:
         from ..evaluation.video import EpisodeRecorder
@@ -853,6 +906,43 @@ def _evaluate(args: argparse.Namespace) -> int:
             a.env, recorder, args.video, caption, quality=args.video_quality
         )
         print(f"video: {args.video}, {report['video']['frames']} frames")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"results: {args.json}")
+    return 0
+
+
+def _evaluate_tasks(args: argparse.Namespace, model, folder: MultiTaskFolderConfig) -> int:
+    """evaluate_pretrained.py on a multi-task folder: every task at its own targets (or
+    --target_return, refused: one list cannot fit every body), a clip per filmed task."""
+    from ..evaluation.video import Caption, EpisodeRecorder, render_episode
+    from .evaluate_checkpoint import check_video_arg
+    from .multitask import task_video_paths
+
+    if args.target_return:
+        raise ConfigError(
+            "--target_return is one list for one task; a multi-task model plays each task at "
+            "its own targets: drop --target_return"
+        )
+    videos = task_video_paths(args.video, folder.task_names, args.video_task)
+    for path in videos.values():
+        check_video_arg(str(path))
+    recorders = {i: EpisodeRecorder(seed=args.seed * 100_000) for i in videos}  # the 1st seed
+    report = evaluate_multitask_folder(
+        model, folder, args.num_eval_episodes, args.seed, args.eval_envs, evaluate_folder,
+        recorders,
+    )  # fmt: skip
+    print_task_evaluation(report)
+    report["videos"] = {}
+    for i, path in videos.items():
+        t = folder.tasks[i]
+        target = t.acting.targets[0]
+        title = f"{t.name} {MULTITASK_DT}  target {target:g}"
+        caption = Caption(title, target, t.acting.mode, t.acting.max_ep_len)
+        report["videos"][t.name] = render_episode(
+            t.acting.env, recorders[i], path, caption, quality=args.video_quality
+        )
+        print(f"video of {t.name}: {path}, {report['videos'][t.name]['frames']} frames")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         print(f"results: {args.json}")

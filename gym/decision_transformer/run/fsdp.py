@@ -94,7 +94,19 @@ def shard_model(
     holds more than the root and a block or two beyond its shards; ``act_step`` (the cached
     rollout step, which reaches the root's embeddings without ``forward``) is registered to
     gather like a forward. Every rank must then make the same number of model calls (see
-    evaluate_episodes.evaluate_batched's ``still_running``)."""
+    evaluate_episodes.evaluate_batched's ``still_running``).
+
+    A multi-task model (models/multitask.py) is sharded the same way: the shared backbone's
+    blocks each on their own, and every task's own parts (state and action embeddings, heads,
+    action bounds) with the root, in its one all-gather and one reduce-scatter a step. Not one
+    unit per task: FSDP2 gathers a unit's weights in the hooks of that module's forward, and a
+    task's parts are never called as one module (their layers run inside the root's forward),
+    nor at all in a step whose rows hold none of that task, so such a unit would not gather and
+    would not reduce-scatter on a rank that holds no row of it while another rank does
+    (mismatched collectives). Nor replicated outside FSDP (``ignored_params``): FSDP does not
+    reduce their gradients, so the ranks' copies would drift apart. With the root, every rank
+    gathers and reduces the same parameters every step whatever its rows hold (FSDP reduces
+    only parameters that have a gradient; the model gives absent tasks' parts a zero one)."""
     world = dist.get_world_size()
     shape = mesh_shape(world, local_world_size or world)
     names = ("replicate", "shard") if len(shape) == 2 else ("shard",)
@@ -151,11 +163,17 @@ def evaluating(model: FSDPModule):
     block's weights. For the evaluation each block's ``forward`` gathers and frees them itself
     (through a module call the hooks run as well and the second gather is a no-op); training's
     forward is restored after, as is the root's sharding, which FSDP keeps gathered after a
-    forward for the backward that follows in training."""
+    forward for the backward that follows in training.
+
+    The root's own parameters (embeddings, heads) are gathered here for the whole evaluation:
+    a multi-task model acts through each task's view (``task_model``), which calls the root's
+    submodules without the root's forward hooks. A single-task model's first call would gather
+    them anyway and, the root never resharding after forward, keep them so to the end."""
     blocks = transformer_blocks(model)
     own = [block.__dict__.get("forward") for block in blocks]  # e.g. activation checkpointing's
     for block in blocks:
         register_fsdp_forward_method(block, "forward")
+    model.unshard()
     try:
         yield model
     finally:

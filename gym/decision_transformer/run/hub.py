@@ -16,7 +16,9 @@ from ..models.pretrained import (
     CONFIG_NAME,
     FORMAT_NAME,
     FORMAT_VERSION,
+    MULTITASK_DT,
     WEIGHTS_NAME,
+    MultiTaskFolderConfig,
     read_config,
     read_config_json,
 )
@@ -90,6 +92,9 @@ def describe_folder(folder: Path) -> str:
         if version > FORMAT_VERSION:
             raise HubError(f"{path} has format version {version}, newer than this code reads")
         return f"atari_dt for {game}"
+    if isinstance(raw, dict) and raw.get("architecture") == MULTITASK_DT:
+        multi = MultiTaskFolderConfig.from_dict(raw, str(path))
+        return f"{MULTITASK_DT} for {', '.join(t.acting.gym_id for t in multi.tasks)}"
     cfg = read_config(folder)
     return f"{cfg.architecture} for {cfg.acting.gym_id}"
 

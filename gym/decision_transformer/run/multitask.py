@@ -22,7 +22,7 @@ from ..data.loading import check_dataset_available, load_dataset
 from ..data.trajectories import TrajectoryDataset
 from ..envs import EnvSpec, get_spec
 from ..models.factory import build_multitask_model
-from .config import RunConfig, task_name, task_shapes
+from .config import ConfigError, RunConfig, task_name, task_shapes
 from .distributed import DistContext, unwrap
 from .evaluation import Evaluation, target_key
 from .paths import check_output_dir, check_run_start
@@ -131,15 +131,17 @@ class MultiTaskEvaluation:
             for t in tasks
         ]
 
-    def __call__(self, model: torch.nn.Module) -> dict:
-        """Every task's numbers keyed ``<task>/...``, then the means over tasks ``mean/...``."""
+    def __call__(self, model: torch.nn.Module, recorders: dict | None = None) -> dict:
+        """Every task's numbers keyed ``<task>/...``, then the means over tasks ``mean/...``.
+        ``recorders``: task index -> a hook watching its first target's first episode."""
         inner = unwrap(model)
         out: dict = {}
         scores: dict[int, list[float]] = {}
         for i, (task, evaluation) in enumerate(zip(self.tasks, self.evaluations)):
             view = inner.task_model(i)
             for j, target in enumerate(task.targets):
-                numbers = evaluation.target(view, target)
+                watch = (recorders or {}).get(i) if j == 0 else None
+                numbers = evaluation.target(view, target, watch)
                 out.update({f"{task.name}/{k}": v for k, v in numbers.items()})
                 score = numbers.get(f"{target_key(target)}_normalized_score")
                 if score is not None:
@@ -168,3 +170,21 @@ def format_task_table(tasks: list[TaskEval], numbers: dict, prefix: str = "") ->
             label = key[len(prefix) + len("mean/") :].removesuffix("_normalized_score")
             lines.append(f"mean normalized score over tasks at {label}: {value:.1f}")
     return "\n".join(lines)
+
+
+def task_video_paths(path: str | None, names: list[str], chosen: str | None) -> dict[int, Path]:
+    """``--video PATH`` over tasks: task index -> the clip its first target's first episode
+    is rendered to. With ``--video_task NAME`` that task's alone, to PATH; otherwise one per
+    task, the task's name inserted before PATH's suffix (``ep.mp4`` -> ``ep-hopper-medium.mp4``)."""
+    if chosen is not None and path is None:
+        raise ConfigError("--video_task names the task to film: add --video PATH")
+    if path is None:
+        return {}
+    if chosen is not None:
+        if chosen not in names:
+            raise ConfigError(
+                f"--video_task {chosen}: no such task; the model's tasks are {', '.join(names)}"
+            )
+        return {names.index(chosen): Path(path)}
+    p = Path(path)
+    return {i: p.with_name(f"{p.stem}-{name}{p.suffix}") for i, name in enumerate(names)}

@@ -76,25 +76,15 @@ class MultiTaskRun(Run):
         )  # fmt: skip
 
     def announce(self, data: MultiTaskData, resumed: dict | None) -> None:
-        cfg, ctx = self.cfg, self.ctx
+        cfg = self.cfg
         shares = task_probabilities(self.samplers(), cfg.task_sampling)
         print("=" * 50)
         print(f"Starting new experiment: {len(data.tasks)} tasks ({cfg.task_sampling} sampling)")
         for t, share in zip(data.tasks, shares):
             print(f"task {t.name} ({share:.0%} of batch rows): {t.dataset.summary()}")
         print("=" * 50)
-        print(
-            f"global batch: {cfg.global_batch_size} windows per optimizer step "
-            f"(batch_size {cfg.batch_size} x {ctx.world_size} processes x "
-            f"{cfg.grad_accum_steps} accumulation steps){self.parallel.name}"
-        )
+        self.announce_scale(resumed)
 
     def summarize(self, logs: dict) -> None:
         print("=" * 50)
         print(format_task_table(task_evals(self.data.tasks), logs, "evaluation/"))
-
-    def export_model(self) -> None:
-        print(
-            "model folder: not written (export of a multi-task model is not supported yet); "
-            "evaluate the run with evaluate.py"
-        )

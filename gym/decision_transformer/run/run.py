@@ -428,7 +428,7 @@ class Run:
         self.state.wandb_id = self.metrics.wandb_id
 
     def announce(self, data: RunData, resumed: dict | None) -> None:
-        cfg, ctx = self.cfg, self.ctx
+        cfg = self.cfg
         dataset = data.dataset
         print("=" * 50)
         print(f"Starting new experiment: {cfg.env} {cfg.dataset}")
@@ -442,6 +442,12 @@ class Run:
         elif cfg.select_by:
             print(f"best.pt by {cfg.select_by}")
         print("=" * 50)
+        self.announce_scale(resumed)
+
+    def announce_scale(self, resumed: dict | None) -> None:
+        """The global batch, how the model is spread over the processes, and a change of
+        their number on resume."""
+        cfg, ctx = self.cfg, self.ctx
         print(
             f"global batch: {cfg.global_batch_size} windows per optimizer step "
             f"(batch_size {cfg.batch_size} x {ctx.world_size} processes x "
