@@ -40,7 +40,7 @@ class RunData:
     val_episodes: np.ndarray | None = None
 
     def build_model(self, cfg: RunConfig) -> torch.nn.Module:
-        return build_model(
+        model = build_model(
             cfg.model_config(),
             self.state_dim,
             self.act_dim,
@@ -48,6 +48,9 @@ class RunData:
             self.action_low,
             self.action_high,
         )
+        if cfg.return_bins:  # the bins cut the data's scaled returns-to-go
+            model.set_return_range(*self.dataset.return_range(self.spec.scale))
+        return model
 
 
 def load_data(cfg: RunConfig, ctx: DistContext | None = None) -> RunData:
