@@ -298,7 +298,8 @@ def test_two_task_qwen3_run_bins_each_task_on_its_own_data_and_plays_auto(data_d
     ],
 )
 def test_bad_return_head_flags_are_one_line_exit_2(data_dir, tmp_path, extra, needle):
-    argv = ["--env", "hopper", "--data_dir", data_dir, "--out_dir", tmp_path / "r", *extra]
+    # TINY: a refusal that broke would train a tiny model and fail here, not train for hours
+    argv = ["--env", "hopper", "--data_dir", data_dir, "--out_dir", tmp_path / "r", *TINY, *extra]
     proc = run_main(experiment.main, *argv)
     assert_one_line_error(proc, needle)
     assert not (tmp_path / "r").exists()
