@@ -132,9 +132,9 @@ def test_the_tilt_is_multi_game_dts_and_each_row_draws_from_its_uniform():
 # --- acting on the real simulator -------------------------------------------------------------
 
 
-def episodes_of(model, use_cache=True, kappa=10.0) -> EvalEpisodes:
+def episodes_of(model, use_cache=True, kappa=10.0, target="auto") -> EvalEpisodes:
     return EvalEpisodes(
-        "hopper", np.zeros(11), np.ones(11), target="auto", max_ep_len=12,
+        "hopper", np.zeros(11), np.ones(11), target=target, max_ep_len=12,
         use_cache=use_cache, return_kappa=kappa,
     )  # fmt: skip
 
@@ -155,6 +155,9 @@ def test_auto_cached_equals_recomputed_and_an_episode_draws_on_its_own(backbone)
     # the returns it sampled are what it played on: a flat tilt plays other episodes
     flat = evaluate_batched(episodes_of(model, kappa=0.0), model, seeds, 3)
     assert not np.allclose(flat[0], cached[0])
+    # a fixed target on the same model: (a_{t-1}, s_t, R_t) fed at once, cached or not
+    fixed = [evaluate_batched(episodes_of(model, c, target=500.0), model, seeds, 3) for c in (1, 0)]
+    np.testing.assert_allclose(fixed[0][0], fixed[1][0], rtol=1e-5)
 
 
 # --- runs ---------------------------------------------------------------------------------------
