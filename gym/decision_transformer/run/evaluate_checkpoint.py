@@ -207,7 +207,7 @@ def eval_config(ckpt: dict, args: argparse.Namespace) -> RunConfig:
     overrides = {
         flag: getattr(args, flag)
         for flag in ("num_eval_episodes", "eval_envs", "seed", "return_kappa")
-        if getattr(args, flag) is not None
+        if getattr(args, flag, None) is not None  # callers' namespaces may predate a flag
     }
     cfg = replace(cfg, **overrides)
     if cfg.return_kappa < 0:
@@ -404,7 +404,7 @@ def _evaluation_config(args: argparse.Namespace, saved: RunConfig) -> RunConfig:
     overrides = {
         flag: getattr(args, flag)
         for flag in ("num_eval_episodes", "eval_envs", "seed", "return_kappa")
-        if getattr(args, flag) is not None
+        if getattr(args, flag, None) is not None  # callers' namespaces may predate a flag
     }
     cfg = replace(saved, **overrides, device=resolve_device(args.device))
     if cfg.return_kappa < 0:
