@@ -35,10 +35,14 @@ def dataset():
 def make_trainer(kind: str, dataset, sampler_device: str, autocast=None):
     torch.manual_seed(0)
     S, A = dataset.observations.shape[1], dataset.actions.shape[1]
-    if kind == "qwen3":
+    if kind in ("qwen3", "qwen3_return_bins"):
+        bins = {"return_bins": 8} if kind == "qwen3_return_bins" else {}
         model = DecisionTransformerQwen3(
-            S, A, 32, max_length=K, max_ep_len=1000, n_layer=2, n_head=4, n_kv_head=2, dropout=0.1
-        )
+            S, A, 32, max_length=K, max_ep_len=1000, n_layer=2, n_head=4, n_kv_head=2, dropout=0.1,
+            **bins,
+        )  # fmt: skip
+        if bins:  # the return head's loss and its two logged terms: in the same one sync
+            model.set_return_range(*dataset.return_range(100.0))
     elif kind == "gpt2":
         model = DecisionTransformer(S, A, 32, max_length=K, max_ep_len=1000, n_layer=2, n_head=2)
     else:
@@ -57,8 +61,12 @@ def make_trainer(kind: str, dataset, sampler_device: str, autocast=None):
 
 
 @pytest.mark.parametrize(
-    "kind, autocast", [("qwen3", None), ("qwen3", torch.bfloat16), ("gpt2", None), ("bc", None)]
-)
+    "kind, autocast",
+    [
+        ("qwen3", None), ("qwen3", torch.bfloat16), ("qwen3_return_bins", None), ("gpt2", None),
+        ("bc", None),
+    ],
+)  # fmt: skip
 def test_one_host_sync_per_training_step(kind, autocast, dataset):
     trainer = make_trainer(kind, dataset, "cuda", autocast)
     padded = []

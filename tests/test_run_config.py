@@ -60,7 +60,7 @@ def data_dir(tmp_path_factory):
 # Keys later versions added to config.json; a folder written before them lacks them.
 NEWER_KEYS = (
     "attention", "segment_len", "lr_decay", "dist_timeout", "world_size", "compile", "tasks",
-    "task_sampling",
+    "task_sampling", "return_bins", "return_kappa", "return_loss_weight",
 )  # fmt: skip
 
 

@@ -116,6 +116,14 @@ class TrajectoryDataset:
             (std + 1e-6).astype(np.float32),
         )
 
+    def return_range(self, scale: float) -> tuple[float, float]:
+        """The lowest and highest return-to-go over every step, divided by ``scale``: what a
+        return head's bins cut (models/return_bins.py). A dataset whose returns-to-go are all
+        equal gets a range one unit wide, so the bins stay well defined."""
+        low = float(self.returns_to_go.min()) / scale
+        high = float(self.returns_to_go.max()) / scale
+        return (low, high) if high > low else (low, low + 1.0)
+
     def with_state_stats_of(self, episodes: np.ndarray) -> TrajectoryDataset:
         """This dataset (its arrays shared, not copied) with the state mean and std computed
         over ``episodes`` only: held-out episodes must not inform the normalisation."""

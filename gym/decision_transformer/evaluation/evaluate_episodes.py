@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..envs import get_spec, make_env, make_vector_env
+from ..models.return_bins import AUTO_TARGET, DEFAULT_KAPPA
 from .rollout import Rollout, RolloutSpec
 
 # Called as on_step(action, reward) after each env step of the watched episode.
@@ -70,10 +71,16 @@ def evaluate_episode_rtg(
     mode="normal",
     seed=None,
     on_step: StepHook | None = None,
+    return_kappa: float | None = None,
 ) -> tuple[float, int]:
     """One episode conditioned on ``target_return`` (already divided by ``scale``), the return-to-go
-    falling by each reward received ('delayed' keeps it fixed). Returns (return, length)."""
-    spec = RolloutSpec(max_ep_len, state_mean, state_std, device, target_return, scale, mode)
+    falling by each reward received ('delayed' keeps it fixed). Returns (return, length). With
+    ``return_kappa`` (a model with a return head), each step's return is sampled instead (see
+    rollout.py), from a generator seeded by ``seed``."""
+    spec = RolloutSpec(
+        max_ep_len, state_mean, state_std, device, target_return, scale, mode,
+        return_kappa=return_kappa,
+    )  # fmt: skip
     return _play_one(env, model, state_dim, act_dim, spec, seed, on_step)
 
 
@@ -82,7 +89,7 @@ def _play_one(
 ) -> tuple[float, int]:
     model.eval()
     state = _reset(env, seed, spec.mode, np.random.default_rng(seed))
-    rollout = Rollout(model, 1, state_dim, act_dim, spec)
+    rollout = Rollout(model, 1, state_dim, act_dim, spec, seeds=[seed])
     rollout.start(np.reshape(state, (1, state_dim)))
     episode_return, episode_length = 0.0, 0
     for _ in range(spec.max_ep_len):
@@ -106,25 +113,30 @@ class EvalEpisodes:
     env: str  # suite env name
     state_mean: np.ndarray  # what the policy normalises its states with
     state_std: np.ndarray
-    target: float | None = None  # return to condition on, in the env's units (None: zero)
+    # Return to condition on, in the env's units (None: zero), or "auto": each step's return
+    # sampled from the model's return head, tilted toward high returns by return_kappa.
+    target: float | str | None = None
     mode: str = "normal"  # the run's --mode ('noise' perturbs the initial state)
     conditioned: bool = True  # a DT, conditioned on ``target``; BC ignores it
     device: str | torch.device = "cpu"
     max_ep_len: int | None = None  # a shorter cap than the env's (benchmarks)
     use_cache: bool = True  # False recomputes every step (a DT's check and benchmark baseline)
+    return_kappa: float = DEFAULT_KAPPA  # --return_kappa (a target of "auto" only)
 
     def rollout_spec(self) -> RolloutSpec:
         spec = get_spec(self.env)
+        auto = self.target == AUTO_TARGET
         return RolloutSpec(
             max_ep_len=self.max_ep_len or spec.max_ep_len,
             state_mean=self.state_mean,
             state_std=self.state_std,
             device=self.device,
-            target_return=None if self.target is None else self.target / spec.scale,
+            target_return=None if self.target is None or auto else self.target / spec.scale,
             scale=spec.scale,
             mode=self.mode,
             conditioned=self.conditioned,
             use_cache=self.use_cache,
+            return_kappa=self.return_kappa if auto and self.conditioned else None,
         )
 
 
@@ -190,7 +202,7 @@ def run_chunk(
         obs = obs + np.stack([np.random.default_rng(s).normal(0, 0.1, obs.shape[1]) for s in seeds])
     # Every env keeps its row to the end, finished or not: the model always sees n rows.
     A = envs.single_action_space.shape[0]
-    rollout = Rollout(model, n, obs.shape[1], A, spec, generator)
+    rollout = Rollout(model, n, obs.shape[1], A, spec, generator, seeds)
     rollout.start(obs)
     active = np.arange(n) < real
     ep_return = np.zeros(n)
@@ -254,6 +266,7 @@ def play_one_by_one(
             r, n = evaluate_episode_rtg(
                 env, state_dim, act_dim, model, s.max_ep_len, s.scale, s.state_mean, s.state_std,
                 s.device, s.target_return, s.mode, seed=seed, on_step=hook,
+                return_kappa=s.return_kappa,
             )  # fmt: skip
         else:
             r, n = evaluate_episode(

@@ -19,6 +19,14 @@ How the model is called:
 A DT whose ``eval_context`` N is shorter than its K (the ODT's ``eval_context_length``) acts on
 the last N steps only, in either attention: the cache while ``t < N``, then the recomputation
 of the last N steps (left-padded to K and masked by the model, as the ODT's reference does).
+
+With ``RolloutSpec.return_kappa`` set (``--env_targets auto``, a DT with a return head) the
+return-to-go is not counted down from a target: at every step the model's return distribution
+at ``s_t``, tilted toward high returns, is sampled and fed as ``R_t`` (Multi-Game DT's expert
+return inference), each episode drawing from its own generator seeded by its episode seed, so
+its returns do not depend on what it is batched with. Cached, a step is fed in two parts
+(``(a_{t-1}, s_t)``, then ``R_t``); recomputing, the window is run twice (once for the return,
+once for the action).
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ class RolloutSpec:
     mode: str = "normal"  # 'delayed' keeps the return-to-go fixed; 'noise' perturbs the reset
     conditioned: bool = True  # a DT; False for a policy that ignores returns (BC)
     use_cache: bool = True  # False recomputes every step (a DT's check and benchmark baseline)
+    # Set: each step's return-to-go is sampled from the model's return head, tilted by this.
+    return_kappa: float | None = None
 
 
 class Rollout:
@@ -54,7 +64,10 @@ class Rollout:
         act_dim: int,
         spec: RolloutSpec,
         generator: torch.Generator | None = None,
+        seeds: list[int | None] | None = None,
     ):
+        """``seeds``: each row's episode seed, which seeds the row's draws of its returns when
+        the spec samples them (``return_kappa``); None leaves them unseeded."""
         self.model, self.spec, self.n = model, spec, n
         # Data collection: the DT samples its stochastic head from this generator (one draw of
         # [n, act_dim] per step, cached or not); None acts on the mean, as evaluation does.
@@ -82,6 +95,14 @@ class Rollout:
         self.timesteps = torch.arange(max_ep_len + 1, device=device).expand(n, -1)
         self.target = None if spec.target_return is None else float(spec.target_return)
         self.t = 0
+        self.return_draws = None
+        if spec.return_kappa is not None:
+            if not getattr(model, "return_bins", 0):
+                raise ValueError("sampling returns needs a model with a return head")
+            self.return_draws = [
+                torch.Generator() if s is None else torch.Generator().manual_seed(int(s))
+                for s in (seeds if seeds is not None else [None] * n)
+            ]
 
     def normalize(self, obs: np.ndarray) -> torch.Tensor:
         obs = torch.as_tensor(obs, device=self.device, dtype=torch.float32)
@@ -99,15 +120,29 @@ class Rollout:
         t, model = self.t, self.model
         if self.cache is not None and (self.window_mode or t < self.context):
             prev = self.actions[:, t - 1] if t else self.actions[:, 0]
-            act = model.act_step(
-                self.cache, self.states[:, t], prev, self.rtg[:, t, None], t, **self.sample
-            )
+            if self.return_draws is not None:
+                logits = model.return_logits_step(self.cache, self.states[:, t], prev, t)
+                self.rtg[:, t] = self.expert_returns(logits)
+                act = model.act_step_return(self.cache, self.rtg[:, t, None], t, **self.sample)
+            else:
+                act = model.act_step(
+                    self.cache, self.states[:, t], prev, self.rtg[:, t, None], t, **self.sample
+                )
         else:
             if self.cache is not None:
                 self.cache = None  # full attention and the window slid: recompute from now on
             # The model sees at most its last K (eval_context) steps (in window attention,
             # without the cache, the whole history, which get_actions takes as is).
             lo = 0 if self.window_mode else max(0, t + 1 - self.context)
+            if self.return_draws is not None:  # R_t is not seen by its own logits: any value
+                logits = model.get_return_logits(
+                    self.states[:, lo : t + 1],
+                    self.actions[:, lo : t + 1],
+                    self.rewards[:, lo : t + 1],
+                    self.rtg[:, lo : t + 1, None],
+                    self.timesteps[:, lo : t + 1],
+                )
+                self.rtg[:, t] = self.expert_returns(logits)
             act = model.get_actions(
                 self.states[:, lo : t + 1],
                 self.actions[:, lo : t + 1],
@@ -118,6 +153,12 @@ class Rollout:
             )
         self.actions[:, t] = act.float()
         return act
+
+    def expert_returns(self, logits: torch.Tensor) -> torch.Tensor:
+        """This step's returns ``[n]``: one uniform per row from the row's own generator, drawn
+        into the tilted distribution of its ``logits``."""
+        uniforms = torch.stack([torch.rand((), generator=g) for g in self.return_draws])
+        return self.model.expert_returns(logits, self.spec.return_kappa, uniforms)
 
     def record(self, obs: np.ndarray, reward: np.ndarray) -> None:
         """What the envs returned for the current step's actions: next observations ``[n, S]``

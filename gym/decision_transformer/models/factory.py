@@ -47,6 +47,8 @@ class ModelConfig:
     # many of the last K steps the policy acts on (not a weight: any value loads any weights).
     timestep_embedding: bool = True
     eval_context: int | None = None
+    # DT only: --return_bins (0: no return head, the original token order).
+    return_bins: int = 0
 
 
 def folder_config(
@@ -69,6 +71,7 @@ def folder_config(
         policy=cfg.policy,
         timestep_embedding=cfg.timestep_embedding,
         eval_context=cfg.eval_context,
+        return_bins=cfg.return_bins,
     )
     if cfg.backbone == "qwen3":
         q = Qwen3Config(

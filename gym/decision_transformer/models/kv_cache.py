@@ -7,7 +7,9 @@ each token's keys and values then depend only on a fixed stretch of history, the
 computed, so a rollout can keep them in a ring buffer per layer and feed only the new tokens of each
 env step, ``(a_{t-1}, R_t, s_t)``, giving the same actions as a forward pass over the whole episode
 prefix with the banded mask. (In ``full`` attention the same cache is exact while the window is
-still filling, ``t < K``: nothing has slid out yet.)
+still filling, ``t < K``: nothing has slid out yet.) A DT with a return head orders a step
+``(s_t, R_t, a_t)`` and may feed a step in two parts, ``(a_{t-1}, s_t)`` then ``R_t`` (the return
+it samples from ``s_t``'s output): the cache counts tokens, not steps, so any split works.
 
 The bottom of ``models/``: the backbones import these helpers, never the reverse. Each backbone has
 one block that serves training, full-window evaluation and cached stepping (as Llama's
@@ -63,22 +65,29 @@ class RollingKVCache:
         self.k: list[torch.Tensor | None] = [None] * n_layer  # [N, Hkv, size, hd] each
         self.v: list[torch.Tensor | None] = [None] * n_layer
         self.slot_pos = torch.full((self.size,), _EMPTY, dtype=torch.long, device=self.device)
-        self.steps = 0  # env steps fed so far
-        # The current step's ring slots [3] and hidden slots [3, size], set by advance().
+        # The position of the next token fed: step t's first new token, a_{t-1}, is at 3t - 1.
+        self.next_pos = -1
+        # The ring slots [n] and hidden slots [n, size] of the tokens being fed, set by advance().
         self.slots: torch.Tensor | None = None
         self.hidden: torch.Tensor | None = None
 
-    def advance(self) -> torch.Tensor:
-        """Start the next step: returns the absolute positions ``[3]`` of its tokens
-        ``(a_{t-1}, R_t, s_t)`` and sets their ring ``slots`` and ``hidden [3, size]`` (True = a
-        slot the token may not see), which every layer's :meth:`attend` reads. At ``t = 0`` there
-        is no previous action: its slot gets a dummy token at position -1 that only ever sees
-        itself and that no real token sees."""
-        t = self.steps
-        pos = torch.arange(3 * t - 1, 3 * t + 2, device=self.device)
+    @property
+    def steps(self) -> int:
+        """Env steps begun so far: step t's first token (a_{t-1}, position 3t - 1) begins it."""
+        return (self.next_pos + 1 + TOKENS_PER_STEP - 1) // TOKENS_PER_STEP
+
+    def advance(self, n: int = TOKENS_PER_STEP) -> torch.Tensor:
+        """Feed the next ``n`` tokens (a whole step: ``(a_{t-1}, R_t, s_t)``, or a part of one):
+        returns their absolute positions ``[n]`` and sets their ring ``slots`` and ``hidden [n,
+        size]`` (True = a slot the token may not see), which every layer's :meth:`attend` reads.
+        At ``t = 0`` there is no previous action: its slot gets a dummy token at position -1 that
+        only ever sees itself and that no real token sees."""
+        if not 1 <= n <= TOKENS_PER_STEP:  # the ring has room for at most one step's tokens
+            raise ValueError(f"feed 1 to {TOKENS_PER_STEP} tokens at a time, not {n}")
+        pos = torch.arange(self.next_pos, self.next_pos + n, device=self.device)
         slots = pos % self.size
         self.slot_pos[slots] = pos
-        self.steps += 1
+        self.next_pos += n
         kp, qp = self.slot_pos[None, :], pos[:, None]
         step = torch.div(qp, TOKENS_PER_STEP, rounding_mode="floor")
         lo = (step - self.window + 1) * TOKENS_PER_STEP
@@ -89,7 +98,7 @@ class RollingKVCache:
     def write(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this step's ``k, v [N, Hkv, 3, hd]`` in ``layer``'s ring; returns the whole
+        """Store the new tokens' ``k, v [N, Hkv, n, hd]`` in ``layer``'s ring; returns the whole
         ring, ``[N, Hkv, size, hd]`` each."""
         if self.k[layer] is None:  # allocated at the first step, in the dtype autocast gives
             shape = (k.shape[0], k.shape[1], self.size, k.shape[3])
@@ -100,8 +109,8 @@ class RollingKVCache:
         return self.k[layer], self.v[layer]
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Write this step's ``k, v [N, Hkv, 3, hd]`` to ``layer``'s ring, then attend the queries
-        ``q [N, H, n, hd]`` of its last ``n`` new tokens (all three, or the state token alone)
+        """Write the new tokens' ``k, v [N, Hkv, m, hd]`` to ``layer``'s ring, then attend the
+        queries ``q [N, H, n, hd]`` of its last ``n`` new tokens (all of them, or the last alone)
         over the ring; returns ``[N, H, n, hd]``."""
         k_all, v_all = self.write(layer, k, v)
         n = q.shape[2]

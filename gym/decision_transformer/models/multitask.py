@@ -24,9 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .decision_transformer import DecisionTransformer
+from .decision_transformer import DecisionTransformer, step_tokens
 from .model import TrajectoryModel
 from .policy_heads import make_policy_head
+from .return_bins import bin_index
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,14 @@ class TaskShape:
 class TaskParts(nn.Module):
     """One task's own modules and action bounds (the names are the single-task DT's)."""
 
-    def __init__(self, shape: TaskShape, hidden_size: int, policy: str, squash: bool = True):
+    def __init__(
+        self,
+        shape: TaskShape,
+        hidden_size: int,
+        policy: str,
+        squash: bool = True,
+        return_bins: int = 0,
+    ):
         super().__init__()
         self.state_dim, self.act_dim = shape.state_dim, shape.act_dim
         self.embed_state = nn.Linear(shape.state_dim, hidden_size)
@@ -58,6 +66,11 @@ class TaskParts(nn.Module):
         )
         self.register_buffer("action_scale", (high - low) / 2)
         self.register_buffer("action_bias", (high + low) / 2)
+        # With a return head: the task's own bins over its own return range (the single-task
+        # DT's names, so the task's view serves as that model).
+        if return_bins:
+            self.predict_return_bins = nn.Linear(hidden_size, return_bins)
+            self.register_buffer("return_range", torch.tensor([0.0, 1.0]))
 
 
 class MultiTaskDecisionTransformer(nn.Module):
@@ -80,13 +93,29 @@ class MultiTaskDecisionTransformer(nn.Module):
         self.embed_timestep = template.embed_timestep
         self.embed_return = template.embed_return
         self.embed_ln = template.embed_ln
+        self.return_bins = template.return_bins
         self.tasks = nn.ModuleList(
-            TaskParts(s, self.hidden_size, self.policy, self.action_tanh) for s in shapes
+            TaskParts(s, self.hidden_size, self.policy, self.action_tanh, self.return_bins)
+            for s in shapes
         )
         self.max_act_dim = max(s.act_dim for s in shapes)
 
     def time_embedding(self, timesteps: torch.Tensor) -> torch.Tensor | float:
         return 0.0 if self.embed_timestep is None else self.embed_timestep(timesteps)
+
+    def set_return_range(self, task: int, low: float, high: float) -> None:
+        """Task ``task``'s scaled return-to-go range, which its bins cut (its data's)."""
+        self.task_model(task).set_return_range(low, high)
+
+    def return_targets(self, returns_to_go: torch.Tensor, groups=()) -> torch.Tensor:
+        """The bins ``[B, T]`` of ``returns_to_go [B, T, 1]``, each row by its task's range."""
+        out, row = [], 0
+        for task, n in groups:
+            parts = self.tasks[task]
+            out.append(bin_index(returns_to_go[row : row + n, :, 0], parts.return_range,
+                                 self.return_bins))  # fmt: skip
+            row += n
+        return torch.cat(out)
 
     def forward(
         self,
@@ -102,7 +131,8 @@ class MultiTaskDecisionTransformer(nn.Module):
         batch); ``states [B, T, S_max]`` and ``actions [B, T, A_max]`` zero-padded past each
         task's own sizes. Returns ``(None, action_preds [B, T, A_max], None)``, each row's
         predictions zero past its task's action size (the state and return heads are the
-        original's untrained ones: not computed)."""
+        original's untrained ones: not computed); with a return head, its logits ``[B, T,
+        bins]`` (each row's task's head) in place of the last None."""
         B, T = states.shape[:2]
         if sum(n for _, n in groups) != B:
             raise ValueError(f"groups {groups} do not cover the batch's {B} rows")
@@ -119,21 +149,25 @@ class MultiTaskDecisionTransformer(nn.Module):
         action_emb = torch.cat(action_emb) + time_emb
         return_emb = self.embed_return(returns_to_go) + time_emb
 
-        tokens = torch.stack((return_emb, state_emb, action_emb), dim=2).reshape(B, 3 * T, -1)
+        step = step_tokens(self.return_bins, return_emb, state_emb, action_emb)
+        tokens = torch.stack(step, dim=2).reshape(B, 3 * T, -1)
         tokens = self.embed_ln(tokens)
         token_mask = None if attention_mask is None else attention_mask.repeat_interleave(3, dim=1)
         x = self.transformer(inputs_embeds=tokens, attention_mask=token_mask)  # the one call
         x = x.reshape(B, T, 3, self.hidden_size)
 
-        preds, row = [], 0
+        preds, logits, row = [], [], 0
         for task, n in groups:
             parts = self.tasks[task]
             dist = parts.predict_action(
                 x[row : row + n, :, 1], parts.action_scale, parts.action_bias
             )
             preds.append(F.pad(dist.mean_action, (0, self.max_act_dim - parts.act_dim)))
+            if self.return_bins:  # from s_t's token (step_tokens' order): it never sees R_t
+                logits.append(parts.predict_return_bins(x[row : row + n, :, 0]))
             row += n
         action_preds = torch.cat(preds)
+        return_logits = torch.cat(logits) if logits else None
         # Tasks with no row here still get a (zero) gradient: every parameter is then updated
         # on every step, so one process and DDP ranks holding other tasks' rows step alike.
         present = {task for task, _ in groups}
@@ -146,7 +180,7 @@ class MultiTaskDecisionTransformer(nn.Module):
         ]
         if absent:
             action_preds = action_preds + 0.0 * sum(p.sum() for p in absent)
-        return None, action_preds, None
+        return None, action_preds, return_logits
 
     def task_model(self, task: int) -> DecisionTransformer:
         """Task ``task`` as a single-task DT sharing this model's modules (nothing is copied:
@@ -170,5 +204,9 @@ class MultiTaskDecisionTransformer(nn.Module):
         view.embed_state, view.embed_action = parts.embed_state, parts.embed_action
         view.predict_state, view.predict_action = parts.predict_state, parts.predict_action
         view.predict_return = parts.predict_return
+        view.return_bins = self.return_bins
+        if self.return_bins:
+            view.predict_return_bins = parts.predict_return_bins
+            view.register_buffer("return_range", parts.return_range)  # the task's own tensor
         view.training = self.training
         return view

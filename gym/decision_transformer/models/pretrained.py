@@ -75,6 +75,7 @@ def _dt_kwargs(cfg: GPT2DTConfig | Qwen3DTConfig, action_low, action_high) -> di
         policy=cfg.policy,
         timestep_embedding=cfg.timestep_embedding,
         eval_context=cfg.eval_context,
+        return_bins=cfg.return_bins,
     )
 
 
@@ -103,6 +104,9 @@ class GPT2DTConfig:
     # it acts on); folders written before these fields have the embedding and act on all K.
     timestep_embedding: bool = True
     eval_context: int | None = None
+    # --return_bins: the return head's bins, tokens ordered (s, R, a); 0 (folders before it): none.
+    # The scaled return range they cut is the weights' ``return_range``.
+    return_bins: int = 0
 
     def build(self, action_low, action_high) -> TrajectoryModel:
         return DecisionTransformer(
@@ -160,6 +164,7 @@ class Qwen3DTConfig:
     action_tanh: bool = True
     timestep_embedding: bool = True  # as GPT2DTConfig's
     eval_context: int | None = None
+    return_bins: int = 0  # as GPT2DTConfig's
 
     def build(self, action_low, action_high) -> TrajectoryModel:
         from .decision_transformer_qwen3 import DecisionTransformerQwen3

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .kv_cache import TOKENS_PER_STEP, RollingKVCache, band_matters, window_mask
+from .kv_cache import RollingKVCache, band_matters, window_mask
 
 
 @dataclass
@@ -310,7 +310,7 @@ def causal_padding_mask(attention_mask: torch.Tensor | None, T: int) -> torch.Te
 
 class Qwen3Transformer(nn.Module):
     """``forward(inputs_embeds [B, T, D], attention_mask [B, T]) -> hidden states [B, T, D]``;
-    with a rollout ``cache``: one env step's tokens ``[N, 3, D]`` -> its state token's ``[N, 1, D]``
+    with a rollout ``cache``: a step's new tokens ``[N, n, D]`` -> the last one's ``[N, 1, D]``
     (see :class:`~.kv_cache.RollingKVCache`)."""
 
     def __init__(self, config: Qwen3Config):
@@ -352,11 +352,12 @@ class Qwen3Transformer(nn.Module):
         return self.norm(x)
 
     def _step(self, x: torch.Tensor, cache: RollingKVCache) -> torch.Tensor:
-        """One env step's tokens ``x [N, 3, D]`` through the same blocks, with the cache."""
-        pos = cache.advance()
+        """One env step's new tokens ``x [N, n, D]`` (all three, or a part of the step) through
+        the same blocks, with the cache."""
+        pos = cache.advance(x.shape[1])
         # Positions keep counting through the episode (scores depend only on offsets). The table
         # grows in whole chunks: regrowing it by three tokens a step would redo it each step.
-        need = TOKENS_PER_STEP * cache.steps
+        need = cache.next_pos
         tables = self.rotary.tables(-(-need // 1024) * 1024)
         dtype = compute_dtype(x)
         rope = tuple(t[pos.clamp(min=0)].to(dtype)[:, None] for t in tables)

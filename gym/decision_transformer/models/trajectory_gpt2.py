@@ -154,7 +154,7 @@ def causal_padding_mask(attention_mask: torch.Tensor | None, T: int, device) -> 
 
 class TrajectoryGPT2(nn.Module):
     """``forward(inputs_embeds [B, T, D], attention_mask [B, T]) -> hidden states [B, T, D]``;
-    with a rollout ``cache``: one env step's tokens ``[N, 3, D]`` -> its state token's ``[N, 1, D]``
+    with a rollout ``cache``: a step's new tokens ``[N, n, D]`` -> the last one's ``[N, 1, D]``
     (see :class:`~.kv_cache.RollingKVCache`)."""
 
     def __init__(self, cfg: GPT2Config):
@@ -187,8 +187,9 @@ class TrajectoryGPT2(nn.Module):
         return self.ln_f(x)
 
     def _step(self, x: torch.Tensor, cache: RollingKVCache) -> torch.Tensor:
-        """One env step's tokens ``x [N, 3, D]`` through the same blocks, with the cache."""
-        cache.advance()  # no positions needed: time enters through the DT's embeddings
+        """One env step's new tokens ``x [N, n, D]`` (all three, or a part of the step) through
+        the same blocks, with the cache."""
+        cache.advance(x.shape[1])  # no positions needed: time enters through the DT's embeddings
         x = self.drop(x)
         last = len(self.h) - 1
         for i, block in enumerate(self.h):

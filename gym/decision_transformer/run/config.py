@@ -28,6 +28,7 @@ from ..envs import ENV_SPECS, get_spec, make_env, parse_env_name
 from ..errors import ConfigError
 from ..models.factory import ModelConfig, build_model, build_multitask_model, count_params
 from ..models.pretrained import is_model_source
+from ..models.return_bins import AUTO_TARGET, DEFAULT_KAPPA
 from .checkpoint import read_run_checkpoint
 from .cli import HelpFormatter, OneLineParser
 from .distributed import DistContext
@@ -36,6 +37,7 @@ SCALE_OUT_GROUP = "precision, memory and several processes (torchrun)"
 QWEN_GROUP = "Qwen3 backbone"
 ONLINE_GROUP = "online fine-tuning (Online Decision Transformer, Zheng et al. 2022)"
 VALIDATION_GROUP = "validation and model selection"
+RETURNS_GROUP = "returns the model picks itself (Multi-Game Decision Transformer, Lee et al. 2022)"
 
 
 def str2bool(value: str) -> bool:
@@ -47,7 +49,10 @@ def str2bool(value: str) -> bool:
 
 
 def target_spec(value: str) -> float | str:
-    """A target return: a number, ``max``, or ``pNN`` for a percentile of the dataset's returns."""
+    """A target return: a number, ``max``, ``pNN`` for a percentile of the dataset's returns, or
+    ``auto`` (each step's return sampled from the model's return head, ``--return_bins``)."""
+    if value == AUTO_TARGET:
+        return value
     if value == "max" or (value[:1] == "p" and value[1:].replace(".", "", 1).isdigit()):
         if value != "max" and not 0 <= float(value[1:]) <= 100:
             raise argparse.ArgumentTypeError(f"percentile out of range: '{value}'")
@@ -57,7 +62,9 @@ def target_spec(value: str) -> float | str:
     except ValueError:
         number = math.nan
     if not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f"expected a number, max or pNN (e.g. p90), got '{value}'")
+        raise argparse.ArgumentTypeError(
+            f"expected a number, max, pNN (e.g. p90) or auto, got '{value}'"
+        )
     return number
 
 
@@ -290,7 +297,8 @@ class RunConfig:
     env_targets: list[float | str] | None = flag(
         None,
         "returns to condition evaluation on: numbers, or max / pNN (a percentile) of the "
-        "dataset's episode returns, e.g. --env_targets max p90 p50 (default: the env's two)",
+        "dataset's episode returns, e.g. --env_targets max p90 p50 (default: the env's two); "
+        "auto: the return the model picks itself each step (needs --return_bins)",
         nargs="+",
         type=target_spec,
     )
@@ -374,6 +382,31 @@ class RunConfig:
     )
     temperature_lr: float = flag(
         1e-4, "Adam learning rate of the log-temperature", group=ONLINE_GROUP, type=float
+    )
+    # --- returns the model picks itself (models/return_bins.py) ---
+    return_bins: int = flag(
+        0,
+        "DT: also train a head predicting the return-to-go's distribution over N bins (each "
+        "task's scaled return range in its data, cut evenly), each step's tokens ordered "
+        "(state, return, action) so the head never sees the return it predicts; what "
+        "--env_targets auto samples from. 0: off (the original model)",
+        group=RETURNS_GROUP,
+        type=int,
+        metavar="N",
+    )
+    return_kappa: float = flag(
+        DEFAULT_KAPPA,
+        "--env_targets auto: each step's return is drawn from the head's distribution times "
+        "exp(kappa x (R - R_low) / (R_high - R_low)), a tilt toward high returns (0: none)",
+        group=RETURNS_GROUP,
+        type=float,
+    )
+    return_loss_weight: float = flag(
+        1.0,
+        "weight of the return head's cross-entropy beside the action loss (1: Multi-Game DT's "
+        "equal weighting)",
+        group=RETURNS_GROUP,
+        type=float,
     )
     # --- validation and model selection (see training/validation.py, run/selection.py) ---
     val_episodes: int | float = flag(
@@ -511,6 +544,7 @@ class RunConfig:
             policy=self.policy,
             timestep_embedding=not self.no_timestep_embedding,
             eval_context=self.eval_context,
+            return_bins=self.return_bins,
         )
 
 
@@ -566,10 +600,14 @@ def build_parser(qwen: bool = False) -> argparse.ArgumentParser:
     return p
 
 
-def resolve_targets(specs: list, returns, default: tuple[float, ...]) -> list[float]:
-    """Turn target specs into returns, reading ``max``/``pNN`` off the dataset's episode returns."""
+def resolve_targets(specs: list, returns, default: tuple[float, ...]) -> list[float | str]:
+    """Turn target specs into returns, reading ``max``/``pNN`` off the dataset's episode returns;
+    ``auto`` stays itself."""
     out = []
     for t in specs or default:
+        if t == AUTO_TARGET:  # played by sampling the model's returns: nothing to resolve
+            out.append(t)
+            continue
         if t == "max":
             t = float(np.max(returns))
         elif isinstance(t, str):
@@ -597,6 +635,7 @@ def resolve(args: argparse.Namespace, backbone: str) -> RunConfig:
     _check_optimization(cfg)
     _check_heads(cfg, backbone)
     _check_online(cfg)
+    check_return_head(cfg)
     _check_validation(cfg)
     cfg.device = resolve_device(cfg.device)
     check_scale_out(cfg)
@@ -921,6 +960,36 @@ def _check_online(cfg: RunConfig) -> None:
         raise ConfigError(f"--online_rtg must be a finite number, got {cfg.online_rtg}")
     if cfg.target_entropy is not None and not np.isfinite(cfg.target_entropy):
         raise ConfigError(f"--target_entropy must be a finite number, got {cfg.target_entropy}")
+
+
+def check_return_head(cfg: RunConfig) -> None:
+    """--return_bins, --return_kappa, --return_loss_weight and --env_targets auto."""
+    if cfg.return_bins < 0:
+        raise ConfigError(f"--return_bins must be >= 0, got {cfg.return_bins}")
+    if not (0 <= cfg.return_kappa < math.inf):
+        raise ConfigError(f"--return_kappa must be a finite number >= 0, got {cfg.return_kappa}")
+    if not (0 < cfg.return_loss_weight < math.inf):
+        raise ConfigError(f"--return_loss_weight must be positive, got {cfg.return_loss_weight}")
+    if AUTO_TARGET in (cfg.env_targets or ()) and not cfg.return_bins:
+        raise ConfigError(
+            "--env_targets auto samples returns from a return head the model lacks: add "
+            "--return_bins N (e.g. 60), or drop auto"
+        )
+    if cfg.return_bins == 1:
+        raise ConfigError("--return_bins 1 has nothing to predict: use 2 or more (e.g. 60)")
+    if not cfg.return_bins:
+        return
+    for name, given in (
+        ("--model_type bc", cfg.model_type != "dt"),
+        ("--policy stochastic", cfg.policy != "deterministic"),
+        ("--online_rounds", cfg.online_rounds > 0),
+        ("--fsdp", cfg.fsdp),
+    ):
+        if given:
+            raise ConfigError(
+                f"--return_bins is not supported with {name} yet: drop one of them (the return "
+                "head trains with the DT's offline action loss, in one process or under DDP)"
+            )
 
 
 def check_scale_out(cfg: RunConfig) -> None:

@@ -41,6 +41,8 @@ from .evaluation import (
     enable_tf32,
     episode_seeds,
     evaluate_returns,
+    format_target,
+    is_auto,
     reference_scores_for,
     summarize_returns,
     target_key,
@@ -65,6 +67,23 @@ def finite_float(value: str) -> float:
     if number != number or number in (float("inf"), float("-inf")):
         raise ValueError(value)
     return number
+
+
+def target_return(value: str) -> float | str:
+    """``--target_return``: a finite number, or ``auto`` (the model's own returns)."""
+    if value == "auto":
+        return value
+    try:
+        return finite_float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or auto (a model trained with --return_bins), got '{value}'"
+        ) from None
+
+
+def saved_target(value) -> float | str:
+    """A target as a checkpoint recorded it: a number, or ``auto``."""
+    return value if is_auto(value) else float(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,10 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a(
         "--target_return",
-        type=finite_float,
+        type=target_return,
         nargs="+",
         default=None,
-        help="returns to condition on (default: the targets the run evaluated)",
+        help="returns to condition on; auto: the returns the model picks itself each step (a "
+        "model trained with --return_bins) (default: the targets the run evaluated)",
+    )
+    a(
+        "--return_kappa",
+        type=finite_float,
+        default=None,
+        help="with target auto: the tilt toward high returns (default: the run's --return_kappa)",
     )
     a(
         "--eval_envs",
@@ -193,10 +219,12 @@ def eval_config(ckpt: dict, args: argparse.Namespace) -> RunConfig:
         raise CheckpointError(f"the checkpoint's env: {e}") from None
     overrides = {
         flag: getattr(args, flag)
-        for flag in ("num_eval_episodes", "eval_envs", "seed")
-        if getattr(args, flag) is not None
+        for flag in ("num_eval_episodes", "eval_envs", "seed", "return_kappa")
+        if getattr(args, flag, None) is not None  # callers' namespaces may predate a flag
     }
     cfg = replace(cfg, **overrides)
+    if cfg.return_kappa < 0:
+        raise ConfigError(f"--return_kappa must be >= 0, got {cfg.return_kappa}")
     for flag in ("num_eval_episodes", "eval_envs"):
         if getattr(cfg, flag) <= 0:
             hint = "" if getattr(args, flag) is not None else f" (the run's): pass --{flag} N"
@@ -206,11 +234,23 @@ def eval_config(ckpt: dict, args: argparse.Namespace) -> RunConfig:
     return replace(cfg, device=resolve_device(args.device))
 
 
-def eval_targets(ckpt: dict, cfg: RunConfig, requested: list[float] | None) -> list[float]:
+def eval_targets(
+    ckpt: dict, cfg: RunConfig, requested: list[float | str] | None
+) -> list[float | str]:
+    targets = _eval_targets(ckpt, cfg, requested)
+    if any(map(is_auto, targets)) and not cfg.return_bins:
+        raise ConfigError(
+            "target auto samples returns from a return head this model lacks (trained without "
+            "--return_bins): give numbers to --target_return"
+        )
+    return targets
+
+
+def _eval_targets(ckpt: dict, cfg: RunConfig, requested: list | None) -> list[float | str]:
     if requested:
-        return [float(t) for t in requested]
+        return [saved_target(t) for t in requested]
     if "eval_targets" in ckpt:
-        return [float(t) for t in ckpt["eval_targets"]]
+        return [saved_target(t) for t in ckpt["eval_targets"]]
     # Older checkpoints lack the resolved targets; numbers can be resolved without the dataset.
     specs = cfg.env_targets
     if specs and any(isinstance(t, str) for t in specs):
@@ -281,7 +321,7 @@ def markdown_table(results: list[dict], has_score: bool) -> str:
     rows = [head, "|---:|---:|---:|" + ("---:|" if has_score else "")]
     for r in results:
         row = (
-            f"| {r['target']:g} | {r['return_mean']:.1f} ± {r['return_std']:.1f} "
+            f"| {format_target(r['target'])} | {r['return_mean']:.1f} ± {r['return_std']:.1f} "
             f"| {r['length_mean']:.1f} ± {r['length_std']:.1f} |"
         )
         if has_score:
@@ -359,7 +399,7 @@ def _saved_tasks(ckpt_path: Path, ckpt: dict) -> tuple[RunConfig, list, list, li
     try:
         names = [task_name(t) for t in saved.tasks]
         stats = [(ckpt["state_mean"][n].numpy(), ckpt["state_std"][n].numpy()) for n in names]
-        targets = [[float(x) for x in ckpt["eval_targets"][n]] for n in names]
+        targets = [[saved_target(x) for x in ckpt["eval_targets"][n]] for n in names]
         shapes = task_shapes(saved.tasks)
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise CheckpointError(
@@ -373,10 +413,12 @@ def _evaluation_config(args: argparse.Namespace, saved: RunConfig) -> RunConfig:
     """The run's config with the evaluation flags given on the command line, checked."""
     overrides = {
         flag: getattr(args, flag)
-        for flag in ("num_eval_episodes", "eval_envs", "seed")
-        if getattr(args, flag) is not None
+        for flag in ("num_eval_episodes", "eval_envs", "seed", "return_kappa")
+        if getattr(args, flag, None) is not None  # callers' namespaces may predate a flag
     }
     cfg = replace(saved, **overrides, device=resolve_device(args.device))
+    if cfg.return_kappa < 0:
+        raise ConfigError(f"--return_kappa must be >= 0, got {cfg.return_kappa}")
     for flag in ("num_eval_episodes", "eval_envs"):
         if getattr(cfg, flag) <= 0:
             raise ConfigError(f"--{flag} must be positive, got {getattr(cfg, flag)}")
@@ -501,17 +543,17 @@ def play_targets(
     return results, metrics
 
 
-def render_video(cfg: RunConfig, recorder, target: float, args: argparse.Namespace) -> dict:
+def render_video(cfg: RunConfig, recorder, target, args: argparse.Namespace) -> dict:
     """The recorded episode rendered to ``--video``."""
     from ..evaluation.video import Caption, render_episode
 
     conditioned = cfg.model_type == "dt"
     title = f"{cfg.env} {cfg.model_type} {cfg.backbone or ''}".rstrip()
     if conditioned:
-        title += f"  target {target:g}"
-    caption = Caption(
-        title, target if conditioned else None, cfg.mode, get_spec(cfg.env).max_ep_len
-    )
+        title += f"  target {format_target(target)}"
+    # auto has no return-to-go to count down: the model picks each step's anew
+    shown = target if conditioned and not is_auto(target) else None
+    caption = Caption(title, shown, cfg.mode, get_spec(cfg.env).max_ep_len)
     return render_episode(cfg.env, recorder, args.video, caption, quality=args.video_quality)
 
 

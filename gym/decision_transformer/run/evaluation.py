@@ -23,6 +23,7 @@ from ..evaluation.evaluate_episodes import (
     evaluate_batched,
     play_one_by_one,
 )
+from ..models.return_bins import AUTO_TARGET
 from .config import RunConfig
 from .distributed import DistContext, unwrap
 
@@ -33,8 +34,18 @@ def episode_seeds(seed: int, num_episodes: int) -> list[int]:
     return [seed * 100_000 + i for i in range(num_episodes)]
 
 
-def target_key(target: float) -> str:
-    return f"target_{target:g}"
+def format_target(target: float | str) -> str:
+    """A target as tables and metric keys show it: ``3600``, or ``auto``."""
+    return target if isinstance(target, str) else f"{target:g}"
+
+
+def target_key(target: float | str) -> str:
+    """``target_3600``; ``--env_targets auto`` is its own row, ``target_auto``."""
+    return f"target_{format_target(target)}"
+
+
+def is_auto(target: float | str | None) -> bool:
+    return target == AUTO_TARGET
 
 
 def reference_scores_for(cfg: RunConfig) -> tuple[float, float] | None:
@@ -51,7 +62,7 @@ def enable_tf32(device: str) -> None:
 
 
 def summarize_returns(
-    target: float,
+    target: float | str,
     returns: np.ndarray,
     lengths: np.ndarray,
     ref_scores: tuple[float, float] | None = None,
@@ -74,7 +85,7 @@ def evaluate_returns(
     cfg: RunConfig,
     model: torch.nn.Module,
     stats: tuple[np.ndarray, np.ndarray],
-    target: float,
+    target: float | str,
     seeds: list[int],
     progress: bool = False,
     on_step: StepHook | None = None,
@@ -93,11 +104,12 @@ def evaluate_returns(
         mode=cfg.mode,
         conditioned=cfg.model_type == "dt",
         device=next(model.parameters()).device,
+        return_kappa=cfg.return_kappa,
     )
     # disable=None: a bar on a terminal, nothing in logs and captured output.
     bar = tqdm(
         total=len(seeds),
-        desc=f"evaluating target {target:g}",
+        desc=f"evaluating target {format_target(target)}",
         unit="episode",
         leave=False,
         disable=None if progress else True,

@@ -146,7 +146,8 @@ def run_targets(ckpt: dict, cfg: RunConfig) -> list[float]:
     """The targets the run evaluated, read from its checkpoint as evaluate.py reads them."""
     from .evaluate_checkpoint import eval_targets
 
-    return eval_targets(ckpt, cfg, None)
+    # A folder's targets are returns; a run's auto (--return_bins) is evaluate.py's to replay.
+    return [t for t in eval_targets(ckpt, cfg, None) if not isinstance(t, str)]
 
 
 # Run flags that hold local paths (the user's folders): see provenance.public_path.
@@ -493,6 +494,7 @@ def transformers_compatible(folder: FolderConfig) -> bool:
         and m.action_tanh
         and m.timestep_embedding  # transformers' DT always adds one
         and m.eval_context in (None, m.context_length)
+        and not m.return_bins  # its tokens are (s, R, a) and it has a head transformers lacks
     )
 
 

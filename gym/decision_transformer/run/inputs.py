@@ -18,7 +18,7 @@ from ..models.factory import build_model
 from ..training.validation import VALIDATION_KEY
 from .config import ConfigError, RunConfig, resolve_targets, selection_target
 from .distributed import DistContext
-from .evaluation import target_key
+from .evaluation import format_target, target_key
 from .paths import check_output_dir, check_run_start
 from .selection import Selection
 
@@ -40,7 +40,7 @@ class RunData:
     val_episodes: np.ndarray | None = None
 
     def build_model(self, cfg: RunConfig) -> torch.nn.Module:
-        return build_model(
+        model = build_model(
             cfg.model_config(),
             self.state_dim,
             self.act_dim,
@@ -48,6 +48,9 @@ class RunData:
             self.action_low,
             self.action_high,
         )
+        if cfg.return_bins:  # the bins cut the data's scaled returns-to-go
+            model.set_return_range(*self.dataset.return_range(self.spec.scale))
+        return model
 
 
 def load_data(cfg: RunConfig, ctx: DistContext | None = None) -> RunData:
@@ -93,9 +96,9 @@ def make_selection(cfg: RunConfig, data: RunData, targets: list[float]) -> Selec
     (target,) = resolve_targets([spec], data.dataset.returns, data.spec.env_targets)
     if target not in targets:
         raise ConfigError(
-            f"--select_by {cfg.select_by}: target {target:g} is not evaluated (targets: "
-            f"{', '.join(f'{t:g}' for t in targets)}); add {spec} to --env_targets or select "
-            "another"
+            f"--select_by {cfg.select_by}: target {format_target(target)} is not evaluated "
+            f"(targets: {', '.join(map(format_target, targets))}); add {spec} to --env_targets "
+            "or select another"
         )
     key = f"evaluation/{target_key(target)}_return_mean"
     return Selection(cfg.select_by, key, False)

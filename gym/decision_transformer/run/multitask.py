@@ -24,7 +24,7 @@ from ..envs import EnvSpec, get_spec
 from ..models.factory import build_multitask_model
 from .config import ConfigError, RunConfig, task_name, task_shapes
 from .distributed import DistContext, unwrap
-from .evaluation import Evaluation, target_key
+from .evaluation import Evaluation, format_target, target_key
 from .paths import check_output_dir, check_run_start
 
 
@@ -52,7 +52,11 @@ class MultiTaskData:
     val_episodes: None = None
 
     def build_model(self, cfg: RunConfig) -> torch.nn.Module:
-        return build_multitask_model(cfg.model_config(), [t.shape for t in self.tasks])
+        model = build_multitask_model(cfg.model_config(), [t.shape for t in self.tasks])
+        if cfg.return_bins:  # each task's bins cut its own data's scaled returns-to-go
+            for i, t in enumerate(self.tasks):
+                model.set_return_range(i, *t.dataset.return_range(t.spec.scale))
+        return model
 
 
 def load_task_data(cfg: RunConfig, ctx: DistContext | None = None) -> MultiTaskData:
@@ -164,7 +168,8 @@ def format_task_table(tasks: list[TaskEval], numbers: dict, prefix: str = "") ->
             mean, std = numbers[f"{key}_return_mean"], numbers[f"{key}_return_std"]
             score = numbers.get(f"{key}_normalized_score")
             shown = f"{score:10.1f}" if score is not None else f"{'-':>10s}"
-            lines.append(f"{t.name:28s} {target:9g} {mean:9.1f} ± {std:5.1f} {shown}")
+            label = format_target(target)
+            lines.append(f"{t.name:28s} {label:>9s} {mean:9.1f} ± {std:5.1f} {shown}")
     for key, value in numbers.items():
         if key.startswith(f"{prefix}mean/"):
             label = key[len(prefix) + len("mean/") :].removesuffix("_normalized_score")

@@ -46,7 +46,7 @@ from .batches import RankBatches
 from .checkpoint import read_run_checkpoint, seed_iteration
 from .config import ConfigError, RunConfig, resolve_targets
 from .distributed import DistContext
-from .evaluation import Evaluation, enable_tf32, target_key
+from .evaluation import Evaluation, enable_tf32, format_target, target_key
 from .export import export_run, init_from_folder
 from .inputs import RunData, load_data, make_selection
 from .metrics import MetricsLog
@@ -377,6 +377,7 @@ class Run:
             progress=self.ctx.is_main,
             # Seconds between progress lines in redirected output (no bar there).
             progress_interval=float(os.environ.get("DT_PROGRESS_SECONDS", PROGRESS_INTERVAL)),
+            return_loss_weight=cfg.return_loss_weight,
         )
 
     def make_trainer(self) -> Trainer:
@@ -551,7 +552,7 @@ def print_summary(dataset, targets: list[float], logs: dict, selection=None) -> 
         key = f"evaluation/{target_key(t)}_return_mean"
         if key in logs:
             std = logs[f"evaluation/{target_key(t)}_return_std"]
-            print(f"achieved return at target {t:g}: {logs[key]:.1f} ± {std:.1f}")
+            print(f"achieved return at target {format_target(t)}: {logs[key]:.1f} ± {std:.1f}")
     if selection is not None and selection.best_iteration is not None:
         print(
             f"best.pt: iteration {selection.best_iteration} by {selection.criterion} "

@@ -54,6 +54,7 @@ RESUMABLE_CHANGES = {
     "compile",
     "data_dir",
     "env_targets",
+    "return_kappa",  # how --env_targets auto picks its returns: evaluation, not training
     # Scale-out: another process count re-cuts each step's global batch (see run/distributed.py).
     "world_size",
     "global_batch_size",

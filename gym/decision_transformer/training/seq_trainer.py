@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .trainer import Trainer
 
@@ -18,11 +19,23 @@ def masked_action_mse(
     return (err * mask).sum() / (mask.sum() * action_preds.shape[-1])
 
 
+def masked_return_ce(
+    logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """The return head's cross-entropy, ``logits [B, K, bins]`` against the bins ``targets [B,
+    K]`` of the returns-to-go the model was fed, averaged over real steps (``mask``), in fp32."""
+    B, K, n = logits.shape
+    ce = F.cross_entropy(logits.float().reshape(B * K, n), targets.reshape(B * K), reduction="none")
+    return (ce.view(B, K) * mask).sum() / mask.sum()
+
+
 class SequenceTrainer(Trainer):
     """Decision Transformer training: predict every real action in the window from its state.
 
     The loss is the masked action MSE (:func:`masked_action_mse`), the original's loss; the
-    ``loss_fn`` argument serves :class:`ActTrainer` only."""
+    ``loss_fn`` argument serves :class:`ActTrainer` only. A model with a return head
+    (``return_bins``) adds its cross-entropy (:func:`masked_return_ce`) times the options'
+    ``return_loss_weight``; both terms are then logged apart."""
 
     def compute_loss(self) -> torch.Tensor:
         batch = self.get_batch()
@@ -31,15 +44,46 @@ class SequenceTrainer(Trainer):
         # no padding, so it never has to ask the device (see data/sampler.py Batch).
         model_mask = attention_mask if getattr(batch, "padded", True) else None
         with self.autocast():
-            _, action_preds, _ = self.model(
+            _, action_preds, return_preds = self.model(
                 states, actions, rewards, rtg[:, :-1], timesteps, attention_mask=model_mask
             )
-        return masked_action_mse(action_preds, actions, attention_mask)
+        loss = masked_action_mse(action_preds, actions, attention_mask)
+        return self.with_return_loss(loss, return_preds, rtg, attention_mask)
+
+    def with_return_loss(
+        self, action_loss, return_preds, rtg, mask, groups: tuple = ()
+    ) -> torch.Tensor:
+        """``action_loss``, plus the return head's weighted cross-entropy when it has one. The
+        head is trained on the very returns-to-go the model was fed (``rtg[:, :-1]``)."""
+        model = getattr(self.model, "module", self.model)  # DDP's wrapped model
+        if not getattr(model, "return_bins", 0):
+            return action_loss
+        targets = model.return_targets(rtg[:, :-1], groups)
+        ce = masked_return_ce(return_preds, targets, mask)
+        # Kept on the device; averaged over micro-batches and ranks in the step's one sync.
+        self.loss_parts = [
+            *getattr(self, "loss_parts", []),
+            torch.stack((action_loss.detach(), ce.detach())),
+        ]
+        return action_loss + self.options.return_loss_weight * ce
+
+    def step_stats(self) -> list[torch.Tensor]:
+        parts = getattr(self, "loss_parts", [])
+        if not parts:
+            return []
+        self.loss_parts = []
+        return list(torch.stack(parts).float().mean(0))
+
+    def after_step(self, device_means: torch.Tensor, host_means: list[float]) -> None:
+        action_error, return_ce = host_means
+        self.diagnostics["training/action_error"] = action_error
+        self.diagnostics["training/return_ce"] = return_ce
 
     def train_step(self) -> float:
         value = super().train_step()
-        # The original logged the masked action MSE, which is this loss.
-        self.diagnostics["training/action_error"] = value
+        if "training/return_ce" not in self.diagnostics:
+            # The original logged the masked action MSE, which is this loss.
+            self.diagnostics["training/action_error"] = value
         return value
 
 
@@ -62,8 +106,9 @@ class MultiTaskSequenceTrainer(SequenceTrainer):
         states, actions, rewards, dones, rtg, timesteps, attention_mask = batch
         model_mask = attention_mask if batch.padded else None
         with self.autocast():
-            _, action_preds, _ = self.model(
+            _, action_preds, return_preds = self.model(
                 states, actions, rewards, rtg[:, :-1], timesteps, attention_mask=model_mask,
                 groups=batch.groups,
             )  # fmt: skip
-        return masked_multitask_action_mse(action_preds, actions, attention_mask, batch.act_dims)
+        loss = masked_multitask_action_mse(action_preds, actions, attention_mask, batch.act_dims)
+        return self.with_return_loss(loss, return_preds, rtg, attention_mask, batch.groups)

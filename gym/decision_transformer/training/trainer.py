@@ -61,6 +61,8 @@ class TrainerOptions:
     progress: bool = True  # a bar (terminal) or a line every progress_interval seconds
     progress_interval: float = PROGRESS_INTERVAL
     weight_check_interval: int | None = None  # None: WEIGHT_CHECK_INTERVAL
+    # A DT with a return head (--return_bins): its cross-entropy's weight beside the action loss.
+    return_loss_weight: float = 1.0
 
 
 class Trainer:
