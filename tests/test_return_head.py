@@ -282,6 +282,15 @@ def test_two_task_qwen3_run_bins_each_task_on_its_own_data_and_plays_auto(data_d
     metrics = json.loads((tmp_path / "e.json").read_text())["metrics"]
     key = "hopper-medium/target_auto_return_mean"
     assert metrics[key] == last[f"evaluation/{key}"]
+    # The model folder written at the end: the head and every task's bins travel; its targets
+    # are the returns (auto is evaluate.py's to replay on the run).
+    from decision_transformer.models.pretrained import from_pretrained
+
+    folder = json.loads((out / "model" / "config.json").read_text())
+    for task in folder["tasks"]:
+        assert task["acting"]["targets"] == ckpt["eval_targets"][task["name"]][1:]
+    loaded = from_pretrained(out / "model").state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in ckpt["model"].items())
 
 
 # --- refusals -----------------------------------------------------------------------------------

@@ -60,7 +60,8 @@ def multitask_folder(
         names = [task_name(t) for t in cfg.tasks]
         shapes = task_shapes(cfg.tasks)
         stats = [(ckpt["state_mean"][n], ckpt["state_std"][n]) for n in names]
-        targets = [[float(x) for x in ckpt["eval_targets"][n]] for n in names]
+        # A folder's targets are returns; auto (--return_bins) is evaluate.py's to replay.
+        targets = [[float(x) for x in ckpt["eval_targets"][n] if x != "auto"] for n in names]
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise CheckpointError(
             f"{source} does not describe its tasks ({one_line(e, 120)}): export a multi-task "
@@ -125,7 +126,7 @@ def mean_labels(folder: MultiTaskFolderConfig) -> list[str]:
     metrics name them (run/multitask.py's target_labels)."""
     specs = (folder.provenance.get("run_config") or {}).get("env_targets")
     if specs:
-        return [str(t) for t in specs]
+        return [str(t) for t in specs if str(t) != "auto"]  # the folder's targets are returns
     return [f"target{j + 1}" for j in range(min(len(t.acting.targets) for t in folder.tasks))]
 
 
