@@ -33,6 +33,7 @@ from rollouts import write_dataset
 KILL_AT = str(Path(__file__).resolve().parent / "kill_at.py")
 BASE_RUN = Path(__file__).parent / "data" / "run_ae7ab6b_hopper"  # written by commit ae7ab6b
 TASKS = ["hopper:medium", "walker2d:medium"]
+NAMES = ["hopper-medium", "walker2d-medium"]
 QWEN = ["--n_head", "2", "--n_kv_head", "1"]
 BINS = ["--return_bins", "12"]
 
@@ -277,8 +278,13 @@ def test_two_task_qwen3_run_bins_each_task_on_its_own_data_and_plays_auto(data_d
     for task in ("hopper-medium", "walker2d-medium"):
         assert f"evaluation/{task}/target_auto_return_mean" in last
     assert "evaluation/mean/auto_normalized_score" in last
-    proc = run_main(evaluate_checkpoint.main, "--checkpoint", out, "--json", tmp_path / "e.json")
+    proc = run_main(
+        evaluate_checkpoint.main, "--checkpoint", out, "--json", tmp_path / "e.json",
+        "--video", tmp_path / "ep.gif",
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    # a clip per task at its first target, auto: no return-to-go to count down on it
+    assert all((tmp_path / f"ep-{t}.gif").stat().st_size for t in NAMES)
     metrics = json.loads((tmp_path / "e.json").read_text())["metrics"]
     key = "hopper-medium/target_auto_return_mean"
     assert metrics[key] == last[f"evaluation/{key}"]

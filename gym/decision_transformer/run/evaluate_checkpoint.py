@@ -490,8 +490,9 @@ def render_task_video(cfg: RunConfig, task: TaskEval, recorder, path: Path, args
     from ..evaluation.video import Caption, render_episode
 
     target = task.targets[0]
-    title = f"{task.name} {cfg.backbone} multi-task  target {target:g}"
-    caption = Caption(title, target, cfg.mode, get_spec(task.env).max_ep_len)
+    title = f"{task.name} {cfg.backbone} multi-task  target {format_target(target)}"
+    shown = None if is_auto(target) else target  # auto: no return-to-go to count down
+    caption = Caption(title, shown, cfg.mode, get_spec(task.env).max_ep_len)
     return render_episode(task.env, recorder, path, caption, quality=args.video_quality)
 
 
