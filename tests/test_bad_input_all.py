@@ -158,7 +158,7 @@ EVALUATE = {
     "episodes_zero": (["--num_eval_episodes", "0"], "--num_eval_episodes must be positive"),
     "eval_envs_zero": (["--eval_envs", "0"], "--eval_envs must be positive"),
     "seed_negative": (["--seed", "-1"], "--seed must be >= 0"),
-    "target_nan": (["--target_return", "nan"], "argument --target_return: invalid"),
+    "target_nan": (["--target_return", "nan"], "--target_return: expected a number or auto"),
     "video_folder_missing": (["--video", "{d}/nodir/v.mp4"], "its folder {d}/nodir does not"),
     "video_under_a_file": (["--video", "{d}/afile/v.mp4"], "its folder {d}/afile is a file"),
     "video_extension": (["--video", "{d}/v.txt"], "the file must end in .mp4 or .gif"),
@@ -339,3 +339,24 @@ def test_as_users_run_them(place, cwd, script, args, needle):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
+
+
+def test_a_folder_another_rank_probes_away_is_judged_by_its_parent(tmp_path, monkeypatch):
+    """Ranks check the same --out_dir at once: one rank's probe makes the missing folder and
+    removes it again, so another rank can find it, then see it gone. That is no read-only place:
+    the folder holding it is judged (a run under torchrun failed here at random)."""
+    import os
+
+    from decision_transformer.run import paths
+
+    out = tmp_path / "run"
+    out.mkdir()  # made by the other rank's probe; found by this rank's search ...
+    real = os.access
+
+    def access(p, mode):
+        if Path(p) == out and out.exists():
+            out.rmdir()  # ... and removed by that probe before this rank looks at it
+        return real(p, mode)
+
+    monkeypatch.setattr(paths.os, "access", access)
+    assert paths.check_output_dir(out, "--out_dir") == out

@@ -59,9 +59,15 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def _check_base(path: Path, flag: str, base: Path) -> None:
-    if not base.is_dir():
+    is_dir, writable = base.is_dir(), os.access(base, os.W_OK | os.X_OK)
+    if not base.exists():
+        # Removed since it was found: another rank's _probe made and removed it meanwhile (ranks
+        # check the same --out_dir at once). Judge the folder that holds it now.
+        _check_base(path, flag, _nearest_existing(base))
+        return
+    if not is_dir:
         raise PathError(f"{flag} {path} lies under {base}, which is a file: fix the path")
-    if not os.access(base, os.W_OK | os.X_OK):
+    if not writable:
         raise PathError(f"{flag} {path}: cannot write in {base}: pick a writable place")
 
 
