@@ -30,9 +30,7 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,8 +46,8 @@ from bench_multitask import (  # noqa: E402  (its recipe, models, data and helpe
     ROOT,
     TASKS,
     TINY_MODELS,
-    finished,
     make_smoke_data,
+    sweep,
     task_name,
 )
 
@@ -224,42 +222,10 @@ def main() -> int:
     if args.plan:
         plan(args)
         return 0
-    from decision_transformer.data.loading import check_dataset_available
-    from decision_transformer.errors import UserError
-
-    for task in args.tasks:
-        try:
-            check_dataset_available(args.data_dir, *task.split(":", 1))
-        except UserError as e:  # before any training: which file, and how to make it
-            print(f"error: {task}: {e}", file=sys.stderr)
-            return 2
-
-    lock = threading.Lock()
-
-    def one(kind: str, model: str, seed: int, task: str | None) -> Result:
-        tasks = [task] if task else list(args.tasks)
-        result = Result(kind, model, seed, tasks)
-        out = run_dir(args, kind, model, seed, task)
-        if not finished(out, args.iters) and not args.table_only:
-            result.error = train(args, model, seed, out, task)
-        if not result.error and finished(out, args.iters):
-            read_result(result, out)
-        elif not result.error:
-            result.error = "not run"
-        with lock:
-            what = task or f"{len(tasks)} tasks"
-            print(f"{kind} {what} {model} seed {seed}: {result.error or 'done'}", flush=True)
-        return result
-
-    todo = [
-        (kind, model, seed, task)
-        for model in args.models
-        for seed in args.seeds
-        for kind, task in [("single", t) for t in args.tasks] + [("multi", None)]
-    ]
     start = time.time()
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(lambda t: one(*t), todo))
+    results = sweep(args, Result, run_dir, train, read_result)
+    if results is None:
+        return 2
     text, missed, records = table(results, args)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)

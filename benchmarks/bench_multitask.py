@@ -281,6 +281,48 @@ def step_time(args) -> None:
         )
 
 
+def sweep(args, result_type, run_dir, train, read_result) -> list | None:
+    """Every run of the sweep (per model and seed: each task alone, then all tasks at once),
+    trained unless finished or --table_only, then read; None after one line on stderr when a
+    task's data is missing. bench_auto_target.py shares it: the scripts differ in how a run is
+    trained and read, not in this loop."""
+    from decision_transformer.data.loading import check_dataset_available
+    from decision_transformer.errors import UserError
+
+    for task in args.tasks:
+        try:
+            check_dataset_available(args.data_dir, *task.split(":", 1))
+        except UserError as e:  # before any training: which file, and how to make it
+            print(f"error: {task}: {e}", file=sys.stderr)
+            return None
+
+    lock = threading.Lock()
+
+    def one(kind: str, model: str, seed: int, task: str | None) -> Result:
+        tasks = [task] if task else list(args.tasks)
+        result = result_type(kind, model, seed, tasks)
+        out = run_dir(args, kind, model, seed, task)
+        if not finished(out, args.iters) and not args.table_only:
+            result.error = train(args, model, seed, out, task)
+        if not result.error and finished(out, args.iters):
+            read_result(result, out)
+        elif not result.error:
+            result.error = "not run"
+        with lock:
+            what = task or f"{len(tasks)} tasks"
+            print(f"{kind} {what} {model} seed {seed}: {result.error or 'done'}", flush=True)
+        return result
+
+    todo = [
+        (kind, model, seed, task)
+        for model in args.models
+        for seed in args.seeds
+        for kind, task in [("single", t) for t in args.tasks] + [("multi", None)]
+    ]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        return list(pool.map(lambda t: one(*t), todo))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=TASKS, metavar="ENV:DATASET")
@@ -321,42 +363,10 @@ def main() -> int:
     if args.plan:
         plan(args)
         return 0
-    from decision_transformer.data.loading import check_dataset_available
-    from decision_transformer.errors import UserError
-
-    for task in args.tasks:
-        try:
-            check_dataset_available(args.data_dir, *task.split(":", 1))
-        except UserError as e:  # before any training: which file, and how to make it
-            print(f"error: {task}: {e}", file=sys.stderr)
-            return 2
-
-    lock = threading.Lock()
-
-    def one(kind: str, model: str, seed: int, task: str | None) -> Result:
-        tasks = [task] if task else list(args.tasks)
-        result = Result(kind, model, seed, tasks)
-        out = run_dir(args, kind, model, seed, task)
-        if not finished(out, args.iters) and not args.table_only:
-            result.error = train(args, model, seed, out, task)
-        if not result.error and finished(out, args.iters):
-            read_result(result, out)
-        elif not result.error:
-            result.error = "not run"
-        with lock:
-            what = task or f"{len(tasks)} tasks"
-            print(f"{kind} {what} {model} seed {seed}: {result.error or 'done'}", flush=True)
-        return result
-
-    todo = [
-        (kind, model, seed, task)
-        for model in args.models
-        for seed in args.seeds
-        for kind, task in [("single", t) for t in args.tasks] + [("multi", None)]
-    ]
     start = time.time()
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(lambda t: one(*t), todo))
+    results = sweep(args, Result, run_dir, train, read_result)
+    if results is None:
+        return 2
     text, missed = table(results, args)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
