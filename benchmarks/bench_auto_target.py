@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from bench_multitask import (  # noqa: E402  (its recipe, models, data and helpe
     sweep,
     task_name,
 )
+from bench_multitask import train as multitask_train  # noqa: E402
 
 TARGETS = ["auto", "max", "p90"]
 FIXED = ["max", "p90"]
@@ -74,29 +74,9 @@ def run_dir(args, kind: str, model: str, seed: int, task: str | None = None) -> 
 
 
 def train(args, model: str, seed: int, out: Path, task: str | None) -> str:
-    """One run through the real script (resumed if it was interrupted); '' or its error."""
-    script, flags = MODELS[model]
-    flags = TINY_MODELS[model] if args.tiny else flags
-    steps = args.steps * (1 if task else len(args.tasks))
-    which = ["--env", task.split(":", 1)[0], "--dataset", task.split(":", 1)[1]] if task else [
-        "--tasks", *args.tasks
-    ]  # fmt: skip
-    cmd = [
-        sys.executable, script, *which, "--data_dir", args.data_dir, *flags, *RECIPE,
-        "--return_bins", str(args.bins), "--return_kappa", str(args.kappa),
-        "--batch_size", str(args.batch), "--max_iters", str(args.iters),
-        "--num_steps_per_iter", str(max(1, steps // args.iters)),
-        "--num_eval_episodes", str(args.episodes), "--eval_envs", str(args.episodes),
-        "--env_targets", *TARGETS, "--seed", str(seed), "--out_dir", str(out), "--export", "false",
-        *(["--resume"] if (out / "checkpoint.pt").is_file() else []),
-    ]  # fmt: skip
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // args.jobs))
-    proc = subprocess.run(
-        cmd, cwd=GYM, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": threads}
-    )
-    if proc.returncode != 0:
-        return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
-    return ""
+    """bench_multitask.py's run, with the return head and auto among the targets."""
+    head = ["--return_bins", str(args.bins), "--return_kappa", str(args.kappa)]
+    return multitask_train(args, model, seed, out, task, head, TARGETS)
 
 
 def read_result(result: Result, out: Path) -> None:

@@ -105,8 +105,11 @@ def finished(out: Path, iters: int) -> bool:
     return rows.is_file() and len(rows.read_text().splitlines()) >= iters
 
 
-def train(args, model: str, seed: int, out: Path, task: str | None) -> str:
-    """One run through the real script (resumed if it was interrupted); '' or its error."""
+def train(
+    args, model: str, seed: int, out: Path, task: str | None, extra=(), targets=TARGETS
+) -> str:
+    """One run through the real script (resumed if it was interrupted); '' or its error.
+    ``extra``: more flags (bench_auto_target.py's return head), ``targets`` its --env_targets."""
     script, flags = MODELS[model]
     flags = TINY_MODELS[model] if args.tiny else flags
     steps = args.steps * (1 if task else len(args.tasks))
@@ -114,11 +117,11 @@ def train(args, model: str, seed: int, out: Path, task: str | None) -> str:
     if task:
         which.insert(2, "--dataset")
     cmd = [
-        sys.executable, script, *which, "--data_dir", args.data_dir, *flags, *RECIPE,
+        sys.executable, script, *which, "--data_dir", args.data_dir, *flags, *RECIPE, *extra,
         "--batch_size", str(args.batch), "--max_iters", str(args.iters),
         "--num_steps_per_iter", str(max(1, steps // args.iters)),
         "--num_eval_episodes", str(args.episodes), "--eval_envs", str(args.episodes),
-        "--env_targets", *TARGETS, "--seed", str(seed), "--out_dir", str(out), "--export", "false",
+        "--env_targets", *targets, "--seed", str(seed), "--out_dir", str(out), "--export", "false",
         *(["--resume"] if (out / "checkpoint.pt").is_file() else []),
     ]  # fmt: skip
     threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // args.jobs))
