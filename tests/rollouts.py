@@ -59,3 +59,10 @@ def write_dataset(
     path = Path(data_dir) / f"{env_name}-{dataset}-v2.pkl"
     save_paths(rollout_paths(env_name, episodes, seed, max_steps), path)
     return path
+
+
+def write_two_tasks(data_dir: Path) -> None:
+    """The multi-task tests' two bodies (hopper:medium, walker2d:medium): small datasets from
+    the real simulator, Walker2d's episodes longer than Hopper's."""
+    write_dataset(data_dir, "hopper", "medium", episodes=6, max_steps=40)
+    write_dataset(data_dir, "walker2d", "medium", episodes=5, max_steps=60)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from cli import TINY, assert_one_line_error, run_main, run_script
-from rollouts import write_dataset
+from rollouts import write_two_tasks
 
 KILL_AT = str(Path(__file__).resolve().parent / "kill_at.py")
 TASKS = ["hopper:medium", "walker2d:medium"]
@@ -23,8 +23,7 @@ QWEN = ["--n_head", "2", "--n_kv_head", "1"]
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
-    write_dataset(d, "hopper", "medium", episodes=6, max_steps=40)
-    write_dataset(d, "walker2d", "medium", episodes=5, max_steps=60)
+    write_two_tasks(d)
     return d
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from cli import TINY, assert_one_line_error, run_main, run_script
 from hub_fakes import hub_cache, record_hub_calls
-from rollouts import write_dataset
+from rollouts import write_two_tasks
 
 TASKS = ["hopper:medium", "walker2d:medium"]
 NAMES = ["hopper-medium", "walker2d-medium"]
@@ -26,8 +26,7 @@ REPO_ID = "someone/dt-two-bodies"
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
-    write_dataset(d, "hopper", "medium", episodes=6, max_steps=40)
-    write_dataset(d, "walker2d", "medium", episodes=5, max_steps=60)
+    write_two_tasks(d)
     return d
 
 

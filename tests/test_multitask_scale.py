@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 from cli import TINY, run_script
-from rollouts import write_dataset
+from rollouts import write_two_tasks
 from test_distributed import EXACT, NO_EVAL, max_diff, torchrun_args, weights
 
 TASKS = ["hopper:medium", "walker2d:medium"]
@@ -20,8 +20,7 @@ EVAL = ["--num_eval_episodes", "3", "--eval_envs", "2"]
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
-    write_dataset(d, "hopper", "medium", episodes=6, max_steps=40)
-    write_dataset(d, "walker2d", "medium", episodes=5, max_steps=60)
+    write_two_tasks(d)
     return d
 
 

@@ -28,7 +28,7 @@ from decision_transformer.models.return_bins import bin_index, sample_returns
 from decision_transformer.run import evaluate_checkpoint, experiment
 from decision_transformer.run.config import RunConfig
 from decision_transformer.run.state import load_full_weights
-from rollouts import write_dataset
+from rollouts import write_two_tasks
 
 KILL_AT = str(Path(__file__).resolve().parent / "kill_at.py")
 BASE_RUN = Path(__file__).parent / "data" / "run_ae7ab6b_hopper"  # written by commit ae7ab6b
@@ -167,8 +167,7 @@ def test_auto_cached_equals_recomputed_and_an_episode_draws_on_its_own(backbone)
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
-    write_dataset(d, "hopper", "medium", episodes=6, max_steps=40)
-    write_dataset(d, "walker2d", "medium", episodes=5, max_steps=60)
+    write_two_tasks(d)
     return d
 
 
