@@ -137,16 +137,9 @@ class MultiTaskDecisionTransformer(nn.Module):
         if sum(n for _, n in groups) != B:
             raise ValueError(f"groups {groups} do not cover the batch's {B} rows")
         time_emb = self.time_embedding(timesteps)
-        state_emb, action_emb = [], []
-        row = 0
-        for task, n in groups:
-            parts = self.tasks[task]
-            rows = slice(row, row + n)
-            state_emb.append(parts.embed_state(states[rows, :, : parts.state_dim]))
-            action_emb.append(parts.embed_action(actions[rows, :, : parts.act_dim]))
-            row += n
-        state_emb = torch.cat(state_emb) + time_emb
-        action_emb = torch.cat(action_emb) + time_emb
+        state_emb, action_emb = self._embed_per_task(states, actions, groups)
+        state_emb = state_emb + time_emb
+        action_emb = action_emb + time_emb
         return_emb = self.embed_return(returns_to_go) + time_emb
 
         step = step_tokens(self.return_bins, return_emb, state_emb, action_emb)
@@ -168,8 +161,23 @@ class MultiTaskDecisionTransformer(nn.Module):
             row += n
         action_preds = torch.cat(preds)
         return_logits = torch.cat(logits) if logits else None
-        # Tasks with no row here still get a (zero) gradient: every parameter is then updated
-        # on every step, so one process and DDP ranks holding other tasks' rows step alike.
+        return None, self._touch_absent_tasks(action_preds, groups), return_logits
+
+    def _embed_per_task(self, states, actions, groups) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each task's rows through its own state and action embeddings, in row order."""
+        state_emb, action_emb = [], []
+        row = 0
+        for task, n in groups:
+            parts = self.tasks[task]
+            rows = slice(row, row + n)
+            state_emb.append(parts.embed_state(states[rows, :, : parts.state_dim]))
+            action_emb.append(parts.embed_action(actions[rows, :, : parts.act_dim]))
+            row += n
+        return torch.cat(state_emb), torch.cat(action_emb)
+
+    def _touch_absent_tasks(self, action_preds: torch.Tensor, groups) -> torch.Tensor:
+        """Tasks with no row here still get a (zero) gradient: every parameter is then updated
+        on every step, so one process and DDP ranks holding other tasks' rows step alike."""
         present = {task for task, _ in groups}
         absent = [
             p
@@ -178,9 +186,7 @@ class MultiTaskDecisionTransformer(nn.Module):
             for p in parts.parameters()
             if p.requires_grad
         ]
-        if absent:
-            action_preds = action_preds + 0.0 * sum(p.sum() for p in absent)
-        return None, action_preds, return_logits
+        return action_preds + 0.0 * sum(p.sum() for p in absent) if absent else action_preds
 
     def task_model(self, task: int) -> DecisionTransformer:
         """Task ``task`` as a single-task DT sharing this model's modules (nothing is copied:
