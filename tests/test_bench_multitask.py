@@ -1,6 +1,7 @@
-"""benchmarks/bench_multitask.py on a tiny sweep (two bodies, two seeds) through the real training
-scripts: its table and exit status agree with the run folders it made, read here independently;
-a second call reads the finished runs instead of training them again."""
+"""benchmarks/bench_multitask.py on a tiny sweep (two bodies, two seeds, the Qwen3 DT and the
+multi-task-only 4x model) through the real training scripts: its tables and exit status agree
+with the run folders it made, read here independently; a second call reads the finished runs
+instead of training them again."""
 
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ from rollouts import write_dataset
 
 BENCH = ROOT / "benchmarks" / "bench_multitask.py"
 TASKS = ["hopper:medium", "walker2d:medium"]
+MODELS = ["qwen3", "qwen3-4x"]
 
 
 def sweep(data_dir, out, *extra):
     cmd = [
         sys.executable, str(BENCH), "--tasks", *TASKS, "--data_dir", str(data_dir),
-        "--out", str(out), "--tiny", "--models", "qwen3", "--steps", "4", "--iters", "2",
+        "--out", str(out), "--tiny", "--models", *MODELS, "--steps", "4", "--iters", "2",
         "--episodes", "2", "--batch", "8", "--jobs", "2", *extra,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -74,7 +76,30 @@ def test_table_and_exit_status_follow_the_runs(swept):
     for task in missed:
         assert task in proc.stderr
     record = json.loads((out / "multitask.json").read_text())
-    assert record["missed"] == missed and len(record["runs"]) == 6
+    assert record["missed"] == missed and len(record["runs"]) == 8
+
+
+def test_the_larger_model_is_multi_task_only_and_compared_per_task(swept):
+    data_dir, out, proc = swept
+    runs = out / "runs"
+    # Measurement 2 trains the 4x model over all tasks at once, never one task alone.
+    assert not list(runs.glob("*-medium-qwen3-4x-seed*"))
+    config = json.loads((runs / "multi-2tasks-qwen3-4x-seed0" / "config.json").read_text())
+    assert config["embed_dim"] == 64  # --tiny's 4x model, not the small one's 32
+    for task in ("hopper-medium", "walker2d-medium"):
+        single, multi, large = (
+            [last_return_at_max(runs / f"{what}-seed{s}", key) for s in (0, 1)]
+            for what, key in (
+                (f"{task}-qwen3", None),
+                ("multi-2tasks-qwen3", task),
+                ("multi-2tasks-qwen3-4x", task),
+            )
+        )
+        rows = [x for x in proc.stdout.splitlines() if x.startswith(f"| {task.replace('-', ':')} ")]
+        cells = [c.strip() for c in rows[-1].split("|")[1:-1]]  # the measurement-2 table's row
+        assert cells[1:4] == [f"{np.mean(v):.0f} ± {np.std(v):.0f}" for v in (single, multi, large)]
+        assert cells[4] == ("yes" if np.mean(large) > np.mean(multi) else "no")
+        assert cells[5] == ("yes" if np.mean(large) > np.mean(single) else "no")
 
 
 def test_a_second_call_reads_the_finished_runs(swept):
@@ -92,8 +117,9 @@ def test_a_second_call_reads_the_finished_runs(swept):
 def test_plan_prints_the_estimate_and_trains_nothing(tmp_path):
     proc = sweep(tmp_path, tmp_path / "out", "--plan")
     assert proc.returncode == 0, proc.stderr
-    assert "6 runs (2 single-task + 1 multi-task per model and seed)" in proc.stdout
+    assert "8 runs (2 single-task + 1 multi-task per model and seed" in proc.stdout
     assert "qwen3: 32 steps" in proc.stdout  # 2 seeds x (2 single runs + 1 of 2x4 steps) x 4
+    assert "qwen3-4x: 16 steps" in proc.stdout  # 2 seeds x 1 multi-task run of 2x4 steps
     assert not (tmp_path / "out").exists()
 
 
