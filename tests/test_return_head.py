@@ -27,6 +27,7 @@ from decision_transformer.models.pretrained import from_pretrained
 from decision_transformer.models.return_bins import bin_index, sample_returns
 from decision_transformer.run import evaluate_checkpoint, experiment
 from decision_transformer.run.config import RunConfig
+from decision_transformer.run.evaluation import target_key
 from decision_transformer.run.state import load_full_weights
 from rollouts import write_two_tasks
 
@@ -36,6 +37,7 @@ TASKS = ["hopper:medium", "walker2d:medium"]
 NAMES = ["hopper-medium", "walker2d-medium"]
 QWEN = ["--n_head", "2", "--n_kv_head", "1"]
 BINS = ["--return_bins", "12"]
+RUN_KAPPA = "5"  # not --return_kappa's default (10): a folder must carry its run's
 
 
 def make_dt(backbone: str, bins: int, attention: str = "full", K: int = 4, seed: int = 0):
@@ -195,10 +197,11 @@ def train(main, *argv) -> None:
 @pytest.fixture(scope="module")
 def single(data_dir, tmp_path_factory):
     """A GPT-2 DT run with the head (window attention: cached auto rollouts) evaluating auto
-    beside max, exported."""
+    beside max at a kappa of its own, exported."""
     out = tmp_path_factory.mktemp("single") / "run"
     args = ["--env", "hopper", "--data_dir", data_dir, *TINY, *BINS, "--env_targets", "auto",
-            "max", "--attention", "window", "--seed", "4", "--out_dir", out]  # fmt: skip
+            "max", "--attention", "window", "--return_kappa", RUN_KAPPA, "--seed", "4",
+            "--out_dir", out]  # fmt: skip
     train(experiment.main, *args)
     return out, args
 
@@ -223,8 +226,9 @@ def test_single_task_run_trains_the_head_on_its_datas_bins_and_reports_auto(data
 
 
 def test_a_return_head_run_exports_and_loads(single, tmp_path):
-    """The folder's config.json carries return_bins, its weights the head and the range;
-    from_pretrained builds the head's model and acts with its (s, R, a) order."""
+    """The folder's config.json carries return_bins, the run's targets (auto included) and
+    kappa, its weights the head and the range; from_pretrained builds the head's model and acts
+    with its (s, R, a) order; the card has auto's row."""
     from decision_transformer.run import export
 
     out, _ = single
@@ -232,15 +236,70 @@ def test_a_return_head_run_exports_and_loads(single, tmp_path):
     proc = run_main(export.main, out, "--out", folder, "--num_eval_episodes", "1")
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads((folder / "config.json").read_text())
-    assert cfg["return_bins"] == 12 and cfg["acting"]["targets"] == [
-        t for t in torch.load(out / "checkpoint.pt", weights_only=True)["eval_targets"]
-        if t != "auto"
-    ]  # fmt: skip
-    model = from_pretrained(folder)
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert cfg["return_bins"] == 12 and cfg["acting"]["targets"] == ckpt["eval_targets"]
+    assert cfg["acting"]["targets"][0] == "auto"
+    assert cfg["acting"]["return_kappa"] == float(RUN_KAPPA)
+    assert [r["target"] for r in cfg["evaluation"]["targets"]] == ckpt["eval_targets"]
+    card = (folder / "README.md").read_text()
+    assert "| auto | " in card and f"kappa {RUN_KAPPA} " in card
+    model = from_pretrained(folder)
     for k in ("predict_return_bins.weight", "return_range"):
         assert torch.equal(model.state_dict()[k], ckpt["model"][k]), k
     assert "DecisionTransformerModel.from_pretrained" not in (folder / "README.md").read_text()
+
+
+def played(report: Path) -> dict:
+    """An evaluation JSON's returns per target."""
+    return {str(r["target"]): r["returns"] for r in json.loads(report.read_text())["targets"]}
+
+
+def test_a_folder_plays_auto_as_its_run_does(single, tmp_path):
+    """evaluate.py --checkpoint FOLDER --target_return auto 300 plays the episodes evaluate.py
+    plays on the run: at the run's kappa (recorded in the folder) by default, at --return_kappa
+    K when given; a folder from before the field plays kappa 10, the flag's default. The folder
+    the run wrote at its end shows the run's own auto row."""
+    from decision_transformer.run import export
+
+    out, _ = single
+    folder = out / "model"
+    measured = json.loads((folder / "config.json").read_text())["evaluation"]
+    auto = measured["targets"][0]
+    assert auto["target"] == "auto" and measured["return_kappa"] == float(RUN_KAPPA)
+    assert auto["return_mean"] == rows(out)[-1]["evaluation/target_auto_return_mean"]
+    flags = ["--target_return", "auto", "300", "--num_eval_episodes", "2", "--eval_envs", "2",
+             "--seed", "1"]  # fmt: skip
+
+    def on_run(*extra) -> dict:
+        proc = run_main(evaluate_checkpoint.main, "--checkpoint", out, *flags, *extra,
+                        "--json", tmp_path / "r.json")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return played(tmp_path / "r.json")
+
+    def on_folder(source, *extra) -> dict:
+        proc = run_main(export.evaluate_main, source, *flags, *extra, "--json", tmp_path / "f.json")
+        assert proc.returncode == 0, proc.stderr
+        return played(tmp_path / "f.json")
+
+    # the user's command, a real process: evaluate.py hands the folder to its evaluation
+    proc = run_script("evaluate.py", "--checkpoint", folder, *flags, "--json", tmp_path / "f.json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "target auto: return" in proc.stdout
+    at_run_kappa = on_run()
+    assert played(tmp_path / "f.json") == at_run_kappa and list(at_run_kappa) == ["auto", "300.0"]
+    assert json.loads((tmp_path / "f.json").read_text())["return_kappa"] == float(RUN_KAPPA)
+    flat = on_run("--return_kappa", "0")
+    assert flat["auto"] != at_run_kappa["auto"]  # kappa changes what auto plays here
+    assert on_folder(folder, "--return_kappa", "0") == flat
+    # a folder written before acting.return_kappa existed: the flag's default, 10
+    older = tmp_path / "older"
+    older.mkdir()
+    for f in folder.iterdir():
+        older.joinpath(f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((older / "config.json").read_text())
+    del cfg["acting"]["return_kappa"]
+    (older / "config.json").write_text(json.dumps(cfg))
+    assert on_folder(older) == on_run("--return_kappa", "10")
 
 
 @pytest.mark.parametrize("moment,n", [("checkpoint", 2)])
@@ -287,15 +346,40 @@ def test_two_task_qwen3_run_bins_each_task_on_its_own_data_and_plays_auto(data_d
     metrics = json.loads((tmp_path / "e.json").read_text())["metrics"]
     key = "hopper-medium/target_auto_return_mean"
     assert metrics[key] == last[f"evaluation/{key}"]
-    # The model folder written at the end: the head and every task's bins travel; its targets
-    # are the returns (auto is evaluate.py's to replay on the run).
-    from decision_transformer.models.pretrained import from_pretrained
+    # The model folder written at the end: the head and every task's bins travel, and its
+    # targets are the run's, auto included, with the run's kappa (the default here).
+    from decision_transformer.run import export
 
     folder = json.loads((out / "model" / "config.json").read_text())
     for task in folder["tasks"]:
-        assert task["acting"]["targets"] == ckpt["eval_targets"][task["name"]][1:]
+        assert task["acting"]["targets"] == ckpt["eval_targets"][task["name"]]
+        assert task["acting"]["targets"][0] == "auto" and task["acting"]["return_kappa"] == 10
+    card = (out / "model" / "README.md").read_text()
+    assert "| hopper-medium | auto | " in card and "kappa 10 " in card
+    assert (
+        folder["evaluation"]["mean_normalized_score"]["auto"]
+        == (last["evaluation/mean/auto_normalized_score"])
+    )
     loaded = from_pretrained(out / "model").state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in ckpt["model"].items())
+    # evaluate.py on the folder plays every task's auto as on the run, at --return_kappa K too
+    hopper_auto = {}
+    for kappa in ("10", "0"):
+        on_run = run_main(evaluate_checkpoint.main, "--checkpoint", out, "--return_kappa", kappa,
+                          "--json", tmp_path / "r.json")  # fmt: skip
+        on_folder = run_main(export.evaluate_main, out / "model", "--return_kappa", kappa,
+                             "--num_eval_episodes", "2", "--eval_envs", "2",
+                             "--json", tmp_path / "f.json")  # fmt: skip
+        assert on_run.returncode == 0 and on_folder.returncode == 0, on_folder.stderr
+        ran = json.loads((tmp_path / "r.json").read_text())["metrics"]
+        got = json.loads((tmp_path / "f.json").read_text())
+        assert got["return_kappa"] == float(kappa)
+        for task in got["tasks"]:
+            for r in task["targets"]:
+                key = f"{task['name']}/{target_key(r['target'])}_return_mean"
+                assert r["return_mean"] == ran[key], key
+        hopper_auto[kappa] = got["tasks"][0]["targets"][0]["returns"]
+    assert hopper_auto["0"] != hopper_auto["10"]  # the kappa changes hopper's auto episodes here
 
 
 # --- refusals -----------------------------------------------------------------------------------
@@ -331,3 +415,26 @@ def test_evaluate_py_refuses_auto_on_a_model_without_the_head(tmp_path):
     assert_one_line_error(proc, "target auto samples returns from a return head this model lacks")
     bad = run_main(evaluate_checkpoint.main, "--checkpoint", BASE_RUN, "--target_return", "x")
     assert_one_line_error(bad, "expected a number or auto")
+
+
+def test_a_folder_refuses_auto_without_the_head_and_a_bad_kappa(single, tmp_path):
+    """The folder's evaluation (evaluate.py --checkpoint FOLDER) and export.py say what
+    evaluate.py says on a run, in one line, exit 2, before playing or writing anything."""
+    from decision_transformer.run import export
+
+    headless = tmp_path / "headless"
+    proc = run_main(export.main, BASE_RUN, "--out", headless, "--num_eval_episodes", "0")
+    assert proc.returncode == 0, proc.stderr
+    lacks = "target auto samples returns from a return head this model lacks"
+    proc = run_main(export.evaluate_main, headless, "--target_return", "auto", "3600")
+    assert_one_line_error(proc, lacks)
+    proc = run_main(export.main, BASE_RUN, "--out", tmp_path / "m", "--target_return", "auto")
+    assert_one_line_error(proc, lacks)
+    assert not (tmp_path / "m").exists()
+    folder = single[0] / "model"
+    proc = run_main(export.evaluate_main, folder, "--return_kappa", "-1")
+    assert_one_line_error(proc, "--return_kappa must be >= 0, got -1.0")
+    proc = run_main(export.evaluate_main, folder, "--return_kappa", "nan")
+    assert_one_line_error(proc, "invalid finite_float value: 'nan'")
+    proc = run_main(export.evaluate_main, folder, "--target_return", "autox")
+    assert_one_line_error(proc, "expected a number or auto")
