@@ -225,7 +225,7 @@ def test_single_task_run_trains_the_head_on_its_datas_bins_and_reports_auto(data
     assert auto["return_mean"] == last["evaluation/target_auto_return_mean"]
 
 
-def test_a_return_head_run_exports_and_loads(single, tmp_path):
+def test_a_return_head_run_exports_and_loads(single, data_dir, tmp_path):
     """The folder's config.json carries return_bins, the run's targets (auto included) and
     kappa, its weights the head and the range; from_pretrained builds the head's model and acts
     with its (s, R, a) order; the card has auto's row."""
@@ -247,6 +247,12 @@ def test_a_return_head_run_exports_and_loads(single, tmp_path):
     for k in ("predict_return_bins.weight", "return_range"):
         assert torch.equal(model.state_dict()[k], ckpt["model"][k]), k
     assert "DecisionTransformerModel.from_pretrained" not in (folder / "README.md").read_text()
+    assert "library_name: pytorch" in card
+    # transformers' DecisionTransformerModel has neither the head nor the order: not one
+    hf_flags = ["--env", "hopper", "--dataset", "medium", "--data_dir", data_dir, "--K", "5"]
+    proc = run_main(export.main, folder, "--from_transformers", *hf_flags, "--out", tmp_path / "hf")
+    assert_one_line_error(proc, "a return-head model (return_bins 12, tokens (s, R, a)), not a")
+    assert not (tmp_path / "hf").exists()
 
 
 def played(report: Path) -> dict:
@@ -300,6 +306,46 @@ def test_a_folder_plays_auto_as_its_run_does(single, tmp_path):
     del cfg["acting"]["return_kappa"]
     (older / "config.json").write_text(json.dumps(cfg))
     assert on_folder(older) == on_run("--return_kappa", "10")
+
+
+def test_from_pretrained_acts_with_auto_as_docs_reference_says(single):
+    """The Python recipe of docs/reference.md ("Feeding the model"), written out by hand on a
+    real Hopper episode: each step the head's logits, a return drawn at the folder's kappa from
+    a generator seeded with the episode's seed, then the action. It plays the episode the
+    folder's evaluation plays (which feeds the model through its key/value cache)."""
+    import gymnasium
+    from decision_transformer.run.export import evaluate_folder
+
+    model = from_pretrained(single[0] / "model")
+    a = model.pretrained_config.acting
+    seed = 3  # evaluation seed 0's episode 3
+    env = gymnasium.make(a.gym_id)
+    obs, _ = env.reset(seed=seed)
+    mean, std = torch.tensor(a.state_mean), torch.tensor(a.state_std)
+    draws = torch.Generator().manual_seed(seed)
+    states = ((torch.as_tensor(obs, dtype=torch.float32) - mean) / std)[None, None]
+    actions, rtg = torch.zeros(1, 1, model.act_dim), torch.zeros(1, 1, 1)
+    timesteps = torch.zeros(1, 1, dtype=torch.long)
+    total, length = 0.0, 0
+    while True:
+        logits = model.get_return_logits(states, actions, None, rtg, timesteps)
+        rtg[0, -1, 0] = model.expert_returns(logits, a.return_kappa, torch.rand(1, generator=draws))
+        action = model.get_actions(states, actions, None, rtg, timesteps)[0]
+        actions[0, -1] = action
+        obs, reward, terminated, truncated, _ = env.step(action.numpy())
+        total, length = total + float(reward), length + 1
+        if terminated or truncated or length == a.max_ep_len:
+            break
+        new = ((torch.as_tensor(obs, dtype=torch.float32) - mean) / std)[None, None]
+        states = torch.cat([states, new], 1)
+        actions = torch.cat([actions, torch.zeros(1, 1, model.act_dim)], 1)
+        rtg = torch.cat([rtg, torch.zeros(1, 1, 1)], 1)
+        timesteps = torch.cat([timesteps, torch.full((1, 1), length)], 1)
+    env.close()
+    report = evaluate_folder(model, model.pretrained_config, seed + 1, 0, 1, ["auto"])
+    assert report["episode_seeds"][seed] == seed
+    assert length == report["targets"][0]["lengths"][seed] > 1
+    np.testing.assert_allclose(total, report["targets"][0]["returns"][seed], rtol=1e-5)
 
 
 @pytest.mark.parametrize("moment,n", [("checkpoint", 2)])
