@@ -243,6 +243,8 @@ def test_a_return_head_run_exports_and_loads(single, data_dir, tmp_path):
     assert [r["target"] for r in cfg["evaluation"]["targets"]] == ckpt["eval_targets"]
     card = (folder / "README.md").read_text()
     assert "| auto | " in card and f"kappa {RUN_KAPPA} " in card
+    assert "`python evaluate.py --checkpoint model --target_return auto` lets it" in card
+    assert f"`acting.return_kappa` ({RUN_KAPPA}, its run's" in card
     model = from_pretrained(folder)
     for k in ("predict_return_bins.weight", "return_range"):
         assert torch.equal(model.state_dict()[k], ckpt["model"][k]), k
@@ -402,6 +404,7 @@ def test_two_task_qwen3_run_bins_each_task_on_its_own_data_and_plays_auto(data_d
         assert task["acting"]["targets"][0] == "auto" and task["acting"]["return_kappa"] == 10
     card = (out / "model" / "README.md").read_text()
     assert "| hopper-medium | auto | " in card and "kappa 10 " in card
+    assert "--checkpoint model --target_return auto` lets it" in card
     assert (
         folder["evaluation"]["mean_normalized_score"]["auto"]
         == (last["evaluation/mean/auto_normalized_score"])

@@ -50,6 +50,7 @@ from .config import RunConfig
 from .evaluation import format_target, is_auto, target_key
 from .export_multitask import (
     auto_sentence,
+    auto_use,
     evaluate_multitask_folder,
     is_multitask_checkpoint,
     load_metrics_row,
@@ -389,6 +390,7 @@ def model_card(folder: FolderConfig, name: str, reproduce: str | None) -> str:
     lines += ["", "## Evaluation", ""]
     lines += _card_evaluation(folder.evaluation, reproduce)
     lines += _card_use(a, name, hf_ok)
+    lines += auto_use(name, getattr(folder.model, "return_bins", 0), a.return_kappa)
     flags = p.get("run_config") or {}
     if flags:
         keep = ("dataset", "K", "embed_dim", "n_layer", "n_head", "max_iters",

@@ -186,6 +186,18 @@ def evaluate_multitask_folder(
     return out
 
 
+def auto_use(name: str, return_bins: int, kappa: float) -> list[str]:
+    """The card's Use lines on target auto, for a model with a return head."""
+    if not return_bins:
+        return []
+    return [
+        "",
+        f"It has a return head ({return_bins} bins): `python evaluate.py --checkpoint {name} "
+        "--target_return auto` lets it pick its own return each step, tilted toward high "
+        f"returns by `acting.return_kappa` ({kappa:g}, its run's; `--return_kappa K` to change).",
+    ]
+
+
 def auto_sentence(evaluation: dict) -> str:
     """The card's word on target auto, when it was played."""
     kappa = evaluation.get("return_kappa")
@@ -373,6 +385,7 @@ def _card_use(folder: MultiTaskFolderConfig, name: str) -> list[str]:
         "Each task acts as a single-task model folder's model does with its own `acting` "
         "section: observations normalized by its state mean/std, returns-to-go divided by its "
         f"return scale, the last {folder.model.context_length} steps in context.",
+        *auto_use(name, folder.model.return_bins, folder.tasks[0].acting.return_kappa),
     ]
 
 
