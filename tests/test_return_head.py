@@ -245,6 +245,12 @@ def test_a_return_head_run_exports_and_loads(single, data_dir, tmp_path):
     assert "| auto | " in card and f"kappa {RUN_KAPPA} " in card
     assert "`python evaluate.py --checkpoint model --target_return auto` lets it" in card
     assert f"`acting.return_kappa` ({RUN_KAPPA}, its run's" in card
+    # export.py --target_return takes auto among numbers, as evaluate.py does
+    chosen = tmp_path / "chosen"
+    proc = run_main(export.main, out, "--out", chosen, "--num_eval_episodes", "0",
+                    "--target_return", "300", "auto")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((chosen / "config.json").read_text())["acting"]["targets"] == [300, "auto"]
     model = from_pretrained(folder)
     for k in ("predict_return_bins.weight", "return_range"):
         assert torch.equal(model.state_dict()[k], ckpt["model"][k]), k
@@ -290,9 +296,11 @@ def test_a_folder_plays_auto_as_its_run_does(single, tmp_path):
         return played(tmp_path / "f.json")
 
     # the user's command, a real process: evaluate.py hands the folder to its evaluation
-    proc = run_script("evaluate.py", "--checkpoint", folder, *flags, "--json", tmp_path / "f.json")
+    gif = tmp_path / "ep.gif"  # auto first: a clip with no return-to-go to count down
+    proc = run_script("evaluate.py", "--checkpoint", folder, *flags, "--json", tmp_path / "f.json",
+                      "--video", gif)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "target auto: return" in proc.stdout
+    assert "target auto: return" in proc.stdout and gif.stat().st_size > 0
     at_run_kappa = on_run()
     assert played(tmp_path / "f.json") == at_run_kappa and list(at_run_kappa) == ["auto", "300.0"]
     assert json.loads((tmp_path / "f.json").read_text())["return_kappa"] == float(RUN_KAPPA)
