@@ -2,8 +2,9 @@
 inference): the return head never sees the return it predicts while the action does; its bins
 cut each task's own data; the tilted sampling; auto rollouts on the real simulator (cached equals
 recomputed, an episode's draws are its own) for both backbones, one task and two; resume after
-kill -9, export and from_pretrained; bad flags are one line, exit 2; a model without the head is
-the one before it existed."""
+kill -9, export and from_pretrained; a model folder (or Hub repo id) plays auto as its run does,
+from the command line and by hand in Python; bad flags are one line, exit 2; a model without the
+head is the one before it existed."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from decision_transformer.run import evaluate_checkpoint, experiment
 from decision_transformer.run.config import RunConfig
 from decision_transformer.run.evaluation import target_key
 from decision_transformer.run.state import load_full_weights
+from hub_fakes import hub_cache
 from rollouts import write_two_tasks
 
 KILL_AT = str(Path(__file__).resolve().parent / "kill_at.py")
@@ -268,11 +270,11 @@ def played(report: Path) -> dict:
     return {str(r["target"]): r["returns"] for r in json.loads(report.read_text())["targets"]}
 
 
-def test_a_folder_plays_auto_as_its_run_does(single, tmp_path):
+def test_a_folder_plays_auto_as_its_run_does(single, tmp_path, monkeypatch):
     """evaluate.py --checkpoint FOLDER --target_return auto 300 plays the episodes evaluate.py
     plays on the run: at the run's kappa (recorded in the folder) by default, at --return_kappa
-    K when given; a folder from before the field plays kappa 10, the flag's default. The folder
-    the run wrote at its end shows the run's own auto row."""
+    K when given (a Hub repo id of the folder too); a folder from before the field plays kappa
+    10, the flag's default. The folder the run wrote at its end shows the run's own auto row."""
     from decision_transformer.run import export
 
     out, _ = single
@@ -307,6 +309,13 @@ def test_a_folder_plays_auto_as_its_run_does(single, tmp_path):
     flat = on_run("--return_kappa", "0")
     assert flat["auto"] != at_run_kappa["auto"]  # kappa changes what auto plays here
     assert on_folder(folder, "--return_kappa", "0") == flat
+    # the same folder as a Hub repo id (huggingface_hub's cache of it, offline)
+    from huggingface_hub import constants
+
+    hub_cache(tmp_path / "hub", "someone/dt-auto", folder)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert on_folder("someone/dt-auto", "--return_kappa", "0") == flat
     # a folder written before acting.return_kappa existed: the flag's default, 10
     older = tmp_path / "older"
     older.mkdir()
