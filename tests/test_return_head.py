@@ -446,6 +446,22 @@ def test_two_task_qwen3_run_bins_each_task_on_its_own_data_and_plays_auto(data_d
                 assert r["return_mean"] == ran[key], key
         hopper_auto[kappa] = got["tasks"][0]["targets"][0]["returns"]
     assert hopper_auto["0"] != hopper_auto["10"]  # the kappa changes hopper's auto episodes here
+    # a folder written before folders kept auto: its targets without it, no kappa; its mean
+    # over tasks is still labelled by the run's p90
+    older = tmp_path / "older"
+    older.mkdir()
+    for f in (out / "model").iterdir():
+        older.joinpath(f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((older / "config.json").read_text())
+    for task in cfg["tasks"]:
+        task["acting"]["targets"] = task["acting"]["targets"][1:]
+        del task["acting"]["return_kappa"]
+    (older / "config.json").write_text(json.dumps(cfg))
+    proc = run_main(export.evaluate_main, older, "--num_eval_episodes", "2", "--eval_envs", "2",
+                    "--json", tmp_path / "o.json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    means = json.loads((tmp_path / "o.json").read_text())["mean_normalized_score"]
+    assert means == {"p90": last["evaluation/mean/p90_normalized_score"]}
 
 
 # --- refusals -----------------------------------------------------------------------------------

@@ -126,7 +126,9 @@ def mean_labels(folder: MultiTaskFolderConfig) -> list[str]:
     metrics name them (run/multitask.py's target_labels)."""
     specs = (folder.provenance.get("run_config") or {}).get("env_targets")
     if specs:
-        return [str(t) for t in specs]
+        # Folders written before they kept auto hold the run's other targets only.
+        kept_auto = any(is_auto(x) for t in folder.tasks for x in t.acting.targets)
+        return [str(t) for t in specs if kept_auto or not is_auto(str(t))]
     return [f"target{j + 1}" for j in range(min(len(t.acting.targets) for t in folder.tasks))]
 
 
