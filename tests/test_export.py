@@ -552,10 +552,25 @@ def _other_weights(cfg, folder):
     save_file(state, folder / "model.safetensors")
 
 
+def _auto_without_head(cfg, folder):
+    cfg["acting"]["targets"] = ["auto", 3600]  # the base run's model has no return head
+
+
+def _negative_kappa(cfg, folder):
+    cfg["acting"]["return_kappa"] = -1
+
+
+def _text_target(cfg, folder):
+    cfg["acting"]["targets"] = ["max"]
+
+
 @pytest.mark.parametrize(
     "edit, needle",
     [
         (_newer, f"format version {FORMAT_VERSION + 1}, newer than this code reads"),
+        (_auto_without_head, "acting.targets holds auto but the model has no return head"),
+        (_negative_kappa, "acting.return_kappa must be a finite number >= 0"),
+        (_text_target, "acting.targets must be a list of finite numbers or auto"),
         (_no_state_std, "lacks what acting needs: state_std"),
         (_wider, "do not fit the model"),
         (_short_mean, "acting.state_mean has 10 values"),

@@ -2,8 +2,9 @@
 inference): the return head never sees the return it predicts while the action does; its bins
 cut each task's own data; the tilted sampling; auto rollouts on the real simulator (cached equals
 recomputed, an episode's draws are its own) for both backbones, one task and two; resume after
-kill -9, export and from_pretrained; bad flags are one line, exit 2; a model without the head is
-the one before it existed."""
+kill -9, export and from_pretrained; a model folder (or Hub repo id) plays auto as its run does,
+from the command line and by hand in Python; bad flags are one line, exit 2; a model without the
+head is the one before it existed."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ from decision_transformer.models.pretrained import from_pretrained
 from decision_transformer.models.return_bins import bin_index, sample_returns
 from decision_transformer.run import evaluate_checkpoint, experiment
 from decision_transformer.run.config import RunConfig
+from decision_transformer.run.evaluation import target_key
 from decision_transformer.run.state import load_full_weights
+from hub_fakes import hub_cache
 from rollouts import write_two_tasks
 
 KILL_AT = str(Path(__file__).resolve().parent / "kill_at.py")
@@ -36,6 +39,7 @@ TASKS = ["hopper:medium", "walker2d:medium"]
 NAMES = ["hopper-medium", "walker2d-medium"]
 QWEN = ["--n_head", "2", "--n_kv_head", "1"]
 BINS = ["--return_bins", "12"]
+RUN_KAPPA = "5"  # not --return_kappa's default (10): a folder must carry its run's
 
 
 def make_dt(backbone: str, bins: int, attention: str = "full", K: int = 4, seed: int = 0):
@@ -195,10 +199,11 @@ def train(main, *argv) -> None:
 @pytest.fixture(scope="module")
 def single(data_dir, tmp_path_factory):
     """A GPT-2 DT run with the head (window attention: cached auto rollouts) evaluating auto
-    beside max, exported."""
+    beside max at a kappa of its own, exported."""
     out = tmp_path_factory.mktemp("single") / "run"
     args = ["--env", "hopper", "--data_dir", data_dir, *TINY, *BINS, "--env_targets", "auto",
-            "max", "--attention", "window", "--seed", "4", "--out_dir", out]  # fmt: skip
+            "max", "--attention", "window", "--return_kappa", RUN_KAPPA, "--seed", "4",
+            "--out_dir", out]  # fmt: skip
     train(experiment.main, *args)
     return out, args
 
@@ -222,9 +227,10 @@ def test_single_task_run_trains_the_head_on_its_datas_bins_and_reports_auto(data
     assert auto["return_mean"] == last["evaluation/target_auto_return_mean"]
 
 
-def test_a_return_head_run_exports_and_loads(single, tmp_path):
-    """The folder's config.json carries return_bins, its weights the head and the range;
-    from_pretrained builds the head's model and acts with its (s, R, a) order."""
+def test_a_return_head_run_exports_and_loads(single, data_dir, tmp_path):
+    """The folder's config.json carries return_bins, the run's targets (auto included) and
+    kappa, its weights the head and the range; from_pretrained builds the head's model and acts
+    with its (s, R, a) order; the card has auto's row."""
     from decision_transformer.run import export
 
     out, _ = single
@@ -232,15 +238,133 @@ def test_a_return_head_run_exports_and_loads(single, tmp_path):
     proc = run_main(export.main, out, "--out", folder, "--num_eval_episodes", "1")
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads((folder / "config.json").read_text())
-    assert cfg["return_bins"] == 12 and cfg["acting"]["targets"] == [
-        t for t in torch.load(out / "checkpoint.pt", weights_only=True)["eval_targets"]
-        if t != "auto"
-    ]  # fmt: skip
-    model = from_pretrained(folder)
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert cfg["return_bins"] == 12 and cfg["acting"]["targets"] == ckpt["eval_targets"]
+    assert cfg["acting"]["targets"][0] == "auto"
+    assert cfg["acting"]["return_kappa"] == float(RUN_KAPPA)
+    assert [r["target"] for r in cfg["evaluation"]["targets"]] == ckpt["eval_targets"]
+    card = (folder / "README.md").read_text()
+    assert "| auto | " in card and f"kappa {RUN_KAPPA} " in card
+    assert "`python evaluate.py --checkpoint model --target_return auto` lets it" in card
+    assert f"`acting.return_kappa` ({RUN_KAPPA}, its run's" in card
+    # export.py --target_return takes auto among numbers, as evaluate.py does
+    chosen = tmp_path / "chosen"
+    proc = run_main(export.main, out, "--out", chosen, "--num_eval_episodes", "0",
+                    "--target_return", "300", "auto")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((chosen / "config.json").read_text())["acting"]["targets"] == [300, "auto"]
+    model = from_pretrained(folder)
     for k in ("predict_return_bins.weight", "return_range"):
         assert torch.equal(model.state_dict()[k], ckpt["model"][k]), k
     assert "DecisionTransformerModel.from_pretrained" not in (folder / "README.md").read_text()
+    assert "library_name: pytorch" in card
+    # transformers' DecisionTransformerModel has neither the head nor the order: not one
+    hf_flags = ["--env", "hopper", "--dataset", "medium", "--data_dir", data_dir, "--K", "5"]
+    proc = run_main(export.main, folder, "--from_transformers", *hf_flags, "--out", tmp_path / "hf")
+    assert_one_line_error(proc, "a return-head model (return_bins 12, tokens (s, R, a)), not a")
+    assert not (tmp_path / "hf").exists()
+
+
+def played(report: Path) -> dict:
+    """An evaluation JSON's returns per target."""
+    return {str(r["target"]): r["returns"] for r in json.loads(report.read_text())["targets"]}
+
+
+def test_a_folder_plays_auto_as_its_run_does(single, tmp_path, monkeypatch):
+    """evaluate.py --checkpoint FOLDER --target_return auto 300 plays the episodes evaluate.py
+    plays on the run: at the run's kappa (recorded in the folder) by default, at --return_kappa
+    K when given (a Hub repo id of the folder too); a folder from before the field plays kappa
+    10, the flag's default. The folder the run wrote at its end shows the run's own auto row."""
+    from decision_transformer.run import export
+
+    out, _ = single
+    folder = out / "model"
+    measured = json.loads((folder / "config.json").read_text())["evaluation"]
+    auto = measured["targets"][0]
+    assert auto["target"] == "auto" and measured["return_kappa"] == float(RUN_KAPPA)
+    assert auto["return_mean"] == rows(out)[-1]["evaluation/target_auto_return_mean"]
+    flags = ["--target_return", "auto", "300", "--num_eval_episodes", "2", "--eval_envs", "2",
+             "--seed", "1"]  # fmt: skip
+
+    def on_run(*extra) -> dict:
+        proc = run_main(evaluate_checkpoint.main, "--checkpoint", out, *flags, *extra,
+                        "--json", tmp_path / "r.json")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return played(tmp_path / "r.json")
+
+    def on_folder(source, *extra) -> dict:
+        proc = run_main(export.evaluate_main, source, *flags, *extra, "--json", tmp_path / "f.json")
+        assert proc.returncode == 0, proc.stderr
+        return played(tmp_path / "f.json")
+
+    # the user's command, a real process: evaluate.py hands the folder to its evaluation
+    gif = tmp_path / "ep.gif"  # auto first: a clip with no return-to-go to count down
+    proc = run_script("evaluate.py", "--checkpoint", folder, *flags, "--json", tmp_path / "f.json",
+                      "--video", gif)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "target auto: return" in proc.stdout and gif.stat().st_size > 0
+    at_run_kappa = on_run()
+    assert played(tmp_path / "f.json") == at_run_kappa and list(at_run_kappa) == ["auto", "300.0"]
+    assert json.loads((tmp_path / "f.json").read_text())["return_kappa"] == float(RUN_KAPPA)
+    flat = on_run("--return_kappa", "0")
+    assert flat["auto"] != at_run_kappa["auto"]  # kappa changes what auto plays here
+    assert on_folder(folder, "--return_kappa", "0") == flat
+    # the same folder as a Hub repo id (huggingface_hub's cache of it, offline)
+    from huggingface_hub import constants
+
+    hub_cache(tmp_path / "hub", "someone/dt-auto", folder)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert on_folder("someone/dt-auto", "--return_kappa", "0") == flat
+    # a folder written before acting.return_kappa existed: the flag's default, 10
+    older = tmp_path / "older"
+    older.mkdir()
+    for f in folder.iterdir():
+        older.joinpath(f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((older / "config.json").read_text())
+    del cfg["acting"]["return_kappa"]
+    (older / "config.json").write_text(json.dumps(cfg))
+    assert on_folder(older) == on_run("--return_kappa", "10")
+
+
+def test_from_pretrained_acts_with_auto_as_docs_reference_says(single):
+    """The Python recipe of docs/reference.md ("Feeding the model"), written out by hand on a
+    real Hopper episode: each step the head's logits, a return drawn at the folder's kappa from
+    a generator seeded with the episode's seed, then the action. It plays the episode the
+    folder's evaluation plays (which feeds the model through its key/value cache)."""
+    import gymnasium
+    from decision_transformer.run.export import evaluate_folder
+
+    model = from_pretrained(single[0] / "model")
+    a = model.pretrained_config.acting
+    seed = 3  # evaluation seed 0's episode 3
+    env = gymnasium.make(a.gym_id)
+    obs, _ = env.reset(seed=seed)
+    mean, std = torch.tensor(a.state_mean), torch.tensor(a.state_std)
+    draws = torch.Generator().manual_seed(seed)
+    states = ((torch.as_tensor(obs, dtype=torch.float32) - mean) / std)[None, None]
+    actions, rtg = torch.zeros(1, 1, model.act_dim), torch.zeros(1, 1, 1)
+    timesteps = torch.zeros(1, 1, dtype=torch.long)
+    total, length = 0.0, 0
+    while True:
+        logits = model.get_return_logits(states, actions, None, rtg, timesteps)
+        rtg[0, -1, 0] = model.expert_returns(logits, a.return_kappa, torch.rand(1, generator=draws))
+        action = model.get_actions(states, actions, None, rtg, timesteps)[0]
+        actions[0, -1] = action
+        obs, reward, terminated, truncated, _ = env.step(action.numpy())
+        total, length = total + float(reward), length + 1
+        if terminated or truncated or length == a.max_ep_len:
+            break
+        new = ((torch.as_tensor(obs, dtype=torch.float32) - mean) / std)[None, None]
+        states = torch.cat([states, new], 1)
+        actions = torch.cat([actions, torch.zeros(1, 1, model.act_dim)], 1)
+        rtg = torch.cat([rtg, torch.zeros(1, 1, 1)], 1)
+        timesteps = torch.cat([timesteps, torch.full((1, 1), length)], 1)
+    env.close()
+    report = evaluate_folder(model, model.pretrained_config, seed + 1, 0, 1, ["auto"])
+    assert report["episode_seeds"][seed] == seed
+    assert length == report["targets"][0]["lengths"][seed] > 1
+    np.testing.assert_allclose(total, report["targets"][0]["returns"][seed], rtol=1e-5)
 
 
 @pytest.mark.parametrize("moment,n", [("checkpoint", 2)])
@@ -287,15 +411,57 @@ def test_two_task_qwen3_run_bins_each_task_on_its_own_data_and_plays_auto(data_d
     metrics = json.loads((tmp_path / "e.json").read_text())["metrics"]
     key = "hopper-medium/target_auto_return_mean"
     assert metrics[key] == last[f"evaluation/{key}"]
-    # The model folder written at the end: the head and every task's bins travel; its targets
-    # are the returns (auto is evaluate.py's to replay on the run).
-    from decision_transformer.models.pretrained import from_pretrained
+    # The model folder written at the end: the head and every task's bins travel, and its
+    # targets are the run's, auto included, with the run's kappa (the default here).
+    from decision_transformer.run import export
 
     folder = json.loads((out / "model" / "config.json").read_text())
     for task in folder["tasks"]:
-        assert task["acting"]["targets"] == ckpt["eval_targets"][task["name"]][1:]
+        assert task["acting"]["targets"] == ckpt["eval_targets"][task["name"]]
+        assert task["acting"]["targets"][0] == "auto" and task["acting"]["return_kappa"] == 10
+    card = (out / "model" / "README.md").read_text()
+    assert "| hopper-medium | auto | " in card and "kappa 10 " in card
+    assert "--checkpoint model --target_return auto` lets it" in card
+    assert (
+        folder["evaluation"]["mean_normalized_score"]["auto"]
+        == (last["evaluation/mean/auto_normalized_score"])
+    )
     loaded = from_pretrained(out / "model").state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in ckpt["model"].items())
+    # evaluate.py on the folder plays every task's auto as on the run, at --return_kappa K too
+    hopper_auto = {}
+    for kappa in ("10", "0"):
+        on_run = run_main(evaluate_checkpoint.main, "--checkpoint", out, "--return_kappa", kappa,
+                          "--json", tmp_path / "r.json")  # fmt: skip
+        on_folder = run_main(export.evaluate_main, out / "model", "--return_kappa", kappa,
+                             "--num_eval_episodes", "2", "--eval_envs", "2",
+                             "--json", tmp_path / "f.json")  # fmt: skip
+        assert on_run.returncode == 0 and on_folder.returncode == 0, on_folder.stderr
+        ran = json.loads((tmp_path / "r.json").read_text())["metrics"]
+        got = json.loads((tmp_path / "f.json").read_text())
+        assert got["return_kappa"] == float(kappa)
+        for task in got["tasks"]:
+            for r in task["targets"]:
+                key = f"{task['name']}/{target_key(r['target'])}_return_mean"
+                assert r["return_mean"] == ran[key], key
+        hopper_auto[kappa] = got["tasks"][0]["targets"][0]["returns"]
+    assert hopper_auto["0"] != hopper_auto["10"]  # the kappa changes hopper's auto episodes here
+    # a folder written before folders kept auto: its targets without it, no kappa; its mean
+    # over tasks is still labelled by the run's p90
+    older = tmp_path / "older"
+    older.mkdir()
+    for f in (out / "model").iterdir():
+        older.joinpath(f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((older / "config.json").read_text())
+    for task in cfg["tasks"]:
+        task["acting"]["targets"] = task["acting"]["targets"][1:]
+        del task["acting"]["return_kappa"]
+    (older / "config.json").write_text(json.dumps(cfg))
+    proc = run_main(export.evaluate_main, older, "--num_eval_episodes", "2", "--eval_envs", "2",
+                    "--json", tmp_path / "o.json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    means = json.loads((tmp_path / "o.json").read_text())["mean_normalized_score"]
+    assert means == {"p90": last["evaluation/mean/p90_normalized_score"]}
 
 
 # --- refusals -----------------------------------------------------------------------------------
@@ -331,3 +497,26 @@ def test_evaluate_py_refuses_auto_on_a_model_without_the_head(tmp_path):
     assert_one_line_error(proc, "target auto samples returns from a return head this model lacks")
     bad = run_main(evaluate_checkpoint.main, "--checkpoint", BASE_RUN, "--target_return", "x")
     assert_one_line_error(bad, "expected a number or auto")
+
+
+def test_a_folder_refuses_auto_without_the_head_and_a_bad_kappa(single, tmp_path):
+    """The folder's evaluation (evaluate.py --checkpoint FOLDER) and export.py say what
+    evaluate.py says on a run, in one line, exit 2, before playing or writing anything."""
+    from decision_transformer.run import export
+
+    headless = tmp_path / "headless"
+    proc = run_main(export.main, BASE_RUN, "--out", headless, "--num_eval_episodes", "0")
+    assert proc.returncode == 0, proc.stderr
+    lacks = "target auto samples returns from a return head this model lacks"
+    proc = run_main(export.evaluate_main, headless, "--target_return", "auto", "3600")
+    assert_one_line_error(proc, lacks)
+    proc = run_main(export.main, BASE_RUN, "--out", tmp_path / "m", "--target_return", "auto")
+    assert_one_line_error(proc, lacks)
+    assert not (tmp_path / "m").exists()
+    folder = single[0] / "model"
+    proc = run_main(export.evaluate_main, folder, "--return_kappa", "-1")
+    assert_one_line_error(proc, "--return_kappa must be >= 0, got -1.0")
+    proc = run_main(export.evaluate_main, folder, "--return_kappa", "nan")
+    assert_one_line_error(proc, "invalid finite_float value: 'nan'")
+    proc = run_main(export.evaluate_main, folder, "--target_return", "autox")
+    assert_one_line_error(proc, "expected a number or auto")

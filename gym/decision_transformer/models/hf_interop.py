@@ -89,6 +89,11 @@ def gpt2_dt_fields(hf: dict[str, Any]) -> dict[str, Any]:
     for key, fine in _UNSUPPORTED:
         if key in hf and hf[key] != fine:
             raise ValueError(f"{key}={hf[key]} is not supported by this GPT-2 DT")
+    if hf.get("return_bins"):  # this project's folder of a return-head model (--return_bins)
+        raise ValueError(
+            f"a return-head model (return_bins {hf['return_bins']}, tokens (s, R, a)), not a "
+            "DecisionTransformerModel: use this folder as is"
+        )
     act = hf.get("activation_function", "relu")
     if act not in ACTIVATIONS:
         raise ValueError(f"activation_function {act!r} is not one of {list(ACTIVATIONS)}")

@@ -35,6 +35,7 @@ from ..errors import UserError, one_line
 from .decision_transformer import DecisionTransformer
 from .hf_interop import from_transformers_names, gpt2_dt_fields, to_transformers_names
 from .model import TrajectoryModel
+from .return_bins import AUTO_TARGET, DEFAULT_KAPPA
 
 FORMAT_NAME = "decision_transformer.pretrained"
 FORMAT_VERSION = 1
@@ -284,7 +285,9 @@ class ActingConfig:
     max_ep_len: int
     context_length: int
     attention: str
-    targets: list[float]
+    # Returns to condition on; "auto" (a model with a return head, return_bins > 0): each step's
+    # return drawn from the head, tilted toward high returns by return_kappa.
+    targets: list[float | str]
     conditioned: bool = True  # False for BC: it never sees a return
     mode: str = "normal"  # normal, delayed (returns on the last reward) or noise
     # bf16: the run evaluated under bf16 autocast (its weights are fp32 all the same); evaluating
@@ -292,6 +295,9 @@ class ActingConfig:
     dtype: str = "fp32"
     action_mapping: str = ACTION_MAPPING
     acts_on: str = "the mean action (the stochastic head's too)"
+    # The run's --return_kappa, auto's default tilt; folders written before the field have the
+    # flag's default.
+    return_kappa: float = DEFAULT_KAPPA
 
 
 def _check_format_version(d: dict[str, Any], where: str) -> int:
@@ -423,6 +429,27 @@ class FolderConfig:
                 f"{where}: acting's context ({a.context_length}, {a.attention}) disagrees with the "
                 "model's: re-export the model"
             )
+        check_targets(a, getattr(m, "return_bins", 0), where)
+
+
+def check_targets(acting: ActingConfig, return_bins: int, where: str) -> None:
+    """``acting.targets`` are finite numbers or ``auto``, auto only with a return head, and
+    ``acting.return_kappa`` is a finite number >= 0."""
+    targets = acting.targets
+    if not isinstance(targets, list) or not all(
+        t == AUTO_TARGET or (isinstance(t, int | float) and math.isfinite(t)) for t in targets
+    ):
+        raise PretrainedError(
+            f"{where}: acting.targets must be a list of finite numbers or auto, got {targets!r}"
+        )
+    if AUTO_TARGET in targets and not return_bins:
+        raise PretrainedError(
+            f"{where}: acting.targets holds auto but the model has no return head (return_bins "
+            "0): re-export the model"
+        )
+    kappa = acting.return_kappa
+    if not (isinstance(kappa, int | float) and math.isfinite(kappa) and kappa >= 0):
+        raise PretrainedError(f"{where}: acting.return_kappa must be a finite number >= 0")
 
 
 # ---------------------------------------------------------------------------------------------

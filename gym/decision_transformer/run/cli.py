@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from ..errors import UserError, one_line
+from ..models.return_bins import AUTO_TARGET
 
 USAGE_EXIT = 2  # what argparse uses for a bad command line, and so every user error here
 
@@ -55,3 +56,24 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "default" in text.lower() or quiet or action.default == argparse.SUPPRESS:
             return text
         return super()._get_help_string(action)
+
+
+def finite_float(value: str) -> float:
+    """A flag's finite number (argparse reports the ValueError as an invalid value)."""
+    number = float(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(value)
+    return number
+
+
+def target_return(value: str) -> float | str:
+    """``--target_return`` (evaluate.py, evaluate_pretrained.py, export.py): a finite number,
+    or ``auto`` (the model's own returns)."""
+    if value == AUTO_TARGET:
+        return value
+    try:
+        return finite_float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or auto (a model trained with --return_bins), got '{value}'"
+        ) from None

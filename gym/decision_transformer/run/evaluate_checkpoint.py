@@ -27,7 +27,7 @@ from ..evaluation.evaluate_episodes import StepHook
 from ..models.factory import build_model, build_multitask_model
 from ..provenance import run_versions, stack_versions, version_drift
 from .checkpoint import CheckpointError, read_run_checkpoint
-from .cli import HelpFormatter, OneLineParser
+from .cli import HelpFormatter, OneLineParser, finite_float, target_return
 from .cli import report as report_error
 from .config import (
     ConfigError,
@@ -60,25 +60,6 @@ from .state import BEST_NAME, CHECKPOINT_NAME, load_full_weights
 
 # What evaluation itself reads from the config; build_model reads the model's own flags.
 CONFIG_KEYS = ("env", "dataset", "model_type", "mode", "seed", "num_eval_episodes", "eval_envs")
-
-
-def finite_float(value: str) -> float:
-    number = float(value)  # argparse reports a ValueError as "invalid finite_float value"
-    if number != number or number in (float("inf"), float("-inf")):
-        raise ValueError(value)
-    return number
-
-
-def target_return(value: str) -> float | str:
-    """``--target_return``: a finite number, or ``auto`` (the model's own returns)."""
-    if value == "auto":
-        return value
-    try:
-        return finite_float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number or auto (a model trained with --return_bins), got '{value}'"
-        ) from None
 
 
 def saved_target(value) -> float | str:

@@ -45,9 +45,12 @@ from ..models.pretrained import (
     save_pretrained,
 )
 from ..provenance import describe_versions, public_path, run_versions_or_now, stack_versions
-from .cli import HelpFormatter, OneLineParser, run_cli
+from .cli import HelpFormatter, OneLineParser, finite_float, run_cli, target_return
 from .config import RunConfig
+from .evaluation import format_target, is_auto, target_key
 from .export_multitask import (
+    auto_sentence,
+    auto_use,
     evaluate_multitask_folder,
     is_multitask_checkpoint,
     load_metrics_row,
@@ -142,12 +145,12 @@ def _floats(x) -> list[float]:
     return [float(str(v)) for v in np.asarray(x, dtype=np.float32).reshape(-1)]
 
 
-def run_targets(ckpt: dict, cfg: RunConfig) -> list[float]:
-    """The targets the run evaluated, read from its checkpoint as evaluate.py reads them."""
+def run_targets(ckpt: dict, cfg: RunConfig, requested: list | None = None) -> list[float | str]:
+    """The targets the run evaluated (or ``requested``: export.py's --target_return), read from
+    its checkpoint as evaluate.py reads them, auto included: refused on a run without the head."""
     from .evaluate_checkpoint import eval_targets
 
-    # A folder's targets are returns; a run's auto (--return_bins) is evaluate.py's to replay.
-    return [t for t in eval_targets(ckpt, cfg, None) if not isinstance(t, str)]
+    return eval_targets(ckpt, cfg, requested)
 
 
 # Run flags that hold local paths (the user's folders): see provenance.public_path.
@@ -163,7 +166,7 @@ def folder_from_checkpoint(
     ckpt: dict,
     source: str,
     which: str,
-    targets: list[float] | None = None,
+    targets: list[float | str] | None = None,
     versions: dict | None = None,
 ) -> tuple[torch.nn.Module, FolderConfig]:
     """The run's model with its weights, and the folder config describing it. ``versions``:
@@ -194,10 +197,11 @@ def folder_from_checkpoint(
         max_ep_len=spec.max_ep_len,
         context_length=cfg.K,
         attention=cfg.attention,
-        targets=targets or run_targets(ckpt, cfg),
+        targets=run_targets(ckpt, cfg, targets),
         conditioned=cfg.model_type == "dt",
         mode=cfg.mode,
         dtype="bf16" if cfg.dtype == "bf16" else "fp32",
+        return_kappa=cfg.return_kappa,
     )
     provenance = {
         "source": "run checkpoint",
@@ -273,20 +277,27 @@ def evaluate_folder(
     num_episodes: int,
     seed: int,
     eval_envs: int,
-    targets: list[float] | None = None,
+    targets: list[float | str] | None = None,
     recorder=None,
+    return_kappa: float | None = None,
 ) -> dict:
     """Play the folder's model through training's evaluator (same seeds, same numbers as
     evaluate.py on the run's checkpoint, on the CPU); what config.json's ``evaluation`` holds.
     ``recorder`` (evaluation/video.py's EpisodeRecorder) watches the first target's first
-    episode."""
+    episode. A target ``auto`` draws each step's return from the model's return head, tilted by
+    ``return_kappa`` (default: the folder's, the run's --return_kappa)."""
     from .evaluation import episode_seeds, evaluate_returns, summarize_returns
 
     a = folder.acting
+    targets = targets or a.targets
+    kappa = a.return_kappa if return_kappa is None else return_kappa
+    check_auto(targets, kappa, getattr(folder.model, "return_bins", 0))
     dataset = folder.provenance.get("dataset") or ""
     ref = reference_scores(a.env, dataset) if dataset else None
     model_type = "dt" if a.conditioned else "bc"
-    cfg = RunConfig(env=a.env, mode=a.mode, eval_envs=eval_envs, model_type=model_type)
+    cfg = RunConfig(
+        env=a.env, mode=a.mode, eval_envs=eval_envs, model_type=model_type, return_kappa=kappa
+    )
     seeds = episode_seeds(seed, num_episodes)
     mean, std = np.asarray(a.state_mean, np.float32), np.asarray(a.state_std, np.float32)
     device = next(model.parameters()).device
@@ -297,7 +308,7 @@ def evaluate_folder(
     )
     results, played = [], {}
     start = time.perf_counter()
-    for target in targets or a.targets:
+    for target in targets:
         key = target if a.conditioned else None  # BC never sees the target: play once
         if key not in played:
             watch = recorder if not played else None
@@ -307,16 +318,16 @@ def evaluate_folder(
                 )
         returns, lengths = played[key]
         summary = summarize_returns(target, returns, lengths, ref)
-        prefix = len(f"target_{target:g}_")
+        prefix = len(target_key(target)) + 1
         results.append(
             {
-                "target": float(target),
+                "target": target if is_auto(target) else float(target),
                 **{k[prefix:]: v for k, v in summary.items()},
                 "returns": [float(r) for r in returns],
                 "lengths": [int(n) for n in lengths],
             }
         )
-    return {
+    report = {
         "episodes_per_target": num_episodes,
         "seed": seed,
         "episode_seeds": seeds,
@@ -327,6 +338,20 @@ def evaluate_folder(
         "seconds": round(time.perf_counter() - start, 2),
         "targets": results,
     }
+    if any(map(is_auto, targets)):
+        report["return_kappa"] = kappa
+    return report
+
+
+def check_auto(targets: list[float | str], kappa: float, return_bins: int) -> None:
+    """What evaluate.py checks on a run: auto needs the return head, kappa is >= 0."""
+    if not (kappa >= 0):  # NaN too
+        raise ConfigError(f"--return_kappa must be >= 0, got {kappa}")
+    if any(map(is_auto, targets)) and not return_bins:
+        raise ConfigError(
+            "target auto samples returns from a return head this model lacks (trained without "
+            "--return_bins): give numbers to --target_return"
+        )
 
 
 def play_folder(
@@ -365,6 +390,7 @@ def model_card(folder: FolderConfig, name: str, reproduce: str | None) -> str:
     lines += ["", "## Evaluation", ""]
     lines += _card_evaluation(folder.evaluation, reproduce)
     lines += _card_use(a, name, hf_ok)
+    lines += auto_use(name, getattr(folder.model, "return_bins", 0), a.return_kappa)
     flags = p.get("run_config") or {}
     if flags:
         keep = ("dataset", "K", "embed_dim", "n_layer", "n_head", "max_iters",
@@ -405,7 +431,7 @@ def _card_front_matter(folder: FolderConfig, name: str, dataset: str, hf_ok: boo
             lines += [
                 "    - type: mean_reward",
                 f"      value: {r['return_mean']:.2f} +/- {r['return_std']:.2f}",
-                f"      name: mean return at target {r['target']:g}",
+                f"      name: mean return at target {format_target(r['target'])}",
             ]
     return lines + ["---"]
 
@@ -423,7 +449,7 @@ def _card_evaluation(ev: dict | None, reproduce: str | None) -> list[str]:
     lines.append("|---:|---:|---:|---:|" + ("---:|" if has_score else ""))
     for r in ev["targets"]:
         row = (
-            f"| {r['target']:g} | {r['return_mean']:.1f} ± {r['return_std']:.1f} | "
+            f"| {format_target(r['target'])} | {r['return_mean']:.1f} ± {r['return_std']:.1f} | "
             f"{r['length_mean']:.1f} ± {r['length_std']:.1f} | {ev['episodes_per_target']} |"
         )
         if has_score:
@@ -442,7 +468,8 @@ def _card_evaluation(ev: dict | None, reproduce: str | None) -> list[str]:
             f"lo = {ev['reference_scores'][0]:g} and hi = {ev['reference_scores'][1]:g}."
             if has_score
             else " No reference returns for this env: no normalized score."
-        ),
+        )
+        + auto_sentence(ev),
     ]
     if reproduce:
         lines += ["", "Reproduce (from `gym/`):", "", "```bash", reproduce, "```"]
@@ -599,16 +626,15 @@ def evaluation_from_metrics(run_dir: Path, ckpt: dict, folder: FolderConfig) -> 
         return None
     targets = []
     for target in folder.acting.targets:
-        prefix = f"evaluation/target_{target:g}_"
+        prefix = f"evaluation/{target_key(target)}_"
         if f"{prefix}return_mean" not in row:
             return None
         numbers = ("return_mean", "return_std", "length_mean", "length_std", "normalized_score")
-        targets.append(
-            {"target": float(target), **{k: row[prefix + k] for k in numbers if prefix + k in row}}
-        )
+        found = {k: row[prefix + k] for k in numbers if prefix + k in row}
+        targets.append({"target": target if is_auto(target) else float(target), **found})
     ref = reference_scores(folder.acting.env, folder.provenance.get("dataset") or "")
     seed = flags.get("seed", 0)
-    return {
+    measured = {
         "measured_by": f"the run, at iteration {row['iteration']} (metrics.jsonl)",
         "episodes_per_target": episodes,
         "seed": seed,
@@ -619,6 +645,9 @@ def evaluation_from_metrics(run_dir: Path, ckpt: dict, folder: FolderConfig) -> 
         "reference_scores": list(ref) if ref is not None else None,
         "targets": targets,
     }
+    if any(map(is_auto, folder.acting.targets)):
+        measured["return_kappa"] = folder.acting.return_kappa
+    return measured
 
 
 def export_run(
@@ -782,8 +811,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="episodes per target for the card (default: the run's; 0 skips evaluation)")  # fmt: skip
     a("--seed", type=int, default=None, help="evaluation seed (default: the run's)")
     a("--eval_envs", type=int, default=None, help="episodes played at once (default: the run's)")
-    a("--target_return", type=float, nargs="+", default=None,
-      help="targets recorded in the folder and evaluated (default: the run's)")  # fmt: skip
+    a("--target_return", type=target_return, nargs="+", default=None,
+      help="targets recorded in the folder and evaluated; auto: the returns the model picks "
+      "itself (a run with --return_bins) (default: the run's)")  # fmt: skip
     g = p.add_argument_group("--from_transformers: what transformers' config lacks")
     g.add_argument("--from_transformers", action="store_true",
                    help="SOURCE is a transformers DecisionTransformerModel folder")  # fmt: skip
@@ -831,7 +861,8 @@ def print_summary(out: Path) -> None:
         return
     print(f"{out}: {cfg['architecture']} for {cfg['acting']['gym_id']}")
     for r in (cfg.get("evaluation") or {}).get("targets", []):
-        print(f"  target {r['target']:g}: return {r['return_mean']:.1f} ± {r['return_std']:.1f}")
+        shown = format_target(r["target"])
+        print(f"  target {shown}: return {r['return_mean']:.1f} ± {r['return_std']:.1f}")
 
 
 def build_eval_parser() -> argparse.ArgumentParser:
@@ -845,8 +876,12 @@ def build_eval_parser() -> argparse.ArgumentParser:
     a("--num_eval_episodes", type=int, default=10, help="episodes per target")
     a("--seed", type=int, default=0, help="evaluation seed")
     a("--eval_envs", type=int, default=16, help="episodes played at once")
-    a("--target_return", type=float, nargs="+", default=None,
-      help="returns to condition on (default: the folder's targets)")  # fmt: skip
+    a("--target_return", type=target_return, nargs="+", default=None,
+      help="returns to condition on; auto: the returns the model picks itself each step (a "
+      "model with a return head) (default: the folder's targets)")  # fmt: skip
+    a("--return_kappa", type=finite_float, default=None,
+      help="with target auto: the tilt toward high returns (default: the folder's, its run's "
+      "--return_kappa)")  # fmt: skip
     a("--json", default=None, metavar="PATH", help="also write the results here")
     a("--video", default=None, metavar="PATH",
       help="render the first episode to PATH (.mp4/.gif; default: no video); a multi-task "
@@ -872,6 +907,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     ExportEvaluation(args.num_eval_episodes, args.seed, args.eval_envs).check()
     if args.num_eval_episodes == 0:
         raise ConfigError("--num_eval_episodes must be positive to evaluate")
+    if args.return_kappa is not None and args.return_kappa < 0:
+        raise ConfigError(f"--return_kappa must be >= 0, got {args.return_kappa}")
     if args.video is not None:
         check_video_arg(args.video)
     if args.json is not None:
@@ -890,20 +927,22 @@ def _evaluate(args: argparse.Namespace) -> int:
         recorder = EpisodeRecorder(seed=args.seed * 100_000)  # episode_seeds' first
     report = evaluate_folder(
         model, folder, args.num_eval_episodes, args.seed, args.eval_envs, args.target_return,
-        recorder,
+        recorder, args.return_kappa,
     )  # fmt: skip
     for r in report["targets"]:
         print(
-            f"target {r['target']:g}: return {r['return_mean']:.4f} ± {r['return_std']:.4f}, "
-            f"length {r['length_mean']:.1f}"
+            f"target {format_target(r['target'])}: return {r['return_mean']:.4f} ± "
+            f"{r['return_std']:.4f}, length {r['length_mean']:.1f}"
         )
     if recorder is not None:
         from ..evaluation.video import Caption, render_episode
 
         a = folder.acting
         target = report["targets"][0]["target"] if a.conditioned else None
-        title = f"{a.env} {folder.architecture}" + (f"  target {target:g}" if target else "")
-        caption = Caption(title, target, a.mode, a.max_ep_len)
+        title = f"{a.env} {folder.architecture}"
+        title += f"  target {format_target(target)}" if target else ""
+        shown = None if is_auto(target) else target  # auto: no return-to-go to count down
+        caption = Caption(title, shown, a.mode, a.max_ep_len)
         report["video"] = render_episode(
             a.env, recorder, args.video, caption, quality=args.video_quality
         )
@@ -932,15 +971,16 @@ def _evaluate_tasks(args: argparse.Namespace, model, folder: MultiTaskFolderConf
     recorders = {i: EpisodeRecorder(seed=args.seed * 100_000) for i in videos}  # the 1st seed
     report = evaluate_multitask_folder(
         model, folder, args.num_eval_episodes, args.seed, args.eval_envs, evaluate_folder,
-        recorders,
+        recorders, args.return_kappa,
     )  # fmt: skip
     print_task_evaluation(report)
     report["videos"] = {}
     for i, path in videos.items():
         t = folder.tasks[i]
         target = t.acting.targets[0]
-        title = f"{t.name} {MULTITASK_DT}  target {target:g}"
-        caption = Caption(title, target, t.acting.mode, t.acting.max_ep_len)
+        title = f"{t.name} {MULTITASK_DT}  target {format_target(target)}"
+        shown = None if is_auto(target) else target  # auto: no return-to-go to count down
+        caption = Caption(title, shown, t.acting.mode, t.acting.max_ep_len)
         report["videos"][t.name] = render_episode(
             t.acting.env, recorders[i], path, caption, quality=args.video_quality
         )

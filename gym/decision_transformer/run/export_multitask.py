@@ -34,10 +34,10 @@ from ..models.pretrained import (
 from ..provenance import describe_versions
 from .checkpoint import CheckpointError
 from .config import RunConfig, task_name, task_shapes
-from .evaluation import episode_seeds
+from .evaluation import episode_seeds, format_target, is_auto, target_key
 
 # evaluate_folder's signature (run/export.py): (model, folder, episodes, seed, eval_envs,
-# targets, recorder) -> that folder's evaluation.
+# targets, recorder, return_kappa) -> that folder's evaluation.
 Play = Callable[..., dict]
 
 
@@ -60,8 +60,7 @@ def multitask_folder(
         names = [task_name(t) for t in cfg.tasks]
         shapes = task_shapes(cfg.tasks)
         stats = [(ckpt["state_mean"][n], ckpt["state_std"][n]) for n in names]
-        # A folder's targets are returns; auto (--return_bins) is evaluate.py's to replay.
-        targets = [[float(x) for x in ckpt["eval_targets"][n] if x != "auto"] for n in names]
+        targets = [[x if is_auto(x) else float(x) for x in ckpt["eval_targets"][n]] for n in names]
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise CheckpointError(
             f"{source} does not describe its tasks ({one_line(e, 120)}): export a multi-task "
@@ -117,6 +116,7 @@ def _task_entry(cfg: RunConfig, task: str, name: str, shape, mean, std, targets)
         targets=targets,
         mode=cfg.mode,
         dtype="bf16" if cfg.dtype == "bf16" else "fp32",
+        return_kappa=cfg.return_kappa,
     )
     return TaskEntry(name, dataset, acting)
 
@@ -126,7 +126,9 @@ def mean_labels(folder: MultiTaskFolderConfig) -> list[str]:
     metrics name them (run/multitask.py's target_labels)."""
     specs = (folder.provenance.get("run_config") or {}).get("env_targets")
     if specs:
-        return [str(t) for t in specs if str(t) != "auto"]  # the folder's targets are returns
+        # Folders written before they kept auto hold the run's other targets only.
+        kept_auto = any(is_auto(x) for t in folder.tasks for x in t.acting.targets)
+        return [str(t) for t in specs if kept_auto or not is_auto(str(t))]
     return [f"target{j + 1}" for j in range(min(len(t.acting.targets) for t in folder.tasks))]
 
 
@@ -152,22 +154,25 @@ def evaluate_multitask_folder(
     eval_envs: int,
     play: Play,
     recorders: dict[int, object] | None = None,
+    return_kappa: float | None = None,
 ) -> dict:
     """Every task's episodes at its own targets, each through its view and ``play`` (the
     single-task folder's evaluator); ``recorders``: task index -> an EpisodeRecorder watching
-    that task's first target's first episode. What config.json's ``evaluation`` holds."""
+    that task's first target's first episode; ``return_kappa``: target auto's tilt (default:
+    the folder's). What config.json's ``evaluation`` holds."""
     start = time.perf_counter()
-    per_task = []
+    per_task, kappa = [], None
     for i, t in enumerate(folder.tasks):
         recorder = (recorders or {}).get(i)
         ev = play(
             model.task_model(i), folder.task_folder(i), num_episodes, seed, eval_envs,
-            None, recorder,
+            None, recorder, return_kappa,
         )  # fmt: skip
         per_task.append(
             {"name": t.name, "reference_scores": ev["reference_scores"], "targets": ev["targets"]}
         )
-    return {
+        kappa = ev.get("return_kappa", kappa)  # one run's flag: the tasks share it
+    out = {
         "episodes_per_target": num_episodes,
         "seed": seed,
         "episode_seeds": episode_seeds(seed, num_episodes),
@@ -178,6 +183,32 @@ def evaluate_multitask_folder(
         "tasks": per_task,
         "mean_normalized_score": _with_means(folder, per_task),
     }
+    if kappa is not None:
+        out["return_kappa"] = kappa
+    return out
+
+
+def auto_use(name: str, return_bins: int, kappa: float) -> list[str]:
+    """The card's Use lines on target auto, for a model with a return head."""
+    if not return_bins:
+        return []
+    return [
+        "",
+        f"It has a return head ({return_bins} bins): `python evaluate.py --checkpoint {name} "
+        "--target_return auto` lets it pick its own return each step, tilted toward high "
+        f"returns by `acting.return_kappa` ({kappa:g}, its run's; `--return_kappa K` to change).",
+    ]
+
+
+def auto_sentence(evaluation: dict) -> str:
+    """The card's word on target auto, when it was played."""
+    kappa = evaluation.get("return_kappa")
+    if kappa is None:
+        return ""
+    return (
+        " Target auto: each step's return drawn from the model's return head, tilted toward high "
+        f"returns by kappa {kappa:g} (`--return_kappa`)."
+    )
 
 
 def evaluation_from_metrics(row: dict | None, folder: MultiTaskFolderConfig) -> dict | None:
@@ -195,17 +226,17 @@ def evaluation_from_metrics(row: dict | None, folder: MultiTaskFolderConfig) -> 
     for t in folder.tasks:
         targets = []
         for target in t.acting.targets:
-            prefix = f"evaluation/{t.name}/target_{target:g}_"
+            prefix = f"evaluation/{t.name}/{target_key(target)}_"
             if f"{prefix}return_mean" not in row:
                 return None
             found = {k: row[prefix + k] for k in numbers if prefix + k in row}
-            targets.append({"target": float(target), **found})
+            targets.append({"target": target if is_auto(target) else float(target), **found})
         ref = reference_scores(t.acting.env, t.dataset)
         per_task.append(
             {"name": t.name, "reference_scores": list(ref) if ref else None, "targets": targets}
         )
     seed = flags.get("seed", 0)
-    return {
+    out = {
         "measured_by": f"the run, at iteration {row['iteration']} (metrics.jsonl)",
         "episodes_per_target": episodes,
         "seed": seed,
@@ -216,6 +247,9 @@ def evaluation_from_metrics(row: dict | None, folder: MultiTaskFolderConfig) -> 
         "tasks": per_task,
         "mean_normalized_score": _with_means(folder, per_task),
     }
+    if any(is_auto(x) for t in folder.tasks for x in t.acting.targets):
+        out["return_kappa"] = folder.tasks[0].acting.return_kappa
+    return out
 
 
 def print_task_evaluation(evaluation: dict) -> None:
@@ -223,8 +257,8 @@ def print_task_evaluation(evaluation: dict) -> None:
     for t in evaluation["tasks"]:
         for r in t["targets"]:
             print(
-                f"{t['name']} target {r['target']:g}: return {r['return_mean']:.4f} ± "
-                f"{r['return_std']:.4f}, length {r['length_mean']:.1f}"
+                f"{t['name']} target {format_target(r['target'])}: return "
+                f"{r['return_mean']:.4f} ± {r['return_std']:.4f}, length {r['length_mean']:.1f}"
             )
     for label, value in evaluation.get("mean_normalized_score", {}).items():
         print(f"mean normalized score over tasks at {label}: {value:.1f}")
@@ -251,7 +285,7 @@ def multitask_model_card(folder: MultiTaskFolderConfig, name: str, reproduce: st
     lines += ["", "## Tasks", "", "| task | env | dataset | state / action sizes | targets |"]
     lines.append("|---|---|---|---:|---:|")
     for t in folder.tasks:
-        targets = ", ".join(f"{x:g}" for x in t.acting.targets)
+        targets = ", ".join(map(format_target, t.acting.targets))
         lines.append(
             f"| {t.name} | {t.acting.gym_id} | {t.dataset} | {t.state_dim} / {t.act_dim} | "
             f"{targets} |"
@@ -292,7 +326,7 @@ def _front_matter(folder: MultiTaskFolderConfig, name: str) -> list[str]:
                 lines += [
                     "    - type: mean_reward",
                     f"      value: {r['return_mean']:.2f} +/- {r['return_std']:.2f}",
-                    f"      name: {t.name} mean return at target {r['target']:g}",
+                    f"      name: {t.name} mean return at target {format_target(r['target'])}",
                 ]
     return lines + ["---"]
 
@@ -310,7 +344,7 @@ def _card_evaluation(ev: dict | None, reproduce: str | None) -> list[str]:
             score = r.get("normalized_score")
             shown = f"{score:.1f}" if score is not None else "–"
             lines.append(
-                f"| {t['name']} | {r['target']:g} | {r['return_mean']:.1f} ± "
+                f"| {t['name']} | {format_target(r['target'])} | {r['return_mean']:.1f} ± "
                 f"{r['return_std']:.1f} | {r['length_mean']:.1f} ± {r['length_std']:.1f} | "
                 f"{shown} |"
             )
@@ -327,7 +361,7 @@ def _card_evaluation(ev: dict | None, reproduce: str | None) -> list[str]:
         + (f", measured by {ev['measured_by']}" if ev.get("measured_by") else "")
         + (" under bf16 autocast, as the run evaluated." if ev.get("dtype") == "bf16" else ".")
         + " Normalized score: 100 x (return - lo) / (hi - lo) with the env's D4RL reference "
-        "returns lo and hi (– where the env has none).",
+        "returns lo and hi (– where the env has none)." + auto_sentence(ev),
     ]
     if reproduce:
         lines += ["", "Reproduce (from `gym/`):", "", "```bash", reproduce, "```"]
@@ -353,6 +387,7 @@ def _card_use(folder: MultiTaskFolderConfig, name: str) -> list[str]:
         "Each task acts as a single-task model folder's model does with its own `acting` "
         "section: observations normalized by its state mean/std, returns-to-go divided by its "
         f"return scale, the last {folder.model.context_length} steps in context.",
+        *auto_use(name, folder.model.return_bins, folder.tasks[0].acting.return_kappa),
     ]
 
 
