@@ -35,13 +35,14 @@ def one_process(data_dir, tmp_path_factory):
     exact flags; run once per model type for every test that compares with it."""
     runs = {}
 
-    def get(model_type: str = "dt"):
-        if model_type not in runs:
+    def get(model_type: str = "dt", *extra: str):
+        key = (model_type, *extra)
+        if key not in runs:
             out = tmp_path_factory.mktemp(f"one-{model_type}") / "run"
-            flags = [*EXACT, *NO_EVAL, "--model_type", model_type, "--max_iters", "1"]
+            flags = [*EXACT, *NO_EVAL, "--model_type", model_type, "--max_iters", "1", *extra]
             train(data_dir, out, *flags, "--batch_size", "16")
-            runs[model_type] = out
-        return runs[model_type]
+            runs[key] = out
+        return runs[key]
 
     return get
 
@@ -132,15 +133,23 @@ def test_process_group_is_gone_before_the_interpreter_exits(data_dir, tmp_path, 
         assert threads and not any("gloo" in t for t in threads), (rank, threads)
 
 
-def test_ddp_grad_accumulation_equals_twice_the_batch(data_dir, tmp_path, one_process):
+@pytest.mark.parametrize("head", [[], ["--return_bins", "8"]], ids=["plain", "return_head"])
+def test_ddp_grad_accumulation_equals_twice_the_batch(data_dir, tmp_path, one_process, head):
     """2 ranks x 2 micro-batches of 4 == 1 process with a batch of 16 (padding differs per
-    micro-batch, so this also checks the token weighting of the masked mean)."""
-    flags = [*EXACT, *NO_EVAL, "--max_iters", "1"]
+    micro-batch, so this also checks the token weighting of the masked mean); with the return
+    head, its cross-entropy is weighted the same way, and its logged value is the union's."""
+    flags = [*EXACT, *NO_EVAL, "--max_iters", "1", *head]
     proc = train(
         data_dir, tmp_path / "acc", *flags, "--batch_size", "4", "--grad_accum_steps", "2", nproc=2
     )
     assert "global batch: 16" in proc.stdout
-    assert max_diff(weights(tmp_path / "acc"), weights(one_process())) < 1e-5
+    one = one_process("dt", *head)
+    assert max_diff(weights(tmp_path / "acc"), weights(one)) < 1e-5
+    if head:
+        runs = (tmp_path / "acc", one)
+        got, want = (json.loads((p / "metrics.jsonl").read_text().splitlines()[-1]) for p in runs)
+        for key in ("training/return_ce", "training/action_error", "training/train_loss_mean"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5), key
 
 
 # FSDP (resume by weights and losses, its evaluation, --consolidate_checkpoint false, a mode

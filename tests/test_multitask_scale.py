@@ -92,21 +92,26 @@ def train(data_dir, out, *args, nproc: int = 1):
     return run_script(*launch, *common, *args, check=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def fsdp_resumed(data_dir, tmp_path_factory):
+# The second run of every FSDP test: each task's return head (models/return_bins.py), trained
+# beside the action loss, and evaluated with returns it samples itself (auto) beside max.
+HEAD = ["--return_bins", "8", "--env_targets", "auto", "max"]
+
+
+@pytest.fixture(scope="module", params=[[], HEAD], ids=["plain", "return_head"])
+def fsdp_resumed(data_dir, tmp_path_factory, request):
     """FSDP on 2 ranks: one iteration, then --resume for a second; one process on the union of
     the ranks' batches (16) for two iterations, never interrupted."""
     root = tmp_path_factory.mktemp("fsdp")
     out, one = root / "fsdp", root / "one"
-    flags = [*EXACT, *EVAL, "--fsdp", "--batch_size", "8"]
+    flags = [*EXACT, *EVAL, *request.param, "--fsdp", "--batch_size", "8"]
     first = train(data_dir, out, *flags, "--max_iters", "1", nproc=2)
     train(data_dir, out, *flags, "--max_iters", "2", "--resume", nproc=2)
-    train(data_dir, one, *EXACT, *NO_EVAL, "--batch_size", "16", "--max_iters", "2")
-    return out, one, first.stdout
+    train(data_dir, one, *EXACT, *NO_EVAL, *request.param, "--batch_size", "16", "--max_iters", "2")
+    return out, one, first.stdout, request.param
 
 
 def test_fsdp_shards_a_multitask_run_and_resumes_exactly(fsdp_resumed):
-    out, one, said = fsdp_resumed
+    out, one, said, head = fsdp_resumed
     assert "FSDP: parameters sharded over all 2 processes" in said
     assert "global batch: 16 windows per optimizer step (batch_size 8 x 2 processes" in said
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
@@ -117,11 +122,18 @@ def test_fsdp_shards_a_multitask_run_and_resumes_exactly(fsdp_resumed):
     for g, w in zip(got, want, strict=True):
         assert g["training/train_loss_mean"] == pytest.approx(w["training/train_loss_mean"], 1e-5)
         assert g["training/learning_rate"] == w["training/learning_rate"]
+        if head:  # the head's loss, apart: what the union's one process found
+            assert g["training/return_ce"] == pytest.approx(w["training/return_ce"], 1e-5)
+    if head:  # the consolidated checkpoint holds each task's head and bins (max_diff: all keys)
+        model = weights(out)
+        assert {"tasks.0.return_range", "tasks.1.predict_return_bins.weight"} <= model.keys()
+        assert not torch.equal(model["tasks.0.return_range"], model["tasks.1.return_range"])
 
 
 def test_fsdp_per_task_evaluation_is_evaluate_py_in_one_process(fsdp_resumed, tmp_path):
     """The run's per-task numbers (sharded model, each task's 3 episodes split 2 + 1 over the
-    ranks in lockstep, gathered) are what evaluate.py finds on checkpoint.pt in one process."""
+    ranks in lockstep, gathered) are what evaluate.py finds on checkpoint.pt in one process;
+    with the return head, auto's too (returns sampled from the sharded model's head)."""
     from decision_transformer.run import evaluate_checkpoint
 
     out = fsdp_resumed[0]
@@ -130,6 +142,8 @@ def test_fsdp_per_task_evaluation_is_evaluate_py_in_one_process(fsdp_resumed, tm
     metrics = json.loads(report.read_text())["metrics"]
     row = rows(out)[-1]
     assert len(metrics) == 22  # 2 tasks x 2 targets x 5 numbers, 2 means
+    if fsdp_resumed[3]:
+        assert "walker2d-medium/target_auto_return_mean" in metrics
     for key, value in metrics.items():
         assert row[f"evaluation/{key}"] == pytest.approx(value, rel=1e-6, abs=1e-6), key
 
@@ -140,7 +154,8 @@ def test_an_fsdp_multitask_run_continues_in_one_process(data_dir, fsdp_resumed, 
 
     out = tmp_path / "copy"
     shutil.copytree(fsdp_resumed[0], out)
-    flags = [*EXACT, *EVAL, "--fsdp", "--batch_size", "8", "--max_iters", "3", "--resume"]
+    head = fsdp_resumed[3]
+    flags = [*EXACT, *EVAL, *head, "--fsdp", "--batch_size", "8", "--max_iters", "3", "--resume"]
     proc = train(data_dir, out, *flags)
     assert "resuming with 1 processes instead of 2: the global batch is 8 instead of 16" in (
         proc.stdout

@@ -88,6 +88,36 @@ def test_fsdp_evaluation_numbers_are_evaluate_py_numbers_on_its_export(fsdp_resu
             assert row[f"{key}_{stat}"] == pytest.approx(res[stat], rel=1e-6)
 
 
+def test_fsdp_return_head_resumes_exactly_and_plays_auto_as_evaluate_py(data_dir, tmp_path):
+    """A single-task FSDP run with the return head and auto among its targets (the head's bins
+    buffer and weights sharded with the root): one iteration, --resume for a second, equals one
+    process on the union; its auto numbers (returns sampled from the sharded model's head) are
+    evaluate.py's in one process."""
+    out, one = tmp_path / "fsdp", tmp_path / "one"
+    head = ["--return_bins", "8", "--env_targets", "auto", "max"]
+    flags = [*EXACT, *EVAL, *head, "--fsdp", "--batch_size", "8"]
+    train(data_dir, out, *flags, "--max_iters", "1", nproc=2)
+    train(data_dir, out, *flags, "--max_iters", "2", "--resume", nproc=2)
+    assert in_process(data_dir, one, *EXACT, *NO_EVAL, *head, "--batch_size", "16") == 0
+    got, want = weights(out), weights(one)
+    assert "return_range" in got and "predict_return_bins.weight" in got
+    assert max_diff(got, want) < 1e-5
+    for g, w in zip(rows(out), rows(one), strict=True):
+        for key in ("training/train_loss_mean", "training/return_ce"):
+            assert g[key] == pytest.approx(w[key], rel=1e-5), key
+    report_path = tmp_path / "eval.json"
+    assert evaluate_checkpoint.main(["--checkpoint", str(out), "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert [r["target"] for r in report["targets"]][0] == "auto"
+    row = rows(out)[-1]
+    for res in report["targets"]:
+        name = res["target"] if isinstance(res["target"], str) else f"{res['target']:g}"
+        key = f"evaluation/target_{name}"
+        assert row[f"{key}_length_mean"] == res["length_mean"]
+        for stat in ("return_mean", "return_std"):
+            assert row[f"{key}_{stat}"] == pytest.approx(res[stat], rel=1e-6)
+
+
 def test_mode_change_on_resume_is_refused(data_dir, fsdp_resumed, capsys):
     """An FSDP run resumed as a plain (or DDP) run, and a plain run resumed under --fsdp: the
     flags differ, exit 2, one line, nothing written."""

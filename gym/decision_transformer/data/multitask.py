@@ -90,6 +90,15 @@ class MultiTaskSampler:
             out[mine] = sampler.loss_terms(rows[mine, 1], si[mine]) * self.act_dims[t]
         return out
 
+    def real_steps(self, rows: np.ndarray, si: np.ndarray) -> np.ndarray:
+        """Each row's real steps, whatever its action size: the terms of the return head's
+        cross-entropy (one per step), which weigh its share apart (run/batches.py)."""
+        out = np.zeros(len(si), dtype=np.int64)
+        for t, sampler in enumerate(self.samplers):
+            mine = rows[:, 0] == t
+            out[mine] = sampler.real_steps(rows[mine, 1], si[mine])
+        return out
+
     def build(self, rows: np.ndarray, si: np.ndarray, K: int) -> TaskBatch:
         """The rows' windows, grouped by task in task order, padded to the largest sizes."""
         groups, parts, dims = [], [], []

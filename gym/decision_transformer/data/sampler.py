@@ -100,6 +100,10 @@ class BatchSampler:
         over, up to the constant action size."""
         return np.minimum(self.segment_len, self.ds.lengths[ep] - si)
 
+    def real_steps(self, ep: np.ndarray, si: np.ndarray) -> np.ndarray:
+        """The real steps of each segment: what the return head's cross-entropy averages over."""
+        return self.loss_terms(ep, si)
+
     def build(self, ep: np.ndarray, si: np.ndarray, K: int):
         """The padded windows of ``K`` steps starting at step ``si`` of episodes ``ep``."""
         ds = self.ds

@@ -24,7 +24,9 @@ class RankBatches:
     ``(rank * accum + micro) * batch_size``. ``weight`` (read after each call) is this
     micro-batch's share of the step's real action tokens times ``world_size * accum``: scaling
     the micro-batch's masked-mean loss by it makes the averaged gradient that of the global
-    batch's masked mean, whatever the padding in each slice.
+    batch's masked mean, whatever the padding in each slice. ``return_weight`` is the same share
+    counted in real steps: the return head's cross-entropy averages over steps, not action
+    entries, so across tasks of different action sizes its share differs (seq_trainer.py).
     """
 
     def __init__(
@@ -39,7 +41,7 @@ class RankBatches:
         self.sampler, self.seed, self.ctx = sampler, seed, ctx
         self.batch_size, self.accum, self.per_token = batch_size, accum, per_token
         self.calls = 0
-        self.weight = 1.0
+        self.weight = self.return_weight = 1.0
         self._drawn: tuple | None = None
 
     @property
@@ -62,10 +64,13 @@ class RankBatches:
             self.sampler.rng = np.random.default_rng([self.seed, step])
             ep, si = self.sampler.draw(self.global_batch)
             real = self.sampler.loss_terms(ep, si)
-            self._drawn = (step, ep, si, real)
-        _, ep, si, real = self._drawn
+            steps = self.sampler.real_steps(ep, si)
+            self._drawn = (step, ep, si, real, steps)
+        _, ep, si, real, steps = self._drawn
         lo = (self.ctx.rank * self.accum + micro) * self.batch_size
         mine = slice(lo, lo + self.batch_size)
         if self.per_token:
-            self.weight = float(real[mine].sum()) * self.ctx.world_size * self.accum / real.sum()
+            share = self.ctx.world_size * self.accum
+            self.weight = float(real[mine].sum()) * share / real.sum()
+            self.return_weight = float(steps[mine].sum()) * share / steps.sum()
         return self.sampler.build(ep[mine], si[mine], max_len or self.sampler.segment_len)

@@ -983,12 +983,11 @@ def check_return_head(cfg: RunConfig) -> None:
         ("--model_type bc", cfg.model_type != "dt"),
         ("--policy stochastic", cfg.policy != "deterministic"),
         ("--online_rounds", cfg.online_rounds > 0),
-        ("--fsdp", cfg.fsdp),
     ):
         if given:
             raise ConfigError(
                 f"--return_bins is not supported with {name} yet: drop one of them (the return "
-                "head trains with the DT's offline action loss, in one process or under DDP)"
+                "head trains with the DT's offline action loss, in one process, under DDP or FSDP)"
             )
 
 

@@ -60,12 +60,18 @@ class SequenceTrainer(Trainer):
             return action_loss
         targets = model.return_targets(rtg[:, :-1], groups)
         ce = masked_return_ce(return_preds, targets, mask)
-        # Kept on the device; averaged over micro-batches and ranks in the step's one sync.
+        # The trainer scales the whole loss by the micro-batch's share of the global batch's
+        # action entries; the cross-entropy's share is that of its real steps (the two differ
+        # when the tasks' action sizes do), so that ranks and micro-steps sum to the union's.
+        weight = getattr(self.get_batch, "weight", 1.0)
+        return_weight = getattr(self.get_batch, "return_weight", 1.0)
+        # Kept on the device, each times its share: their mean over micro-batches and ranks (in
+        # the step's one sync) is then the global batch's mean, as one process finds it.
         self.loss_parts = [
             *getattr(self, "loss_parts", []),
-            torch.stack((action_loss.detach(), ce.detach())),
+            torch.stack((action_loss.detach() * weight, ce.detach() * return_weight)),
         ]
-        return action_loss + self.options.return_loss_weight * ce
+        return action_loss + self.options.return_loss_weight * (return_weight / weight) * ce
 
     def step_stats(self) -> list[torch.Tensor]:
         parts = getattr(self, "loss_parts", [])
