@@ -128,6 +128,15 @@ def test_fsdp_shards_a_multitask_run_and_resumes_exactly(fsdp_resumed):
         model = weights(out)
         assert {"tasks.0.return_range", "tasks.1.predict_return_bins.weight"} <= model.keys()
         assert not torch.equal(model["tasks.0.return_range"], model["tasks.1.return_range"])
+        from safetensors.torch import load_file
+
+        folder = load_file(out / "model" / "model.safetensors")  # exported at the end
+        for key in (
+            "tasks.0.return_range",
+            "tasks.1.return_range",
+            "tasks.1.predict_return_bins.weight",
+        ):
+            assert torch.equal(folder[key], model[key]), key
 
 
 def test_fsdp_per_task_evaluation_is_evaluate_py_in_one_process(fsdp_resumed, tmp_path):

@@ -477,7 +477,6 @@ def test_two_task_qwen3_run_bins_each_task_on_its_own_data_and_plays_auto(data_d
         ([*BINS, "--return_loss_weight", "0"], "--return_loss_weight must be positive"),
         ([*BINS, "--model_type", "bc"], "--return_bins is not supported with --model_type bc"),
         ([*BINS, "--policy", "stochastic"], "not supported with --policy stochastic"),
-        ([*BINS, "--fsdp"], "--return_bins is not supported with --fsdp"),
         (["--env_targets", "autox"], "expected a number, max, pNN (e.g. p90) or auto"),
     ],
 )
