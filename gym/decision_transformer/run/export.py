@@ -47,7 +47,7 @@ from ..models.pretrained import (
 from ..provenance import describe_versions, public_path, run_versions_or_now, stack_versions
 from .cli import HelpFormatter, OneLineParser, finite_float, run_cli, target_return
 from .config import RunConfig
-from .evaluation import format_target, is_auto, target_key
+from .evaluation import format_target, is_auto, summarize_returns, target_key
 from .export_multitask import (
     auto_sentence,
     auto_use,
@@ -286,7 +286,7 @@ def evaluate_folder(
     ``recorder`` (evaluation/video.py's EpisodeRecorder) watches the first target's first
     episode. A target ``auto`` draws each step's return from the model's return head, tilted by
     ``return_kappa`` (default: the folder's, the run's --return_kappa)."""
-    from .evaluation import episode_seeds, evaluate_returns, summarize_returns
+    from .evaluation import episode_seeds, evaluate_returns
 
     a = folder.acting
     targets = targets or a.targets
@@ -316,17 +316,7 @@ def evaluate_folder(
                 played[key] = evaluate_returns(
                     cfg, model, (mean, std), target, seeds, on_step=watch
                 )
-        returns, lengths = played[key]
-        summary = summarize_returns(target, returns, lengths, ref)
-        prefix = len(target_key(target)) + 1
-        results.append(
-            {
-                "target": target if is_auto(target) else float(target),
-                **{k[prefix:]: v for k, v in summary.items()},
-                "returns": [float(r) for r in returns],
-                "lengths": [int(n) for n in lengths],
-            }
-        )
+        results.append(_target_row(target, *played[key], ref))
     report = {
         "episodes_per_target": num_episodes,
         "seed": seed,
@@ -341,6 +331,18 @@ def evaluate_folder(
     if any(map(is_auto, targets)):
         report["return_kappa"] = kappa
     return report
+
+
+def _target_row(target: float | str, returns, lengths, ref) -> dict:
+    """One target's entry of a folder's evaluation: its summary and the episodes' numbers."""
+    summary = summarize_returns(target, returns, lengths, ref)
+    prefix = len(target_key(target)) + 1
+    return {
+        "target": target if is_auto(target) else float(target),
+        **{k[prefix:]: v for k, v in summary.items()},
+        "returns": [float(r) for r in returns],
+        "lengths": [int(n) for n in lengths],
+    }
 
 
 def check_auto(targets: list[float | str], kappa: float, return_bins: int) -> None:
