@@ -51,6 +51,7 @@ from .evaluation import format_target, is_auto, summarize_returns, target_key
 from .export_multitask import (
     auto_sentence,
     auto_use,
+    card_metrics,
     evaluate_multitask_folder,
     is_multitask_checkpoint,
     load_metrics_row,
@@ -429,12 +430,7 @@ def _card_front_matter(folder: FolderConfig, name: str, dataset: str, hf_ok: boo
             f"      name: {a.gym_id} ({dataset})",
             "    metrics:",
         ]
-        for r in ev["targets"]:
-            lines += [
-                "    - type: mean_reward",
-                f"      value: {r['return_mean']:.2f} +/- {r['return_std']:.2f}",
-                f"      name: mean return at target {format_target(r['target'])}",
-            ]
+        lines += card_metrics(ev["targets"])
     return lines + ["---"]
 
 

@@ -322,13 +322,20 @@ def _front_matter(folder: MultiTaskFolderConfig, name: str) -> list[str]:
                 f"      name: {t.acting.gym_id} ({t.dataset})",
                 "    metrics:",
             ]
-            for r in measured["targets"]:
-                lines += [
-                    "    - type: mean_reward",
-                    f"      value: {r['return_mean']:.2f} +/- {r['return_std']:.2f}",
-                    f"      name: {t.name} mean return at target {format_target(r['target'])}",
-                ]
+            lines += card_metrics(measured["targets"], f"{t.name} ")
     return lines + ["---"]
+
+
+def card_metrics(targets: list[dict], who: str = "") -> list[str]:
+    """The card's front-matter metrics: one mean_reward entry per evaluated target."""
+    lines = []
+    for r in targets:
+        lines += [
+            "    - type: mean_reward",
+            f"      value: {r['return_mean']:.2f} +/- {r['return_std']:.2f}",
+            f"      name: {who}mean return at target {format_target(r['target'])}",
+        ]
+    return lines
 
 
 def _card_evaluation(ev: dict | None, reproduce: str | None) -> list[str]:
