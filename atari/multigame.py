@@ -215,7 +215,7 @@ def games_logs(results: dict[str, dict]) -> dict:
 def games_table(results: dict[str, dict]) -> str:
     """The single-game table, one row per game, then the mean normalized scores."""
     lines = [eval_table([dict(res, run=game) for game, res in results.items()])]
-    means = mean_scores(results)
+    means = mean_scores(results) if len(results) > 1 else {}  # (--game: one row, no mean)
     if means:
         human, gamer = (f"{means[k]:.1f}" if k in means else "–" for k in SCORES)
         lines.append(f"| **mean over {len(results)} games** | | | | {human} | {gamer} |")

@@ -513,7 +513,7 @@ def card_use(folder: dict, name: str, more: list[str]) -> list[str]:
     lines = ["", "## Use", "", "```python", f"from pretrained_atari import {imports}", "",
              f'model = from_pretrained_atari("{name}")  # a folder or a Hub repo id', *more,
              "```", "", f"Frames: {a['preprocessing']}. Actions: {a['actions']}."]  # fmt: skip
-    if more:
+    if more and a["conditioned"]:  # (a naive model is shown none)
         lines[-1] += f" Returns-to-go: {a['returns_to_go']}."
     versions = folder.get("provenance", {}).get("versions") or {}
     if versions:

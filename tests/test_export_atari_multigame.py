@@ -107,6 +107,25 @@ def test_a_multigame_run_ends_with_a_folder_that_plays_as_its_checkpoint(run):
     assert any(r > 0 for g in GAMES for r in row[f"eval/{g}/returns"]), "every return is 0"
 
 
+def test_a_naive_multigame_card_has_no_targets(run):
+    """A naive (unconditioned) model's card: its games' returns with no target, in the table
+    and in the Hub metadata (the gym half's card_metrics)."""
+    from pretrained_atari import model_card
+
+    cfg = json.loads((run / "model" / "config.json").read_text())
+    cfg["acting"]["conditioned"] = False
+    for g in cfg["acting"]["games"]:
+        g["target_return"] = None
+    for res in cfg["evaluation"]["games"].values():
+        res["target"] = None
+    card = model_card(cfg, "naive-dt")
+    assert "behaviour cloning (naive) model" in card and "at target" not in card
+    scale = cfg["acting"]["games"][1]["rtg_scale"]
+    assert "      name: Qbert mean return\n" in card
+    assert f"| Qbert | 0 1 2 3 4 5 | {scale:g} | – |" in card
+    assert "| Breakout | – | 2 |" in card
+
+
 def test_export_and_evaluate_atari_play_every_game_or_one(run, tmp_path, monkeypatch):
     """export_atari.py takes the run (the card's evaluation played from the folder: the run's
     returns); evaluate_atari.py plays its games again, --game one of them, from the folder or
@@ -141,7 +160,7 @@ def test_export_and_evaluate_atari_play_every_game_or_one(run, tmp_path, monkeyp
                       "Qbert", "--json", report, "--video", gif, env=offline)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(report.read_text())
-    assert list(res["games"]) == ["Qbert"]
+    assert list(res["games"]) == ["Qbert"] and "mean over" not in proc.stdout
     assert res["games"]["Qbert"]["returns"] == ev["games"]["Qbert"]["returns"]
     assert res["video"]["game"] == "Qbert" and gif.stat().st_size > 0
 
