@@ -3,10 +3,11 @@ epoch (same seeds, target, episodes, step cap, dtype), so the last one is reprod
 
     python evaluate_atari.py --checkpoint runs/Breakout-reward_conditioned-gpt-s123 \
         [--eval_episodes 10 --target_return 90 --eval_envs 10 --eval_max_steps N] \
-        [--json eval.json] [--video episode0.mp4|.gif]
+        [--json eval.json] [--video episode0.mp4|.gif] [--game Qbert]
 
 Prints the table training prints, writes JSON (default RUN/eval.json: returns, mean ± std,
-human- and gamer-normalized scores) and, with --video, the first episode as a video.
+human- and gamer-normalized scores) and, with --video, the first episode as a video. A
+multi-game run or model folder (--games) plays every game, or the one --game names.
 """
 
 from __future__ import annotations
@@ -38,13 +39,16 @@ def main(argv: list[str] | None = None) -> int:
         "--json", type=Path, default=None, help="default: RUN/eval.json (none for a model folder)"
     )
     p.add_argument("--video", type=Path, default=None, help=".mp4 or .gif of episode 0")
+    p.add_argument(
+        "--game", default=None, help="a multi-game model: play this game only (default: all)"
+    )
     args = p.parse_args(argv)
     try:
         for flag, path in (("--json", args.json), ("--video", args.video)):
             if path is not None:  # before the evaluation, not after it
                 check_output_file(path, flag)
         request = EvalRequest(args.eval_episodes, args.target_return, args.eval_envs,
-                              args.eval_max_steps, args.json, args.video)  # fmt: skip
+                              args.eval_max_steps, args.json, args.video, args.game)  # fmt: skip
         return evaluate_saved(args.checkpoint, args.device, request)
     except (ConfigError, DatasetError, UserError) as e:
         print(f"error: {e}", file=sys.stderr)

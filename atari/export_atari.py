@@ -3,6 +3,9 @@ model.safetensors and a README.md model card with the folder's measured evaluati
 
     python export_atari.py runs/Breakout-reward_conditioned-gpt-s123 --out models/breakout-dt \
         [--eval_episodes N] [--eval_envs E]
+
+A multi-game run (run_dt_atari.py --games) gives one folder of every game: its card has a row
+per game and the mean normalized scores.
 """
 
 from __future__ import annotations

@@ -215,7 +215,7 @@ def games_logs(results: dict[str, dict]) -> dict:
 def games_table(results: dict[str, dict]) -> str:
     """The single-game table, one row per game, then the mean normalized scores."""
     lines = [eval_table([dict(res, run=game) for game, res in results.items()])]
-    means = mean_scores(results)
+    means = mean_scores(results) if len(results) > 1 else {}  # (--game: one row, no mean)
     if means:
         human, gamer = (f"{means[k]:.1f}" if k in means else "–" for k in SCORES)
         lines.append(f"| **mean over {len(results)} games** | | | | {human} | {gamer} |")
@@ -231,3 +231,19 @@ def games_from_row(cfg: dict, row: dict) -> dict[str, dict]:
             out[game] = summarize(game, row.get(pre + "target"), row[pre + "returns"])
             out[game]["lengths"] = row.get(pre + "lengths")
     return out
+
+
+def select_game(cfg: dict, game: str | None, source) -> dict:
+    """evaluate_atari.py --game: ``cfg`` (a run's or a folder's evaluation settings) narrowed to
+    that game of a multi-game model; for a single-game model, only its own game is taken."""
+    if game is None:
+        return cfg
+    specs = cfg.get("game_specs")
+    if specs is None:
+        if game != cfg["game"]:
+            raise ConfigError(f"--game {game}: {source} plays {cfg['game']} only; drop --game")
+        return cfg
+    if game not in specs:
+        raise ConfigError(f"--game {game}: {source} plays {', '.join(specs)}; pass one of them "
+                          "or drop --game to play every game")  # fmt: skip
+    return dict(cfg, games=[game], game_specs={game: specs[game]})

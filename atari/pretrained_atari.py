@@ -8,6 +8,13 @@ config.json holds ``architecture: atari_dt``, the model's :class:`AtariDTConfig`
 ``acting`` (game, the preprocessing, target, step cap, how actions are drawn) and the run's flags
 as provenance. :func:`from_pretrained_atari` needs the model code only; evaluating imports the run
 script's evaluation, so the numbers are training's.
+
+A multi-game run's model (``run_dt_atari.py --games``, multigame.py) is the same network with a
+head over ALE's full action set; its ``acting`` holds ``games`` instead of ``game`` and
+``target_return``: per game, in the model's order, its name, ``action_set`` (its minimal set as
+full-set ids), ``target_return`` in game points and ``rtg_scale``. The rest of ``acting``
+(preprocessing, step cap, dtype, ...) is shared by the games. Same format name and version:
+a reader of single-game folders only refuses it in one line (it lacks ``acting.game``).
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ if TYPE_CHECKING:
 ARCHITECTURE = "atari_dt"
 # What evaluation reads from a run's config (run_dt_atari.evaluate_model).
 ACTING_KEYS = ("game", "model_type", "eval_target", "eval_max_steps", "dtype")
+# A multi-game run's (run_dt_atari.evaluate_saved_games): its games' specs replace the game's.
+GAMES_ACTING_KEYS = ("games", "game_specs", "model_type", "eval_max_steps", "dtype")
 PREPROCESSING = (
     "ALE v5 via atari/atari_env.py: 84x84 grayscale, 4 emulator frames per step (last two "
     "max-pooled), no sticky actions, up to 30 no-op starts, minimal action set, episode ends at "
@@ -54,30 +63,53 @@ ACTION_RULE = (
     "sampled from softmax(logits at the last state token) with a torch.Generator per episode "
     "seeded with the episode's env seed"
 )
+# A multi-game model's: the single-game environment, the full-set head restricted to the game.
+GAMES_ACTION_RULE = (
+    "the logits at the last state token restricted to the game's action_set (full-set ids), "
+    "sampled from their softmax with a torch.Generator per episode seeded with the episode's "
+    "env seed; index j is played as the game's action j, and the model sees action_set[j]"
+)
+GAMES_RTG_RULE = (
+    "game points divided by the game's rtg_scale: start at target_return / rtg_scale, fall by "
+    "each raw reward / rtg_scale"
+)
+# Per game in acting.games: what evaluating that game needs.
+GAME_KEYS = ("game", "action_set", "target_return", "rtg_scale")
 
 
 def folder_dict(
     run_cfg: dict, model_cfg: AtariDTConfig, step: int | None, versions: dict | None = None
 ) -> dict:
-    """config.json of a run's model; ``versions``: the stack it trained on
-    (provenance.run_versions_or_now)."""
+    """config.json of a run's model (one game or several); ``versions``: the stack it trained
+    on (provenance.run_versions_or_now)."""
     naive = run_cfg["model_type"] == "naive"
+    acting = {
+        "game": run_cfg.get("game"),
+        "preprocessing": PREPROCESSING,
+        "conditioned": not naive,
+        "target_return": None if naive else float(run_cfg.get("eval_target", 0.0)),
+        "returns_to_go": "raw game reward: start at the target, fall by each reward",
+        "max_steps": run_cfg.get("eval_max_steps"),
+        "context_length": model_cfg.context_length,
+        "actions": ACTION_RULE,
+        "dtype": run_cfg.get("dtype", "fp32"),
+    }
+    if run_cfg.get("games"):
+        games = [
+            {"game": game, "action_set": [int(i) for i in spec["action_set"]],
+             "target_return": None if naive else float(spec["target"]),
+             "rtg_scale": float(spec["rtg_scale"])}
+            for game, spec in run_cfg["game_specs"].items()
+        ]  # fmt: skip
+        shared = {k: v for k, v in acting.items() if k not in ("game", "target_return")}
+        acting = {"games": games, **shared, "returns_to_go": GAMES_RTG_RULE,
+                  "actions": GAMES_ACTION_RULE}  # fmt: skip
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "architecture": ARCHITECTURE,
         "model": asdict(model_cfg),
-        "acting": {
-            "game": run_cfg["game"],
-            "preprocessing": PREPROCESSING,
-            "conditioned": not naive,
-            "target_return": None if naive else float(run_cfg["eval_target"]),
-            "returns_to_go": "raw game reward: start at the target, fall by each reward",
-            "max_steps": run_cfg.get("eval_max_steps"),
-            "context_length": model_cfg.context_length,
-            "actions": ACTION_RULE,
-            "dtype": run_cfg.get("dtype", "fp32"),
-        },
+        "acting": acting,
         "provenance": {
             "source": "run_dt_atari.py checkpoint",
             "step": step,
@@ -102,11 +134,48 @@ def read_folder_config(directory: Path) -> dict:
             "decision_transformer.models.pretrained.from_pretrained"
         )
     acting = cfg.get("acting")
-    lacking = [k for k in ("game", "conditioned", "target_return", "context_length")
+    one = ("game", "target_return") if not isinstance(acting, dict) or "games" not in acting else ()
+    lacking = [k for k in (*one, "conditioned", "context_length")
                if not isinstance(acting, dict) or k not in acting]  # fmt: skip
     if lacking:
         raise PretrainedError(f"{path} lacks what acting needs: {', '.join(lacking)}")
+    if not one:
+        check_games(acting["games"], path)
     return cfg
+
+
+def check_games(games, path: Path) -> None:
+    """acting.games of a multi-game folder: every game with what playing it needs."""
+    if not isinstance(games, list) or not games:
+        raise PretrainedError(f"{path}: acting.games lists no game; re-export the model")
+    names = []
+    for i, g in enumerate(games):
+        g = g if isinstance(g, dict) else {}
+        name = g.get("game") if isinstance(g.get("game"), str) else f"number {i + 1}"
+        lacking = [k for k in GAME_KEYS if k not in g]
+        ids = g.get("action_set")
+        scale = g.get("rtg_scale")
+        if lacking or not isinstance(ids, list) or not ids or not isinstance(scale, (int, float)):
+            what = ", ".join(lacking) or "a list action_set and a number rtg_scale"
+            raise PretrainedError(f"{path}: game {name} lacks {what}; re-export the model")
+        names.append(name)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise PretrainedError(f"{path}: acting.games lists {', '.join(twice)} twice")
+
+
+def is_multigame(folder_cfg: dict) -> bool:
+    return "games" in folder_cfg["acting"]
+
+
+def game_specs(folder_cfg: dict) -> dict[str, dict]:
+    """A multi-game folder's games as the run's ``game_specs`` (multigame.GameSpec's fields),
+    in the model's order: what multigame.evaluate_games plays."""
+    return {
+        g["game"]: {"action_set": list(g["action_set"]), "target": g["target_return"] or 0.0,
+                    "rtg_scale": g["rtg_scale"]}
+        for g in folder_cfg["acting"]["games"]
+    }  # fmt: skip
 
 
 def from_pretrained_atari(
@@ -126,6 +195,13 @@ def from_pretrained_atari(
         raise PretrainedError(
             f"cannot build the Atari DT {directory}/config.json describes ({one_line(e, 120)})"
         ) from None
+    n = model.cfg.n_actions
+    for g in cfg["acting"].get("games", []):
+        if not all(isinstance(i, int) and 0 <= i < n for i in g["action_set"]):
+            raise PretrainedError(
+                f"{directory}/config.json: {g['game']}'s action_set {g['action_set']} is not "
+                f"ids of the model's {n} actions; re-export the model"
+            )
     state = read_weights(directory)
     own = model.state_dict()
     bad = sorted(own.keys() ^ state.keys()) + [
@@ -145,13 +221,22 @@ def from_pretrained_atari(
 
 def eval_config(folder_cfg: dict, episodes: int | None, eval_envs: int | None,
                 seed: int | None, target: float | None, max_steps: int | None) -> dict:  # fmt: skip
-    """The run config evaluate_model reads, from the folder's acting and provenance."""
+    """The run config evaluate_model (one game) or multigame.evaluate_games (a multi-game
+    folder: ``games`` and ``game_specs``) reads, from the folder's acting and provenance."""
     run = dict(folder_cfg.get("provenance", {}).get("run_config") or {})
     a = folder_cfg["acting"]
+    if is_multigame(folder_cfg):
+        if target is not None:
+            raise PretrainedError("--target_return: this folder is a multi-game model with one "
+                                  "target per game; evaluate it at its own targets")  # fmt: skip
+        specs = game_specs(folder_cfg)
+        game = {"games": list(specs), "game_specs": specs}
+    else:
+        tgt = float(target if target is not None else (a["target_return"] or 0.0))
+        game = {"game": a["game"], "eval_target": tgt}
     cfg = {
-        "game": a["game"],
+        **game,
         "model_type": "reward_conditioned" if a["conditioned"] else "naive",
-        "eval_target": float(target if target is not None else (a["target_return"] or 0.0)),
         "eval_max_steps": max_steps if max_steps is not None else a.get("max_steps"),
         "dtype": a.get("dtype", "fp32") if a.get("dtype") in ("fp32", "bf16") else "fp32",
         "eval_episodes": episodes or run.get("eval_episodes") or 10,
@@ -222,13 +307,8 @@ def read_run_model(run_dir: Path) -> tuple[AtariDecisionTransformer, dict, int |
     state = read_checkpoint(run_dir / "checkpoint.pt", ("model", "config"),
                             "pass a run folder written by run_dt_atari.py")  # fmt: skip
     run_cfg = dict(state["config"])
-    if run_cfg.get("games"):
-        raise PretrainedError(
-            f"{run_dir} is a multi-game run (--games {' '.join(run_cfg['games'])}): a model "
-            "folder holds one game's model for now; evaluate the run with evaluate_atari.py "
-            f"--checkpoint {run_dir}"
-        )
-    lacking = [k for k in ACTING_KEYS if k not in run_cfg]
+    lacking = [k for k in (GAMES_ACTING_KEYS if run_cfg.get("games") else ACTING_KEYS)
+               if k not in run_cfg]  # fmt: skip
     if lacking:
         raise PretrainedError(
             f"{run_dir}: the checkpoint's config lacks {', '.join(lacking)}: not an Atari run's"
@@ -253,22 +333,43 @@ def run_evaluation(run_dir: Path, run_cfg: dict, step: int | None) -> dict | Non
     seeds and evaluator, so evaluating the folder again gives these numbers. None when the
     run did not evaluate them."""
     from decision_transformer.run.metrics import read_metrics
+    from multigame import games_from_row
     from results import summarize
 
+    games = run_cfg.get("games")
+    key = f"eval/{games[-1]}/returns" if games else "eval/returns"
     try:
-        rows = [r for r in read_metrics(run_dir) if "eval/returns" in r]
+        rows = [r for r in read_metrics(run_dir) if key in r]
     except (OSError, ValueError):
         return None
     if not rows or rows[-1].get("step") != step:
         return None
     row, naive = rows[-1], run_cfg["model_type"] == "naive"
-    res = summarize(run_cfg["game"], None if naive else run_cfg["eval_target"], row["eval/returns"])
+    if games:
+        results = games_from_row(run_cfg, row)
+        if list(results) != games:
+            return None
+        res = games_evaluation(results)
+    else:
+        target = None if naive else run_cfg["eval_target"]
+        res = summarize(run_cfg["game"], target, row["eval/returns"])
+        res["lengths"] = row["eval/lengths"]
     seed = run_cfg.get("seed", 0)
-    res.update(lengths=row["eval/lengths"], seconds=row.get("time/eval_s"), seed=seed,
-               eval_envs=run_cfg.get("eval_envs"), max_steps=run_cfg.get("eval_max_steps"),
-               episode_seeds=[seed + i for i in range(len(row["eval/returns"]))])  # fmt: skip
+    res.update(seconds=row.get("time/eval_s"), seed=seed, eval_envs=run_cfg.get("eval_envs"),
+               max_steps=run_cfg.get("eval_max_steps"),
+               episode_seeds=[seed + i for i in range(res["episodes"])])  # fmt: skip
     res["measured_by"] = f"the run, after epoch {row.get('iteration')} (metrics.jsonl)"
     return res
+
+
+def games_evaluation(results: dict[str, dict]) -> dict:
+    """A multi-game folder's evaluation: per game a single-game one (``summarize`` plus
+    lengths), the episodes per game and the mean normalized scores over the games."""
+    from multigame import mean_scores
+
+    return {"games": results, "episodes": max(r["episodes"] for r in results.values()),
+            **{f"mean_{k}": v for k, v in mean_scores(results).items()},
+            "seconds": sum(r.get("seconds") or 0.0 for r in results.values())}  # fmt: skip
 
 
 def swap_into_place(tmp: Path, out: Path) -> None:
@@ -286,33 +387,37 @@ def swap_into_place(tmp: Path, out: Path) -> None:
 
 
 def evaluate_folder(model: AtariDecisionTransformer, cfg: dict, trace: list | None = None) -> dict:
-    from run_dt_atari import evaluate_model
+    """The folder's evaluation as its run's: one game (``trace``: its (episode, step, action)
+    rows), or every game of ``cfg['game_specs']`` (``trace`` unused)."""
+    from run_dt_atari import AUTOCAST, evaluate_model
 
     device = next(model.parameters()).device
-    res = evaluate_model(model, cfg, device, trace=trace)
+    if cfg.get("game_specs"):
+        from multigame import evaluate_games
+
+        res = games_evaluation(evaluate_games(model, cfg, device, AUTOCAST[cfg["dtype"]]))
+    else:
+        res = evaluate_model(model, cfg, device, trace=trace)
     res.update(seed=cfg["seed"], eval_envs=cfg["eval_envs"], max_steps=cfg["eval_max_steps"])
     res["episode_seeds"] = [cfg["seed"] + i for i in range(res["episodes"])]
     return res
 
 
 def model_card(folder: dict, name: str) -> str:
-    a, m, ev = folder["acting"], folder["model"], folder.get("evaluation")
-    backbone = {"gpt": "GPT", "qwen3": "Qwen3-style"}.get(m["backbone"], m["backbone"])
+    """README.md of a folder: Hub metadata, what the model is, its measured evaluation, use."""
+    if is_multigame(folder):
+        return games_card(folder, name)
+    a, ev = folder["acting"], folder.get("evaluation")
     kind = "Decision Transformer" if a["conditioned"] else "behaviour cloning (naive) model"
-    lines = ["---", "library_name: pytorch", "tags:", "- reinforcement-learning",
-             "- offline-reinforcement-learning", "- decision-transformer", "- atari",
-             f"- {a['game']}", f"- {ARCHITECTURE}"]  # fmt: skip
+    metrics = []
     if ev:
-        lines += ["model-index:", f"- name: {name}", "  results:", "  - task:",
-                  "      type: reinforcement-learning", "      name: reinforcement-learning",
-                  "    dataset:", f"      type: {a['game']}", f"      name: {a['game']}",
-                  "    metrics:", "    - type: mean_reward",
-                  f"      value: {ev['return_mean']:.2f} +/- {ev['return_std']:.2f}",
-                  "      name: mean return"]  # fmt: skip
-    lines += ["---", "", f"# {name}", "",
-              f"An Atari {kind} ({backbone} backbone, {m['n_layer']} layers, width "
-              f"{m['n_embd']}, context {m['context_length']}) for {a['game']}, trained offline "
-              "on DQN-Replay data (run_dt_atari.py).", "", "## Evaluation", ""]  # fmt: skip
+        metrics = ["    - type: mean_reward",
+                   f"      value: {ev['return_mean']:.2f} +/- {ev['return_std']:.2f}",
+                   "      name: mean return"]  # fmt: skip
+    lines = front_matter(name, [a["game"]], {a["game"]: metrics} if ev else {})
+    lines += ["", f"# {name}", "",
+              f"An Atari {kind} ({about_model(folder['model'])}) for {a['game']}, trained "
+              "offline on DQN-Replay data (run_dt_atari.py).", "", "## Evaluation", ""]  # fmt: skip
     if ev:
         target = "" if ev.get("target") is None else f" at target {ev['target']:g}"
         keys = [k for k in ("human_normalized", "gamer_normalized") if k in ev]
@@ -323,31 +428,109 @@ def model_card(folder: dict, name: str) -> str:
             f"{ev['episode_seeds'][-1]}, step cap {ev['max_steps']})"
             + (f", measured by {ev['measured_by']}" if ev.get("measured_by") else "")
             + (f"; normalized scores: {scores}." if scores else "."),
-            "",
-            "Reproduce (from `atari/`):",
-            "",
-            "```bash",
-            ev["command"],
-            "```",
+            *reproduce(ev["command"]),
         ]
     else:
         lines.append("Not evaluated at export.")
-    lines += ["", "## Use", "", "```python", "from pretrained_atari import from_pretrained_atari",
-              "", f'model = from_pretrained_atari("{name}")  # a folder or a Hub repo id',
-              "```", "", f"Frames: {a['preprocessing']}. Actions: {a['actions']}."]  # fmt: skip
+    lines += card_use(folder, name, [])
+    return "\n".join(lines) + "\n"
+
+
+def games_card(folder: dict, name: str) -> str:
+    """The card of a multi-game folder: a row per game of its measured evaluation (raw
+    return, normalized scores) and their mean, how to play all games or one."""
+    from decision_transformer.run.export_multitask import card_metrics
+    from multigame import games_table
+
+    a, ev = folder["acting"], folder.get("evaluation")
+    games = [g["game"] for g in a["games"]]
+    kind = "Decision Transformer" if a["conditioned"] else "behaviour cloning (naive) model"
+    measured = (ev or {}).get("games", {})
+    metrics = {g: card_metrics([measured[g]], f"{g} ") for g in games if g in measured}
+    lines = front_matter(name, ["multi-game", *games], metrics)
+    lines += ["", f"# {name}", "",
+              f"One Atari {kind} ({about_model(folder['model'])}) over {len(games)} games, "
+              "trained offline on DQN-Replay data (run_dt_atari.py --games): one action head over "
+              "ALE's full 18-action set, each game played in its own environment through its "
+              "action set, return scale and target.", "", "## Games", "",
+              "| game | actions (full-set ids) | return scale | target (game points) |",
+              "|---|---|---:|---:|"]  # fmt: skip
+    for g in a["games"]:
+        target = "–" if g["target_return"] is None else f"{g['target_return']:g}"
+        ids = " ".join(map(str, g["action_set"]))
+        lines.append(f"| {g['game']} | {ids} | {g['rtg_scale']:g} | {target} |")
+    lines += ["", "## Evaluation", ""]
+    if ev:
+        seeds = ev["episode_seeds"]
+        lines += [
+            games_table(measured),
+            "",
+            f"{ev['episodes']} episodes per game (env seeds {seeds[0]}..{seeds[-1]}, step cap "
+            f"{ev['max_steps']})"
+            + (f", measured by {ev['measured_by']}" if ev.get("measured_by") else "")
+            + "; a mean normalized score is over all games, shown where every game has one.",
+            *reproduce(ev["command"]),
+            "",
+            f"One game: add `--game {games[-1]}`.",
+        ]
+    else:
+        lines.append(f"Not evaluated at export: `python evaluate_atari.py --checkpoint {name}` "
+                     f"plays every game (`--game {games[-1]}`: one).")  # fmt: skip
+    use = ["specs = game_specs(model.pretrained_config)  # per game: action_set, target, "
+           "rtg_scale"]  # fmt: skip
+    return "\n".join(lines + card_use(folder, name, use)) + "\n"
+
+
+def about_model(m: dict) -> str:
+    backbone = {"gpt": "GPT", "qwen3": "Qwen3-style"}.get(m["backbone"], m["backbone"])
+    return f"{backbone} backbone, {m['n_layer']} layers, width {m['n_embd']}, context " + str(
+        m["context_length"]
+    )
+
+
+def front_matter(name: str, tags: list[str], metrics: dict[str, list[str]]) -> list[str]:
+    """The card's Hub metadata: ``metrics``, per game, its model-index entries."""
+    lines = ["---", "library_name: pytorch", "tags:", "- reinforcement-learning",
+             "- offline-reinforcement-learning", "- decision-transformer", "- atari",
+             *[f"- {t}" for t in tags], f"- {ARCHITECTURE}"]  # fmt: skip
+    if metrics:
+        lines += ["model-index:", f"- name: {name}", "  results:"]
+    for game, entries in metrics.items():
+        lines += ["  - task:", "      type: reinforcement-learning",
+                  "      name: reinforcement-learning", "    dataset:", f"      type: {game}",
+                  f"      name: {game}", "    metrics:", *entries]  # fmt: skip
+    return lines + ["---"]
+
+
+def reproduce(command: str) -> list[str]:
+    return ["", "Reproduce (from `atari/`):", "", "```bash", command, "```"]
+
+
+def card_use(folder: dict, name: str, more: list[str]) -> list[str]:
+    """The card's Use section (``more``: lines after loading) and the stack it trained on."""
+    a = folder["acting"]
+    imports = "from_pretrained_atari, game_specs" if more else "from_pretrained_atari"
+    lines = ["", "## Use", "", "```python", f"from pretrained_atari import {imports}", "",
+             f'model = from_pretrained_atari("{name}")  # a folder or a Hub repo id', *more,
+             "```", "", f"Frames: {a['preprocessing']}. Actions: {a['actions']}."]  # fmt: skip
+    if more and a["conditioned"]:  # (a naive model is shown none)
+        lines[-1] += f" Returns-to-go: {a['returns_to_go']}."
     versions = folder.get("provenance", {}).get("versions") or {}
     if versions:
         by = versions.get("recorded_by", "run")
         said = "Trained on" if by == "run" else f"Versions as of the export ({by})"
         lines += ["", f"{said}: {describe_versions(versions)}."]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def evaluate_saved_folder(source: str | Path, device: str, req: EvalRequest) -> int:
     """evaluate_atari.py on a model folder or Hub repo id (run_dt_atari.evaluate_saved): the
-    folder's evaluation by default (the run's seeds, episode count, target and step cap). Writes
-    JSON only where --json says: the folder is left as it is."""
+    folder's evaluation by default (the run's seeds, episode count, target(s) and step cap),
+    every game of a multi-game folder or ``req.game``. Writes JSON only where --json says: the
+    folder is left as it is."""
+    from multigame import select_game
     from results import eval_table
+    from run_dt_atari import evaluate_saved_games
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -357,6 +540,10 @@ def evaluate_saved_folder(source: str | Path, device: str, req: EvalRequest) -> 
     if episodes is None and folder.get("evaluation"):
         episodes = folder["evaluation"]["episodes"]
     cfg = eval_config(folder, episodes, req.eval_envs, None, req.target, req.max_steps)
+    cfg = select_game(cfg, req.game, source)
+    if is_multigame(folder):
+        about = {"folder": str(source)}
+        return evaluate_saved_games(model, cfg, torch.device(device), req, about, req.json_path)
     trace: list | None = [] if req.video is not None else None
     res = evaluate_folder(model, cfg, trace)
     print(eval_table([dict(res, run=Path(str(source)).name)]))

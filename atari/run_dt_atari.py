@@ -60,6 +60,7 @@ from multigame import (
     mean_scores,
     minimal_action_set,
     resolve_games,
+    select_game,
 )
 from results import eval_table, runs_table, summarize
 
@@ -430,6 +431,7 @@ class EvalRequest:
     max_steps: int | None = None
     json_path: Path | None = None
     video: Path | None = None
+    game: str | None = None  # one game of a multi-game model (None: every game)
 
 
 def evaluate_saved(source: Path, device: str = "auto", req: EvalRequest = EvalRequest()) -> int:
@@ -470,6 +472,7 @@ def evaluate_saved_run(run_dir: Path, device: str, req: EvalRequest) -> int:
     if multi and req.target is not None:
         raise ConfigError(f"--target_return: {path} is a multi-game run with one target per game "
                           "(--game_targets); evaluate it at its own targets")  # fmt: skip
+    cfg = select_game(cfg, req.game, path)
     if req.target is not None:
         cfg["eval_target"] = float(req.target)
     if req.max_steps is not None:
@@ -493,7 +496,9 @@ def evaluate_saved_run(run_dir: Path, device: str, req: EvalRequest) -> int:
     model.to(torch.device(device))
     step = state.get("trainer", {}).get("global_step")
     if multi:
-        return evaluate_saved_games(model, cfg, path, step, torch.device(device), req)
+        about = {"checkpoint": str(path), "step": step}
+        json_path = req.json_path or path.parent / "eval.json"
+        return evaluate_saved_games(model, cfg, torch.device(device), req, about, json_path)
     trace: list | None = [] if req.video is not None else None
     res = evaluate_model(model, cfg, torch.device(device), trace=trace)
     res.update(checkpoint=str(path), seed=cfg["seed"], step=step, max_steps=cfg["eval_max_steps"])
@@ -508,16 +513,16 @@ def evaluate_saved_run(run_dir: Path, device: str, req: EvalRequest) -> int:
     return 0
 
 
-def evaluate_saved_games(model, cfg: dict, path: Path, step: int | None,
-                         device: torch.device, req: EvalRequest) -> int:  # fmt: skip
-    """evaluate_saved_run for a multi-game run: every game as its training evaluated it, one
-    table row per game, JSON with each game's numbers; the video is of the first game's
-    episode 0."""
+def evaluate_saved_games(model, cfg: dict, device: torch.device, req: EvalRequest, about: dict,
+                         json_path: Path | None) -> int:  # fmt: skip
+    """evaluate_saved_run for a multi-game run (or model folder): every game of
+    ``cfg['game_specs']`` as its training evaluated it, one table row per game, JSON (at
+    ``json_path``, if any) with ``about`` and each game's numbers; the video is of the first
+    game's episode 0."""
     traces: dict = {}
     results = evaluate_games(model, cfg, device, AUTOCAST[cfg["dtype"]], traces)
     print(games_table(results))
-    res = {"checkpoint": str(path), "seed": cfg["seed"], "step": step,
-           "max_steps": cfg["eval_max_steps"], "games": results,
+    res = {**about, "seed": cfg["seed"], "max_steps": cfg["eval_max_steps"], "games": results,
            **{f"mean_{k}": v for k, v in mean_scores(results).items()}}  # fmt: skip
     if req.video is not None:
         from video_atari import render_traced_episode
@@ -526,9 +531,9 @@ def evaluate_saved_games(model, cfg: dict, path: Path, step: int | None,
         one = dict(cfg, game=game, eval_target=cfg["game_specs"][game]["target"])
         video = render_traced_episode(one, traces[game], results[game]["returns"], req.video)
         res["video"] = dict(video, game=game)
-    json_path = req.json_path or path.parent / "eval.json"
-    json_path.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"wrote {json_path}")
+    if json_path is not None:
+        json_path.write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {json_path}")
     return 0
 
 
@@ -655,10 +660,7 @@ def train_run(cfg: dict, lock: RunDirLock) -> int:
         print(f"error: {e}; {kept}", file=sys.stderr)
         return 1
     metrics.close()
-    if cfg.get("games") and cfg.get("export", True):
-        print("model folder: not written (export_atari.py does not take a multi-game model "
-              "yet); evaluate the run with evaluate_atari.py --checkpoint")  # fmt: skip
-    elif cfg.get("export", True):
+    if cfg.get("export", True):
         export_model(out)
     return 0
 

@@ -327,13 +327,15 @@ def _front_matter(folder: MultiTaskFolderConfig, name: str) -> list[str]:
 
 
 def card_metrics(targets: list[dict], who: str = "") -> list[str]:
-    """The card's front-matter metrics: one mean_reward entry per evaluated target."""
+    """The card's front-matter metrics: one mean_reward entry per evaluated target (target
+    None: an unconditioned model's, e.g. an Atari naive one's)."""
     lines = []
     for r in targets:
+        at = "" if r["target"] is None else f" at target {format_target(r['target'])}"
         lines += [
             "    - type: mean_reward",
             f"      value: {r['return_mean']:.2f} +/- {r['return_std']:.2f}",
-            f"      name: {who}mean return at target {format_target(r['target'])}",
+            f"      name: {who}mean return{at}",
         ]
     return lines
 

@@ -83,10 +83,15 @@ def push(folder: str | Path, repo_id: str, private: bool = False, revision: str 
 def describe_folder(folder: Path) -> str:
     """'ARCHITECTURE for ENV' of a model folder, its config checked: the gym half's in full (it
     must load); an Atari DT's (atari/export_atari.py, whose loader lives with the Atari code) for
-    its format version and game."""
+    its format version and game (a multi-game one's: its games)."""
     raw, path = read_config_json(folder)
     if isinstance(raw, dict) and raw.get("architecture") == "atari_dt":
-        version, game = raw.get("format_version"), (raw.get("acting") or {}).get("game")
+        version, acting = raw.get("format_version"), raw.get("acting")
+        acting = acting if isinstance(acting, dict) else {}
+        games = acting.get("games") if isinstance(acting.get("games"), list) else []
+        game = acting.get("game") or ", ".join(
+            str(g.get("game")) for g in games if isinstance(g, dict)
+        )
         if raw.get("format") != FORMAT_NAME or not isinstance(version, int) or not game:
             raise HubError(f"{path} is not an Atari model folder export_atari.py wrote")
         if version > FORMAT_VERSION:
