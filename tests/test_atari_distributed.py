@@ -25,7 +25,8 @@ EXACT = ["--batch_size", "8", "--dropout", "0", "--steps_per_epoch", "4"]
 EVAL = ["--eval_episodes", "3", "--eval_envs", "1", "--eval_max_steps", "300"]
 # 2 ranks against one process after 8 (4) steps: the gradients are summed in another order, so
 # weights agree to float rounding. Seen: ~5e-7 (AdamW's first steps amplify it where a gradient
-# is near its eps); a rank taking a wrong slice moves them by ~1e-4, a wrong lr schedule by more.
+# is near its eps); ranks taking overlapping slices differ by ~1e-3, a schedule counting one
+# rank's tokens by ~3e-5. (Over ~100 steps the rounding itself grows to ~1e-3: compare early.)
 TOL = 1e-5
 
 
