@@ -33,7 +33,8 @@ import torch
 from atari_env import PAPER_TARGETS, check_game, make_env
 from create_dataset import AtariDataset, create_dataset, find_buffers
 from decision_transformer.errors import ConfigError, DatasetError
-from mingpt.evaluate_atari import evaluate
+from decision_transformer.run.distributed import DistContext
+from mingpt.evaluate_atari import evaluate_episodes
 from mingpt.trainer_atari import WindowDataset
 from results import eval_table, summarize
 from torch.utils.data import ConcatDataset, Dataset
@@ -162,25 +163,28 @@ def load_games(cfg: dict, action_sets: dict[str, list[int]]) -> tuple[ConcatData
 
 
 def evaluate_games(
-    model, cfg: dict, device: torch.device, autocast_dtype, traces: dict | None = None
+    model,
+    cfg: dict,
+    device: torch.device,
+    autocast_dtype,
+    traces: dict | None = None,
+    world: DistContext | None = None,
 ) -> dict[str, dict]:
     """Each game's evaluation as a single-game run's (``summarize`` plus lengths and time),
-    at its own target, through the full-set model restricted to the game's actions."""
+    at its own target, through the full-set model restricted to the game's actions; under
+    torchrun (``world``) each game's episodes split across the ranks as one game's are."""
     naive = cfg["model_type"] == "naive"
     out = {}
     for game, spec in cfg["game_specs"].items():
         t0 = time.time()
-        trace = [] if traces is None else traces.setdefault(game, [])
-        rets = evaluate(
+        trace = None if traces is None else traces.setdefault(game, [])
+        rets, lengths = evaluate_episodes(
             model, game, 0.0 if naive else spec["target"], cfg["eval_episodes"],
-            cfg["eval_envs"], seed=cfg["seed"], device=device, max_steps=cfg["eval_max_steps"],
-            autocast_dtype=autocast_dtype, trace=trace, action_set=spec["action_set"],
-            rtg_scale=None if naive else spec["rtg_scale"],
+            cfg["eval_envs"], seed=cfg["seed"], device=device, world=world, trace=trace,
+            max_steps=cfg["eval_max_steps"], autocast_dtype=autocast_dtype,
+            action_set=spec["action_set"], rtg_scale=None if naive else spec["rtg_scale"],
         )  # fmt: skip
         res = summarize(game, None if naive else spec["target"], rets)
-        lengths = [0] * len(rets)
-        for ep, t, _ in trace:
-            lengths[ep] = max(lengths[ep], t + 1)
         res.update(lengths=lengths, seconds=time.time() - t0)
         out[game] = res
     return out

@@ -7,6 +7,10 @@
 The original's flags and defaults, plus the backbone, evaluation and run-directory flags. After
 each epoch the model plays ``--eval_episodes`` games at ``--target_return``; the run directory
 holds config.json, metrics.jsonl and an atomic checkpoint.pt that ``--resume`` continues exactly.
+
+Under ``torchrun --nproc_per_node N run_dt_atari.py ...`` the model trains in DDP (the gym
+half's process group and wrapper): ``--batch_size`` stays the global batch, each rank taking its
+slice; evaluation episodes are split across the ranks; rank 0 alone writes the run folder.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 import _paths  # noqa: F401
 import numpy as np
 import torch
+import torch.distributed as dist
 from atari_env import PAPER_TARGETS, check_game
 from create_dataset import add_data_flags, create_dataset
 from decision_transformer.errors import ConfigError, DatasetError, UserError, one_line
@@ -37,6 +42,7 @@ from decision_transformer.run.checkpoint import (
 )
 from decision_transformer.run.cli import OneLineParser, report
 from decision_transformer.run.config import resolve_device, str2bool
+from decision_transformer.run.distributed import DistContext
 from decision_transformer.run.metrics import MetricsLog
 from decision_transformer.run.paths import (
     CHECKPOINT_NAME,
@@ -48,7 +54,7 @@ from decision_transformer.run.paths import (
     open_run_folder,
     writing,
 )
-from mingpt.evaluate_atari import evaluate
+from mingpt.evaluate_atari import evaluate_episodes
 from mingpt.model_atari import AtariDecisionTransformer, AtariDTConfig, compile_blocks
 from mingpt.trainer_atari import Trainer, TrainerConfig, WindowDataset
 from multigame import (
@@ -232,6 +238,7 @@ def resolve(args: argparse.Namespace) -> dict:
     for flag in ("context_length", "epochs", "batch_size", "eval_envs", "save_every"):
         if cfg[flag] < 1:
             raise ConfigError(f"--{flag} must be positive, got {cfg[flag]}")
+    check_world(cfg)
     if cfg["num_workers"] is None:
         cfg["num_workers"] = default_workers()
     for flag in ("eval_max_steps", "steps_per_epoch"):
@@ -295,6 +302,22 @@ def resolve(args: argparse.Namespace) -> dict:
     return cfg
 
 
+def check_world(cfg: dict) -> None:
+    """Under torchrun (before any process group): the global batch must split evenly over the
+    ranks, and evaluating a saved run is one process's work."""
+    n = DistContext.described().world_size
+    if n == 1:
+        return
+    if cfg["evaluate_only"]:
+        raise ConfigError("--evaluate_only runs in one process: start it with python, not "
+                          "torchrun")  # fmt: skip
+    if cfg["batch_size"] % n:
+        raise ConfigError(
+            f"--batch_size {cfg['batch_size']} (the global batch) does not split evenly over "
+            f"{n} processes: use a multiple of {n}"
+        )
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
@@ -328,12 +351,15 @@ def run_seeds(args: argparse.Namespace) -> int:
         if args.out_dir is not None:
             one.out_dir = str(Path(args.out_dir) / f"s{seed}")
         cfgs.append(resolve(one))  # every seed's flags are checked before the first trains
+    world = join_world(cfgs[0])
     for cfg in cfgs:
-        print(f"--- seed {cfg['seed']} -> {cfg['out_dir']}")
-        code = run(cfg)
+        if world.is_main:
+            print(f"--- seed {cfg['seed']} -> {cfg['out_dir']}")
+        code = run(cfg, world)
         if code:
             return code
-    if not cfgs[0]["eval_episodes"]:
+    world.close()
+    if not cfgs[0]["eval_episodes"] or not world.is_main:
         return 0
     table, data = runs_table([Path(c["out_dir"]) for c in cfgs])
     print(f"\n{cfgs[0]['game']} {cfgs[0]['model_type']} ({cfgs[0]['backbone']}), last evaluation:")
@@ -377,13 +403,14 @@ def evaluate_model(
     device: torch.device,
     episodes: int | None = None,
     trace: list | None = None,
+    world: DistContext | None = None,
 ) -> dict:
     """The run's evaluation: ``episodes`` (default --eval_episodes) games at the run's target,
-    episode i seeded seed + i. Returns ``results.summarize`` plus the time taken."""
+    episode i seeded seed + i (under torchrun, ``world``: split across the ranks and gathered).
+    Returns ``results.summarize`` plus the lengths and the time taken."""
     naive = cfg["model_type"] == "naive"
     t0 = time.time()
-    trace = [] if trace is None else trace  # (episode, step, action): gives the lengths
-    rets = evaluate(
+    rets, lengths = evaluate_episodes(
         model,
         cfg["game"],
         0.0 if naive else cfg["eval_target"],
@@ -391,14 +418,12 @@ def evaluate_model(
         cfg["eval_envs"],
         seed=cfg["seed"],
         device=device,
+        world=world,
+        trace=trace,
         max_steps=cfg["eval_max_steps"],
         autocast_dtype=AUTOCAST[cfg["dtype"]],
-        trace=trace,
     )
     res = summarize(cfg["game"], None if naive else cfg["eval_target"], rets)
-    lengths = [0] * len(rets)
-    for ep, t, _ in trace:
-        lengths[ep] = max(lengths[ep], t + 1)
     res["lengths"] = lengths
     res["seconds"] = time.time() - t0
     return res
@@ -537,11 +562,29 @@ def evaluate_saved_games(model, cfg: dict, device: torch.device, req: EvalReques
     return 0
 
 
-def run(cfg: dict) -> int:
+def join_world(cfg: dict) -> DistContext:
+    """The process group torchrun describes (a world of one without it); a CUDA device becomes
+    this rank's local GPU."""
+    world = DistContext.from_env(cfg["device"])
+    cfg["device"] = world.device(cfg["device"])
+    return world
+
+
+def run(cfg: dict, world: DistContext | None = None) -> int:
+    """One training run; under torchrun every rank calls it (``world``: joined here if not
+    given, and then left at the end)."""
+    own = world is None
+    if world is None:
+        world = join_world(cfg)
+    else:
+        cfg["device"] = world.device(cfg["device"])
     # One process trains in a run folder at a time (the gym half's lock: a second one resuming
-    # the same folder is refused in one line).
-    with RunDirLock(cfg["out_dir"]) as lock:
-        return train_run(cfg, lock)
+    # the same folder is refused in one line); under torchrun rank 0 holds it.
+    with RunDirLock(cfg["out_dir"], enabled=world.is_main) as lock:
+        code = train_run(cfg, lock, world)
+    if own and code == 0:
+        world.close()
+    return code
 
 
 def read_resume(cfg: dict) -> dict | None:
@@ -589,7 +632,9 @@ def load_windows(cfg: dict, n_actions: int) -> tuple:
     return data, dataset
 
 
-def make_trainer(cfg: dict, model, dataset, device: torch.device) -> Trainer:
+def make_trainer(
+    cfg: dict, model, dataset, device: torch.device, world: DistContext | None = None
+) -> Trainer:
     tcfg = TrainerConfig(
         epochs=cfg["epochs"],
         batch_size=cfg["batch_size"],
@@ -600,7 +645,7 @@ def make_trainer(cfg: dict, model, dataset, device: torch.device) -> Trainer:
         seed=cfg["seed"],
         steps_per_epoch=cfg["steps_per_epoch"],
     )
-    return Trainer(model, dataset, tcfg, device, AUTOCAST[cfg["dtype"]])
+    return Trainer(model, dataset, tcfg, device, AUTOCAST[cfg["dtype"]], world)
 
 
 def load_data(cfg: dict) -> tuple:
@@ -627,31 +672,40 @@ def load_data(cfg: dict) -> tuple:
     return dataset, n_actions, int(data.timesteps.max()), about
 
 
-def train_run(cfg: dict, lock: RunDirLock) -> int:
+def train_run(cfg: dict, lock: RunDirLock, world: DistContext | None = None) -> int:
+    """The run on this rank (every rank trains and evaluates its share; rank 0 alone writes)."""
+    world = world or DistContext()
     out = Path(cfg["out_dir"])
     state = read_resume(cfg)
-    dataset, n_actions, max_timestep, about = load_data(cfg)
+    with world.local_rank_first():  # one sampler per node writes the cache, the others read it
+        dataset, n_actions, max_timestep, about = load_data(cfg)
     np_rng = np.random.default_rng(cfg["seed"])
 
     device = torch.device(cfg["device"])
     model = build_model(cfg, n_actions, max_timestep).to(device)
-    trainer = make_trainer(cfg, model, dataset, device)
-    # A resume writes the run's own config again, to record (and warn of) another stack.
-    open_run_folder(out, lock, state["config"] if state is not None else cfg)
     if state is not None:
         model.load_state_dict(state["model"])
-        trainer.load_state_dict(state["trainer"])
-        set_rng_state(state["rng"], np_rng)
-        print(f"resumed {out} at epoch {trainer.epoch + 1}, step {trainer.step}")
     if cfg["compile"]:  # after loading: compiled blocks keep their state-dict names anyway
         compile_blocks(model)
-    metrics = MetricsLog(out, cfg, wandb_id=state.get("wandb_id") if state else None)
-    metrics.truncate(trainer.epoch)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"{about[0]} ({cfg['backbone']}, {n_params / 1e6:.2f}M params): {about[1]}"
-        f"{len(dataset)} windows, {trainer.steps_in_epoch()} steps/epoch"
-    )
+    trainer = make_trainer(cfg, model, dataset, device, world)  # DDP-wraps it under torchrun
+    if world.is_main:  # a resume writes the run's own config again (to warn of another stack)
+        open_run_folder(out, lock, state["config"] if state is not None else cfg)
+    if state is not None:
+        trainer.load_state_dict(state["trainer"])
+        set_rng_state(state["rng"], np_rng)
+    seed_ranks(cfg, state, world)
+    if state is not None and world.is_main:
+        print(f"resumed {out} at epoch {trainer.epoch + 1}, step {trainer.step}")
+    metrics = None
+    if world.is_main:
+        metrics = MetricsLog(out, cfg, wandb_id=state.get("wandb_id") if state else None)
+        metrics.truncate(trainer.epoch)
+        n_params = sum(p.numel() for p in model.parameters())
+        steps = f"{trainer.steps_in_epoch()} steps/epoch{world_note(cfg, world)}"
+        print(
+            f"{about[0]} ({cfg['backbone']}, {n_params / 1e6:.2f}M params): {about[1]}"
+            f"{len(dataset)} windows, {steps}"
+        )
     saved = {"epoch": trainer.epoch if state is not None else None}
     try:
         train_epochs(cfg, model, trainer, metrics, np_rng, saved)
@@ -659,6 +713,8 @@ def train_run(cfg: dict, lock: RunDirLock) -> int:
         kept = kept_after_failure(out / CHECKPOINT_NAME, saved["epoch"], "epoch")
         print(f"error: {e}; {kept}", file=sys.stderr)
         return 1
+    if not world.is_main:  # the model folder is rank 0's
+        return 0
     metrics.close()
     if cfg.get("export", True):
         export_model(out)
@@ -680,23 +736,84 @@ def export_model(out: Path) -> None:
     print(f"model folder: {folder}")
 
 
-def train_epochs(cfg: dict, model, trainer: Trainer, metrics: MetricsLog, np_rng, saved) -> None:
+def world_note(cfg: dict, world: DistContext) -> str:
+    """How the global batch is cut under torchrun (nothing for one process)."""
+    n = world.world_size
+    if n == 1:
+        return ""
+    b = cfg["batch_size"]
+    return f" of {b} windows ({b // n} per process x {n} processes, DDP)"
+
+
+def rank_seed(seed: int, rank: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
+def seed_ranks(cfg: dict, state: dict | None, world: DistContext) -> None:
+    """Each rank's own dropout stream under torchrun (rank 0 keeps one process's). A resume
+    with the same number of processes takes every rank's saved generator back (exact); with
+    another number the ranks other than 0 draw afresh from (seed, rank, step), said in one
+    line (dropout cannot then repeat the first run's; the batches and schedule still do)."""
+    saved = state.get("rank_rng") if state is not None else None
+    saved_world = state.get("world_size", 1) if state is not None else world.world_size
+    if saved is not None and len(saved) == world.world_size:
+        mine = saved[world.rank]
+        torch.set_rng_state(mine["torch"])
+        if "cuda" in mine and torch.device(cfg["device"]).type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"])
+        return
+    if saved_world != world.world_size and world.is_main:
+        print(f"resuming with {world.world_size} processes instead of {saved_world}: the same "
+              "batches and schedule, the gradients summed in another order (equal within float "
+              "rounding); with --dropout > 0 the other ranks' dropout draws afresh")  # fmt: skip
+    if world.rank > 0:
+        step = state["trainer"]["global_step"] if state is not None else 0
+        torch.manual_seed(rank_seed(cfg["seed"], world.rank, step))
+
+
+def rank_rng_states(cfg: dict, world: DistContext) -> list | None:
+    """Every rank's torch generator (collective: every rank calls it), for rank 0's checkpoint."""
+    if world.world_size == 1:
+        return None
+    mine = {"torch": torch.get_rng_state()}
+    if torch.device(cfg["device"]).type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state()
+    states: list = [None] * world.world_size
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def train_epochs(
+    cfg: dict, model, trainer: Trainer, metrics: MetricsLog | None, np_rng, saved
+) -> None:
     """The epochs not yet done, each evaluated, logged and checkpointed (also every
-    --save_every steps); ``saved['epoch']`` follows the checkpoint on disk."""
+    --save_every steps); ``saved['epoch']`` follows the checkpoint on disk. Under torchrun
+    every rank trains and evaluates its share; rank 0 (``metrics`` given) logs and writes."""
     ckpt_path = Path(cfg["out_dir"]) / CHECKPOINT_NAME
     device = torch.device(cfg["device"])
+    world = trainer.world
 
     def save(tr: Trainer) -> None:
+        ranks = rank_rng_states(cfg, world)
+        if world.is_main:
+            write_checkpoint(tr, ranks)
+        # Every rank waits for rank 0's write: a rank that fails later cannot take an unwritten
+        # checkpoint down with it (torchrun stops every rank when one fails).
+        world.barrier()
+        saved["epoch"] = tr.epoch
+
+    def write_checkpoint(tr: Trainer, ranks: list | None) -> None:
         state = {
-            "model": model.state_dict(),
+            "model": model.state_dict(),  # the plain model's (no DDP prefix): any world resumes
             "trainer": tr.state_dict(),
             "rng": rng_state(np_rng),
             "config": cfg,
             "wandb_id": metrics.wandb_id,
         }
+        if ranks is not None:
+            state.update(world_size=world.world_size, rank_rng=ranks)
         with writing(ckpt_path):
             save_checkpoint(ckpt_path, state)
-        saved["epoch"] = tr.epoch
 
     def every(tr: Trainer) -> None:
         if tr.step % cfg["save_every"] == 0:
@@ -706,17 +823,22 @@ def train_epochs(cfg: dict, model, trainer: Trainer, metrics: MetricsLog, np_rng
         t0 = time.time()
         logs = trainer.run_epoch(every)
         logs["time/train_s"] = time.time() - t0
-        print(f"epoch {trainer.epoch}: loss {logs['train/loss']:.4f}")
+        main = world.is_main
+        if main:
+            print(f"epoch {trainer.epoch}: loss {logs['train/loss']:.4f}")
         if cfg["eval_episodes"] and cfg.get("games"):
-            results = evaluate_games(model, cfg, device, AUTOCAST[cfg["dtype"]])
+            results = evaluate_games(model, cfg, device, AUTOCAST[cfg["dtype"]], world=world)
             logs.update(games_logs(results))
-            print(f"epoch {trainer.epoch}:\n{games_table(results)}")
+            if main:
+                print(f"epoch {trainer.epoch}:\n{games_table(results)}")
         elif cfg["eval_episodes"]:
-            res = evaluate_model(model, cfg, device)
+            res = evaluate_model(model, cfg, device, world=world)
             logs.update(eval_logs(res))
-            print(eval_table([dict(res, run=f"epoch {trainer.epoch}")]))
-        with writing(metrics.path):
-            metrics.log(trainer.epoch, trainer.global_step, logs)
+            if main:
+                print(eval_table([dict(res, run=f"epoch {trainer.epoch}")]))
+        if main:
+            with writing(metrics.path):
+                metrics.log(trainer.epoch, trainer.global_step, logs)
         save(trainer)
 
 

@@ -7,6 +7,9 @@ starts at the target and is reduced by each raw (unclipped) reward, as the origi
 
 Each frame stack goes through the conv encoder once, when it is observed; the window keeps its
 embeddings (the original re-encoded all K stacks of the window at every step).
+
+Under ``torchrun`` (:func:`evaluate_episodes`) each rank plays a contiguous share of the
+episodes, still episode ``i`` with seed ``seed + i``, and every rank gets all of them back.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections import deque
 import numpy as np
 import torch
 from atari_env import FrameStack, make_env
+from decision_transformer.run.distributed import DistContext
 
 from .model_atari import AtariDecisionTransformer
 
@@ -135,3 +139,39 @@ def evaluate(
         env.close()
     model.train(was_training)
     return returns
+
+
+def evaluate_episodes(
+    model: AtariDecisionTransformer,
+    game: str,
+    target: float,
+    episodes: int,
+    num_envs: int,
+    seed: int,
+    device: torch.device,
+    world: DistContext | None = None,
+    trace: list | None = None,
+    **kwargs,
+) -> tuple[list[float], list[int]]:
+    """:func:`evaluate`'s returns and each episode's length (agent steps), in episode order.
+
+    With ``world`` of several ranks each rank plays its contiguous share of the episodes (the
+    ranks' shares in rank order are episodes ``0 .. episodes - 1``, each still seeded
+    ``seed + i``) and every rank ends with all of them; ``trace`` gets this rank's actions,
+    numbered as episodes of the whole. ``kwargs`` go to :func:`evaluate`."""
+    world = world or DistContext()
+    mine = world.share(range(episodes))
+    first = mine.start if len(mine) else 0
+    local: list = []
+    rets = []
+    if len(mine):
+        rets = evaluate(model, game, target, len(mine), num_envs, seed=seed + first,
+                        device=device, trace=local, **kwargs)  # fmt: skip
+    lengths = [0] * len(mine)
+    for ep, t, _ in local:
+        lengths[ep] = max(lengths[ep], t + 1)
+    if trace is not None:
+        trace.extend((ep + first, t, a) for ep, t, a in local)
+    rets = world.gather_episodes(np.asarray(rets, dtype=np.float64)).tolist()
+    lengths = world.gather_episodes(np.asarray(lengths, dtype=np.int64)).tolist()
+    return rets, lengths

@@ -171,8 +171,7 @@ class AtariDecisionTransformer(nn.Module):
         return self.head(state_tokens)
 
     def loss(self, states, actions, rtgs, timesteps) -> torch.Tensor:
-        logits = self(states, actions, rtgs, timesteps)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), actions.reshape(-1))
+        return action_loss(self(states, actions, rtgs, timesteps), actions)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Weight decay on the matmul and conv weights only (not biases, norms, embeddings)."""
@@ -187,6 +186,12 @@ class AtariDecisionTransformer(nn.Module):
             {"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
+
+
+def action_loss(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """The training loss: cross-entropy of the logits (``[B, T, n_actions]``, from the model or
+    its DDP wrapper) against the actions taken, averaged over every step of the batch."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), actions.reshape(-1))
 
 
 def compile_blocks(model: AtariDecisionTransformer) -> None:

@@ -5,6 +5,11 @@ DataLoader with workers over windows of ``context_length`` steps inside one traj
 
 Resume is exact: each epoch's order is a permutation drawn from ``(seed, epoch)``, so a run
 restarted at step ``k`` of an epoch skips the first ``k`` batches of the same order.
+
+Under ``torchrun`` the model trains in DDP and ``batch_size`` stays the global batch: every rank
+cuts the same permutation into the same batches and takes its own contiguous slice of each, so
+N ranks see the windows one process sees, the gradients DDP averages are the global batch's
+mean, and the learning-rate schedule counts the global batch's tokens.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from decision_transformer.run.distributed import DistContext
+from decision_transformer.run.parallel import wrap_ddp
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from .model_atari import AtariDecisionTransformer
+from .model_atari import AtariDecisionTransformer, action_loss
 
 
 class WindowDataset(Dataset):
@@ -52,18 +59,40 @@ class WindowDataset(Dataset):
         )
 
 
-class EpochSampler(Sampler):
-    """A permutation drawn from ``(seed, epoch)``, started at batch ``skip``."""
+class EpochBatches(Sampler[list[int]]):
+    """This rank's part of each batch of an epoch, from batch ``skip`` on: a permutation drawn
+    from ``(seed, epoch)`` cut into global batches of ``batch_size`` windows, each batch cut
+    again into one contiguous slice per rank (``DistContext.share``; a world of one takes it
+    whole). The epoch's last batch may be shorter than the ranks are many: a rank left without
+    a window then gets the batch's first, which the trainer weighs zero (DDP needs a backward
+    from every rank)."""
 
-    def __init__(self, n: int, seed: int, epoch: int, skip: int):
+    def __init__(
+        self, n: int, seed: int, epoch: int, skip: int, batch_size: int, world: DistContext
+    ):
         self.n, self.seed, self.epoch, self.skip = n, seed, epoch, skip
+        self.batch_size, self.world = batch_size, world
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[list[int]]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g)[self.skip :].tolist())
+        order = torch.randperm(self.n, generator=g).tolist()
+        for lo in range(self.skip * self.batch_size, self.n, self.batch_size):
+            batch = order[lo : lo + self.batch_size]
+            yield self.world.share(batch) or batch[:1]
 
     def __len__(self) -> int:
-        return self.n - self.skip
+        return max(0, math.ceil(self.n / self.batch_size) - self.skip)
+
+    def windows(self, step: int) -> int:
+        """Windows in batch ``step``'s global batch (the epoch's last may be short)."""
+        return min(self.batch_size, self.n - step * self.batch_size)
+
+    def weight(self, step: int) -> float:
+        """This rank's share of batch ``step``'s windows times the world size: its slice's mean
+        loss scaled by it makes DDP's average of the ranks' gradients that of the global
+        batch's mean (1 when the batch divides evenly; 0 for a rank given a stand-in window)."""
+        m = self.windows(step)
+        return len(self.world.share(range(m))) * self.world.world_size / m
 
 
 @dataclass
@@ -89,9 +118,14 @@ class Trainer:
         cfg: TrainerConfig,
         device: torch.device,
         autocast_dtype: torch.dtype | None = None,
+        world: DistContext | None = None,
     ):
+        """``model`` is the plain model (its state dict is the checkpoint's, evaluation plays
+        it); under torchrun (``world`` of several ranks) it trains inside DDP."""
         self.model, self.dataset, self.cfg, self.device = model, dataset, cfg, device
         self.autocast_dtype = autocast_dtype
+        self.world = world or DistContext()
+        self.train_model = wrap_ddp(model) if self.world.world_size > 1 else model
         self.optimizer = torch.optim.AdamW(
             model.param_groups(cfg.weight_decay), lr=cfg.learning_rate, betas=cfg.betas
         )
@@ -119,20 +153,21 @@ class Trainer:
 
     def run_epoch(self, on_step: Callable[[Trainer], None] | None = None) -> dict:
         """Train to the end of the current epoch (from ``self.step``); returns its logs."""
-        c, model = self.cfg, self.model
+        c, model, world = self.cfg, self.train_model, self.world
         model.train()
         total = self.steps_in_epoch()
-        sampler = EpochSampler(len(self.dataset), c.seed, self.epoch, self.step * c.batch_size)
+        n = len(self.dataset)
+        batches = EpochBatches(n, c.seed, self.epoch, self.step, c.batch_size, world)
         loader = DataLoader(
             self.dataset,
-            batch_size=c.batch_size,
-            sampler=sampler,
+            batch_sampler=batches,
             num_workers=c.num_workers,
             pin_memory=self.device.type == "cuda",
             # Worker seeds come from this generator, not the global RNG that dropout uses.
             generator=torch.Generator().manual_seed(c.seed),
         )
-        bar = tqdm(total=total, initial=self.step, desc=f"epoch {self.epoch + 1}", leave=False)
+        bar = tqdm(total=total, initial=self.step, desc=f"epoch {self.epoch + 1}", leave=False,
+                   disable=not world.is_main)  # fmt: skip
         for states, actions, rtgs, timesteps in loader:
             if self.step >= total:
                 break
@@ -143,13 +178,21 @@ class Trainer:
             rtgs = rtgs.to(self.device, non_blocking=nb)
             timesteps = timesteps.to(self.device, non_blocking=nb)
             with self.autocast():
-                loss = model.loss(states, actions, rtgs, timesteps)
+                # Through the wrapper's forward (DDP's gradient hooks are armed there).
+                loss = action_loss(model(states, actions, rtgs, timesteps), actions)
+            weight = batches.weight(self.step)
+            if weight != 1.0:
+                loss = loss * weight
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            # After DDP's all-reduce every rank clips the same (global) gradient.
             torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_norm_clip)
             self.optimizer.step()
-            # The schedule moves with tokens seen (one per predicted action), as the original's.
-            self.tokens += actions.numel()
+            # The global batch's loss, the same on every rank (DDP averages the ranks' losses).
+            loss = world.all_reduce_sum(loss.detach().clone()) / world.world_size
+            # The schedule moves with tokens seen (one per predicted action), as the original's;
+            # the global batch's, so that N ranks follow one process's schedule.
+            self.tokens += batches.windows(self.step) * actions.shape[1]
             lr = self.lr()
             for group in self.optimizer.param_groups:
                 group["lr"] = lr

@@ -109,29 +109,36 @@ class DDP(Parallel):
         return model.to(self.cfg.device)
 
     def distribute(self, model: torch.nn.Module) -> torch.nn.Module:
-        device = next(model.parameters()).device
-        ddp = torch.nn.parallel.DistributedDataParallel
-        # Buffers (action bounds, RoPE tables) are equal on every rank and never change: no
-        # broadcast before each forward. Newer torch renamed the flag (and deprecated the old);
-        # the new one still broadcasts them once at construction, which ranks built on the meta
-        # device rely on (the old one skipped that, so it is given only when the new is absent).
-        sync_flag = (
-            "forward_sync_buffers"
-            if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
-            else "broadcast_buffers"
-        )
-        wrapped = ddp(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            gradient_as_bucket_view=True,
-            **{sync_flag: False},
-        )
-        if sync_flag == "broadcast_buffers":
-            for buffer in model.buffers():
-                dist.broadcast(buffer, 0)
-        if self.cfg.ddp_bf16_grads:
-            register_bf16_grads(wrapped, device)
-        return wrapped
+        return wrap_ddp(model, self.cfg.ddp_bf16_grads)
+
+
+def wrap_ddp(model: torch.nn.Module, bf16_grads: bool = False) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel on the device its parameters are on, rank 0's
+    weights and buffers broadcast to every rank (the Atari half's trainer wraps its model here
+    too); ``bf16_grads``: all-reduce the gradients in bf16 (``--ddp_bf16_grads``)."""
+    device = next(model.parameters()).device
+    ddp = torch.nn.parallel.DistributedDataParallel
+    # Buffers (action bounds, RoPE tables) are equal on every rank and never change: no
+    # broadcast before each forward. Newer torch renamed the flag (and deprecated the old);
+    # the new one still broadcasts them once at construction, which ranks built on the meta
+    # device rely on (the old one skipped that, so it is given only when the new is absent).
+    sync_flag = (
+        "forward_sync_buffers"
+        if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+        else "broadcast_buffers"
+    )
+    wrapped = ddp(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        gradient_as_bucket_view=True,
+        **{sync_flag: False},
+    )
+    if sync_flag == "broadcast_buffers":
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
+    if bf16_grads:
+        register_bf16_grads(wrapped, device)
+    return wrapped
 
 
 def register_bf16_grads(wrapped, device: torch.device) -> None:
