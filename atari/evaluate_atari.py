@@ -18,6 +18,7 @@ from pathlib import Path
 
 import _paths  # noqa: F401
 from decision_transformer.errors import ConfigError, DatasetError, UserError
+from decision_transformer.run.distributed import DistContext
 from decision_transformer.run.paths import check_output_file
 from run_dt_atari import EvalRequest, evaluate_saved
 
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     try:
+        if DistContext.described().world_size > 1:
+            # Every rank would play every episode and write the same files.
+            raise ConfigError("evaluate_atari.py runs in one process: start it with python, not "
+                              "torchrun")  # fmt: skip
         for flag, path in (("--json", args.json), ("--video", args.video)):
             if path is not None:  # before the evaluation, not after it
                 check_output_file(path, flag)

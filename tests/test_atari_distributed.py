@@ -240,3 +240,18 @@ def test_under_torchrun_refused_in_one_line(monkeypatch, tmp_path, capsys, extra
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_atari_under_torchrun_refused_in_one_line(monkeypatch, tmp_path, capsys):
+    """Evaluating a saved run is one process's work: under torchrun it is refused before any
+    checkpoint is read (the path given does not even exist)."""
+    import evaluate_atari
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    code = evaluate_atari.main(["--checkpoint", str(tmp_path / "run"), "--json",
+                                str(tmp_path / "e.json")])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "runs in one process" in err[0] and "not torchrun" in err[0], err
+    assert not (tmp_path / "e.json").exists()
