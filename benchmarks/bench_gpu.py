@@ -21,6 +21,9 @@ extracted with ``git archive`` and run in a subprocess, so both are measured in 
   iteration of GUARD_STEPS steps, counted, with the guard checking every step (as it did before)
   and at its default interval; the bytes that reads per step for each preset's fp32 weights; and
   CPU milliseconds per step (one read of the 2-layer slice timed, times the reads per step).
+* host syncs per step of the Atari trainer (run_dt_atari.py's, GPT backbone, random frames),
+  beside ATARI_BASELINE, the tree before its loss stayed on the device. Target: 0 (the progress
+  bar reads the loss every PROGRESS_EVERY steps, a checkpoint and an epoch's log once).
 
 CUDA part (only when ``torch.cuda.is_available()``; not run where this was written, which had no
 GPU): each preset at batch 64, K 20 in bf16 autocast, eager and ``--compile``'s regional
@@ -52,6 +55,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "8c6f98a"  # main just before the hot-path branch
+ATARI_BASELINE = "e7b50b3"  # main before the Atari trainer kept its loss on the device
 QWEN3_06B_LAYER = dict(
     hidden_size=1024, n_head=16, n_kv_head=8, head_dim=128, intermediate_size=3072, dropout=0.1
 )
@@ -181,7 +185,7 @@ def count_tree(compiled: bool = False) -> dict:
     from decision_transformer.data.sampler import BatchSampler
     from decision_transformer.models.decision_transformer_qwen3 import DecisionTransformerQwen3
     from decision_transformer.training import seq_trainer
-    from decision_transformer.training.trainer import TrainerOptions
+    from decision_transformer.training import trainer as trainer_module
     from torch.utils._python_dispatch import TorchDispatchMode
 
     torch.set_num_threads(1)
@@ -257,12 +261,19 @@ def count_tree(compiled: bool = False) -> dict:
         humanoid_dataset(), K, 1000, 1000.0, device="cuda", rng=np.random.default_rng(0)
     )
     optimizer = torch.optim.AdamW(small.parameters(), lr=1e-4)
-    trainer = seq_trainer.SequenceTrainer(
-        small,
-        optimizer,
-        get_batch=functools.partial(sampler, 8),
-        options=TrainerOptions(autocast_dtype=torch.bfloat16, progress=False),
-    )
+    options = dict(autocast_dtype=torch.bfloat16, progress=False)
+    if hasattr(trainer_module, "TrainerOptions"):
+        trainer = seq_trainer.SequenceTrainer(
+            small,
+            optimizer,
+            get_batch=functools.partial(sampler, 8),
+            options=trainer_module.TrainerOptions(**options),
+        )
+    else:  # the baseline's trainer: batch size, loss and options as arguments
+        trainer = seq_trainer.SequenceTrainer(
+            small, optimizer, 8, functools.partial(sampler, 8),
+            lambda s_hat, a_hat, r_hat, s, a, r: torch.mean((a_hat - a) ** 2), **options,
+        )  # fmt: skip
     step = optimizer.step
     syncs = []
     with host_syncs.HostSyncCounter(fake_cuda=True) as counter:
@@ -279,14 +290,61 @@ def count_tree(compiled: bool = False) -> dict:
     return {**result, "syncs": syncs}
 
 
-def counts_of(rev: str | None, compiled: bool = False) -> dict | None:
-    """count_tree() for git revision ``rev`` (None: this tree), in a subprocess."""
+def count_atari_tree() -> dict:
+    """Host syncs per step of the Atari trainer on sys.path (this tree or a baseline's), on random
+    frames in the replay's layout (the counts do not depend on the pixels); run in a subprocess."""
+    from types import SimpleNamespace
+
+    from mingpt import trainer_atari
+    from mingpt.model_atari import AtariDecisionTransformer, AtariDTConfig
+
+    torch.set_num_threads(1)
+    host_syncs = load_host_syncs()
+    rng = np.random.default_rng(0)
+    n, ctx, steps = 400, 10, 8
+    ends = np.array([150, 280, n])
+    data = SimpleNamespace(
+        frames=rng.integers(0, 256, (n, 84, 84), dtype=np.uint8),
+        actions=rng.integers(0, 4, n).astype(np.int64),
+        rtgs=rng.random(n).astype(np.float32),
+        timesteps=np.concatenate([np.arange(e - s) for s, e in zip([0, 150, 280], ends)]),
+        starts=np.array([0, 150, 280]),
+        ends=ends,
+    )
+    torch.manual_seed(0)
+    cfg = AtariDTConfig(n_actions=4, max_timestep=n, context_length=ctx, n_layer=2, n_head=4,
+                        n_embd=64)  # fmt: skip
+    trainer = trainer_atari.Trainer(
+        AtariDecisionTransformer(cfg),
+        trainer_atari.WindowDataset(data, ctx),
+        trainer_atari.TrainerConfig(batch_size=8, num_workers=0, steps_per_epoch=steps),
+        torch.device("cpu"),
+    )
+    step = trainer.optimizer.step
+    marks = []
+    with host_syncs.HostSyncCounter() as counter:
+
+        def paused_step(*args, **kwargs):  # AdamW's bookkeeping waits for nothing on CUDA
+            with counter.paused():
+                return step(*args, **kwargs)
+
+        trainer.optimizer.step = paused_step
+        trainer.run_epoch(lambda tr: marks.append(len(counter.events)))
+    # Between two callbacks: one whole step (its batch fetched, trained, logged).
+    syncs = [counter.events[a:b] for a, b in zip(marks, marks[1:])]
+    return {"syncs": syncs}
+
+
+def counts_of(rev: str | None, compiled: bool = False, atari: bool = False) -> dict | None:
+    """count_tree() (count_atari_tree() with ``atari``) for git revision ``rev`` (None: this
+    tree), in a subprocess."""
     with tempfile.TemporaryDirectory() as tmp:
         tree = ROOT
         if rev is not None:
+            paths = ["gym/decision_transformer"] + ["atari"] * atari
             try:
                 archive = subprocess.run(
-                    ["git", "-C", str(ROOT), "archive", rev, "gym/decision_transformer"],
+                    ["git", "-C", str(ROOT), "archive", rev, *paths],
                     capture_output=True,
                     check=True,
                 ).stdout
@@ -299,7 +357,8 @@ def counts_of(rev: str | None, compiled: bool = False) -> dict | None:
                 tar.extractall(tmp, filter="data")
             tree = Path(tmp)
         proc = subprocess.run(
-            [sys.executable, __file__, "--_count", str(tree)] + ["--cpu_compiled"] * compiled,
+            [sys.executable, __file__, "--_count_atari" if atari else "--_count", str(tree)]
+            + ["--cpu_compiled"] * compiled,
             capture_output=True,
             text=True,
             env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "MUJOCO_GL": "egl"},
@@ -349,7 +408,26 @@ def cpu_part(baseline: str, compiled: bool) -> list[str]:
         print_guard(new["guard"])
     if worst_new > 1:
         missed.append(f"{worst_new} host syncs in a training step (> 1)")
+    missed += atari_part()
     return missed
+
+
+def atari_part() -> list[str]:
+    """Host syncs per step of the Atari trainer (run_dt_atari.py's), this tree beside the one
+    before its loss stayed on the device."""
+    old, new = counts_of(ATARI_BASELINE, atari=True), counts_of(None, atari=True)
+    worst_old = max(len(s) for s in old["syncs"]) if old else "(not available)"
+    worst_new = max(len(s) for s in new["syncs"])
+    print("## CPU: the Atari trainer's steps\n")
+    print(f"GPT backbone 64 x 2, batch 8, K 10, the optimizer's step left out ({ATARI_BASELINE}:")
+    print("before; the progress bar reads the loss every PROGRESS_EVERY steps, not counted here)\n")
+    print("| measure | before | now | target |")
+    print("|---|---|---|---|")
+    print(f"| host syncs / step (max of {len(new['syncs'])}) | {worst_old} | {worst_new} | 0 |")
+    if old:
+        print(f"\nbefore, one step: {', '.join(old['syncs'][0]) or 'none'}")
+    print(f"now, one step: {', '.join(new['syncs'][0]) or 'none'}\n")
+    return [f"{worst_new} host syncs in an Atari training step (> 0)"] if worst_new else []
 
 
 def print_guard(g: dict) -> None:
@@ -542,6 +620,7 @@ def main() -> int:
         help="also estimate the launches under regional compilation on CPU (needs cc; ~3 min)",
     )
     p.add_argument("--_count", help=argparse.SUPPRESS)
+    p.add_argument("--_count_atari", help=argparse.SUPPRESS)
     p.add_argument("--_smoke_cpu", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._smoke_cpu:  # the CUDA table's code, run small on the CPU to catch mistakes
@@ -554,6 +633,11 @@ def main() -> int:
     if args._count:
         sys.path.insert(0, str(Path(args._count) / "gym"))
         print(json.dumps(count_tree(args.cpu_compiled)))
+        return 0
+    if args._count_atari:
+        tree = Path(args._count_atari)
+        sys.path[:0] = [str(tree / "gym"), str(tree / "atari")]
+        print(json.dumps(count_atari_tree()))
         return 0
     missed = cpu_part(args.baseline, args.cpu_compiled)
     if torch.cuda.is_available() and not args.skip_cuda:

@@ -95,6 +95,9 @@ class EpochBatches(Sampler[list[int]]):
         return len(self.world.share(range(m))) * self.world.world_size / m
 
 
+PROGRESS_EVERY = 50  # steps between the progress bar's loss readings (each one waits on the GPU)
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = 5
@@ -129,9 +132,13 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             model.param_groups(cfg.weight_decay), lr=cfg.learning_rate, betas=cfg.betas
         )
-        # Progress, all of it in the checkpoint.
+        # Progress, all of it in the checkpoint. The epoch's loss sum stays on the device: reading
+        # it each step would stall the host until the GPU drained its queue.
         self.epoch, self.step, self.tokens, self.global_step = 0, 0, 0, 0
-        self.loss_sum, self.loss_count = 0.0, 0
+        self.loss_sum, self.loss_count = self._zero_loss(), 0
+
+    def _zero_loss(self) -> torch.Tensor:
+        return torch.zeros((), dtype=torch.float32, device=self.device)
 
     def steps_in_epoch(self) -> int:
         n = math.ceil(len(self.dataset) / self.cfg.batch_size)
@@ -198,19 +205,21 @@ class Trainer:
                 group["lr"] = lr
             self.step += 1
             self.global_step += 1
-            self.loss_sum += loss.item()
+            self.loss_sum += loss.float()
             self.loss_count += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+            if world.is_main and self.step % PROGRESS_EVERY == 0:  # the only read of the loss
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
             if on_step is not None and self.step < total:
                 on_step(self)
         bar.close()
         logs = {
-            "train/loss": self.loss_sum / max(1, self.loss_count),
+            "train/loss": self.loss_sum.item() / max(1, self.loss_count),
             "train/lr": self.lr(),
             "train/tokens": self.tokens,
         }
-        self.epoch, self.step, self.loss_sum, self.loss_count = self.epoch + 1, 0, 0.0, 0
+        self.epoch, self.step, self.loss_count = self.epoch + 1, 0, 0
+        self.loss_sum = self._zero_loss()
         return logs
 
     def state_dict(self) -> dict:
@@ -220,11 +229,12 @@ class Trainer:
             "step": self.step,
             "tokens": self.tokens,
             "global_step": self.global_step,
-            "loss_sum": self.loss_sum,
+            "loss_sum": self.loss_sum.item(),  # a read, but only when a checkpoint is written
             "loss_count": self.loss_count,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        for k in ("epoch", "step", "tokens", "global_step", "loss_sum", "loss_count"):
+        for k in ("epoch", "step", "tokens", "global_step", "loss_count"):
             setattr(self, k, state[k])
+        self.loss_sum = self._zero_loss() + state["loss_sum"]
