@@ -422,7 +422,7 @@ class RunConfig:
     val_windows: int = flag(
         512,
         "windows of the held-out episodes drawn once (by --seed) on which the validation error "
-        "is computed every iteration",
+        "is computed every iteration (with --tasks, this many per task)",
         group=VALIDATION_GROUP,
         type=int,
     )
