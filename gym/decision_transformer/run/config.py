@@ -413,14 +413,16 @@ class RunConfig:
         0,
         "hold out this many whole episodes (or this fraction of them, e.g. 0.1), drawn by "
         "--seed, from training and from the state mean/std; their action error is logged each "
-        "iteration as validation/action_error. 0: off, every episode trains",
+        "iteration as validation/action_error. With --tasks each task holds out its own "
+        "(logged validation/<task>/action_error; validation/action_error is their mean). 0: "
+        "off, every episode trains",
         group=VALIDATION_GROUP,
         type=episode_count,
     )
     val_windows: int = flag(
         512,
         "windows of the held-out episodes drawn once (by --seed) on which the validation error "
-        "is computed every iteration",
+        "is computed every iteration (with --tasks, this many per task)",
         group=VALIDATION_GROUP,
         type=int,
     )
@@ -429,8 +431,9 @@ class RunConfig:
         "keep the best iteration's weights as best.pt beside checkpoint.pt: val_error (lowest "
         "validation error) or return@TARGET (highest mean return at TARGET, one of "
         "--env_targets, e.g. return@max). With --online_rounds only return@TARGET, which ranks "
-        "the offline iterations and every evaluated online round together. Default: val_error "
-        "with --val_episodes (offline runs), else no best.pt",
+        "the offline iterations and every evaluated online round together. With --tasks only "
+        "val_error (the mean over tasks). Default: val_error with --val_episodes (offline "
+        "runs), else no best.pt",
         group=VALIDATION_GROUP,
         type=selection_spec,
     )
@@ -772,8 +775,6 @@ def _resolve_tasks(cfg: RunConfig) -> None:
         ("--policy stochastic", cfg.policy != "deterministic"),
         ("--online_rounds", cfg.online_rounds > 0),
         ("--init_from", cfg.init_from is not None),
-        ("--val_episodes", cfg.val_episodes != 0),
-        ("--select_by", cfg.select_by is not None),
     ]
     for name, given in unsupported:
         if given:
@@ -781,6 +782,11 @@ def _resolve_tasks(cfg: RunConfig) -> None:
                 f"{name} is not supported with --tasks yet: drop it (multi-task runs train an "
                 "offline DT, in one process, DDP or FSDP)"
             )
+    if selection_target(cfg.select_by) is not None:
+        raise ConfigError(
+            f"--select_by {cfg.select_by} is not supported with --tasks (each task has its own "
+            "targets): select by val_error with --val_episodes, or drop --select_by"
+        )
     numbers = [t for t in cfg.env_targets or () if not isinstance(t, str)]
     if numbers:
         raise ConfigError(

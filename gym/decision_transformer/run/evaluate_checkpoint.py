@@ -457,6 +457,8 @@ def evaluate_tasks(args: argparse.Namespace, ckpt_path: Path, ckpt: dict) -> dic
         "metrics": metrics,
         "table": format_task_table(tasks, metrics),
     }
+    if "selection" in ckpt:  # best.pt: by what, and the value that made it best
+        report["selection"] = ckpt["selection"]
     if videos:
         report["videos"] = {
             tasks[i].name: render_task_video(cfg, tasks[i], recorders[i], path, args)

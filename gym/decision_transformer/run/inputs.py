@@ -79,10 +79,17 @@ def hold_out_episodes(cfg: RunConfig, data: RunData) -> None:
     """--val_episodes: the seeded split, and the state mean/std of the training episodes only
     (what the checkpoint records and evaluation normalises with). Targets such as max or p90
     still read the whole dataset's returns: they describe the data, not the split."""
-    data.train_episodes, data.val_episodes = split_episodes(
-        cfg.val_episodes, len(data.dataset.lengths), cfg.seed
-    )
-    data.dataset = data.dataset.with_state_stats_of(data.train_episodes)
+    data.dataset, data.train_episodes, data.val_episodes = held_out_split(cfg, data.dataset)
+
+
+def held_out_split(
+    cfg: RunConfig, dataset: TrajectoryDataset
+) -> tuple[TrajectoryDataset, np.ndarray, np.ndarray]:
+    """``dataset`` with the state statistics of its training episodes, and the sorted indices
+    of those and of the held-out ones: the split a run with --val_episodes and --seed makes of
+    it (each task of a multi-task run its own, by the same rule and seed)."""
+    train, val = split_episodes(cfg.val_episodes, len(dataset.lengths), cfg.seed)
+    return dataset.with_state_stats_of(train), train, val
 
 
 def make_selection(cfg: RunConfig, data: RunData, targets: list[float]) -> Selection | None:

@@ -21,10 +21,12 @@ import torch
 from ..data.loading import check_dataset_available, load_dataset
 from ..data.trajectories import TrajectoryDataset
 from ..envs import EnvSpec, get_spec
+from ..errors import DatasetError
 from ..models.factory import build_multitask_model
 from .config import ConfigError, RunConfig, task_name, task_shapes
 from .distributed import DistContext, unwrap
 from .evaluation import Evaluation, format_target, target_key
+from .inputs import held_out_split
 from .paths import check_output_dir, check_run_start
 
 
@@ -39,6 +41,9 @@ class Task:
     dataset: TrajectoryDataset
     shape: object  # models.multitask.TaskShape
     targets: list[float] = field(default_factory=list)
+    # With --val_episodes: sorted indices of the task's episodes trained on and held out.
+    train_episodes: np.ndarray | None = None
+    val_episodes: np.ndarray | None = None
 
 
 @dataclass
@@ -48,7 +53,8 @@ class MultiTaskData:
     out_dir: Path
     ckpt_path: Path
     tasks: list[Task]
-    train_episodes: None = None  # --val_episodes is refused with --tasks
+    # Each task holds out its own episodes (Task.train_episodes, Task.val_episodes).
+    train_episodes: None = None
     val_episodes: None = None
 
     def build_model(self, cfg: RunConfig) -> torch.nn.Module:
@@ -60,7 +66,9 @@ class MultiTaskData:
 
 
 def load_task_data(cfg: RunConfig, ctx: DistContext | None = None) -> MultiTaskData:
-    """Every task's dataset (all checked to exist before any is read) and env sizes."""
+    """Every task's dataset (all checked to exist before any is read) and env sizes; with
+    --val_episodes each task's split, made as a single-task run on its dataset makes it (the
+    same rule and seed: the same episodes held out, the training ones' state statistics)."""
     out_dir = check_output_dir(cfg.out_dir, "--out_dir", probe=ctx is None or ctx.is_main)
     ckpt_path = check_run_start(out_dir, cfg.resume)
     pairs = [task.split(":", 1) for task in cfg.tasks]
@@ -72,7 +80,14 @@ def load_task_data(cfg: RunConfig, ctx: DistContext | None = None) -> MultiTaskD
         with (ctx or DistContext()).local_rank_first():
             dataset = load_dataset(cfg.data_dir, env, dataset_name, cfg.mode)
         dataset.check_env_dims(shape.state_dim, shape.act_dim, env, f"task {task}")
-        tasks.append(Task(task_name(task), env, dataset_name, get_spec(env), dataset, shape))
+        train = val = None
+        if cfg.val_episodes:
+            try:
+                dataset, train, val = held_out_split(cfg, dataset)
+            except DatasetError as e:
+                raise DatasetError(f"task {task}: {e}") from None
+        name = task_name(task)
+        tasks.append(Task(name, env, dataset_name, get_spec(env), dataset, shape, [], train, val))
     return MultiTaskData(out_dir, ckpt_path, tasks)
 
 

@@ -25,7 +25,13 @@ from .paths import check_output_file
 _RETURN_KEY = re.compile(r"^evaluation/(?:(?P<task>[^/]+)/)?target_(?P<target>.+)_return_mean$")
 _MEAN_KEY = re.compile(r"^evaluation/mean/(?P<label>.+)_normalized_score$")
 TRAIN_LOSS = "training/train_loss_mean"
-VAL_ERROR = "validation/action_error"  # runs with --val_episodes
+VAL_ERROR = "validation/action_error"  # runs with --val_episodes (--tasks: the mean over tasks)
+# A multi-task run with --val_episodes: each task's validation error.
+_VAL_TASK_KEY = re.compile(r"^validation/(?P<task>[^/]+)/action_error$")
+
+
+def val_task_key(task: str) -> str:
+    return f"validation/{task}/action_error"
 
 
 class RunError(UserError, ValueError):
@@ -57,6 +63,12 @@ class Run:
     def means(self) -> list[str]:
         """A multi-task run's labels of its mean normalized scores ('max', 'target1')."""
         found = {m["label"] for row in self.rows for k in row if (m := _MEAN_KEY.match(k))}
+        return sorted(found)
+
+    @property
+    def val_tasks(self) -> list[str]:
+        """A multi-task run's tasks with a validation error of their own."""
+        found = {m["task"] for row in self.rows for k in row if (m := _VAL_TASK_KEY.match(k))}
         return sorted(found)
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
@@ -163,8 +175,10 @@ def plot_runs(runs: list[Run], out: str | Path, title: str | None = None) -> Pat
         t for t in targets if any(r.series(metric_key(t, "normalized_score"))[0] for r in runs)
     ]
     means = sorted({m for r in runs for m in r.means})
+    val_tasks = sorted({t for r in runs for t in r.val_tasks})
     panels = [("return", t) for t in targets] + [("score", t) for t in scored]
     panels += [("mean", m) for m in means] + [("loss", None)]
+    panels += [("val", t) for t in val_tasks]
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.6 * nrows), squeeze=False)
@@ -212,6 +226,8 @@ def _draw_run(ax, run: Run, kind: str, target: str | None, color: str) -> None:
         ax.plot(*run.series(metric_key(target, "normalized_score")), **style)
     elif kind == "mean":
         ax.plot(*run.series(f"evaluation/mean/{target}_normalized_score"), **style)
+    elif kind == "val":
+        ax.plot(*run.series(val_task_key(target)), **{**style, "linestyle": "--"})
     else:
         ax.plot(*run.series(TRAIN_LOSS), **style)
         # The held-out episodes' error, dashed in the run's colour: a gap that opens
@@ -231,6 +247,9 @@ def _label_panel(ax, runs: list[Run], kind: str, target: str | None) -> None:
     elif kind == "mean":
         ax.set_title(f"mean normalized score over tasks, {target}")
         ax.set_ylabel("normalized score")
+    elif kind == "val":
+        ax.set_title(f"validation error, {target}")
+        ax.set_ylabel("action MSE (held-out episodes)")
     else:
         validated = any(r.series(VAL_ERROR)[0] for r in runs)
         ax.set_title(
@@ -262,6 +281,8 @@ def markdown_table(runs: list[Run]) -> str:
     validated = any(r.series(VAL_ERROR)[0] for r in runs)
     if validated:
         head.append("val error (final / best)")
+    val_tasks = sorted({t for r in runs for t in r.val_tasks})
+    head += [f"val error @{t} (final / best)" for t in val_tasks]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * (len(head) - 2)]
     for run in runs:
         step_time = run.step_time()
@@ -275,8 +296,9 @@ def markdown_table(runs: list[Run]) -> str:
         ]
         cells += [_final_best(run.series(metric_key(t, "return_mean"))[1]) for t in targets]
         cells += [_final_best(run.series(metric_key(t, "normalized_score"))[1]) for t in scored]
-        if validated:
-            val = run.series(VAL_ERROR)[1]
+        keys = ([VAL_ERROR] if validated else []) + [val_task_key(t) for t in val_tasks]
+        for key in keys:
+            val = run.series(key)[1]
             cells.append(f"{val[-1]:.4g} / {min(val):.4g}" if val else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

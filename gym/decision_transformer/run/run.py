@@ -401,11 +401,7 @@ class Run:
         cfg, ctx, data = self.cfg, self.ctx, self.data
         if data.val_episodes is None:
             return None
-        if cfg.val_windows < 2 * ctx.world_size:
-            raise ConfigError(
-                f"--val_windows {cfg.val_windows} is too few for {ctx.world_size} processes: "
-                f"use at least {2 * ctx.world_size}"
-            )
+        check_val_windows(cfg, ctx)
         spec = data.spec
         sampler = BatchSampler(
             data.dataset, cfg.K, spec.max_ep_len, spec.scale, cfg.device,
@@ -506,7 +502,7 @@ class Run:
         self.model.eval()
         with self.trainer.autocast():
             if self.validation is not None:
-                logs.update(self.validation(self.parallel.module(self.model)))
+                logs.update(self.validate())
             if evaluate and self.evaluation is not None:
                 # Under FSDP the sharded model itself, each block gathered for its forward only
                 # (the ranks play in lockstep), not a full copy of the weights on every rank.
@@ -517,6 +513,10 @@ class Run:
         logs["time/evaluation"] = time.time() - start
         logs.update(trained)
         return logs
+
+    def validate(self) -> dict:
+        """The validation error of the model just trained (eval mode, the run's autocast)."""
+        return self.validation(self.parallel.module(self.model))
 
     def record(self, iteration: int, logs: dict, online: bool) -> None:
         """Rank 0's metrics row and best-so-far check (an ``online`` round competes when it was
@@ -532,6 +532,15 @@ class Run:
             selection = self.state.selection
             best = selection is not None and selection.observe(iteration, logs, online)
         self.state.save(iteration, best=best, failed=failed)
+
+
+def check_val_windows(cfg: RunConfig, ctx: DistContext) -> None:
+    """Every rank needs windows of its own (FSDP: as many forward calls on each)."""
+    if cfg.val_windows < 2 * ctx.world_size:
+        raise ConfigError(
+            f"--val_windows {cfg.val_windows} is too few for {ctx.world_size} processes: "
+            f"use at least {2 * ctx.world_size}"
+        )
 
 
 def print_logs(iteration: int, logs: dict) -> None:
@@ -553,6 +562,11 @@ def print_summary(dataset, targets: list[float], logs: dict, selection=None) -> 
         if key in logs:
             std = logs[f"evaluation/{target_key(t)}_return_std"]
             print(f"achieved return at target {format_target(t)}: {logs[key]:.1f} ± {std:.1f}")
+    print_best(selection)
+
+
+def print_best(selection) -> None:
+    """Which iteration best.pt keeps, when the run kept one."""
     if selection is not None and selection.best_iteration is not None:
         print(
             f"best.pt: iteration {selection.best_iteration} by {selection.criterion} "

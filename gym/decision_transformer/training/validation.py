@@ -8,6 +8,11 @@ window's last action), so the two curves read on one axis; the model is in eval 
 Under torchrun each rank measures its contiguous share of the windows and one all-reduce sums
 [squared error, count]; every rank makes the same number of forward calls, which FSDP's sharded
 forwards need, and ends with the same value.
+
+A multi-task run (:class:`MultiTaskValidationSet`) measures each task's windows through the
+task's own single-task view of the model, so a task's error means what a single-task run's does,
+and logs their mean over tasks, each task weighing the same (as ``--task_sampling uniform``, the
+default, weighs them in training), under the single-task key that best.pt selects by.
 """
 
 from __future__ import annotations
@@ -31,14 +36,20 @@ class ValidationSet:
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         """``{VALIDATION_KEY: error}``; the caller puts the model in eval mode (and autocast)."""
-        total = None
-        for batch in self.batches:
-            part = (self._dt_terms if self.conditioned else self._bc_terms)(model, batch)
-            total = part if total is None else total + part
+        total = self.terms(model)
         if self.ctx is not None and self.ctx.world_size > 1:
             total = self.ctx.all_reduce_sum(total)
         squared, count = total.tolist()  # the one host sync
         return {VALIDATION_KEY: squared / count}
+
+    @torch.no_grad()
+    def terms(self, model: torch.nn.Module) -> torch.Tensor:
+        """This rank's [sum of squared errors, number of action entries], on the device."""
+        total = None
+        for batch in self.batches:
+            part = (self._dt_terms if self.conditioned else self._bc_terms)(model, batch)
+            total = part if total is None else total + part
+        return total
 
     @staticmethod
     def _dt_terms(model: torch.nn.Module, batch) -> torch.Tensor:
@@ -59,6 +70,36 @@ class ValidationSet:
         preds = preds.float().reshape(-1, actions.shape[-1])
         err = (preds - actions[:, -1]).square().sum()
         return torch.stack([err, torch.full_like(err, preds.numel())])
+
+
+def task_validation_key(task: str) -> str:
+    """A multi-task run's metrics key of task ``task``'s validation error."""
+    return f"validation/{task}/action_error"
+
+
+class MultiTaskValidationSet:
+    """Each task's fixed windows (``tasks``: (task name, its :class:`ValidationSet`), in the
+    model's task order) through ``model.task_model(i)``, the task's plain DT, as a single-task
+    run measures them. Every task's [squared, count] terms are stacked and summed across ranks
+    in one all-reduce, read in one host sync; each rank makes the same forward calls (every
+    task's windows are split over the ranks in as many batches on each)."""
+
+    def __init__(self, tasks: list[tuple[str, ValidationSet]], ctx=None):
+        self.tasks = tasks
+        self.ctx = ctx
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        """``VALIDATION_KEY`` (the mean over tasks) and each task's error; ``model``: the
+        multi-task model (unwrapped), in eval mode."""
+        views = [model.task_model(i) for i in range(len(self.tasks))]
+        total = torch.stack([part.terms(view) for view, (_, part) in zip(views, self.tasks)])
+        if self.ctx is not None and self.ctx.world_size > 1:
+            total = self.ctx.all_reduce_sum(total)
+        errors = [squared / count for squared, count in total.tolist()]  # the one host sync
+        out = {VALIDATION_KEY: sum(errors) / len(errors)}
+        out.update({task_validation_key(name): e for (name, _), e in zip(self.tasks, errors)})
+        return out
 
 
 def overfitting(history: list[tuple[float, float]], patience: int = OVERFIT_PATIENCE) -> bool:
