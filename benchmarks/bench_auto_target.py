@@ -48,6 +48,7 @@ from bench_multitask import (  # noqa: E402  (its recipe, models, data and helpe
     TINY_MODELS,
     make_smoke_data,
     sweep,
+    target_keys,
     task_name,
 )
 from bench_multitask import train as multitask_train  # noqa: E402
@@ -81,20 +82,12 @@ def train(args, model: str, seed: int, out: Path, task: str | None) -> str:
 
 
 def read_result(result: Result, out: Path) -> None:
-    """The last metrics row's mean and std at each target, the targets read off the checkpoint
-    (auto is its own row, ``target_auto``)."""
-    import torch
-
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=True, mmap=True)
+    """The last metrics row's mean and std at each target spec, per task (auto is its own row,
+    ``target_auto``)."""
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     for task in result.tasks:
-        name = task_name(task)
-        if result.kind == "multi":
-            targets, prefix = ckpt["eval_targets"][name], f"evaluation/{name}/"
-        else:
-            targets, prefix = ckpt["eval_targets"], "evaluation/"
-        keys = {spec: f"{prefix}target_{t if isinstance(t, str) else f'{t:g}'}_return"
-                for spec, t in zip(TARGETS, targets)}  # fmt: skip
+        prefix = f"evaluation/{task_name(task)}/" if result.kind == "multi" else "evaluation/"
+        keys = target_keys(last, prefix, TARGETS)
         result.returns[task] = {
             spec: [last[f"{key}_mean"], last[f"{key}_std"]] for spec, key in keys.items()
         }

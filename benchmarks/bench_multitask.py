@@ -152,21 +152,29 @@ def train(
     return ""
 
 
-def read_result(result: Result, out: Path) -> None:
-    """The last metrics row's returns at each target, the targets read off the checkpoint."""
-    import torch
+def target_keys(row: dict, prefix: str, specs: list[str]) -> dict[str, str]:
+    """Each target spec's metric stem (``{prefix}target_{t}_return``) in a metrics row, read off
+    the row itself, so that a run folder kept without its weights (a measurement committed to
+    carry it to another machine, benchmarks/README.md) is still read. The fixed specs are
+    ``max`` and ``p90`` in that order, resolved to numbers with max >= p90: the row's numeric
+    targets, largest first (one number when the two coincide); ``auto`` keeps its name."""
+    head, tail = f"{prefix}target_", "_return_mean"
+    found = [k[len(head) : -len(tail)] for k in row if k.startswith(head) and k.endswith(tail)]
+    numbers = sorted((t for t in found if t != "auto"), key=float, reverse=True)
+    fixed = [s for s in specs if s != "auto"]
+    if not numbers or len(numbers) > len(fixed) or ("auto" in specs) != ("auto" in found):
+        raise ValueError(f"metrics row has targets {found}, expected the specs {specs}")
+    resolved = {s: numbers[min(i, len(numbers) - 1)] for i, s in enumerate(fixed)}
+    return {s: f"{head}{resolved.get(s, s)}_return" for s in specs}
 
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=True, mmap=True)
+
+def read_result(result: Result, out: Path) -> None:
+    """The last metrics row's return at each target spec, per task."""
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     for task in result.tasks:
-        name = task_name(task)
-        if result.kind == "multi":
-            targets, prefix = ckpt["eval_targets"][name], f"evaluation/{name}/"
-        else:
-            targets, prefix = ckpt["eval_targets"], "evaluation/"
-        result.returns[task] = {
-            spec: last[f"{prefix}target_{t:g}_return_mean"] for spec, t in zip(TARGETS, targets)
-        }
+        prefix = f"evaluation/{task_name(task)}/" if result.kind == "multi" else "evaluation/"
+        keys = target_keys(last, prefix, TARGETS)
+        result.returns[task] = {spec: last[f"{key}_mean"] for spec, key in keys.items()}
 
 
 def mean_std(values: list[float]) -> str:

@@ -139,6 +139,22 @@ def rows(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def logged(out: Path) -> int:
+    """The last iteration ``out``'s metrics log holds (0: none). A phase is judged done by its
+    log, not its checkpoint, so that a measurement committed without its weights (to carry it to
+    another machine, benchmarks/README.md) is read, not retrained."""
+    path = out / "metrics.jsonl"
+    return rows(out)[-1]["iteration"] if path.is_file() and path.read_text().strip() else 0
+
+
+def train(script: str, flags: list, out: Path) -> float:
+    """Run (or resume, when ``out`` holds a checkpoint) one phase; CPU seconds. A log without
+    its checkpoint is a carried-over phase that did not finish: it starts afresh (the script
+    truncates the log)."""
+    resume = ["--resume"] if (out / "checkpoint.pt").exists() else []
+    return run(script, *flags, "--out_dir", out, *resume)
+
+
 def make_dataset(data: Path, episodes: int, max_return: float) -> np.ndarray:
     """humanoid-low-v2.pkl: the collected recipe's episodes of return below max_return."""
     low = data / "humanoid-low-v2.pkl"
@@ -235,19 +251,23 @@ def main() -> int:
         updates_per_round = int(online_flags[at + 1])
         name = f"{backbone}-s{seed}" if recipe == "project" else f"{recipe}-{backbone}-s{seed}"
         off, on = out / f"{name}-offline", out / f"{name}-online"
-        if not (off / "checkpoint.pt").exists():
-            run(script, *flags, "--out_dir", off)
+        done = max(logged(on) - c["offline_iters"], 0)
+        online_left = done < budget_rounds  # new, interrupted, or extended by a larger --rounds
+        # The online phase starts from the pretraining's checkpoint: a carried-over pretraining
+        # whose weights stayed behind is trained again (the same seed, the same numbers).
+        weights = (off / "checkpoint.pt").exists()
+        if logged(off) < c["offline_iters"] or (online_left and not weights):
+            train(script, flags, off)
         offline_return = eval_return(rows(off)[-1], args.target)
         # The CPU time the online phase used (for the table only), kept beside the run so that
         # an interrupted or extended run adds to it.
         cpu = out / f"{name}-online-cpu.json"
         spent = json.loads(cpu.read_text())["cpu_s"] if cpu.exists() else 0.0
-        logged = (on / "metrics.jsonl").exists()
-        done = rows(on)[-1]["iteration"] - c["offline_iters"] if logged else 0
-        if done < budget_rounds:  # new, interrupted, or extended by a larger --rounds
-            resume = ["--resume"] if (on / "checkpoint.pt").exists() else []
+        if online_left:
+            if not (on / "checkpoint.pt").exists():
+                spent = 0.0  # the phase starts afresh
             extend = ["--online_rounds", budget_rounds, "--init_from", off / "checkpoint.pt"]
-            spent += run(script, *flags, *online_flags, *extend, "--out_dir", on, *resume)
+            spent += train(script, [*flags, *online_flags, *extend], on)
             cpu.write_text(json.dumps({"cpu_s": spent}))
         final = next(r for r in rows(on) if r["iteration"] == c["offline_iters"] + budget_rounds)
         if f"evaluation/target_{args.target:g}_return_mean" not in final:
@@ -260,10 +280,8 @@ def main() -> int:
             updates = (final["iteration"] - c["offline_iters"]) * updates_per_round
             iters = c["offline_iters"] + -(-updates // c["offline_steps"])
             more = out / f"{name}-offline-more"
-            if not (more / "checkpoint.pt").exists() or rows(more)[-1]["iteration"] < iters:
-                resume = ["--resume"] if (more / "checkpoint.pt").exists() else []
-                flags = [*flags, "--max_iters", iters]  # the last --max_iters wins
-                run(script, *flags, "--out_dir", more, *resume)
+            if logged(more) < iters:
+                train(script, [*flags, "--max_iters", iters], more)  # the last --max_iters wins
             control = eval_return(rows(more)[-1], args.target)
         print(f"{recipe} {backbone} seed {seed}: done", flush=True)
         return (recipe, backbone, seed, offline_return, eval_return(final, args.target),

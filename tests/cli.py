@@ -117,3 +117,24 @@ def small_disk(path: Path, size: str):
         yield grow
     finally:
         subprocess.run(["umount", str(path)], check=True)
+
+
+def carry_over(out: Path, to: Path, under: str) -> list[Path]:
+    """Copy of a measurement's folder ``out`` into ``to`` holding only what git would commit had
+    it been written at ``under`` (a path in this repository, e.g. benchmarks/results/m): what a
+    later machine gets from a clone. Returns the files kept, relative to ``to``."""
+    import shutil
+
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    names = "".join(f"{under}/{p.as_posix()}\n" for p in files)
+    proc = subprocess.run(
+        ["git", "-C", str(ROOT), "check-ignore", "--no-index", "--stdin"],
+        input=names, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode in (0, 1), proc.stderr  # 1: nothing ignored
+    ignored = {Path(line).relative_to(under) for line in proc.stdout.splitlines()}
+    kept = [p for p in files if p not in ignored]
+    for p in kept:
+        (to / p).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(out / p, to / p)
+    return kept

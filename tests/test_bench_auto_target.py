@@ -36,6 +36,28 @@ def test_pooled_mean_and_standard_error_are_all_episodes_together():
     assert np.isclose(se, every.std(ddof=1) / np.sqrt(len(every)))
 
 
+def test_targets_are_read_off_the_metrics_row_without_the_checkpoint():
+    # A multi-task row: each task's targets under its own prefix; max > p90 whatever the order
+    # the keys were logged in, and a row that coincides (max == p90) serves both.
+    b = bench()
+    row = {
+        "evaluation/hopper-ars-100k/target_1338.5_return_mean": 1.0,
+        "evaluation/hopper-ars-100k/target_auto_return_mean": 2.0,
+        "evaluation/hopper-ars-100k/target_1474_return_mean": 3.0,
+        "evaluation/walker2d-ars-100k/target_424_return_mean": 4.0,
+        "evaluation/walker2d-ars-100k/target_auto_return_mean": 5.0,
+    }
+    keys = b.target_keys(row, "evaluation/hopper-ars-100k/", b.TARGETS)
+    stem = "evaluation/hopper-ars-100k/target_"
+    assert keys == {"auto": f"{stem}auto_return", "max": f"{stem}1474_return",
+                    "p90": f"{stem}1338.5_return"}  # fmt: skip
+    walker = b.target_keys(row, "evaluation/walker2d-ars-100k/", b.TARGETS)
+    assert walker["max"] == walker["p90"] == "evaluation/walker2d-ars-100k/target_424_return"
+    single = {"evaluation/target_9_return_mean": 0.0, "evaluation/target_12_return_mean": 0.0}
+    assert b.target_keys(single, "evaluation/", ["max", "p90"]) == {
+        "max": "evaluation/target_12_return", "p90": "evaluation/target_9_return"}  # fmt: skip
+
+
 def test_auto_meets_the_goal_within_one_standard_error_of_the_best_fixed_target():
     b = bench()
     args = Namespace(models=["qwen3"], tasks=["hopper:x"], episodes=4)

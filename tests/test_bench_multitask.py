@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from cli import ROOT
+from cli import ROOT, carry_over
 from rollouts import write_dataset
 
 BENCH = ROOT / "benchmarks" / "bench_multitask.py"
@@ -110,6 +110,19 @@ def test_a_second_call_reads_the_finished_runs(swept):
     assert again.returncode == first.returncode
     assert [p.stat().st_mtime_ns for p in rows] == before
     # The same table (the progress lines before it come in the threads' order).
+    tables = [[x for x in p.stdout.splitlines() if x.startswith("|")] for p in (first, again)]
+    assert tables[0] and tables[1] == tables[0]
+
+
+def test_a_measurement_carried_over_without_its_weights_is_read_not_retrained(swept, tmp_path):
+    # What a clone on the next machine holds: the run folders' logs, none of their weights.
+    data_dir, out, first = swept
+    kept = carry_over(out, tmp_path, "benchmarks/results/multitask")
+    assert any(p.name == "metrics.jsonl" for p in kept)
+    assert not any(p.suffix == ".pt" for p in kept)
+    again = sweep(data_dir, tmp_path)
+    assert again.returncode == first.returncode, again.stderr[-2000:]
+    assert not list(tmp_path.rglob("*.pt"))  # nothing was trained again
     tables = [[x for x in p.stdout.splitlines() if x.startswith("|")] for p in (first, again)]
     assert tables[0] and tables[1] == tables[0]
 
