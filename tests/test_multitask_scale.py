@@ -76,11 +76,16 @@ def test_a_preset_trains_several_tasks(data_dir, tmp_path):
     tiny = ["--embed_dim", "32", "--n_layer", "1", "--n_head", "2", "--n_kv_head", "1",
             "--head_dim", "16", "--intermediate_size", "64"]  # fmt: skip
     proc = run_script("train_humanoid_qwen_dt.py", "--tasks", *TASKS, "--data_dir", data_dir,
-                      *TINY, *tiny, "--max_iters", "1", "--out_dir", out)  # fmt: skip
+                      *TINY, *tiny, "--max_iters", "1", "--out_dir", out,
+                      "--val_episodes", "2", "--val_windows", "8")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["tasks"] == TASKS and cfg["preset"] == "qwen3-0.6b" and cfg["env"] == "multi"
-    assert "evaluation/walker2d-medium/target_5000_return_mean" in rows(out)[-1]
+    row = rows(out)[-1]
+    assert "evaluation/walker2d-medium/target_5000_return_mean" in row
+    # Held-out episodes per task, as experiment_qwen.py's multi-task runs hold them out.
+    per_task = [row[f"validation/{t.replace(':', '-')}/action_error"] for t in TASKS]
+    assert row["validation/action_error"] == pytest.approx(sum(per_task) / len(per_task))
 
 
 # --- FSDP2: 2 ranks (gloo) ----------------------------------------------------------------------
