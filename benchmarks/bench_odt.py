@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -281,6 +282,13 @@ def main() -> int:
             iters = c["offline_iters"] + -(-updates // c["offline_steps"])
             more = out / f"{name}-offline-more"
             if logged(more) < iters:
+                if not (more / "checkpoint.pt").exists() and (off / "checkpoint.pt").exists():
+                    # Continued from the pretraining's checkpoint (lr constant after warmup in
+                    # both recipes, resume exact), it is the run from scratch minus its first
+                    # iterations' compute; without those weights it trains from scratch.
+                    more.mkdir(exist_ok=True)
+                    for f in ("checkpoint.pt", "metrics.jsonl", "config.json"):
+                        shutil.copy2(off / f, more / f)
                 train(script, [*flags, "--max_iters", iters], more)  # the last --max_iters wins
             control = eval_return(rows(more)[-1], args.target)
         print(f"{recipe} {backbone} seed {seed}: done", flush=True)

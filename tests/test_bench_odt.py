@@ -1,7 +1,7 @@
 """benchmarks/bench_odt.py (issue 32's measurement) carried to another machine: a smoke run's
 folder, reduced to what git commits under benchmarks/results/ (logs, no weights or data), is read
 again without training; extended by a round, the pretraining it lost is trained again to the same
-numbers and the online phase and its control run to the new budget."""
+numbers, and the online phase and its control run to the new budget."""
 
 from __future__ import annotations
 
@@ -60,5 +60,9 @@ def test_a_longer_budget_retrains_the_lost_pretraining_to_the_same_numbers(carri
     online = [json.loads(x) for x in (there / "gpt2-s0-online" / "metrics.jsonl").read_text()
               .splitlines()]  # fmt: skip
     assert [r["iteration"] for r in online][-1] == 1 + 5  # smoke: 1 offline iteration
+    # The control, continued from the retrained pretraining to 25 updates (3 iterations of 20
+    # steps), repeats the carried-over control's first two iterations exactly.
+    control = evaluations(there / "gpt2-s0-offline-more")
+    assert len(control) == 3 and control[:2] == evaluations(here / "gpt2-s0-offline-more")
     row = next(x for x in tables(longer) if x.startswith("| project | gpt2 | 0 |"))
     assert row.split("|")[8].strip() == "5"  # the rounds column
