@@ -145,7 +145,8 @@ def logged(out: Path) -> int:
     log, not its checkpoint, so that a measurement committed without its weights (to carry it to
     another machine, benchmarks/README.md) is read, not retrained."""
     path = out / "metrics.jsonl"
-    return rows(out)[-1]["iteration"] if path.is_file() and path.read_text().strip() else 0
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return json.loads(lines[-1])["iteration"] if lines else 0
 
 
 def train(script: str, flags: list, out: Path) -> float:
@@ -252,12 +253,12 @@ def main() -> int:
         updates_per_round = int(online_flags[at + 1])
         name = f"{backbone}-s{seed}" if recipe == "project" else f"{recipe}-{backbone}-s{seed}"
         off, on = out / f"{name}-offline", out / f"{name}-online"
-        done = max(logged(on) - c["offline_iters"], 0)
-        online_left = done < budget_rounds  # new, interrupted, or extended by a larger --rounds
+        # New, interrupted, or extended by a larger --rounds:
+        online_left = logged(on) - c["offline_iters"] < budget_rounds
         # The online phase starts from the pretraining's checkpoint: a carried-over pretraining
         # whose weights stayed behind is trained again (the same seed, the same numbers).
-        weights = (off / "checkpoint.pt").exists()
-        if logged(off) < c["offline_iters"] or (online_left and not weights):
+        pretrained = off / "checkpoint.pt"
+        if logged(off) < c["offline_iters"] or (online_left and not pretrained.exists()):
             train(script, flags, off)
         offline_return = eval_return(rows(off)[-1], args.target)
         # The CPU time the online phase used (for the table only), kept beside the run so that
@@ -267,7 +268,7 @@ def main() -> int:
         if online_left:
             if not (on / "checkpoint.pt").exists():
                 spent = 0.0  # the phase starts afresh
-            extend = ["--online_rounds", budget_rounds, "--init_from", off / "checkpoint.pt"]
+            extend = ["--online_rounds", budget_rounds, "--init_from", pretrained]
             spent += train(script, [*flags, *online_flags, *extend], on)
             cpu.write_text(json.dumps({"cpu_s": spent}))
         final = next(r for r in rows(on) if r["iteration"] == c["offline_iters"] + budget_rounds)
@@ -282,7 +283,7 @@ def main() -> int:
             iters = c["offline_iters"] + -(-updates // c["offline_steps"])
             more = out / f"{name}-offline-more"
             if logged(more) < iters:
-                if not (more / "checkpoint.pt").exists() and (off / "checkpoint.pt").exists():
+                if not (more / "checkpoint.pt").exists() and pretrained.exists():
                     # Continued from the pretraining's checkpoint (lr constant after warmup in
                     # both recipes, resume exact), it is the run from scratch minus its first
                     # iterations' compute; without those weights it trains from scratch.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -123,8 +124,6 @@ def carry_over(out: Path, to: Path, under: str) -> list[Path]:
     """Copy of a measurement's folder ``out`` into ``to`` holding only what git would commit had
     it been written at ``under`` (a path in this repository, e.g. benchmarks/results/m): what a
     later machine gets from a clone. Returns the files kept, relative to ``to``."""
-    import shutil
-
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     names = "".join(f"{under}/{p.as_posix()}\n" for p in files)
     proc = subprocess.run(
