@@ -28,7 +28,8 @@ larger ``--rounds`` extends finished runs. 80 rounds took ~33 CPU minutes per pr
 ``--control`` adds a run that separates the online data from the extra training: the same
 pretraining continued offline for at least as many gradient updates as the online phase took
 (whole iterations of ``--offline_steps``), evaluated the same way. Its return is the table's
-last column, for information (not a target).
+last column, for information (not a target). ``--control project`` adds it to the named
+recipes' arms only (a reference arm's control costs as much as its online phase again).
 
 ``--recipe reference`` adds an arm with the ODT reference's recipe as docs/reference.md lists it
 (LAMB with weight decay 5e-4, lr 1e-4 warmed up over 10,000 steps then constant through the
@@ -203,9 +204,10 @@ def main() -> int:
     p.add_argument("--device", default="cpu", help="the runs' --device (default cpu)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at once")
     p.add_argument(
-        "--control", action="store_true",
+        "--control", nargs="*", choices=RECIPES, default=None, metavar="RECIPE",
         help="also continue each pretraining offline for as many updates as its online phase "
-        "took (the table's last column; not a target)",
+        "took (the table's last column; not a target): for every --recipe, or only the ones "
+        "named (e.g. --control project)",
     )  # fmt: skip
     p.add_argument("--max_return", type=float, default=1000.0, help="dataset return cap")
     p.add_argument("--target", type=float, default=5000.0, help="evaluation return-to-go")
@@ -214,6 +216,11 @@ def main() -> int:
     args = p.parse_args()
     if set(args.recipe) - {"project"} and "gpt2" not in args.backbones:
         p.error("--recipe reference runs the GPT-2 backbone: add gpt2 to --backbones")
+    if args.control and set(args.control) - set(args.recipe):
+        extra = " ".join(sorted(set(args.control) - set(args.recipe)))
+        p.error(f"--control {extra}: not a --recipe of this run; add it to --recipe")
+    # --control alone: every recipe's arms.
+    controlled = set() if args.control is None else set(args.control or args.recipe)
     if args.rounds is not None and args.rounds < 1:
         p.error(f"--rounds must be positive, got {args.rounds}")
     c = SMOKE if args.smoke else FULL
@@ -276,7 +283,7 @@ def main() -> int:
             raise SystemExit(f"{on}: round {budget_rounds} was not evaluated (it ran on past it)")
         rounds = budget_rounds
         control = None
-        if args.control:
+        if recipe in controlled:
             # The same pretraining run, continued offline for at least the online phase's
             # gradient updates (whole iterations): what the extra updates alone are worth.
             updates = (final["iteration"] - c["offline_iters"]) * updates_per_round

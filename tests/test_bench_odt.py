@@ -66,3 +66,14 @@ def test_a_longer_budget_retrains_the_lost_pretraining_to_the_same_numbers(carri
     assert len(control) == 3 and control[:2] == evaluations(here / "gpt2-s0-offline-more")
     row = next(x for x in tables(longer) if x.startswith("| project | gpt2 | 0 |"))
     assert row.split("|")[8].strip() == "5"  # the rounds column
+
+
+def test_control_for_the_named_recipe_only(tmp_path):
+    # The reference arm's control would cost as much as its online phase again: --control
+    # project runs the project arm's and leaves the reference arm without one.
+    proc = bench(tmp_path, "--recipe", "project", "reference", "--control", "project")
+    runs = {p.name for p in (tmp_path / "smoke").iterdir()}
+    assert {"gpt2-s0-offline-more", "reference-gpt2-s0-online"} <= runs
+    assert "reference-gpt2-s0-offline-more" not in runs
+    last = {row.split("|")[1].strip(): row.split("|")[-2].strip() for row in tables(proc)[2:4]}
+    assert last["reference"] == "-" and last["project"] != "-"
