@@ -305,6 +305,34 @@ def test_overfitting_warning_fires_on_a_rising_validation_error(capsys):
     assert overfitting([(0.9, 0.7), (0.8, 0.72), (0.7, 0.73), (0.6, 0.8)])
 
 
+def test_multi_task_warning_names_the_mean_and_the_task_that_rose_most(capsys):
+    # The logged error of a --tasks run is the mean over tasks: the warning says so and names
+    # the task behind the rise, also in a run resumed mid-streak (the per-task errors travel in
+    # the checkpoint with the rest of the selection state).
+    train_err = [1.0, 0.8, 0.6, 0.5, 0.4]
+    hopper = [1.5, 1.4, 1.42, 1.43, 1.45]  # the larger error, the smaller rise
+    walker = [0.5, 0.3, 0.4, 0.5, 0.7]
+    warnings = []
+    for resume_at in (None, 4):
+        sel = Selection("", VALIDATION_KEY, True)
+        for i, (t, h, w) in enumerate(zip(train_err, hopper, walker), start=1):
+            if i == resume_at:
+                restored = Selection("", VALIDATION_KEY, True)
+                restored.load_state_dict(sel.state_dict())
+                sel = restored
+            sel.observe(i, {
+                "training/train_loss_mean": t, VALIDATION_KEY: (h + w) / 2,
+                "validation/hopper-ars-100k/action_error": h,
+                "validation/walker2d-ars-100k/action_error": w,
+            })  # fmt: skip
+        warnings.append(capsys.readouterr().err)
+    assert warnings[0] == warnings[1]
+    err = warnings[0]
+    assert err.count("\n") == 1
+    assert err.startswith("warning: validation action error (the mean over tasks) rose")
+    assert "overfitting, most on walker2d-ars-100k (0.3 -> 0.7);" in err
+
+
 def test_falling_validation_error_does_not_warn(capsys):
     sel = Selection("", VALIDATION_KEY, True)
     for i in range(1, 8):

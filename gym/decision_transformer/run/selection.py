@@ -23,12 +23,16 @@ iteration whose best.pt was never written.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 
 from ..training.validation import OVERFIT_PATIENCE, VALIDATION_KEY, overfitting_starts
 
 TRAIN_KEY = "training/train_loss_mean"
+# task_validation_key's form: a multi-task run's per-task validation errors (run/config.py's
+# task names hold no "/").
+TASK_KEY = re.compile(r"validation/([^/]+)/action_error")
 
 
 @dataclass
@@ -40,8 +44,11 @@ class Selection:
     lower_is_better: bool
     best_value: float | None = None
     best_iteration: int | None = None
-    # (training error, validation error) of the last iterations, for the overfitting warning.
+    # (training error, validation error) of the last iterations, for the overfitting warning;
+    # with --tasks, each task's validation error beside them (the warning names the task whose
+    # error rose most, since the logged one is their mean).
     history: list[list[float]] = field(default_factory=list)
+    task_history: list[dict[str, float]] = field(default_factory=list)
 
     def observe(self, iteration: int, logs: dict, online: bool = False) -> bool:
         """Record ``iteration``'s logs; True when it is the new best (best.pt to write). Prints
@@ -57,10 +64,13 @@ class Selection:
             if better:
                 self.best_value, self.best_iteration = value, iteration
         if VALIDATION_KEY in logs and not online:
-            self.history = [*self.history, [logs[TRAIN_KEY], logs[VALIDATION_KEY]]]
-            self.history = self.history[-(OVERFIT_PATIENCE + 2) :]
+            keep = OVERFIT_PATIENCE + 2
+            self.history = [*self.history, [logs[TRAIN_KEY], logs[VALIDATION_KEY]]][-keep:]
+            tasks = {k: float(v) for k, v in logs.items() if TASK_KEY.fullmatch(k)}
+            self.task_history = [*self.task_history, tasks][-keep:]
             if overfitting_starts([tuple(h) for h in self.history]):
-                print(overfitting_warning(self.history, self.best_iteration), file=sys.stderr)
+                warning = overfitting_warning(self.history, self.best_iteration, self.task_history)
+                print(warning, file=sys.stderr)
         return better
 
     def state_dict(self) -> dict:
@@ -71,14 +81,30 @@ class Selection:
         self.best_value = state["best_value"]
         self.best_iteration = state["best_iteration"]
         self.history = [list(h) for h in state["history"]]
+        # Checkpoints from before per-task errors were kept have none: the warning then names
+        # no task until the streak is made of iterations that logged them.
+        self.task_history = [dict(t) for t in state.get("task_history", [])]
 
 
-def overfitting_warning(history: list[list[float]], best_iteration: int | None) -> str:
+def overfitting_warning(
+    history: list[list[float]],
+    best_iteration: int | None,
+    task_history: list[dict[str, float]] | None = None,
+) -> str:
+    """One line: the streak's errors, and with --tasks the task whose error rose most."""
     (train0, val0), (train1, val1) = history[-OVERFIT_PATIENCE - 1], history[-1]
     kept = f"best.pt keeps iteration {best_iteration}; " if best_iteration else ""
+    what, most = "validation action error", ""
+    streak = (task_history or [])[-OVERFIT_PATIENCE - 1 :]
+    if len(streak) == OVERFIT_PATIENCE + 1 and streak[0] and streak[0].keys() == streak[-1].keys():
+        first, last = streak[0], streak[-1]
+        key = max(first, key=lambda k: last[k] - first[k])
+        what = "validation action error (the mean over tasks)"
+        task = TASK_KEY.fullmatch(key).group(1)
+        most = f", most on {task} ({first[key]:.4g} -> {last[key]:.4g})"
     return (
-        f"warning: validation action error rose for {OVERFIT_PATIENCE} iterations "
-        f"({val0:.4g} -> {val1:.4g}) while training error fell ({train0:.4g} -> {train1:.4g}): "
-        f"the model is overfitting; {kept}consider a lower --learning_rate, more --dropout or "
+        f"warning: {what} rose for {OVERFIT_PATIENCE} iterations ({val0:.4g} -> {val1:.4g}) "
+        f"while training error fell ({train0:.4g} -> {train1:.4g}): the model is "
+        f"overfitting{most}; {kept}consider a lower --learning_rate, more --dropout or "
         "--weight_decay, or fewer steps"
     )
