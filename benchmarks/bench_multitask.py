@@ -92,7 +92,7 @@ TINY_MODELS = {
 # (benchmarks/README.md, bench_humanoid_quality.py); a mixed batch costs about the same (see
 # --step_time). Seconds per evaluation of one task (2 targets x 10 episodes, batched, up to
 # 1000 steps each), a rough figure from the recipe sweep's 60 s for 3 targets x 20 episodes.
-MS_PER_STEP = {"qwen3": 56, "gpt2": 50, "qwen3-4x": 110}  # 4x: a guess (twice the width)
+MS_PER_STEP = {"qwen3": 56, "gpt2": 50, "qwen3-4x": 320}  # 4x: its first 12,000 steps, 3,851 s
 EVAL_SECONDS_PER_TASK = 30
 
 
