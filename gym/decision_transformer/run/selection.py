@@ -23,16 +23,17 @@ iteration whose best.pt was never written.
 
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import asdict, dataclass, field
 
-from ..training.validation import OVERFIT_PATIENCE, VALIDATION_KEY, overfitting_starts
+from ..training.validation import (
+    OVERFIT_PATIENCE,
+    TASK_VALIDATION_KEY,
+    VALIDATION_KEY,
+    overfitting_starts,
+)
 
 TRAIN_KEY = "training/train_loss_mean"
-# task_validation_key's form: a multi-task run's per-task validation errors (run/config.py's
-# task names hold no "/").
-TASK_KEY = re.compile(r"validation/([^/]+)/action_error")
 
 
 @dataclass
@@ -66,7 +67,7 @@ class Selection:
         if VALIDATION_KEY in logs and not online:
             keep = OVERFIT_PATIENCE + 2
             self.history = [*self.history, [logs[TRAIN_KEY], logs[VALIDATION_KEY]]][-keep:]
-            tasks = {k: float(v) for k, v in logs.items() if TASK_KEY.fullmatch(k)}
+            tasks = {k: float(v) for k, v in logs.items() if TASK_VALIDATION_KEY.fullmatch(k)}
             self.task_history = [*self.task_history, tasks][-keep:]
             if overfitting_starts([tuple(h) for h in self.history]):
                 warning = overfitting_warning(self.history, self.best_iteration, self.task_history)
@@ -100,7 +101,7 @@ def overfitting_warning(
         first, last = streak[0], streak[-1]
         key = max(first, key=lambda k: last[k] - first[k])
         what = "validation action error (the mean over tasks)"
-        task = TASK_KEY.fullmatch(key).group(1)
+        task = TASK_VALIDATION_KEY.fullmatch(key).group(1)
         most = f", most on {task} ({first[key]:.4g} -> {last[key]:.4g})"
     return (
         f"warning: {what} rose for {OVERFIT_PATIENCE} iterations ({val0:.4g} -> {val1:.4g}) "

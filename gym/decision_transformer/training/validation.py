@@ -17,6 +17,8 @@ default, weighs them in training), under the single-task key that best.pt select
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 VALIDATION_KEY = "validation/action_error"
@@ -75,6 +77,10 @@ class ValidationSet:
 def task_validation_key(task: str) -> str:
     """A multi-task run's metrics key of task ``task``'s validation error."""
     return f"validation/{task}/action_error"
+
+
+# task_validation_key's keys read back (group 1: the task; run/config.py's names hold no "/").
+TASK_VALIDATION_KEY = re.compile(r"validation/([^/]+)/action_error")
 
 
 class MultiTaskValidationSet:
